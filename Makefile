@@ -1,0 +1,31 @@
+# Two entry points: `make repro` (venv + the whole demo pipeline) and `make test` (venv + lint + tests).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: venv repro test lint bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+repro: venv
+	dvc repro
+
+lint: venv
+	ruff check .
+	ruff format --check .
+
+test: lint
+	pytest
+
+bench: venv
+	python -m bench --size tiny
+
+clean:
+	rm -rf $(VENV) dvc_plots .pytest_cache .ruff_cache

@@ -1,0 +1,69 @@
+"""Batches as slices of the prepared uint8 store; normalisation and the 3-channel copy at batch time.
+
+A batch costs one fancy-index of a contiguous array and one fused normalise on the device, instead
+of `batch_size` PIL decodes, resizes and ToTensor calls in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+class ArrayBatches:
+    """Iterate (uint8 images (B,1,S,S), int64 labels (B,)) over arrays already in memory or on a device.
+
+    Shuffling uses a generator seeded from (seed, epoch), so an epoch's order does not depend on
+    what ran before it: a resumed run sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(self, x, y, batch_size: int, shuffle: bool = False, seed: int = 0, device="cpu"):
+        if len(x) == 0:
+            raise ValueError("empty split: no images to batch")
+        self.x = torch.as_tensor(np.array(x) if isinstance(x, np.ndarray) else x).to(device)
+        self.y = torch.as_tensor(np.asarray(y), dtype=torch.long).to(device)
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.y)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=g).to(self.y.device)
+        for i in range(0, n, self.batch_size):
+            if self.shuffle:
+                idx = order[i : i + self.batch_size]
+                yield self.x[idx], self.y[idx]
+            else:
+                yield self.x[i : i + self.batch_size], self.y[i : i + self.batch_size]
+
+
+class Normalizer(torch.nn.Module):
+    """uint8 (B,1,S,S) -> float (B,3,S,S): x/255, then per-channel (x - mean) / std.
+
+    Equivalent to the seed's Grayscale(3) + ToTensor + Normalize, computed on the batch's device.
+    """
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, 3, 1, 1)))
+        self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() * self.scale - self.shift
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, max_shift: int = 4) -> torch.Tensor:
+    """Small random translations and contrast jitter of a uint8 batch (no flips: anatomy is sided)."""
+    b, _, h, w = x.shape
+    dy, dx = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,), generator=gen))
+    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    gain = 0.9 + 0.2 * torch.rand(b, 1, 1, 1, generator=gen).to(x.device)
+    return (x.float() * gain).clamp_(0, 255).to(torch.uint8)

@@ -1,0 +1,88 @@
+"""Device, precision and the per-batch work shared by training and evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cxr_transfer.batches import ArrayBatches, Normalizer
+
+
+def pick_device(pref: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu for 'auto'; an explicit choice that is absent fails clearly."""
+    has = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if pref == "auto":
+        return torch.device(next(d for d in ("cuda", "mps", "cpu") if has[d]))
+    if not has.get(pref, False):
+        raise RuntimeError(f"train.device={pref} but no {pref} device is available; use auto or cpu")
+    return torch.device(pref)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Autocast settings: bf16 on CUDA where supported, fp16 with a loss scaler otherwise."""
+
+    dtype: torch.dtype | None
+    scaler: bool
+
+    @staticmethod
+    def for_device(device: torch.device) -> Precision:
+        if device.type != "cuda":
+            return Precision(None, False)
+        if torch.cuda.is_bf16_supported():
+            return Precision(torch.bfloat16, False)
+        return Precision(torch.float16, True)
+
+    def autocast(self, device: torch.device):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+
+def image_forward(model: nn.Module, norm: Normalizer, channels_last: bool) -> Callable:
+    """uint8 batch -> logits through the normaliser and the model."""
+
+    def forward(xb: torch.Tensor) -> torch.Tensor:
+        x = norm(xb)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return model(x)
+
+    return forward
+
+
+@torch.no_grad()
+def predict_logits(forward: Callable, batches: ArrayBatches, prec: Precision, device) -> torch.Tensor:
+    """Logits for every item of `batches`, in order, as float32 on the CPU."""
+    out = []
+    for xb, _ in batches:
+        with prec.autocast(device):
+            out.append(forward(xb).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def tail_inputs(model: nn.Module, tail: nn.Module, forward: Callable, batches: ArrayBatches, prec, device):
+    """What `tail` receives for each item: the frozen backbone's features, computed once (eval, no grad).
+
+    Feature extraction then trains the tail on these instead of rerunning the backbone every epoch."""
+    feats = []
+
+    def hook(_module, inputs):
+        feats.append(inputs[0].detach().float())
+
+    handle = tail.register_forward_pre_hook(hook)
+    was_training = model.training
+    model.eval()
+    try:
+        for xb, _ in batches:
+            with prec.autocast(device):
+                forward(xb)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(feats).flatten(1)

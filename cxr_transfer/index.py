@@ -1,0 +1,219 @@
+"""Index a folder of chest X-rays into one table, skipping (and counting) everything unusable.
+
+Classes are found by folder name (aliases, case-insensitive, at any depth), so the seed's layout
+(NORMAL/, COVID/) and the COVID-19 Radiography Database's (COVID/images/, masks/, *.xlsx) both work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from cxr_transfer.imageio import to_gray8
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+OS_FILES = {".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"}
+SKIP_DIRS = {"__macosx", "masks", "mask"}
+COLUMNS = ["path", "image_name", "label", "class", "group", "hash", "width", "height", "mode", "format"]
+
+
+class IndexError_(ValueError):
+    """The folder cannot be indexed at all; the message says why and what would fix it."""
+
+
+def class_of(rel_parts: tuple[str, ...], aliases: dict[str, str]) -> str | None:
+    """Class named by the outermost folder of a relative path that matches an alias."""
+    for part in rel_parts:
+        cls = aliases.get(part.lower())
+        if cls is not None:
+            return cls
+    return None
+
+
+def _why_skip_dir(name: str) -> str | None:
+    low = name.lower()
+    if low in SKIP_DIRS:
+        return "mask folder" if low.startswith("mask") else "OS folder"
+    if name.startswith("."):
+        return "hidden folder"
+    return None
+
+
+def walk(root: Path, aliases: dict[str, str]) -> tuple[list[tuple[str, str]], list[dict]]:
+    """Candidate (relative path, class) pairs and the files skipped before decoding."""
+    found, skipped = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        for d in sorted(dirnames):
+            reason = _why_skip_dir(d)
+            if reason:
+                for sub, _, files in os.walk(Path(dirpath) / d):
+                    skipped += [{"path": str((Path(sub) / f).relative_to(root)), "reason": reason} for f in files]
+        dirnames[:] = sorted(d for d in dirnames if not _why_skip_dir(d))
+        for f in sorted(filenames):
+            rel = rel_dir / f
+            reason = None
+            if f.startswith(".") or f.lower() in OS_FILES:
+                reason = "hidden or OS file"
+            elif Path(f).suffix.lower() not in IMAGE_EXTS:
+                reason = f"not an image ({Path(f).suffix or 'no extension'})"
+            cls = class_of(rel.parts[:-1], aliases)
+            if reason is None and cls is None:
+                reason = "folder of no configured class"
+            if reason:
+                skipped.append({"path": str(rel), "reason": reason})
+            else:
+                found.append((str(rel), cls))
+    return found, skipped
+
+
+def inspect_image(path: str, max_pixels: int) -> dict:
+    """Decode one file fully: size, mode, format and the hash of its 8-bit grayscale pixels,
+    or {'reason': ...} when it cannot be used."""
+    if os.path.getsize(path) == 0:
+        return {"reason": "empty file"}
+    Image.MAX_IMAGE_PIXELS = None  # we apply our own limit, before decoding
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    return {"reason": "too many pixels", "detail": f"{w}x{h} > index.max_pixels={max_pixels}"}
+                fmt, mode = im.format, im.mode
+                im.load()
+                gray = to_gray8(im)
+    except UnidentifiedImageError:
+        return {"reason": "not a decodable image"}
+    except (OSError, SyntaxError, ValueError) as e:
+        return {"reason": "corrupt or truncated image", "detail": str(e).splitlines()[0][:120]}
+    digest = hashlib.sha1(gray.tobytes() + f"{w}x{h}".encode()).hexdigest()
+    return {"hash": digest, "width": w, "height": h, "mode": mode, "format": fmt}
+
+
+def _inspect_chunk(args: tuple[list[str], int]) -> list[dict]:
+    paths, max_pixels = args
+    return [inspect_image(p, max_pixels) for p in paths]
+
+
+def decode_all(paths: list[str], max_pixels: int, workers: int) -> list[dict]:
+    """inspect_image over many files, in parallel processes, with a progress bar."""
+    workers = workers or os.cpu_count() or 1
+    chunk = 64
+    chunks = [(paths[i : i + chunk], max_pixels) for i in range(0, len(paths), chunk)]
+    out: list[dict] = []
+    bar = tqdm(total=len(paths), desc="index", unit="img", mininterval=1.0)
+    if workers == 1 or len(chunks) <= 1:
+        results = map(_inspect_chunk, chunks)
+    else:
+        pool = ProcessPoolExecutor(workers)
+        results = pool.map(_inspect_chunk, chunks)
+    for res in results:
+        out += res
+        bar.update(len(res))
+    bar.close()
+    if workers > 1 and len(chunks) > 1:
+        pool.shutdown()
+    return out
+
+
+def read_groups(meta_file: Path, filename_col: str, patient_col: str) -> dict[str, str]:
+    """Map image file name (with and without extension, lower-case) -> patient id."""
+    if not meta_file.exists():
+        raise IndexError_(f"data.metadata.file {meta_file} does not exist; fix the path or set it to null")
+    reader = pd.read_excel if meta_file.suffix.lower() in (".xlsx", ".xls") else pd.read_csv
+    df = reader(meta_file)
+    for col, key in ((filename_col, "filename_column"), (patient_col, "patient_column")):
+        if col not in df.columns:
+            raise IndexError_(
+                f"{meta_file}: no column {col!r} (data.metadata.{key}); columns are {list(df.columns)}"
+            )
+    groups = {}
+    for name, pid in zip(df[filename_col].astype(str), df[patient_col].astype(str), strict=True):
+        groups[name.lower()] = pid
+        groups[Path(name).stem.lower()] = pid
+    return groups
+
+
+def build_index(
+    root: Path,
+    classes: dict[str, tuple[str, ...]],
+    max_pixels: int,
+    workers: int = 0,
+    groups: dict[str, str] | None = None,
+) -> tuple[pd.DataFrame, dict]:
+    """Walk, decode and tabulate; returns (data frame, report dict)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise IndexError_(f"data.root {root} does not exist or is not a folder; set data.root in params.yaml")
+    aliases = {a.lower(): c for c, al in classes.items() for a in (c, *al)}
+    found, skipped = walk(root, aliases)
+    if not found:
+        raise IndexError_(
+            f"no images found under {root} in folders named {sorted(aliases)}; "
+            f"check data.root and data.classes ({len(skipped)} files skipped)"
+        )
+    infos = decode_all([str(root / p) for p, _ in found], max_pixels, workers)
+    labels = {c: i for i, c in enumerate(classes)}
+    rows = []
+    for (rel, cls), info in zip(found, infos, strict=True):
+        if "reason" in info:
+            skipped.append({"path": rel, **info})
+            continue
+        rows.append({"path": rel, "image_name": Path(rel).name, "label": labels[cls], "class": cls, **info})
+    df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "group"])
+    df, conflicts = _drop_label_conflicts(df)
+    skipped += [{"path": p, "reason": "label conflict (same pixels in two classes)"} for p in conflicts]
+    df, no_meta = _assign_groups(df, groups)
+    empty = [c for c in classes if not (df["class"] == c).any()]
+    if empty:
+        raise IndexError_(f"class {empty[0]} has no usable images under {root}; check its folder aliases")
+    report = _report(df, skipped, no_meta)
+    return df[COLUMNS].sort_values("path").reset_index(drop=True), report
+
+
+def _drop_label_conflicts(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    n_cls = df.groupby("hash")["class"].nunique()
+    bad = set(n_cls[n_cls > 1].index)
+    mask = df["hash"].isin(bad)
+    return df[~mask].copy(), sorted(df.loc[mask, "path"])
+
+
+def _assign_groups(df: pd.DataFrame, groups: dict[str, str] | None) -> tuple[pd.DataFrame, int]:
+    """Patient id from metadata where known; otherwise identical images share a group."""
+    by_hash = "img:" + df["hash"].str[:16]
+    if not groups:
+        df["group"] = by_hash
+        return df, 0
+    names = df["image_name"].str.lower()
+    stems = names.map(lambda n: Path(n).stem)
+    pid = names.map(groups).fillna(stems.map(groups))
+    df["group"] = ("patient:" + pid).where(pid.notna(), by_hash)
+    return df, int(pid.isna().sum())
+
+
+def _report(df: pd.DataFrame, skipped: list[dict], no_meta: int) -> dict:
+    dup = defaultdict(list)
+    for h, p, c in zip(df["hash"], df["path"], df["class"], strict=True):
+        dup[(c, h)].append(p)
+    dups = [sorted(ps) for ps in dup.values() if len(ps) > 1]
+    return {
+        "images": len(df),
+        "per_class": {str(k): int(v) for k, v in Counter(df["class"]).items()},
+        "skipped": len(skipped),
+        "skipped_by_reason": dict(Counter(s["reason"] for s in skipped).most_common()),
+        "skipped_files": sorted(skipped, key=lambda s: s["path"]),
+        "duplicate_sets": len(dups),
+        "duplicate_images": sum(len(d) - 1 for d in dups),
+        "duplicates": dups,
+        "groups": int(df["group"].nunique()),
+        "images_without_metadata": no_meta,
+    }

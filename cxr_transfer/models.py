@@ -1,0 +1,79 @@
+"""Build a registry architecture, load its weights, give it a 2-class last layer, and freeze what
+a mode does not train (frozen = requires_grad False, outside the optimizer, BatchNorm in eval)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cxr_transfer.registry import ARCHS, ArchSpec
+from cxr_transfer.weights import load_imagenet
+
+
+def get_spec(arch: str) -> ArchSpec:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    return ARCHS[arch]
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    return model.get_submodule(path)
+
+
+def set_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, new)
+
+
+def _create(spec: ArchSpec) -> nn.Module:
+    if spec.source == "timm":
+        import timm
+
+        return timm.create_model(spec.builder, pretrained=False, num_classes=1000)
+    import torchvision
+
+    return torchvision.models.get_model(spec.builder, weights=None, num_classes=1000)
+
+
+def build_model(arch: str, pretrained: bool, weights_source: str, num_classes: int, seed: int) -> nn.Module:
+    """The architecture with ImageNet weights (or random ones) and a fresh `num_classes` last layer.
+
+    Initialisation is seeded here, without touching the caller's global RNG state."""
+    spec = get_spec(arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _create(spec)
+        if pretrained and weights_source != "none":
+            load_imagenet(model, spec, weights_source)
+        last = get_module(model, spec.last_layer)
+        if not isinstance(last, nn.Linear):
+            raise TypeError(f"{arch}: {spec.last_layer} is {type(last).__name__}, expected Linear")
+        set_module(model, spec.last_layer, nn.Linear(last.in_features, num_classes))
+    return model
+
+
+def trainable_path(spec: ArchSpec, trainable: str) -> str:
+    """Module path a mode trains: '' (the whole model), the last layer or the classifier block."""
+    return {"all": "", "head": spec.last_layer, "classifier": spec.classifier}[trainable]
+
+
+def freeze_except(model: nn.Module, path: str) -> nn.Module:
+    """Freeze every parameter outside the module at `path` ('' = train everything); returns it."""
+    target = get_module(model, path) if path else model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in target.parameters():
+        p.requires_grad_(True)
+    return target
+
+
+def set_train_mode(model: nn.Module, trained: nn.Module) -> None:
+    """Train mode for the trained module only: frozen BatchNorm keeps its running statistics."""
+    model.eval()
+    trained.train()
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total

@@ -1,0 +1,276 @@
+"""Typed, validated params.yaml: one frozen dataclass per section.
+
+Every stage calls `load_params` and reads only its own section; an unknown key, a wrong type or
+an out-of-range value fails with one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cxr_transfer.registry import ARCHS
+
+
+class ParamError(ValueError):
+    """A params.yaml value that cannot be used; the message names the key."""
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ParamError(f"params: {key}: {msg}")
+
+
+def _choice(value: str, key: str, allowed) -> None:
+    _check(value in allowed, key, f"{value!r} is not one of {sorted(allowed)}")
+
+
+@dataclass(frozen=True)
+class MetadataConfig:
+    file: str | None = None
+    filename_column: str = "FILE NAME"
+    patient_column: str = "PATIENT ID"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/raw"
+    classes: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: {"Normal": ("NORMAL", "Normal"), "Covid": ("COVID", "COVID-19")}
+    )
+    positive: str = "Covid"
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
+
+    def __post_init__(self):
+        _check(len(self.classes) == 2, "data.classes", "exactly two classes are supported")
+        _choice(self.positive, "data.positive", self.classes)
+        seen: dict[str, str] = {}
+        for name, aliases in self.classes.items():
+            _check(len(aliases) > 0, f"data.classes.{name}", "needs at least one folder alias")
+            for alias in (name, *aliases):
+                other = seen.setdefault(alias.lower(), name)
+                _check(other == name, f"data.classes.{name}", f"alias {alias!r} also names {other}")
+
+
+@dataclass(frozen=True)
+class SynthesizeConfig:
+    n_per_class: int = 250
+    image_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(self.n_per_class >= 1, "synthesize.n_per_class", "must be >= 1")
+        _check(32 <= self.image_size <= 1024, "synthesize.image_size", "must be in [32, 1024]")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    max_pixels: int = 50_000_000
+    workers: int = 0
+
+    def __post_init__(self):
+        _check(self.max_pixels >= 1, "index.max_pixels", "must be >= 1")
+        _check(self.workers >= 0, "index.workers", "must be >= 0 (0 = one per CPU core)")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    test_size: float = 0.2
+    val_size: float = 0.2
+    seed: int = 42
+
+    def __post_init__(self):
+        for key in ("test_size", "val_size"):
+            v = getattr(self, key)
+            _check(0.0 < v < 1.0, f"split.{key}", f"{v} must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    image_size: int = 96
+    workers: int = 0
+
+    def __post_init__(self):
+        _check(16 <= self.image_size <= 1024, "prepare.image_size", "must be in [16, 1024]")
+        _check(self.workers >= 0, "prepare.workers", "must be >= 0 (0 = one per CPU core)")
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    source: str = "imagenet"
+
+    def __post_init__(self):
+        ok = self.source in ("imagenet", "none") or bool(self.source)
+        _check(ok, "weights.source", "use 'imagenet', 'none' or a folder of weight files")
+
+
+TRAINABLE = ("head", "classifier", "all")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass(frozen=True)
+class ModeConfig:
+    pretrained: bool
+    trainable: str
+    optimizer: str
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    def validate(self, key: str) -> None:
+        _choice(self.trainable, f"{key}.trainable", TRAINABLE)
+        _choice(self.optimizer, f"{key}.optimizer", OPTIMIZERS)
+        _check(0.0 < self.lr < 10.0, f"{key}.lr", f"{self.lr} must be in (0, 10)")
+        _check(0.0 <= self.momentum < 1.0, f"{key}.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0.0, f"{key}.weight_decay", "must be >= 0")
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    modes: tuple[str, ...] = ("scratch", "fe", "ft")
+    epochs: int = 15
+    batch_size: int = 32
+    patience: int = 8
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    augment: bool = False
+
+    def __post_init__(self):
+        _check(len(self.modes) > 0, "train.modes", "name at least one mode of the modes table")
+        _check(len(set(self.modes)) == len(self.modes), "train.modes", "has a repeated mode")
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.patience >= 1, "train.patience", "must be >= 1")
+        _choice(self.device, "train.device", DEVICES)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    bootstrap: int = 1000
+    confidence: float = 0.95
+    ece_bins: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(self.bootstrap >= 10, "evaluate.bootstrap", "must be >= 10")
+        _check(0.5 <= self.confidence < 1.0, "evaluate.confidence", "must be in [0.5, 1)")
+        _check(self.ece_bins >= 2, "evaluate.ece_bins", "must be >= 2")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    gradcam_per_group: int = 2
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(0 <= self.gradcam_per_group <= 8, "report.gradcam_per_group", "must be in [0, 8]")
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataConfig = field(default_factory=DataConfig)
+    synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    archs: tuple[str, ...] = ("efficientnet_lite0",)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    modes: dict[str, ModeConfig] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def __post_init__(self):
+        _check(len(self.archs) > 0, "archs", "name at least one architecture")
+        for a in self.archs:
+            _choice(a, "archs", ARCHS)
+        for name, mode in self.modes.items():
+            _check(name.isidentifier(), f"modes.{name}", "a mode name must be a plain identifier")
+            mode.validate(f"modes.{name}")
+        for m in self.train.modes:
+            _choice(m, "train.modes", self.modes)
+
+
+def _convert(value, tp, key: str):
+    """Convert a YAML value to the annotated type `tp`, or fail naming `key`."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        _check(isinstance(value, dict), key, f"expected a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        return _convert(value, next(a for a in args if a is not type(None)), key)
+    if origin is tuple:
+        items = [value] if isinstance(value, str) else value
+        _check(isinstance(items, list | tuple), key, f"expected a list, got {value!r}")
+        inner = typing.get_args(tp)[0]
+        return tuple(_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(items))
+    if origin is dict:
+        _check(isinstance(value, dict), key, f"expected a mapping, got {value!r}")
+        kt, vt = typing.get_args(tp)
+        return {str(k): _convert(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        _check(isinstance(value, bool), key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        _check(ok, key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        _check(ok, key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported type {tp} for {key}")  # a bug in this module, not in params
+
+
+def _build(cls, mapping: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in mapping:
+        _check(k in names, f"{prefix}{'.' if prefix else ''}{k}", f"unknown key; allowed: {sorted(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{'.' if prefix else ''}{f.name}"
+        if f.name in mapping:
+            kwargs[f.name] = _convert(mapping[f.name], hints[f.name], key)
+        else:
+            no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            _check(not no_default, key, "is required")
+    return cls(**kwargs)
+
+
+def parse_params(mapping: dict) -> Params:
+    """Build validated Params from a plain mapping (the parsed YAML)."""
+    _check(isinstance(mapping, dict), "params.yaml", "top level must be a mapping")
+    return _build(Params, mapping)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise ParamError with a one-line message on bad input."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamError(f"params: {path} not found; run from the project root")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamError(f"params: {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    return parse_params(raw)

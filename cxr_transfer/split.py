@@ -1,0 +1,70 @@
+"""Grouped, stratified, seeded train/val/test split: no group (patient or duplicate image) in
+two splits, class proportions kept in each."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+
+
+class SplitError(ValueError):
+    """The table cannot be split as asked; the message names the class and the fix."""
+
+
+def _targets(n: int, test_size: float, val_size: float) -> dict[str, int]:
+    """Images per split for one class: test first, then val as a fraction of the rest (the seed's way)."""
+    n_test = max(1, round(n * test_size))
+    n_val = max(1, round((n - n_test) * val_size))
+    return {"test": n_test, "val": n_val, "train": n - n_test - n_val}
+
+
+def grouped_split(df: pd.DataFrame, test_size: float, val_size: float, seed: int) -> pd.Series:
+    """A split name per row. Groups are dealt, in a seeded random order, to test, then val, then
+    train, per class (a group's class is its most common label), until each split's share is met."""
+    rng = np.random.default_rng(seed)
+    g = df.groupby("group", sort=True)["label"]
+    group_label = g.agg(lambda s: s.value_counts().idxmax())
+    group_size = g.size()
+    assign: dict[str, str] = {}
+    for label in sorted(group_label.unique()):
+        names = group_label.index[group_label == label].to_numpy()
+        cls = df.loc[df["label"] == label, "class"].iloc[0]
+        if len(names) < 3:
+            raise SplitError(
+                f"class {cls} has {len(names)} independent image group(s); at least 3 are needed "
+                "to put one in each of train/val/test; add images of this class"
+            )
+        names = names[rng.permutation(len(names))]
+        sizes = group_size[names].to_numpy()
+        want = _targets(int(sizes.sum()), test_size, val_size)
+        filled = {"test": 0, "val": 0}
+        for i, (name, size) in enumerate(zip(names, sizes, strict=True)):
+            left = len(names) - i  # keep at least one group for each split still empty
+            if filled["test"] < want["test"] and left > 2:
+                split = "test"
+            elif filled["val"] < want["val"] and left > 1:
+                split = "val"
+            else:
+                split = "train"
+            filled[split] = filled.get(split, 0) + int(size)
+            assign[name] = split
+    return df["group"].map(assign)
+
+
+def split_summary(parts: dict[str, pd.DataFrame], seed: int, test_size: float, val_size: float) -> dict:
+    """Counts per class per split and the group overlap between splits, computed from the output."""
+    overlap = 0
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1 :]:
+            overlap += len(set(parts[a]["group"]) & set(parts[b]["group"]))
+    total = sum(len(p) for p in parts.values())
+    return {
+        "seed": seed,
+        "test_size": test_size,
+        "val_size": val_size,
+        "counts": {s: {str(k): int(v) for k, v in p["class"].value_counts().sort_index().items()} for s, p in parts.items()},
+        "fractions": {s: round(len(p) / total, 4) for s, p in parts.items()},
+        "group_overlap": overlap,
+    }

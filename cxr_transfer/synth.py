@@ -1,0 +1,141 @@
+"""Synthetic chest radiographs: the embedded demo dataset.
+
+Both classes share anatomy (body, lungs, heart, spine, ribs, clavicles), acquisition variation
+(exposure, gamma, position, rotation, scale, noise), smooth soft-tissue densities and L/R markers.
+Covid images add patchy, mostly peripheral and lower-zone ground-glass opacities, some faint: a
+texture signal, not a brightness or marker shortcut.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+
+CLASS_DIRS = {"Normal": "NORMAL", "Covid": "COVID"}
+
+# 5x7 bitmaps of the radiographer's side markers
+_GLYPHS = {
+    "L": ["10000", "10000", "10000", "10000", "10000", "10000", "11111"],
+    "R": ["11110", "10001", "10001", "11110", "10100", "10010", "10001"],
+}
+
+
+def _soft(d: np.ndarray, width: float) -> np.ndarray:
+    """Soft inside-mask from a signed 'distance' d (<1 inside); width sets the edge blur."""
+    return 1.0 / (1.0 + np.exp((d - 1.0) / width))
+
+
+def _ellipse(x, y, cx, cy, rx, ry, width=0.04):
+    return _soft(np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2), width)
+
+
+def _grid(rng: np.random.Generator, size: int):
+    """Body coordinates of each pixel after a random rotation, scale and shift."""
+    v, u = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
+    th = np.deg2rad(rng.uniform(-6, 6))
+    s = rng.uniform(0.9, 1.1)
+    du, dv = rng.uniform(-0.06, 0.06, size=2)
+    u, v = u - du, v - dv
+    x = (np.cos(th) * u + np.sin(th) * v) / s
+    y = (-np.sin(th) * u + np.cos(th) * v) / s
+    return x, y
+
+
+def _lungs(x, y, rng):
+    """Two lung fields, wider at the base; returns the soft mask."""
+    m = np.zeros_like(x)
+    for side in (-1, 1):
+        cx = side * rng.uniform(0.36, 0.42)
+        cy, ry = rng.uniform(-0.10, 0.0), rng.uniform(0.52, 0.60)
+        rx = rng.uniform(0.25, 0.31) * (0.8 + 0.2 * np.clip((y - cy) / ry, -1, 1))
+        m = np.maximum(m, _ellipse(x, y, cx, cy, rx, ry, 0.05))
+    return m
+
+
+def _ribs(x, y, rng):
+    out = np.zeros_like(x)
+    y0, step = rng.uniform(-0.62, -0.55), rng.uniform(0.10, 0.12)
+    for k in range(10):
+        yc = y0 + k * step + 0.35 * (np.abs(x) - 0.1) ** 2
+        band = np.exp(-(((y - yc) / 0.016) ** 2))
+        out += band * ((np.abs(x) > 0.08) & (np.abs(x) < 0.78))
+    return out
+
+
+def _smooth_field(rng, size, sigma):
+    f = gaussian_filter(rng.standard_normal((size, size)), sigma)
+    return f / (np.abs(f).max() + 1e-8)
+
+
+def _ggo(x, y, lungs, rng, size):
+    """Patchy ground-glass opacities, mostly peripheral and in the lower zones."""
+    out = np.zeros_like(x)
+    inside = np.argwhere(lungs > 0.6)
+    if len(inside) == 0:
+        return out
+    n = rng.integers(1, 6)
+    texture = np.clip(_smooth_field(rng, size, 1.0) * 2.0, 0, 1)
+    for _ in range(n):
+        for _try in range(30):  # rejection sampling toward the periphery and the base
+            r, c = inside[rng.integers(len(inside))]
+            w = np.clip(abs(x[r, c]) / 0.6, 0, 1) * np.clip((y[r, c] + 0.6) / 1.0, 0.1, 1)
+            if rng.random() < w:
+                break
+        rad = rng.uniform(0.07, 0.18)
+        env = np.exp(-(((x - x[r, c]) ** 2 + (y - y[r, c]) ** 2) / (2 * rad**2)))
+        out += rng.uniform(0.05, 0.22) * env * (0.25 + texture)
+    return out * lungs
+
+
+def _marker(img: np.ndarray, rng: np.random.Generator) -> None:
+    glyph = np.array([[c == "1" for c in row] for row in _GLYPHS[rng.choice(["L", "R"])]])
+    scale = max(1, img.shape[0] // 64)
+    g = np.kron(glyph, np.ones((scale, scale), dtype=bool))
+    h, w = g.shape
+    m = max(2, img.shape[0] // 32)
+    r = m if rng.random() < 0.5 else m + rng.integers(0, m)
+    c = m if rng.random() < 0.5 else img.shape[1] - w - m
+    img[r : r + h, c : c + w][g] = rng.uniform(0.85, 1.0)
+
+
+def render_cxr(rng: np.random.Generator, size: int, covid: bool) -> np.ndarray:
+    """One synthetic radiograph as a (size, size) uint8 array."""
+    x, y = _grid(rng, size)
+    body = _ellipse(x, y, 0.0, 0.08, rng.uniform(0.8, 0.9), 1.1, 0.03)
+    lungs = _lungs(x, y, rng)
+    heart = _ellipse(x, y, rng.uniform(0.05, 0.15), rng.uniform(0.28, 0.38), 0.3, 0.24)
+    spine = np.exp(-((x / 0.07) ** 4)) * (0.85 + 0.15 * np.cos(y * 40))
+    clav = sum(
+        np.exp(-(((y - (-0.64 - 0.15 * abs(x))) / 0.02) ** 2)) * (abs(x) < 0.6) * (s * x > 0.08)
+        for s in (-1, 1)
+    )
+    a = 0.45 * body - 0.30 * lungs * body + 0.14 * heart + 0.25 * spine * body
+    a += 0.10 * _ribs(x, y, rng) * body + 0.12 * clav * body
+    # smooth soft-tissue densities (breast shadows, overlap) in both classes
+    for _ in range(rng.integers(0, 4)):
+        cx, cy = rng.uniform(-0.6, 0.6), rng.uniform(0.0, 0.6)
+        a += rng.uniform(0.02, 0.10) * _ellipse(x, y, cx, cy, 0.3, 0.25, 0.3) * lungs
+    a += 0.03 * _smooth_field(rng, size, size / 10) * body
+    if covid:
+        a += _ggo(x, y, lungs, rng, size)
+    img = np.clip(a * rng.uniform(0.9, 1.5) + rng.uniform(-0.05, 0.12), 0, 1) ** rng.uniform(0.8, 1.25)
+    img = gaussian_filter(img, 0.6) + rng.normal(0, rng.uniform(0.01, 0.03), img.shape)
+    _marker(img, rng)
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+def synthesize(out_dir: Path, n_per_class: int, size: int, seed: int) -> dict[str, int]:
+    """Write n_per_class PNGs per class under out_dir/<CLASS>/; returns counts per class."""
+    counts = {}
+    for label, (cls, folder) in enumerate(CLASS_DIRS.items()):
+        d = Path(out_dir) / folder
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            rng = np.random.default_rng([seed, label, i])  # order-independent per image
+            arr = render_cxr(rng, size, covid=(cls == "Covid"))
+            Image.fromarray(arr, mode="L").save(d / f"{cls}-{i + 1:04d}.png")
+        counts[cls] = n_per_class
+    return counts

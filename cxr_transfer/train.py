@@ -1,0 +1,178 @@
+"""The training loop: per-epoch figures, early stopping on validation loss, best and last
+weights, and resume from the last completed epoch after a kill."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from cxr_transfer.batches import ArrayBatches
+from cxr_transfer.engine import Precision
+from cxr_transfer.params import ModeConfig
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a NaN loss, say); the message names the epoch and the setting."""
+
+
+def make_optimizer(params: Iterable[nn.Parameter], mode: ModeConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if mode.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=mode.lr, momentum=mode.momentum, weight_decay=mode.weight_decay)
+    if mode.optimizer == "adam":
+        return torch.optim.Adam(params, lr=mode.lr, weight_decay=mode.weight_decay)
+    if mode.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=mode.lr, weight_decay=mode.weight_decay)
+    raise ValueError(f"unknown optimizer {mode.optimizer!r}; choose one of ['adam', 'adamw', 'sgd']")
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float
+    images_per_s: float
+
+
+@dataclass
+class FitState:
+    """Everything needed to continue a run: saved after every completed epoch."""
+
+    history: list[EpochLog] = field(default_factory=list)
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped_early: bool = False
+
+
+@dataclass
+class Loop:
+    """What one epoch needs: the trained module, how to run a batch, and how to set modes."""
+
+    trained: nn.Module
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    set_train: Callable[[], None]
+    set_eval: Callable[[], None]
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def _run_epoch(loop: Loop, batches, optimizer, prec: Precision, device, scaler, desc: str):
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    total_loss, correct, n = 0.0, 0, 0
+    training = optimizer is not None
+    (loop.set_train if training else loop.set_eval)()
+    bar = tqdm(batches, desc=desc, leave=False, mininterval=1.0, disable=len(batches) < 4)
+    for xb, yb in bar:
+        if training and loop.augment is not None:
+            xb = loop.augment(xb)
+        with torch.set_grad_enabled(training), prec.autocast(device):
+            logits = loop.forward(xb)
+            loss = loss_fn(logits.float(), yb)
+        if training:
+            optimizer.zero_grad(set_to_none=True)
+            scaled = loss / len(yb)
+            if scaler is not None:
+                scaler.scale(scaled).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                scaled.backward()
+                optimizer.step()
+        total_loss += float(loss)
+        correct += int((logits.argmax(1) == yb).sum())
+        n += len(yb)
+        bar.set_postfix(loss=f"{total_loss / n:.4f}")
+    return total_loss / n, correct / n, n
+
+
+class Checkpoints:
+    """best.pt / last.pt (state_dicts) and state.json in a run folder that survives a kill.
+
+    `fingerprint` ties the folder to one configuration: a different one starts afresh."""
+
+    def __init__(self, folder: Path, fingerprint: str):
+        self.folder, self.fingerprint = Path(folder), fingerprint
+
+    def load(self, module: nn.Module, optimizer) -> FitState | None:
+        meta = self.folder / "state.json"
+        if not meta.exists() or json.loads(meta.read_text()).get("fingerprint") != self.fingerprint:
+            return None
+        ck = torch.load(self.folder / "last.pt", map_location="cpu", weights_only=True)
+        module.load_state_dict(ck["module"])
+        optimizer.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["rng"])
+        raw = json.loads(meta.read_text())["state"]
+        return FitState(**{**raw, "history": [EpochLog(**h) for h in raw["history"]]})
+
+    def save(self, module: nn.Module, optimizer, state: FitState, is_best: bool) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        ck = {"module": module.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
+        torch.save(ck, self.folder / "last.tmp")
+        if is_best:
+            torch.save(module.state_dict(), self.folder / "best.pt")
+        (self.folder / "last.tmp").replace(self.folder / "last.pt")
+        meta = {"fingerprint": self.fingerprint, "state": asdict(state)}
+        (self.folder / "state.tmp").write_text(json.dumps(meta))
+        (self.folder / "state.tmp").replace(self.folder / "state.json")
+
+    def best(self) -> dict[str, torch.Tensor]:
+        return torch.load(self.folder / "best.pt", map_location="cpu", weights_only=True)
+
+
+def fit(
+    loop: Loop,
+    train: ArrayBatches,
+    val: ArrayBatches,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    patience: int,
+    ckpt: Checkpoints,
+    prec: Precision,
+    device: torch.device,
+    on_epoch: Callable[[EpochLog], None] = lambda log: None,
+) -> FitState:
+    """Train `loop.trained` for up to `epochs`, stopping after `patience` epochs without a lower
+    validation loss. Resumes from `ckpt` when it holds a run of the same fingerprint."""
+    state = ckpt.load(loop.trained, optimizer) or FitState()
+    for log in state.history:  # replay what a killed run already logged
+        on_epoch(log)
+    scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
+    lr = optimizer.param_groups[0]["lr"]
+    start = len(state.history) + 1
+    for epoch in range(start, epochs + 1):
+        if state.stopped_early:
+            break
+        t0 = time.perf_counter()
+        train.set_epoch(epoch)
+        tl, ta, n = _run_epoch(loop, train, optimizer, prec, device, scaler, f"epoch {epoch}/{epochs}")
+        if not math.isfinite(tl):
+            raise TrainingError(f"training loss is {tl} at epoch {epoch} with lr={lr}; lower the mode's lr")
+        vl, va, _ = _run_epoch(loop, val, None, prec, device, None, "val")
+        secs = time.perf_counter() - t0
+        log = EpochLog(epoch, tl, ta, vl, va, lr, round(secs, 3), round(n / secs, 2))
+        state.history.append(log)
+        is_best = vl < state.best_val_loss
+        if is_best:
+            state.best_val_loss, state.best_epoch, state.bad_epochs = vl, epoch, 0
+        else:
+            state.bad_epochs += 1
+        state.stopped_early = state.bad_epochs >= patience and epoch < epochs
+        ckpt.save(loop.trained, optimizer, state, is_best)
+        on_epoch(log)
+        tqdm.write(
+            f"epoch {epoch:3d}  train loss {tl:.4f} acc {ta:.3f}  val loss {vl:.4f} acc {va:.3f}"
+            f"  {secs:.1f}s {n / secs:.0f} img/s{'  *best' if is_best else ''}"
+        )
+    return state

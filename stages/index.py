@@ -1,0 +1,33 @@
+"""Stage index: walk data.root and write data.csv plus a report of everything skipped."""
+
+import argparse
+from pathlib import Path
+
+from cxr_transfer.cli import run, write_json
+from cxr_transfer.index import build_index, read_groups
+from cxr_transfer.params import load_params
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--out", type=Path, required=True, help="data.csv to write")
+    ap.add_argument("--report", type=Path, required=True, help="index report JSON to write")
+    args = ap.parse_args()
+    p = load_params(args.params)
+    meta = p.data.metadata
+    groups = None
+    if meta.file:
+        groups = read_groups(Path(meta.file), meta.filename_column, meta.patient_column)
+    df, report = build_index(Path(p.data.root), p.data.classes, p.index.max_pixels, p.index.workers, groups)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out, index=False)
+    write_json(args.report, {"root": p.data.root, **report})
+    print(
+        f"index: {report['images']} images {report['per_class']}, {report['skipped']} skipped "
+        f"{report['skipped_by_reason']}, {report['duplicate_images']} duplicates -> {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    run(main, "index")
