@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -86,3 +87,15 @@ def tail_inputs(model: nn.Module, tail: nn.Module, forward: Callable, batches: A
         handle.remove()
         model.train(was_training)
     return torch.cat(feats).flatten(1)
+
+
+def predict_proba(model: nn.Module, mean, std, x, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Softmax probabilities (N, classes) of a model over an (N, S, S) uint8 image store."""
+    model.to(device).eval()
+    norm = Normalizer(mean, std).to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    batches = ArrayBatches(np.asarray(x)[:, None], np.zeros(len(x)), batch_size, device=device)
+    logits = predict_logits(image_forward(model, norm, channels_last), batches, Precision.for_device(device), device)
+    return logits.softmax(1)

@@ -77,3 +77,17 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())
     return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+
+def load_trained(model_dir) -> tuple[nn.Module, dict]:
+    """A trained model from its folder: the JSON sidecar says what to build, best.pt fills it.
+
+    Weights load with weights_only=True: a checkpoint is tensors, never a pickled object."""
+    import json
+    from pathlib import Path
+
+    model_dir = Path(model_dir)
+    meta = json.loads((model_dir / "model.json").read_text())
+    model = build_model(meta["arch"], False, "none", len(meta["classes"]), 0)
+    model.load_state_dict(torch.load(model_dir / "best.pt", map_location="cpu", weights_only=True))
+    return model.eval(), meta

@@ -90,7 +90,7 @@ def _run_epoch(loop: Loop, batches, optimizer, prec: Precision, device, scaler, 
             else:
                 scaled.backward()
                 optimizer.step()
-        total_loss += float(loss)
+        total_loss += loss.item()
         correct += int((logits.argmax(1) == yb).sum())
         n += len(yb)
         bar.set_postfix(loss=f"{total_loss / n:.4f}")

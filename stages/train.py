@@ -25,9 +25,10 @@ LIVE_NAMES = {"train_loss": "train/loss", "train_acc": "train/acc", "val_loss": 
 
 
 def log_epoch(live: Live, log) -> None:
+    live.step = log.epoch
     for field, name in LIVE_NAMES.items():
         live.log_metric(name, getattr(log, field))
-    live.next_step()
+    live.make_summary()
 
 
 def main() -> None:

@@ -1,0 +1,60 @@
+"""From predicted probabilities to the metrics file: point estimates, intervals, thresholds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from cxr_transfer.metrics import (
+    bootstrap_ci,
+    point_metrics,
+    undefined_reasons,
+    youden_threshold,
+)
+
+
+def _round(v):
+    if isinstance(v, float):
+        return round(v, 6)
+    if isinstance(v, dict):
+        return {k: _round(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_round(x) for x in v]
+    return v
+
+
+def evaluate(y, p, groups, y_val, p_val, reps: int, seed: int, confidence: float, bins: int) -> dict:
+    """The metrics of one model on the test split.
+
+    Argmax (threshold 0.5) is the headline; the Youden threshold is chosen on validation and only
+    then applied to test, reported separately, so nothing is tuned on test."""
+    y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float)
+    m = point_metrics(y, p, 0.5, bins)
+    out = {k: m[k] for k in m if k not in ("per_class", "confusion")}
+    out["n_test"] = len(y)
+    out["n_groups"] = int(len(set(groups))) if groups is not None else len(y)
+    out["per_class"] = m["per_class"]
+    out["confusion"] = m["confusion"]
+    out["ci"] = bootstrap_ci(y, p, 0.5, groups, reps, seed, confidence, bins)
+    out["ci_level"] = confidence
+    t = youden_threshold(y_val, p_val)
+    if t is None:
+        out["youden"] = {"threshold": None, "reason": "the validation split has one class"}
+    else:
+        mt = point_metrics(y, p, t, bins)
+        keys = ("accuracy", "precision", "recall", "specificity", "f1", "npv", "balanced_accuracy")
+        out["youden"] = {"threshold": t, **{k: mt[k] for k in keys}, "confusion": mt["confusion"]}
+    out["undefined"] = undefined_reasons(m, y, p, 0.5)
+    return _round(out)
+
+
+def curves(y, p) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """ROC (fpr, tpr) and precision-recall points; empty frames when one class is missing."""
+    y = np.asarray(y).astype(int)
+    if y.min() == y.max():
+        return pd.DataFrame(columns=["fpr", "tpr", "threshold"]), pd.DataFrame(columns=["recall", "precision"])
+    fpr, tpr, thr = roc_curve(y, p)
+    prec, rec, _ = precision_recall_curve(y, p)
+    roc = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thr, 1.0)})
+    return roc.round(6), pd.DataFrame({"recall": rec, "precision": prec}).round(6)

@@ -1,0 +1,57 @@
+"""Stage evaluate@<arch>-<mode>: predict the test split with the best checkpoint and score it."""
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from cxr_transfer.cli import run, write_json
+from cxr_transfer.engine import pick_device, predict_proba
+from cxr_transfer.evaluation import curves, evaluate
+from cxr_transfer.models import load_trained
+from cxr_transfer.params import load_params
+from cxr_transfer.prepare import load_store
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--prepared", type=Path, required=True)
+    ap.add_argument("--splits", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="metrics JSON")
+    ap.add_argument("--eval-dir", type=Path, required=True, help="predictions and curves")
+    args = ap.parse_args()
+    p = load_params(args.params)
+    cfg = p.evaluate
+    model, meta = load_trained(args.model)
+    pos = meta["classes"].index(p.data.positive)
+    device = pick_device(p.train.device)
+    probs = {}
+    for split in ("val", "test"):
+        x, _ = load_store(args.prepared, split)
+        probs[split] = predict_proba(model, meta["mean"], meta["std"], x, 64, device)[:, pos].numpy()
+    test = pd.read_csv(args.splits / "test.csv")
+    val = pd.read_csv(args.splits / "val.csv")
+    y, y_val = (test["label"] == pos).to_numpy(), (val["label"] == pos).to_numpy()
+    m = evaluate(y, probs["test"], test["group"].to_numpy(), y_val, probs["val"],
+                 cfg.bootstrap, cfg.seed, cfg.confidence, cfg.ece_bins)
+    keep = ("train_seconds", "images_per_s", "best_epoch", "epochs_run", "trainable_params", "total_params")
+    write_json(args.out, {"arch": meta["arch"], "mode": meta["mode"], **m, **{k: meta[k] for k in keep}})
+    args.eval_dir.mkdir(parents=True, exist_ok=True)
+    names = meta["classes"]
+    pred = test.assign(probability=probs["test"].round(6),
+                       predicted=[names[pos] if q >= 0.5 else names[1 - pos] for q in probs["test"]])
+    pred[["path", "group", "class", "label", "probability", "predicted"]].to_csv(
+        args.eval_dir / "predictions.csv", index=False)
+    roc, pr = curves(y, probs["test"])
+    roc.to_csv(args.eval_dir / "roc.csv", index=False)
+    pr.to_csv(args.eval_dir / "pr.csv", index=False)
+    print(f"evaluate {meta['arch']}-{meta['mode']}: accuracy {m['accuracy']}, AUROC {m['auroc']} "
+          f"(95% CI {m['ci']['auroc']}) on {len(y)} test images")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    run(main, "evaluate")
