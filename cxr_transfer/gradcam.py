@@ -1,0 +1,44 @@
+"""Grad-CAM: where in the image the model's evidence for a class lies (Selvaraju et al., 2017)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
+    """(B, H, W) maps in [0, 1] for class `target`: the layer's activations weighted by the
+    spatial mean of their gradients, rectified and upsampled to the input's size."""
+    acts, grads = [], []
+    h1 = layer.register_forward_hook(lambda m, i, o: acts.append(o))
+    h2 = layer.register_full_backward_hook(lambda m, gi, go: grads.append(go[0]))
+    model.eval()
+    try:
+        with torch.enable_grad():
+            x = x.detach().clone().requires_grad_(True)
+            logits = model(x)
+            model.zero_grad(set_to_none=True)
+            logits[:, target].sum().backward()
+    finally:
+        h1.remove()
+        h2.remove()
+    a, g = acts[0].detach(), grads[0].detach()
+    cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    lo = cam.flatten(1).min(1).values.view(-1, 1, 1)
+    hi = cam.flatten(1).max(1).values.view(-1, 1, 1)
+    return ((cam - lo) / (hi - lo).clamp_min(1e-12)).cpu().numpy()
+
+
+def pick_examples(y: np.ndarray, pred: np.ndarray, per_cell: int, seed: int) -> list[tuple[str, list[int]]]:
+    """Seeded sample of test indices per (true class, right/wrong) cell, for a fixed grid."""
+    rng = np.random.default_rng(seed)
+    cells = []
+    for label in (1, 0):
+        for right in (True, False):
+            idx = np.flatnonzero((y == label) & ((pred == y) == right))
+            take = rng.choice(idx, size=min(per_cell, len(idx)), replace=False) if len(idx) else []
+            cells.append(((label, right), sorted(int(i) for i in take)))
+    return cells

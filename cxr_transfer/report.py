@@ -1,0 +1,163 @@
+"""Gather every arch x mode into the comparison: the summary table, mode-vs-mode statistics, the
+combined plot data that `dvc plots show` reads, and static PNGs for readers without DVC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cxr_transfer.metrics import paired_difference  # noqa: E402
+
+CURVE_FILES = {"train_loss": "train/loss", "train_acc": "train/acc", "val_loss": "val/loss", "val_acc": "val/acc"}
+
+
+def read_curves(live_dir: Path) -> pd.DataFrame:
+    """One row per epoch from a DVCLive folder's TSVs (step = epoch)."""
+    out = None
+    for col, rel in CURVE_FILES.items():
+        t = pd.read_csv(Path(live_dir) / "plots" / "metrics" / f"{rel}.tsv", sep="\t")
+        t = t.rename(columns={"step": "epoch", rel.split("/")[1]: col})[["epoch", col]]
+        out = t if out is None else out.merge(t, on="epoch")
+    return out
+
+
+def _fmt(v, ci=None) -> str:
+    if v is None:
+        return "n/a"
+    s = f"{v:.3f}"
+    return f"{s} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else s
+
+
+def summary_table(metrics: dict[str, dict]) -> pd.DataFrame:
+    """The seed's results table (NETWORK, Precision, Recall, F1-Score, Accuracy, Specificity),
+    extended with AUROC, 95% intervals and training time; the best accuracy row is marked."""
+    rows = []
+    for name, m in metrics.items():
+        rows.append({
+            "NETWORK": name, "Precision": m["precision"], "Recall": m["recall"], "F1-Score": m["f1"],
+            "Accuracy": m["accuracy"], "Accuracy CI": m["ci"]["accuracy"], "Specificity": m["specificity"],
+            "AUROC": m["auroc"], "AUROC CI": m["ci"]["auroc"], "Train seconds": m["train_seconds"],
+            "Images/s": m["images_per_s"],
+        })
+    df = pd.DataFrame(rows)
+    acc = df["Accuracy"].astype(float).fillna(-1)
+    df["Best"] = np.where(acc == acc.max(), "*", "")
+    return df
+
+
+def summary_markdown(df: pd.DataFrame, compare: dict) -> str:
+    head = "| NETWORK | Precision | Recall | F1-Score | Accuracy (95% CI) | Specificity | AUROC (95% CI) | Train s |"
+    lines = ["# Results on the test split", "", head, "|" + " --- |" * 8]
+    for r in df.to_dict("records"):
+        name = f"**{r['NETWORK']}** (best)" if r["Best"] else r["NETWORK"]
+        lines.append(
+            f"| {name} | {_fmt(r['Precision'])} | {_fmt(r['Recall'])} | {_fmt(r['F1-Score'])} "
+            f"| {_fmt(r['Accuracy'], r['Accuracy CI'])} | {_fmt(r['Specificity'])} "
+            f"| {_fmt(r['AUROC'], r['AUROC CI'])} | {r['Train seconds']:.1f} |"
+        )
+    lines += ["", "## Mode against mode (same test images)", "",
+              "| comparison | accuracy diff (95% CI) | AUROC diff (95% CI) | McNemar p |", "| --- | --- | --- | --- |"]
+    for key, c in compare.items():
+        lines.append(f"| {key} | {_fmt(c['accuracy_diff'], c['accuracy_diff_ci'])} "
+                     f"| {_fmt(c['auroc_diff'], c['auroc_diff_ci'])} | {c['mcnemar_p']:.3g} |")
+    lines += ["", "Intervals: percentile bootstrap over patients/groups; differences are paired.", ""]
+    return "\n".join(lines)
+
+
+def comparisons(names: list[str]) -> list[tuple[str, str]]:
+    """(a, b) pairs to compare: every mode against scratch of the same arch, and ft against fe."""
+    pairs = []
+    for n in names:
+        arch, _, mode = n.rpartition("-")
+        if mode != "scratch" and f"{arch}-scratch" in names:
+            pairs.append((n, f"{arch}-scratch"))
+        if mode == "ft" and f"{arch}-fe" in names:
+            pairs.append((n, f"{arch}-fe"))
+    return pairs
+
+
+def compare_modes(preds: dict[str, pd.DataFrame], positive: str, reps: int, seed: int, conf: float) -> dict:
+    out = {}
+    for a, b in comparisons(list(preds)):
+        pa, pb = preds[a], preds[b]
+        if list(pa["path"]) != list(pb["path"]):
+            raise ValueError(f"{a} and {b} were evaluated on different test images; rerun evaluate")
+        y = (pa["class"] == positive).to_numpy()
+        out[f"{a} vs {b}"] = paired_difference(
+            y, pa["probability"].to_numpy(), pb["probability"].to_numpy(), pa["group"].to_numpy(), reps, seed, conf
+        )
+    return out
+
+
+def _lines(ax, df: pd.DataFrame, x: str, y: str, title: str, ylabel: str, style="-o"):
+    for name, g in df.groupby("model", sort=False):
+        ax.plot(g[x], g[y], style, label=name, markersize=3)
+    ax.set(title=title, xlabel=x, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_curves(curves: pd.DataFrame, out_dir: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    _lines(ax, curves, "epoch", "val_acc", "Validation accuracy: pretrained vs scratch", "validation accuracy")
+    fig.tight_layout()
+    fig.savefig(out_dir / "val_accuracy.png")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110, sharey=True)
+    _lines(axes[0], curves, "epoch", "train_loss", "Training loss", "cross-entropy")
+    _lines(axes[1], curves, "epoch", "val_loss", "Validation loss", "cross-entropy")
+    fig.tight_layout()
+    fig.savefig(out_dir / "loss.png")
+    plt.close("all")
+
+
+def plot_roc(roc: pd.DataFrame, metrics: dict[str, dict], out_dir: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
+    for name, g in roc.groupby("model", sort=False):
+        auc = metrics[name]["auroc"]
+        ax.plot(g["fpr"], g["tpr"], label=f"{name} (AUROC {_fmt(auc)})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(title="ROC on the test split", xlabel="1 - specificity", ylabel="sensitivity")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out_dir / "roc.png")
+    plt.close(fig)
+
+
+def plot_confusions(metrics: dict[str, dict], classes: tuple[str, str], out_dir: Path) -> None:
+    """classes = (negative, positive) names."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), dpi=110, squeeze=False)
+    for ax, (name, m) in zip(axes[0], metrics.items(), strict=True):
+        c = m["confusion"]
+        mat = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
+        ax.imshow(mat, cmap="Blues")
+        for (i, j), v in np.ndenumerate(mat):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > mat.max() / 2 else "black")
+        ax.set(title=name, xticks=[0, 1], yticks=[0, 1], xticklabels=classes, yticklabels=classes,
+               xlabel="predicted", ylabel="actual")
+    fig.tight_layout()
+    fig.savefig(out_dir / "confusion.png")
+    plt.close(fig)
+
+
+def plot_gradcam_grid(images, cams, titles, out_path: Path, suptitle: str) -> None:
+    """Rows of (image, Grad-CAM overlay) pairs; images (N,S,S) uint8, cams (N,S,S) in [0,1]."""
+    n = max(len(images), 1)
+    cols = 4
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, cam, title in zip(axes.flat, images, cams, titles, strict=False):
+        ax.imshow(img, cmap="gray")
+        ax.imshow(cam, cmap="jet", alpha=0.35)
+        ax.set_title(title, fontsize=7)
+    fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
