@@ -107,7 +107,7 @@ def _inspect_chunk(args: tuple[list[str], int]) -> list[dict]:
 def decode_all(paths: list[str], max_pixels: int, workers: int) -> list[dict]:
     """inspect_image over many files, in parallel processes, with a progress bar."""
     workers = workers or os.cpu_count() or 1
-    chunk = 64
+    chunk = max(1, min(64, -(-len(paths) // (4 * workers))))
     chunks = [(paths[i : i + chunk], max_pixels) for i in range(0, len(paths), chunk)]
     out: list[dict] = []
     bar = tqdm(total=len(paths), desc="index", unit="img", mininterval=1.0)

@@ -32,7 +32,7 @@ def _chunk(args: tuple[list[str], int]) -> np.ndarray:
 def decode_split(paths: list[str], size: int, workers: int = 0, desc: str = "prepare") -> np.ndarray:
     """(N, size, size) uint8 array of the images at `paths`, decoded in parallel, in order."""
     workers = workers or os.cpu_count() or 1
-    step = 64
+    step = max(1, min(64, -(-len(paths) // (4 * workers))))
     chunks = [(paths[i : i + step], size) for i in range(0, len(paths), step)]
     out = np.zeros((len(paths), size, size), np.uint8)
     with tqdm(total=len(paths), desc=desc, unit="img", mininterval=1.0) as bar:

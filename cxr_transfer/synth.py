@@ -70,23 +70,34 @@ def _smooth_field(rng, size, sigma):
     return f / (np.abs(f).max() + 1e-8)
 
 
-def _ggo(x, y, lungs, rng, size):
-    """Patchy ground-glass opacities, mostly peripheral and in the lower zones."""
+def _site(x, y, inside, rng):
+    """A lung pixel, drawn with preference for the periphery and the lower zones."""
+    for _try in range(30):
+        r, c = inside[rng.integers(len(inside))]
+        w = np.clip(abs(x[r, c]) / 0.6, 0, 1) * np.clip((y[r, c] + 0.6) / 1.0, 0.1, 1)
+        if rng.random() < w:
+            break
+    return x[r, c], y[r, c]
+
+
+def _densities(x, y, lungs, rng, size, covid: bool):
+    """Smooth soft-tissue densities in both classes (overlap, breast shadows) at the sites where
+    opacities occur; Covid adds patchy ground-glass opacities: a mottled texture, some faint."""
     out = np.zeros_like(x)
     inside = np.argwhere(lungs > 0.6)
     if len(inside) == 0:
         return out
-    n = rng.integers(1, 6)
-    texture = np.clip(_smooth_field(rng, size, 1.0) * 2.0, 0, 1)
-    for _ in range(n):
-        for _try in range(30):  # rejection sampling toward the periphery and the base
-            r, c = inside[rng.integers(len(inside))]
-            w = np.clip(abs(x[r, c]) / 0.6, 0, 1) * np.clip((y[r, c] + 0.6) / 1.0, 0.1, 1)
-            if rng.random() < w:
-                break
-        rad = rng.uniform(0.07, 0.18)
-        env = np.exp(-(((x - x[r, c]) ** 2 + (y - y[r, c]) ** 2) / (2 * rad**2)))
-        out += rng.uniform(0.05, 0.22) * env * (0.25 + texture)
+    for _ in range(rng.integers(0, 4)):
+        cx, cy = _site(x, y, inside, rng)
+        rad = rng.uniform(0.1, 0.22)
+        out += rng.uniform(0.02, 0.10) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * rad**2))
+    if covid:
+        texture = np.clip(_smooth_field(rng, size, 0.9) * 2.5, 0, 1)
+        for _ in range(rng.integers(1, 6)):
+            cx, cy = _site(x, y, inside, rng)
+            rad = rng.uniform(0.07, 0.18)
+            env = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * rad**2))
+            out += rng.uniform(0.08, 0.30) * env * (0.05 + texture)
     return out * lungs
 
 
@@ -114,13 +125,8 @@ def render_cxr(rng: np.random.Generator, size: int, covid: bool) -> np.ndarray:
     )
     a = 0.45 * body - 0.30 * lungs * body + 0.14 * heart + 0.25 * spine * body
     a += 0.10 * _ribs(x, y, rng) * body + 0.12 * clav * body
-    # smooth soft-tissue densities (breast shadows, overlap) in both classes
-    for _ in range(rng.integers(0, 4)):
-        cx, cy = rng.uniform(-0.6, 0.6), rng.uniform(0.0, 0.6)
-        a += rng.uniform(0.02, 0.10) * _ellipse(x, y, cx, cy, 0.3, 0.25, 0.3) * lungs
     a += 0.03 * _smooth_field(rng, size, size / 10) * body
-    if covid:
-        a += _ggo(x, y, lungs, rng, size)
+    a += _densities(x, y, lungs, rng, size, covid)
     img = np.clip(a * rng.uniform(0.9, 1.5) + rng.uniform(-0.05, 0.12), 0, 1) ** rng.uniform(0.8, 1.25)
     img = gaussian_filter(img, 0.6) + rng.normal(0, rng.uniform(0.01, 0.03), img.shape)
     _marker(img, rng)

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny images written into tmp_path."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_image(path: Path, size=(24, 24), value: int | None = None, mode="L", fmt=None, seed=0) -> Path:
+    """A small image file; distinct pixels per seed unless `value` is given."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    if value is None:
+        arr = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    else:
+        arr = np.full((h, w), value, np.uint8)
+    im = Image.fromarray(arr, "L")
+    if mode == "I;16":
+        im = Image.fromarray(arr.astype(np.uint16) * 257)
+    elif mode != "L":
+        im = im.convert(mode)
+    im.save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def make_image():
+    return write_image
+
+
+@pytest.fixture
+def seed_layout(tmp_path):
+    """The seed tutorial's layout: NORMAL/ and COVID/ with 6 distinct PNGs each."""
+    root = tmp_path / "raw"
+    for k, folder in enumerate(("NORMAL", "COVID")):
+        for i in range(6):
+            write_image(root / folder / f"{folder.lower()}-{i}.png", seed=100 * k + i)
+    return root

@@ -1,0 +1,153 @@
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxr_transfer.imageio import to_gray8
+from cxr_transfer.index import IndexError_, build_index, read_groups
+
+CLASSES = {"Normal": ("NORMAL", "Normal"), "Covid": ("COVID", "COVID-19")}
+
+
+def index(root, **kw):
+    return build_index(root, CLASSES, max_pixels=kw.pop("max_pixels", 10_000), workers=1, **kw)
+
+
+def test_seed_layout_is_indexed_with_labels_and_columns(seed_layout):
+    df, rep = index(seed_layout)
+    assert list(df.columns) == ["path", "image_name", "label", "class", "group", "hash", "width",
+                                "height", "mode", "format"]
+    assert rep["per_class"] == {"Normal": 6, "Covid": 6}
+    assert set(df.loc[df["class"] == "Covid", "label"]) == {1}
+    assert set(df.loc[df["class"] == "Normal", "label"]) == {0}
+    assert (df["width"] == 24).all() and (df["format"] == "PNG").all()
+    assert df["group"].nunique() == 12
+    assert rep["skipped"] == 0
+
+
+def _corrupt(p):
+    p.parent.mkdir(parents=True, exist_ok=True)
+    data = (p.parent / "ok.png").read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    "rel, make, reason",
+    [
+        ("COVID/empty.png", lambda p: p.write_bytes(b""), "empty file"),
+        ("COVID/notes.txt", lambda p: p.write_text("hello"), "not an image (.txt)"),
+        ("COVID/COVID.metadata.xlsx", lambda p: p.write_bytes(b"PK"), "not an image (.xlsx)"),
+        ("COVID/fake.png", lambda p: p.write_text("not a png at all"), "not a decodable image"),
+        ("COVID/cut.png", _corrupt, "corrupt or truncated image"),
+        ("COVID/masks/m1.png", None, "mask folder"),
+        ("COVID/.hidden.png", None, "hidden or OS file"),
+        ("COVID/.DS_Store", lambda p: p.write_bytes(b"\0\0"), "hidden or OS file"),
+        ("NORMAL/Thumbs.db", lambda p: p.write_bytes(b"\0\0"), "hidden or OS file"),
+        ("__MACOSX/COVID/._x.png", None, "OS folder"),
+        (".cache/COVID/x.png", None, "hidden folder"),
+        ("Viral Pneumonia/v1.png", None, "folder of no configured class"),
+        ("COVID/huge.png", "huge", "too many pixels"),
+    ],
+)
+def test_every_skip_reason_is_counted_and_listed(seed_layout, make_image, rel, make, reason):
+    make_image(seed_layout / "COVID" / "ok.png", seed=999)
+    p = seed_layout / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if make is None:
+        make_image(p, seed=555)
+    elif make == "huge":
+        make_image(p, size=(200, 200), seed=556)
+    else:
+        make(p)
+    df, rep = index(seed_layout)
+    assert rep["skipped_by_reason"] == {reason: 1}
+    assert rep["skipped_files"][0]["path"] == rel
+    assert rel not in set(df["path"])
+    assert rep["per_class"] == {"Normal": 6, "Covid": 7}  # the good files all remain
+
+
+@pytest.mark.parametrize(
+    "name, mode, fmt",
+    [
+        ("a16.png", "I;16", "PNG"),
+        ("rgba.png", "RGBA", "PNG"),
+        ("pal.png", "P", "PNG"),
+        ("cmyk.jpg", "CMYK", "JPEG"),
+        ("rgb.JPEG", "RGB", "JPEG"),
+        ("b.bmp", "L", "BMP"),
+        ("t.tif", "L", "TIFF"),
+        ("UPPER.PNG", "L", "PNG"),
+    ],
+)
+def test_reads_many_formats_and_modes(seed_layout, make_image, name, mode, fmt):
+    make_image(seed_layout / "COVID" / name, mode=mode, fmt=fmt, seed=7)
+    df, rep = index(seed_layout)
+    row = df[df["image_name"] == name]
+    assert len(row) == 1 and row["format"].iloc[0] == fmt
+    assert rep["skipped"] == 0
+
+
+def test_16_bit_is_scaled_not_clipped():
+    a = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    assert to_gray8(Image.fromarray(a)).tolist() == [[0, 128, 255]]
+    twelve = np.array([[0, 4095]], dtype=np.uint16)
+    assert to_gray8(Image.fromarray(twelve)).tolist() == [[0, 255]]
+
+
+def test_duplicates_share_a_group_and_label_conflicts_are_dropped(seed_layout, make_image):
+    make_image(seed_layout / "COVID" / "copy.png", seed=101)  # same pixels as COVID/covid-1.png
+    make_image(seed_layout / "NORMAL" / "clash.png", seed=102)  # same pixels as COVID/covid-2.png
+    df, rep = index(seed_layout)
+    assert rep["duplicate_sets"] == 1 and rep["duplicates"] == [["COVID/copy.png", "COVID/covid-1.png"]]
+    g = df.set_index("path")["group"]
+    assert g["COVID/copy.png"] == g["COVID/covid-1.png"]
+    assert rep["skipped_by_reason"] == {"label conflict (same pixels in two classes)": 2}
+    assert "COVID/covid-2.png" not in set(df["path"]) and "NORMAL/clash.png" not in set(df["path"])
+
+
+def test_metadata_supplies_patient_groups(seed_layout, tmp_path):
+    meta = tmp_path / "meta.csv"
+    pd.DataFrame({"FILE NAME": ["covid-0", "covid-1", "normal-0.png"], "PATIENT ID": ["p1", "p1", "p2"]}).to_csv(
+        meta, index=False
+    )
+    groups = read_groups(meta, "FILE NAME", "PATIENT ID")
+    df, rep = index(seed_layout, groups=groups)
+    g = df.set_index("image_name")["group"]
+    assert g["covid-0.png"] == g["covid-1.png"] == "patient:p1"
+    assert g["normal-0.png"] == "patient:p2"
+    assert rep["images_without_metadata"] == 9
+    with pytest.raises(IndexError_, match="no column 'PATIENT'"):
+        read_groups(meta, "FILE NAME", "PATIENT")
+
+
+def test_radiography_database_layout(tmp_path, make_image):
+    root = tmp_path / "COVID-19_Radiography_Dataset"
+    for k, folder in enumerate(("COVID", "Normal", "Viral Pneumonia")):
+        for i in range(3):
+            make_image(root / folder / "images" / f"{folder}-{i}.png", seed=1000 * k + i)
+            make_image(root / folder / "masks" / f"{folder}-{i}.png", seed=7000 + i)
+        (root / f"{folder}.metadata.xlsx").write_bytes(b"PK")
+    (root / "README.md.txt").write_text("readme")
+    df, rep = index(root)
+    assert rep["per_class"] == {"Covid": 3, "Normal": 3}
+    assert rep["skipped_by_reason"] == {
+        "mask folder": 9, "not an image (.xlsx)": 3, "folder of no configured class": 3, "not an image (.txt)": 1
+    }
+    assert df["path"].str.contains("/images/").all()
+
+
+def test_fails_clearly_on_missing_root_nothing_found_and_empty_class(tmp_path, make_image):
+    with pytest.raises(IndexError_, match="does not exist"):
+        index(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IndexError_, match="no images found"):
+        index(tmp_path / "empty")
+    make_image(tmp_path / "one" / "NORMAL" / "a.png")
+    with pytest.raises(IndexError_, match="class Covid has no usable images"):
+        index(tmp_path / "one")
+
+
+def test_parallel_decode_matches_serial(seed_layout):
+    a, _ = build_index(seed_layout, CLASSES, 10_000, workers=1)
+    b, _ = build_index(seed_layout, CLASSES, 10_000, workers=2)
+    pd.testing.assert_frame_equal(a, b)

@@ -1,0 +1,75 @@
+import copy
+
+import pytest
+import yaml
+
+from cxr_transfer.params import ParamError, load_params, parse_params
+from tests.conftest import ROOT
+
+BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_repo_params_load_with_the_seed_defaults():
+    p = load_params(ROOT / "params.yaml")
+    assert p.split.test_size == 0.2 and p.split.val_size == 0.2 and p.split.seed == 42
+    assert p.modes["scratch"].optimizer == "sgd" and p.modes["scratch"].momentum == 0.9
+    assert p.modes["fe"].trainable == "head" and p.modes["fe"].weight_decay == 1e-5
+    assert p.modes["ft"].trainable == "all" and p.modes["ft"].pretrained
+    assert p.train.batch_size == 32 and p.train.patience == 8
+    assert p.data.classes["Covid"] == ("COVID", "COVID-19")
+
+
+def _with(path: str, value):
+    d = copy.deepcopy(BASE)
+    keys = path.split(".")
+    node = d
+    for k in keys[:-1]:
+        node = node[k]
+    node[keys[-1]] = value
+    return d
+
+
+@pytest.mark.parametrize(
+    "path, value, expect",
+    [
+        ("train.epochs", "ten", "train.epochs: expected an integer"),
+        ("train.epochs", 0, "train.epochs: must be >= 1"),
+        ("train.lr", 0.1, "train.lr: unknown key; allowed:"),
+        ("split.test_size", 1.5, "split.test_size: 1.5 must be in (0, 1)"),
+        ("archs", ["vgg19_bn", "alexnet"], "archs: 'alexnet' is not one of"),
+        ("train.modes", ["scratch", "transfer"], "train.modes: 'transfer' is not one of"),
+        ("modes.fe.trainable", "backbone", "modes.fe.trainable: 'backbone' is not one of ['all', 'classifier', 'head']"),
+        ("modes.ft.optimizer", "rmsprop", "modes.ft.optimizer: 'rmsprop' is not one of ['adam', 'adamw', 'sgd']"),
+        ("modes.ft.lr", -1, "modes.ft.lr: -1.0 must be in (0, 10)"),
+        ("train.device", "tpu", "train.device: 'tpu' is not one of"),
+        ("train.compile", "yes", "train.compile: expected true or false"),
+        ("data.positive", "Pneumonia", "data.positive: 'Pneumonia' is not one of"),
+        ("data.classes", {"Normal": ["N"], "Covid": ["N"]}, "data.classes.Covid: alias 'N' also names Normal"),
+    ],
+)
+def test_bad_values_fail_with_one_line_naming_the_key(path, value, expect):
+    with pytest.raises(ParamError) as e:
+        parse_params(_with(path, value))
+    msg = str(e.value)
+    assert expect in msg
+    assert "\n" not in msg
+
+
+def test_missing_required_mode_field_is_named():
+    d = _with("modes.fe", {"pretrained": True, "trainable": "head", "optimizer": "adam"})
+    with pytest.raises(ParamError, match="modes.fe.lr: is required"):
+        parse_params(d)
+
+
+def test_yaml_1_1_exponent_strings_are_numbers():
+    p = parse_params(_with("modes.ft.weight_decay", "1e-5"))
+    assert p.modes["ft"].weight_decay == pytest.approx(1e-5)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ParamError, match="not valid YAML"):
+        load_params(bad)

@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from cxr_transfer.batches import ArrayBatches, Normalizer
+from cxr_transfer.modes import image_batches
+from cxr_transfer.prepare import decode_split, load_store, prepare_splits
+from cxr_transfer.registry import IMAGENET_MEAN, IMAGENET_STD
+
+
+def test_store_equals_the_seeds_transform_exactly(tmp_path, make_image):
+    """Our uint8 store + batch-time normalisation == Grayscale(3)+Resize+ToTensor+Normalize."""
+    paths = [make_image(tmp_path / f"{i}.png", size=(70, 50), mode=m, seed=i) for i, m in enumerate(["L", "RGB"])]
+    x = decode_split([str(p) for p in paths], 32, workers=1)
+    ours = Normalizer(IMAGENET_MEAN, IMAGENET_STD)(torch.as_tensor(x)[:, None])
+    seed = transforms.Compose([
+        transforms.Grayscale(3), transforms.Resize((32, 32)), transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+    ref = torch.stack([seed(Image.open(p)) for p in paths])
+    assert ours.shape == ref.shape == (2, 3, 32, 32)
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_prepare_splits_writes_memory_mappable_stores(tmp_path, seed_layout):
+    split_dir = tmp_path / "split"
+    split_dir.mkdir()
+    files = sorted(seed_layout.rglob("*.png"))
+    rows = [{"path": str(f.relative_to(seed_layout)), "label": int("COVID" in str(f))} for f in files]
+    for s, sl in (("train", slice(0, 8)), ("val", slice(8, 10)), ("test", slice(10, 12))):
+        pd.DataFrame(rows[sl]).to_csv(split_dir / f"{s}.csv", index=False)
+    meta = prepare_splits(split_dir, seed_layout, tmp_path / "prep", 16, ["Normal", "Covid"], workers=2)
+    assert {s: m["n"] for s, m in meta["splits"].items()} == {"train": 8, "val": 2, "test": 2}
+    x, y = load_store(tmp_path / "prep", "train")
+    assert isinstance(x, np.memmap) and x.dtype == np.uint8 and x.shape == (8, 16, 16)
+    assert y.tolist() == [r["label"] for r in rows[:8]]
+    assert json.loads((tmp_path / "prep" / "meta.json").read_text())["image_size"] == 16
+    with pytest.raises(FileNotFoundError, match="run `dvc repro prepare`"):
+        load_store(tmp_path / "nothing", "train")
+
+
+@pytest.mark.parametrize("n, batch, sizes", [(10, 4, [4, 4, 2]), (3, 32, [3]), (8, 8, [8])])
+def test_batches_are_slices_and_a_batch_larger_than_the_split_works(n, batch, sizes):
+    x = np.arange(n * 4, dtype=np.uint8).reshape(n, 2, 2)
+    b = image_batches(x, np.arange(n), batch, "cpu")
+    got = list(b)
+    assert [len(yb) for _, yb in got] == sizes and len(b) == len(sizes)
+    assert torch.equal(torch.cat([xb for xb, _ in got])[:, 0], torch.as_tensor(x))
+
+
+def test_shuffle_depends_only_on_seed_and_epoch():
+    x, y = np.zeros((20, 1)), np.arange(20)
+    a = ArrayBatches(x, y, 5, shuffle=True, seed=3)
+    b = ArrayBatches(x, y, 5, shuffle=True, seed=3)
+    a.set_epoch(2)
+    list(ArrayBatches(x, y, 5, shuffle=True, seed=3))  # other iterators do not matter
+    b.set_epoch(2)
+    order_a = torch.cat([yb for _, yb in a])
+    assert torch.equal(order_a, torch.cat([yb for _, yb in b]))
+    assert sorted(order_a.tolist()) == list(range(20)) and order_a.tolist() != list(range(20))
+    b.set_epoch(3)
+    assert not torch.equal(order_a, torch.cat([yb for _, yb in b]))
+
+
+def test_empty_split_is_an_error():
+    with pytest.raises(ValueError, match="empty split"):
+        ArrayBatches(np.zeros((0, 1, 4, 4)), np.zeros(0), 4)

@@ -1,0 +1,58 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr_transfer.split import SPLITS, SplitError, grouped_split, split_summary
+
+
+def table(n_normal: int, n_covid: int, group_size: int = 1, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, (cls, n) in enumerate((("Normal", n_normal), ("Covid", n_covid))):
+        for i in range(n):
+            rows.append({"path": f"{cls}/{i}.png", "label": label, "class": cls, "group": f"{cls}-{i // group_size}"})
+    df = pd.DataFrame(rows)
+    return df.iloc[rng.permutation(len(df))].reset_index(drop=True)
+
+
+@pytest.mark.parametrize(
+    "n_normal, n_covid, group_size, test_size, val_size",
+    [
+        (100, 100, 1, 0.2, 0.2),  # the seed's proportions
+        (500, 120, 1, 0.2, 0.2),  # imbalanced
+        (300, 300, 4, 0.2, 0.2),  # patients with 4 images each
+        (90, 60, 3, 0.3, 0.1),
+        (10, 10, 1, 0.2, 0.2),  # small
+    ],
+)
+def test_grouped_split_has_no_overlap_and_keeps_proportions(n_normal, n_covid, group_size, test_size, val_size):
+    df = table(n_normal, n_covid, group_size)
+    which = grouped_split(df, test_size, val_size, seed=42)
+    parts = {s: df[which == s] for s in SPLITS}
+    s = split_summary(parts, 42, test_size, val_size)
+    assert s["group_overlap"] == 0
+    assert sum(len(p) for p in parts.values()) == len(df)
+    for cls, n in (("Normal", n_normal), ("Covid", n_covid)):
+        n_test = s["counts"]["test"][cls]
+        n_val = s["counts"]["val"][cls]
+        assert abs(n_test - n * test_size) <= group_size
+        assert abs(n_val - (n - n_test) * val_size) <= group_size
+        assert s["counts"]["train"][cls] >= 1
+
+
+def test_seeded_and_deterministic():
+    df = table(50, 50)
+    a = grouped_split(df, 0.2, 0.2, seed=1)
+    assert a.equals(grouped_split(df, 0.2, 0.2, seed=1))
+    assert not a.equals(grouped_split(df, 0.2, 0.2, seed=2))
+
+
+def test_seed_defaults_give_64_16_20():
+    df = table(250, 250)
+    which = grouped_split(df, 0.2, 0.2, seed=42)
+    assert which.value_counts().to_dict() == {"train": 320, "val": 80, "test": 100}
+
+
+def test_class_too_small_to_split_names_the_class():
+    with pytest.raises(SplitError, match="class Covid has 2 independent image group"):
+        grouped_split(table(20, 2), 0.2, 0.2, seed=0)

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+
+from cxr_transfer.batches import Normalizer
+from cxr_transfer.models import build_model
+from cxr_transfer.registry import IMAGENET_MEAN, IMAGENET_STD
+from cxr_transfer.synth import render_cxr, synthesize
+
+
+def test_deterministic_files(tmp_path):
+    a = synthesize(tmp_path / "a", 3, 64, seed=5)
+    synthesize(tmp_path / "b", 3, 64, seed=5)
+    assert a == {"Normal": 3, "Covid": 3}
+    for f in sorted((tmp_path / "a").rglob("*.png")):
+        assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes()
+    im = Image.open(tmp_path / "a" / "COVID" / "Covid-0001.png")
+    assert im.mode == "L" and im.size == (64, 64)
+
+
+@pytest.fixture(scope="module")
+def generated():
+    imgs, y = [], []
+    for label in (0, 1):
+        for i in range(200):
+            imgs.append(render_cxr(np.random.default_rng([3, label, i]), 128, covid=bool(label)))
+            y.append(label)
+    return np.stack(imgs), np.array(y)
+
+
+def _cv(x, y):
+    return cross_val_score(LogisticRegression(C=1.0, max_iter=5000), x, y, cv=5).mean()
+
+
+def test_no_brightness_or_marker_shortcut_but_a_real_signal(generated):
+    imgs, y = generated
+    small = np.stack([np.asarray(Image.fromarray(a).resize((16, 16), Image.BILINEAR)) for a in imgs])
+    lr16 = _cv(small.reshape(len(y), -1) / 255.0, y)
+    brightness = _cv(imgs.reshape(len(y), -1).mean(1, keepdims=True) / 255.0, y)
+    corners = np.concatenate([imgs[:, :12, :12], imgs[:, :12, -12:]], axis=2).reshape(len(y), -1) / 255.0
+    marker = _cv(corners, y)
+    # what a CNN reaches: ImageNet EfficientNet-Lite0 features at 96x96, then the same classifier
+    model = build_model("efficientnet_lite0", True, "imagenet", 2, seed=0).eval()
+    model.classifier = torch.nn.Identity()
+    x96 = np.stack([np.asarray(Image.fromarray(a).resize((96, 96), Image.BILINEAR)) for a in imgs])
+    with torch.no_grad():
+        feats = model(Normalizer(IMAGENET_MEAN, IMAGENET_STD)(torch.as_tensor(x96)[:, None])).numpy()
+    feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
+    cnn = cross_val_score(LogisticRegression(C=0.1, max_iter=5000), feats, y, cv=5).mean()
+    assert 0.55 < lr16 < 0.72, lr16  # above chance: the signal is real
+    assert brightness < 0.62, brightness  # no exposure shortcut
+    assert marker < 0.62, marker  # no L/R-marker shortcut
+    assert cnn > lr16 + 0.1, (cnn, lr16)  # clearly below what a CNN reaches
