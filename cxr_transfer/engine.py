@@ -97,5 +97,7 @@ def predict_proba(model: nn.Module, mean, std, x, batch_size: int, device: torch
     if channels_last:
         model.to(memory_format=torch.channels_last)
     batches = ArrayBatches(np.asarray(x)[:, None], np.zeros(len(x)), batch_size, device=device)
-    logits = predict_logits(image_forward(model, norm, channels_last), batches, Precision.for_device(device), device)
+    logits = predict_logits(
+        image_forward(model, norm, channels_last), batches, Precision.for_device(device), device
+    )
     return logits.softmax(1)

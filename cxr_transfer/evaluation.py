@@ -53,7 +53,9 @@ def curves(y, p) -> tuple[pd.DataFrame, pd.DataFrame]:
     """ROC (fpr, tpr) and precision-recall points; empty frames when one class is missing."""
     y = np.asarray(y).astype(int)
     if y.min() == y.max():
-        return pd.DataFrame(columns=["fpr", "tpr", "threshold"]), pd.DataFrame(columns=["recall", "precision"])
+        return pd.DataFrame(columns=["fpr", "tpr", "threshold"]), pd.DataFrame(
+            columns=["recall", "precision"]
+        )
     fpr, tpr, thr = roc_curve(y, p)
     prec, rec, _ = precision_recall_curve(y, p)
     roc = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thr, 1.0)})

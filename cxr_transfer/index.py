@@ -56,7 +56,9 @@ def walk(root: Path, aliases: dict[str, str]) -> tuple[list[tuple[str, str]], li
             reason = _why_skip_dir(d)
             if reason:
                 for sub, _, files in os.walk(Path(dirpath) / d):
-                    skipped += [{"path": str((Path(sub) / f).relative_to(root)), "reason": reason} for f in files]
+                    skipped += [
+                        {"path": str((Path(sub) / f).relative_to(root)), "reason": reason} for f in files
+                    ]
         dirnames[:] = sorted(d for d in dirnames if not _why_skip_dir(d))
         for f in sorted(filenames):
             rel = rel_dir / f

@@ -10,8 +10,19 @@ import math
 import numpy as np
 from scipy.stats import binomtest, rankdata
 
-POINT = ("accuracy", "precision", "recall", "specificity", "f1", "npv", "balanced_accuracy",
-         "auroc", "auprc", "brier", "ece")
+POINT = (
+    "accuracy",
+    "precision",
+    "recall",
+    "specificity",
+    "f1",
+    "npv",
+    "balanced_accuracy",
+    "auroc",
+    "auprc",
+    "brier",
+    "ece",
+)
 
 
 def _div(a: float, b: float) -> float | None:
@@ -21,8 +32,12 @@ def _div(a: float, b: float) -> float | None:
 def confusion(y: np.ndarray, pred: np.ndarray) -> dict[str, int]:
     """Counts with label 1 as the positive class."""
     y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
-    return {"tn": int((~y & ~pred).sum()), "fp": int((~y & pred).sum()),
-            "fn": int((y & ~pred).sum()), "tp": int((y & pred).sum())}
+    return {
+        "tn": int((~y & ~pred).sum()),
+        "fp": int((~y & pred).sum()),
+        "fn": int((y & ~pred).sum()),
+        "tp": int((y & pred).sum()),
+    }
 
 
 def auroc(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -74,14 +89,22 @@ def point_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5, bins: in
     f1 = None if prec is None or rec is None or prec + rec == 0 else 2 * prec * rec / (prec + rec)
     f1_neg = None if npv is None or spec is None or npv + spec == 0 else 2 * npv * spec / (npv + spec)
     return {
-        "accuracy": _div(tp + tn, len(y)), "precision": prec, "recall": rec, "specificity": spec,
-        "f1": f1, "npv": npv,
+        "accuracy": _div(tp + tn, len(y)),
+        "precision": prec,
+        "recall": rec,
+        "specificity": spec,
+        "f1": f1,
+        "npv": npv,
         "balanced_accuracy": None if rec is None or spec is None else (rec + spec) / 2,
-        "auroc": auroc(y, p), "auprc": auprc(y, p),
-        "brier": float(np.mean((np.asarray(p) - y) ** 2)), "ece": ece(y, p, bins),
+        "auroc": auroc(y, p),
+        "auprc": auprc(y, p),
+        "brier": float(np.mean((np.asarray(p) - y) ** 2)),
+        "ece": ece(y, p, bins),
         "macro_f1": None if f1 is None or f1_neg is None else (f1 + f1_neg) / 2,
-        "per_class": {"negative": {"precision": npv, "recall": spec, "f1": f1_neg},
-                      "positive": {"precision": prec, "recall": rec, "f1": f1}},
+        "per_class": {
+            "negative": {"precision": npv, "recall": spec, "f1": f1_neg},
+            "positive": {"precision": prec, "recall": rec, "f1": f1},
+        },
         "confusion": c,
     }
 
@@ -93,7 +116,11 @@ def undefined_reasons(m: dict, y: np.ndarray, p: np.ndarray, threshold: float) -
     why = {}
     for k in ("precision", "f1"):
         if m[k] is None:
-            why[k] = "the model predicts no positive case" if not pred.any() else "no positive case in the test set"
+            why[k] = (
+                "the model predicts no positive case"
+                if not pred.any()
+                else "no positive case in the test set"
+            )
     for k in ("npv",):
         if m[k] is None:
             why[k] = "the model predicts no negative case"

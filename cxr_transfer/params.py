@@ -6,6 +6,7 @@ an out-of-range value fails with one line naming the key and what is allowed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -229,10 +230,8 @@ def _convert(value, tp, key: str):
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         _check(ok, key, f"expected a number, got {value!r}")
         return float(value)

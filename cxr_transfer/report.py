@@ -14,7 +14,12 @@ import pandas as pd  # noqa: E402
 
 from cxr_transfer.metrics import paired_difference  # noqa: E402
 
-CURVE_FILES = {"train_loss": "train/loss", "train_acc": "train/acc", "val_loss": "val/loss", "val_acc": "val/acc"}
+CURVE_FILES = {
+    "train_loss": "train/loss",
+    "train_acc": "train/acc",
+    "val_loss": "val/loss",
+    "val_acc": "val/acc",
+}
 
 
 def read_curves(live_dir: Path) -> pd.DataFrame:
@@ -39,12 +44,21 @@ def summary_table(metrics: dict[str, dict]) -> pd.DataFrame:
     extended with AUROC, 95% intervals and training time; the best accuracy row is marked."""
     rows = []
     for name, m in metrics.items():
-        rows.append({
-            "NETWORK": name, "Precision": m["precision"], "Recall": m["recall"], "F1-Score": m["f1"],
-            "Accuracy": m["accuracy"], "Accuracy CI": m["ci"]["accuracy"], "Specificity": m["specificity"],
-            "AUROC": m["auroc"], "AUROC CI": m["ci"]["auroc"], "Train seconds": m["train_seconds"],
-            "Images/s": m["images_per_s"],
-        })
+        rows.append(
+            {
+                "NETWORK": name,
+                "Precision": m["precision"],
+                "Recall": m["recall"],
+                "F1-Score": m["f1"],
+                "Accuracy": m["accuracy"],
+                "Accuracy CI": m["ci"]["accuracy"],
+                "Specificity": m["specificity"],
+                "AUROC": m["auroc"],
+                "AUROC CI": m["ci"]["auroc"],
+                "Train seconds": m["train_seconds"],
+                "Images/s": m["images_per_s"],
+            }
+        )
     df = pd.DataFrame(rows)
     acc = df["Accuracy"].astype(float).fillna(-1)
     df["Best"] = np.where(acc == acc.max(), "*", "")
@@ -52,7 +66,16 @@ def summary_table(metrics: dict[str, dict]) -> pd.DataFrame:
 
 
 def summary_markdown(df: pd.DataFrame, compare: dict) -> str:
-    head = "| NETWORK | Precision | Recall | F1-Score | Accuracy (95% CI) | Specificity | AUROC (95% CI) | Train s |"
+    cols = [
+        "NETWORK",
+        "Precision",
+        "Recall",
+        "F1-Score",
+        "Accuracy (95% CI)",
+        "Specificity",
+        "AUROC (95% CI)",
+    ]
+    head = "| " + " | ".join([*cols, "Train s"]) + " |"
     lines = ["# Results on the test split", "", head, "|" + " --- |" * 8]
     for r in df.to_dict("records"):
         name = f"**{r['NETWORK']}** (best)" if r["Best"] else r["NETWORK"]
@@ -61,11 +84,18 @@ def summary_markdown(df: pd.DataFrame, compare: dict) -> str:
             f"| {_fmt(r['Accuracy'], r['Accuracy CI'])} | {_fmt(r['Specificity'])} "
             f"| {_fmt(r['AUROC'], r['AUROC CI'])} | {r['Train seconds']:.1f} |"
         )
-    lines += ["", "## Mode against mode (same test images)", "",
-              "| comparison | accuracy diff (95% CI) | AUROC diff (95% CI) | McNemar p |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Mode against mode (same test images)",
+        "",
+        "| comparison | accuracy diff (95% CI) | AUROC diff (95% CI) | McNemar p |",
+        "| --- | --- | --- | --- |",
+    ]
     for key, c in compare.items():
-        lines.append(f"| {key} | {_fmt(c['accuracy_diff'], c['accuracy_diff_ci'])} "
-                     f"| {_fmt(c['auroc_diff'], c['auroc_diff_ci'])} | {c['mcnemar_p']:.3g} |")
+        lines.append(
+            f"| {key} | {_fmt(c['accuracy_diff'], c['accuracy_diff_ci'])} "
+            f"| {_fmt(c['auroc_diff'], c['auroc_diff_ci'])} | {c['mcnemar_p']:.3g} |"
+        )
     lines += ["", "Intervals: percentile bootstrap over patients/groups; differences are paired.", ""]
     return "\n".join(lines)
 
@@ -90,7 +120,13 @@ def compare_modes(preds: dict[str, pd.DataFrame], positive: str, reps: int, seed
             raise ValueError(f"{a} and {b} were evaluated on different test images; rerun evaluate")
         y = (pa["class"] == positive).to_numpy()
         out[f"{a} vs {b}"] = paired_difference(
-            y, pa["probability"].to_numpy(), pb["probability"].to_numpy(), pa["group"].to_numpy(), reps, seed, conf
+            y,
+            pa["probability"].to_numpy(),
+            pb["probability"].to_numpy(),
+            pa["group"].to_numpy(),
+            reps,
+            seed,
+            conf,
         )
     return out
 
@@ -105,7 +141,9 @@ def _lines(ax, df: pd.DataFrame, x: str, y: str, title: str, ylabel: str, style=
 
 def plot_curves(curves: pd.DataFrame, out_dir: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    _lines(ax, curves, "epoch", "val_acc", "Validation accuracy: pretrained vs scratch", "validation accuracy")
+    _lines(
+        ax, curves, "epoch", "val_acc", "Validation accuracy: pretrained vs scratch", "validation accuracy"
+    )
     fig.tight_layout()
     fig.savefig(out_dir / "val_accuracy.png")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110, sharey=True)
@@ -138,8 +176,15 @@ def plot_confusions(metrics: dict[str, dict], classes: tuple[str, str], out_dir:
         ax.imshow(mat, cmap="Blues")
         for (i, j), v in np.ndenumerate(mat):
             ax.text(j, i, str(v), ha="center", va="center", color="white" if v > mat.max() / 2 else "black")
-        ax.set(title=name, xticks=[0, 1], yticks=[0, 1], xticklabels=classes, yticklabels=classes,
-               xlabel="predicted", ylabel="actual")
+        ax.set(
+            title=name,
+            xticks=[0, 1],
+            yticks=[0, 1],
+            xticklabels=classes,
+            yticklabels=classes,
+            xlabel="predicted",
+            ylabel="actual",
+        )
     fig.tight_layout()
     fig.savefig(out_dir / "confusion.png")
     plt.close(fig)

@@ -64,7 +64,10 @@ def split_summary(parts: dict[str, pd.DataFrame], seed: int, test_size: float, v
         "seed": seed,
         "test_size": test_size,
         "val_size": val_size,
-        "counts": {s: {str(k): int(v) for k, v in p["class"].value_counts().sort_index().items()} for s, p in parts.items()},
+        "counts": {
+            s: {str(k): int(v) for k, v in p["class"].value_counts().sort_index().items()}
+            for s, p in parts.items()
+        },
         "fractions": {s: round(len(p) / total, 4) for s, p in parts.items()},
         "group_overlap": overlap,
     }

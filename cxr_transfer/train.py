@@ -118,7 +118,11 @@ class Checkpoints:
 
     def save(self, module: nn.Module, optimizer, state: FitState, is_best: bool) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        ck = {"module": module.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
+        ck = {
+            "module": module.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
         torch.save(ck, self.folder / "last.tmp")
         if is_best:
             torch.save(module.state_dict(), self.folder / "best.pt")

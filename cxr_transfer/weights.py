@@ -95,7 +95,9 @@ def map_in_order(src: dict[str, torch.Tensor], target: dict[str, torch.Tensor], 
     out = {}
     for (sk, sv), (tk, tv) in zip(src.items(), target.items(), strict=True):
         if sv.shape != tv.shape:
-            raise WeightsError(f"{path}: tensor {sk} {tuple(sv.shape)} does not fit {arch}'s {tk} {tuple(tv.shape)}")
+            raise WeightsError(
+                f"{path}: tensor {sk} {tuple(sv.shape)} does not fit {arch}'s {tk} {tuple(tv.shape)}"
+            )
         out[tk] = sv
     return out
 

@@ -35,21 +35,35 @@ def main() -> None:
     test = pd.read_csv(args.splits / "test.csv")
     val = pd.read_csv(args.splits / "val.csv")
     y, y_val = (test["label"] == pos).to_numpy(), (val["label"] == pos).to_numpy()
-    m = evaluate(y, probs["test"], test["group"].to_numpy(), y_val, probs["val"],
-                 cfg.bootstrap, cfg.seed, cfg.confidence, cfg.ece_bins)
+    m = evaluate(
+        y,
+        probs["test"],
+        test["group"].to_numpy(),
+        y_val,
+        probs["val"],
+        cfg.bootstrap,
+        cfg.seed,
+        cfg.confidence,
+        cfg.ece_bins,
+    )
     keep = ("train_seconds", "images_per_s", "best_epoch", "epochs_run", "trainable_params", "total_params")
     write_json(args.out, {"arch": meta["arch"], "mode": meta["mode"], **m, **{k: meta[k] for k in keep}})
     args.eval_dir.mkdir(parents=True, exist_ok=True)
     names = meta["classes"]
-    pred = test.assign(probability=probs["test"].round(6),
-                       predicted=[names[pos] if q >= 0.5 else names[1 - pos] for q in probs["test"]])
+    pred = test.assign(
+        probability=probs["test"].round(6),
+        predicted=[names[pos] if q >= 0.5 else names[1 - pos] for q in probs["test"]],
+    )
     pred[["path", "group", "class", "label", "probability", "predicted"]].to_csv(
-        args.eval_dir / "predictions.csv", index=False)
+        args.eval_dir / "predictions.csv", index=False
+    )
     roc, pr = curves(y, probs["test"])
     roc.to_csv(args.eval_dir / "roc.csv", index=False)
     pr.to_csv(args.eval_dir / "pr.csv", index=False)
-    print(f"evaluate {meta['arch']}-{meta['mode']}: accuracy {m['accuracy']}, AUROC {m['auroc']} "
-          f"(95% CI {m['ci']['auroc']}) on {len(y)} test images")
+    print(
+        f"evaluate {meta['arch']}-{meta['mode']}: accuracy {m['accuracy']}, AUROC {m['auroc']} "
+        f"(95% CI {m['ci']['auroc']}) on {len(y)} test images"
+    )
 
 
 if __name__ == "__main__":

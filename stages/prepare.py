@@ -16,7 +16,12 @@ def main() -> None:
     args = ap.parse_args()
     p = load_params(args.params)
     meta = prepare_splits(
-        args.splits, Path(p.data.root), args.out, p.prepare.image_size, list(p.data.classes), p.prepare.workers
+        args.splits,
+        Path(p.data.root),
+        args.out,
+        p.prepare.image_size,
+        list(p.data.classes),
+        p.prepare.workers,
     )
     counts = {s: m["n"] for s, m in meta["splits"].items()}
     print(f"prepare: {counts} images at {p.prepare.image_size}x{p.prepare.image_size} -> {args.out}")

@@ -26,12 +26,24 @@ def gradcam_grid(model_dir: Path, preds: pd.DataFrame, x_test, classes, positive
     if not idx:
         return
     xb = torch.as_tensor(np.asarray(x_test)[idx])[:, None]
-    cams = gradcam(model, model.get_submodule(get_spec(meta["arch"]).cam_layer),
-                   Normalizer(meta["mean"], meta["std"])(xb), pos)
-    titles = [f"{preds['class'].iloc[i]} p={preds['probability'].iloc[i]:.2f} "
-              f"{'right' if pred[i] == y[i] else 'WRONG'}" for i in idx]
-    R.plot_gradcam_grid(np.asarray(x_test)[idx], cams, titles, out,
-                        f"Grad-CAM toward {positive}: {meta['arch']}-{meta['mode']}")
+    cams = gradcam(
+        model,
+        model.get_submodule(get_spec(meta["arch"]).cam_layer),
+        Normalizer(meta["mean"], meta["std"])(xb),
+        pos,
+    )
+    titles = [
+        f"{preds['class'].iloc[i]} p={preds['probability'].iloc[i]:.2f} "
+        f"{'right' if pred[i] == y[i] else 'WRONG'}"
+        for i in idx
+    ]
+    R.plot_gradcam_grid(
+        np.asarray(x_test)[idx],
+        cams,
+        titles,
+        out,
+        f"Grad-CAM toward {positive}: {meta['arch']}-{meta['mode']}",
+    )
 
 
 def main() -> None:
@@ -56,9 +68,14 @@ def main() -> None:
     curves.to_csv(args.plots / "curves.csv", index=False)
     for kind in ("roc", "pr"):
         pd.concat([pd.read_csv(Path("eval") / n / f"{kind}.csv").assign(model=n) for n in names]).to_csv(
-            args.plots / f"{kind}.csv", index=False)
-    pd.concat([d[["class", "predicted"]].rename(columns={"class": "actual"}).assign(model=n)
-               for n, d in preds.items()]).to_csv(args.plots / "confusion.csv", index=False)
+            args.plots / f"{kind}.csv", index=False
+        )
+    pd.concat(
+        [
+            d[["class", "predicted"]].rename(columns={"class": "actual"}).assign(model=n)
+            for n, d in preds.items()
+        ]
+    ).to_csv(args.plots / "confusion.csv", index=False)
     R.plot_curves(curves, args.plots)
     R.plot_roc(pd.read_csv(args.plots / "roc.csv"), metrics, args.plots)
     classes = list(p.data.classes)
@@ -67,8 +84,16 @@ def main() -> None:
     x_test, _ = load_store(args.prepared, "test")
     (args.plots / "gradcam").mkdir(exist_ok=True)
     for n in names:
-        gradcam_grid(Path("models") / n, preds[n], x_test, classes, p.data.positive,
-                     p.report.gradcam_per_group, p.report.seed, args.plots / "gradcam" / f"{n}.png")
+        gradcam_grid(
+            Path("models") / n,
+            preds[n],
+            x_test,
+            classes,
+            p.data.positive,
+            p.report.gradcam_per_group,
+            p.report.seed,
+            args.plots / "gradcam" / f"{n}.png",
+        )
     print((args.out_metrics / "summary.md").read_text())
 
 

@@ -9,7 +9,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from dvclive import Live
 
 from cxr_transfer.cli import run, write_json
 from cxr_transfer.engine import Precision, pick_device
@@ -18,10 +17,17 @@ from cxr_transfer.modes import setup_run
 from cxr_transfer.params import load_params
 from cxr_transfer.prepare import load_store
 from cxr_transfer.train import Checkpoints, fit, make_optimizer
+from dvclive import Live
 
-
-LIVE_NAMES = {"train_loss": "train/loss", "train_acc": "train/acc", "val_loss": "val/loss",
-              "val_acc": "val/acc", "lr": "lr", "seconds": "seconds", "images_per_s": "images_per_s"}
+LIVE_NAMES = {
+    "train_loss": "train/loss",
+    "train_acc": "train/acc",
+    "val_loss": "val/loss",
+    "val_acc": "val/acc",
+    "lr": "lr",
+    "seconds": "seconds",
+    "images_per_s": "images_per_s",
+}
 
 
 def log_epoch(live: Live, log) -> None:
@@ -53,41 +59,82 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model = build_model(args.arch, mode.pretrained, p.weights.source, len(meta["classes"]), tc.seed)
-    rs = setup_run(model, spec, mode.trainable, data, tc.batch_size, tc.seed, tc.augment, device, prec, tc.compile)
+    rs = setup_run(
+        model, spec, mode.trainable, data, tc.batch_size, tc.seed, tc.augment, device, prec, tc.compile
+    )
     opt = make_optimizer(rs.loop.trained.parameters(), mode)
-    config = {"arch": args.arch, "mode": args.mode, **asdict(mode), "train": asdict(tc),
-              "weights": p.weights.source, "data": {s: m["sha1"] for s, m in meta["splits"].items()}}
+    config = {
+        "arch": args.arch,
+        "mode": args.mode,
+        **asdict(mode),
+        "train": asdict(tc),
+        "weights": p.weights.source,
+        "data": {s: m["sha1"] for s, m in meta["splits"].items()},
+    }
     fingerprint = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()
     ckpt = Checkpoints(args.resume_dir / f"{args.arch}-{args.mode}", fingerprint)
-    print(f"train {args.arch}-{args.mode}: {device}, {prec.dtype or 'fp32'}, "
-          f"{'features computed once' if rs.cached_features else 'full model per epoch'}")
+    print(
+        f"train {args.arch}-{args.mode}: {device}, {prec.dtype or 'fp32'}, "
+        f"{'features computed once' if rs.cached_features else 'full model per epoch'}"
+    )
     t0 = time.perf_counter()
     with Live(str(args.live), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        state = fit(rs.loop, rs.train, rs.val, opt, tc.epochs, tc.patience, ckpt, prec, device,
-                    on_epoch=lambda log: log_epoch(live, log))
+        state = fit(
+            rs.loop,
+            rs.train,
+            rs.val,
+            opt,
+            tc.epochs,
+            tc.patience,
+            ckpt,
+            prec,
+            device,
+            on_epoch=lambda log: log_epoch(live, log),
+        )
         seconds = rs.feature_seconds + sum(h.seconds for h in state.history)
         trainable, total = count_params(model)
-        summary = {"best_epoch": state.best_epoch, "epochs_run": len(state.history),
-                   "stopped_early": state.stopped_early, "best_val_loss": state.best_val_loss,
-                   "best_val_acc": state.history[state.best_epoch - 1].val_acc,
-                   "train_seconds": round(seconds, 2), "feature_seconds": round(rs.feature_seconds, 2),
-                   "images_per_s": round(len(data["train"][1]) * len(state.history) / max(seconds, 1e-9), 2),
-                   "trainable_params": trainable, "total_params": total,
-                   "wall_seconds_this_run": round(time.perf_counter() - t0, 2)}
+        summary = {
+            "best_epoch": state.best_epoch,
+            "epochs_run": len(state.history),
+            "stopped_early": state.stopped_early,
+            "best_val_loss": state.best_val_loss,
+            "best_val_acc": state.history[state.best_epoch - 1].val_acc,
+            "train_seconds": round(seconds, 2),
+            "feature_seconds": round(rs.feature_seconds, 2),
+            "images_per_s": round(len(data["train"][1]) * len(state.history) / max(seconds, 1e-9), 2),
+            "trainable_params": trainable,
+            "total_params": total,
+            "wall_seconds_this_run": round(time.perf_counter() - t0, 2),
+        }
         live.summary.update(summary)
     args.out.mkdir(parents=True, exist_ok=True)
     model.cpu()
     torch.save(model.state_dict(), args.out / "last.pt")
     rs.loop.trained.load_state_dict(ckpt.best())
     torch.save(model.state_dict(), args.out / "best.pt")
-    write_json(args.out / "model.json", {
-        "arch": args.arch, "mode": args.mode, "classes": meta["classes"], "image_size": meta["image_size"],
-        "mean": list(spec.mean), "std": list(spec.std), "mode_config": asdict(mode), "train": asdict(tc),
-        "weights": p.weights.source, "device": str(device), "precision": str(prec.dtype or "float32"),
-        "cached_features": rs.cached_features, **summary})
+    write_json(
+        args.out / "model.json",
+        {
+            "arch": args.arch,
+            "mode": args.mode,
+            "classes": meta["classes"],
+            "image_size": meta["image_size"],
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "mode_config": asdict(mode),
+            "train": asdict(tc),
+            "weights": p.weights.source,
+            "device": str(device),
+            "precision": str(prec.dtype or "float32"),
+            "cached_features": rs.cached_features,
+            **summary,
+        },
+    )
     shutil.rmtree(ckpt.folder, ignore_errors=True)
-    print(f"train {args.arch}-{args.mode}: best epoch {state.best_epoch} "
-          f"(val acc {summary['best_val_acc']:.3f}), {seconds:.1f}s -> {args.out}")
+    print(
+        f"train {args.arch}-{args.mode}: best epoch {state.best_epoch} "
+        f"(val acc {summary['best_val_acc']:.3f}), {seconds:.1f}s -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -14,10 +14,7 @@ def write_image(path: Path, size=(24, 24), value: int | None = None, mode="L", f
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     w, h = size
-    if value is None:
-        arr = rng.integers(0, 256, (h, w), dtype=np.uint8)
-    else:
-        arr = np.full((h, w), value, np.uint8)
+    arr = rng.integers(0, 256, (h, w), dtype=np.uint8) if value is None else np.full((h, w), value, np.uint8)
     im = Image.fromarray(arr, "L")
     if mode == "I;16":
         im = Image.fromarray(arr.astype(np.uint16) * 257)

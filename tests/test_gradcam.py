@@ -17,9 +17,9 @@ def test_gradcam_on_a_real_model_has_the_input_size_and_is_not_constant():
     model = timm.create_model(spec.builder, pretrained=False).eval()
     load_imagenet(model, spec, "imagenet")
     img = np.asarray(Image.fromarray(data.chelsea()).resize((128, 128)), np.float32) / 255
-    x = (torch.tensor(img).permute(2, 0, 1)[None] - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
-        IMAGENET_STD
-    ).view(1, 3, 1, 1)
+    x = (
+        torch.tensor(img).permute(2, 0, 1)[None] - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    ) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     cam = gradcam(model, model.get_submodule(spec.cam_layer), x, target=285)
     assert cam.shape == (1, 128, 128)
     assert cam.min() == 0.0 and cam.max() > 0.99 and cam.std() > 0.05

@@ -15,8 +15,18 @@ def index(root, **kw):
 
 def test_seed_layout_is_indexed_with_labels_and_columns(seed_layout):
     df, rep = index(seed_layout)
-    assert list(df.columns) == ["path", "image_name", "label", "class", "group", "hash", "width",
-                                "height", "mode", "format"]
+    assert list(df.columns) == [
+        "path",
+        "image_name",
+        "label",
+        "class",
+        "group",
+        "hash",
+        "width",
+        "height",
+        "mode",
+        "format",
+    ]
     assert rep["per_class"] == {"Normal": 6, "Covid": 6}
     assert set(df.loc[df["class"] == "Covid", "label"]) == {1}
     assert set(df.loc[df["class"] == "Normal", "label"]) == {0}
@@ -107,9 +117,9 @@ def test_duplicates_share_a_group_and_label_conflicts_are_dropped(seed_layout, m
 
 def test_metadata_supplies_patient_groups(seed_layout, tmp_path):
     meta = tmp_path / "meta.csv"
-    pd.DataFrame({"FILE NAME": ["covid-0", "covid-1", "normal-0.png"], "PATIENT ID": ["p1", "p1", "p2"]}).to_csv(
-        meta, index=False
-    )
+    pd.DataFrame(
+        {"FILE NAME": ["covid-0", "covid-1", "normal-0.png"], "PATIENT ID": ["p1", "p1", "p2"]}
+    ).to_csv(meta, index=False)
     groups = read_groups(meta, "FILE NAME", "PATIENT ID")
     df, rep = index(seed_layout, groups=groups)
     g = df.set_index("image_name")["group"]
@@ -131,7 +141,10 @@ def test_radiography_database_layout(tmp_path, make_image):
     df, rep = index(root)
     assert rep["per_class"] == {"Covid": 3, "Normal": 3}
     assert rep["skipped_by_reason"] == {
-        "mask folder": 9, "not an image (.xlsx)": 3, "folder of no configured class": 3, "not an image (.txt)": 1
+        "mask folder": 9,
+        "not an image (.xlsx)": 3,
+        "folder of no configured class": 3,
+        "not an image (.txt)": 1,
     }
     assert df["path"].str.contains("/images/").all()
 

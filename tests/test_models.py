@@ -43,9 +43,9 @@ def test_lite0_package_weights_are_real_imagenet_weights():
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
     load_imagenet(model, ARCHS["efficientnet_lite0"], "imagenet")
     img = np.asarray(Image.fromarray(data.chelsea()).resize((224, 224), Image.BILINEAR), np.float32) / 255
-    x = (torch.tensor(img).permute(2, 0, 1)[None] - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
-        IMAGENET_STD
-    ).view(1, 3, 1, 1)
+    x = (
+        torch.tensor(img).permute(2, 0, 1)[None] - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    ) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         top = int(model(x).argmax())
     assert 281 <= top <= 285

@@ -38,13 +38,25 @@ def _with(path: str, value):
         ("split.test_size", 1.5, "split.test_size: 1.5 must be in (0, 1)"),
         ("archs", ["vgg19_bn", "alexnet"], "archs: 'alexnet' is not one of"),
         ("train.modes", ["scratch", "transfer"], "train.modes: 'transfer' is not one of"),
-        ("modes.fe.trainable", "backbone", "modes.fe.trainable: 'backbone' is not one of ['all', 'classifier', 'head']"),
-        ("modes.ft.optimizer", "rmsprop", "modes.ft.optimizer: 'rmsprop' is not one of ['adam', 'adamw', 'sgd']"),
+        (
+            "modes.fe.trainable",
+            "backbone",
+            "modes.fe.trainable: 'backbone' is not one of ['all', 'classifier', 'head']",
+        ),
+        (
+            "modes.ft.optimizer",
+            "rmsprop",
+            "modes.ft.optimizer: 'rmsprop' is not one of ['adam', 'adamw', 'sgd']",
+        ),
         ("modes.ft.lr", -1, "modes.ft.lr: -1.0 must be in (0, 10)"),
         ("train.device", "tpu", "train.device: 'tpu' is not one of"),
         ("train.compile", "yes", "train.compile: expected true or false"),
         ("data.positive", "Pneumonia", "data.positive: 'Pneumonia' is not one of"),
-        ("data.classes", {"Normal": ["N"], "Covid": ["N"]}, "data.classes.Covid: alias 'N' also names Normal"),
+        (
+            "data.classes",
+            {"Normal": ["N"], "Covid": ["N"]},
+            "data.classes.Covid: alias 'N' also names Normal",
+        ),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(path, value, expect):

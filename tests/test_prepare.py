@@ -15,13 +15,19 @@ from cxr_transfer.registry import IMAGENET_MEAN, IMAGENET_STD
 
 def test_store_equals_the_seeds_transform_exactly(tmp_path, make_image):
     """Our uint8 store + batch-time normalisation == Grayscale(3)+Resize+ToTensor+Normalize."""
-    paths = [make_image(tmp_path / f"{i}.png", size=(70, 50), mode=m, seed=i) for i, m in enumerate(["L", "RGB"])]
+    paths = [
+        make_image(tmp_path / f"{i}.png", size=(70, 50), mode=m, seed=i) for i, m in enumerate(["L", "RGB"])
+    ]
     x = decode_split([str(p) for p in paths], 32, workers=1)
     ours = Normalizer(IMAGENET_MEAN, IMAGENET_STD)(torch.as_tensor(x)[:, None])
-    seed = transforms.Compose([
-        transforms.Grayscale(3), transforms.Resize((32, 32)), transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    seed = transforms.Compose(
+        [
+            transforms.Grayscale(3),
+            transforms.Resize((32, 32)),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     ref = torch.stack([seed(Image.open(p)) for p in paths])
     assert ours.shape == ref.shape == (2, 3, 32, 32)
     assert torch.allclose(ours, ref, atol=1e-5)

@@ -10,7 +10,9 @@ def table(n_normal: int, n_covid: int, group_size: int = 1, seed: int = 0) -> pd
     rows = []
     for label, (cls, n) in enumerate((("Normal", n_normal), ("Covid", n_covid))):
         for i in range(n):
-            rows.append({"path": f"{cls}/{i}.png", "label": label, "class": cls, "group": f"{cls}-{i // group_size}"})
+            rows.append(
+                {"path": f"{cls}/{i}.png", "label": label, "class": cls, "group": f"{cls}-{i // group_size}"}
+            )
     df = pd.DataFrame(rows)
     return df.iloc[rng.permutation(len(df))].reset_index(drop=True)
 
@@ -25,7 +27,9 @@ def table(n_normal: int, n_covid: int, group_size: int = 1, seed: int = 0) -> pd
         (10, 10, 1, 0.2, 0.2),  # small
     ],
 )
-def test_grouped_split_has_no_overlap_and_keeps_proportions(n_normal, n_covid, group_size, test_size, val_size):
+def test_grouped_split_has_no_overlap_and_keeps_proportions(
+    n_normal, n_covid, group_size, test_size, val_size
+):
     df = table(n_normal, n_covid, group_size)
     which = grouped_split(df, test_size, val_size, seed=42)
     parts = {s: df[which == s] for s in SPLITS}

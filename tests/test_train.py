@@ -96,7 +96,9 @@ def test_early_stopping_and_best_epoch(tmp_path):
 
 def test_nan_loss_stops_naming_epoch_and_lr(tmp_path):
     mode = ModeConfig(pretrained=False, trainable="head", optimizer="sgd", lr=float("inf"), momentum=0.9)
-    with pytest.raises(TrainingError, match=r"training loss is nan at epoch 1 with lr=inf; lower the mode's lr"):
+    with pytest.raises(
+        TrainingError, match=r"training loss is nan at epoch 1 with lr=inf; lower the mode's lr"
+    ):
         run("resnet18", mode, tiny_data(), tmp_path, epochs=5)
 
 
