@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from cxr_transfer.errors import CxrError
+
 
 class ArrayBatches:
     """Iterate (uint8 images (B,1,S,S), int64 labels (B,)) over arrays already in memory or on a device.
@@ -21,7 +23,7 @@ class ArrayBatches:
 
     def __init__(self, x, y, batch_size: int, shuffle: bool = False, seed: int = 0, device="cpu"):
         if len(x) == 0:
-            raise ValueError("empty split: no images to batch")
+            raise CxrError("empty split: no images to batch")
         self.x = torch.as_tensor(np.array(x) if isinstance(x, np.ndarray) else x).to(device)
         self.y = torch.as_tensor(np.asarray(y), dtype=torch.long).to(device)
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0

@@ -7,21 +7,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from cxr_transfer.index import IndexError_
-from cxr_transfer.params import ParamError
-from cxr_transfer.split import SplitError
-from cxr_transfer.weights import WeightsError
-
-EXPECTED = (ParamError, IndexError_, SplitError, WeightsError, FileNotFoundError)
+from cxr_transfer.errors import CxrError
 
 
 def run(main: Callable[[], None], stage: str) -> None:
     """Call a stage's main(); expected failures print `stage: error: ...` and exit 2."""
-    from cxr_transfer.train import TrainingError
-
     try:
         main()
-    except (*EXPECTED, TrainingError) as e:
+    except (CxrError, FileNotFoundError) as e:
         print(f"{stage}: error: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -30,4 +23,4 @@ def write_json(path: Path, obj) -> None:
     """Pretty JSON with a trailing newline, creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    path.write_text(json.dumps(obj, indent=2) + "\n")

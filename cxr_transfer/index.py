@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from cxr_transfer.errors import CxrError
 from cxr_transfer.imageio import to_gray8
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
@@ -25,7 +26,7 @@ SKIP_DIRS = {"__macosx", "masks", "mask"}
 COLUMNS = ["path", "image_name", "label", "class", "group", "hash", "width", "height", "mode", "format"]
 
 
-class IndexError_(ValueError):
+class IndexError_(CxrError):
     """The folder cannot be indexed at all; the message says why and what would fix it."""
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cxr_transfer.errors import CxrError
 from cxr_transfer.registry import ARCHS, ArchSpec
 from cxr_transfer.weights import load_imagenet
 
 
 def get_spec(arch: str) -> ArchSpec:
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+        raise CxrError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
     return ARCHS[arch]
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from cxr_transfer.batches import ArrayBatches, Normalizer, augment_batch
 from cxr_transfer.engine import Precision, image_forward, tail_inputs
+from cxr_transfer.errors import CxrError
 from cxr_transfer.models import freeze_except, set_train_mode, trainable_path
 from cxr_transfer.registry import ArchSpec
 from cxr_transfer.train import Loop
@@ -48,7 +49,7 @@ def setup_run(
     """Freeze the model for `trainable`, move it to `device`, and build the loop and batches."""
     for split in ("train", "val"):
         if len(data[split][1]) == 0:
-            raise ValueError(f"the {split} split is empty; check the split stage's output")
+            raise CxrError(f"the {split} split is empty; check the split stage's output")
     channels_last = device.type == "cuda"
     model.to(device)
     if channels_last:

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import yaml
 
+from cxr_transfer.errors import CxrError
 from cxr_transfer.registry import ARCHS
 
 
-class ParamError(ValueError):
+class ParamError(CxrError):
     """A params.yaml value that cannot be used; the message names the key."""
 
 

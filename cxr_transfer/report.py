@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from cxr_transfer.errors import CxrError
 from cxr_transfer.metrics import paired_difference  # noqa: E402
 
 CURVE_FILES = {
@@ -117,7 +118,7 @@ def compare_modes(preds: dict[str, pd.DataFrame], positive: str, reps: int, seed
     for a, b in comparisons(list(preds)):
         pa, pb = preds[a], preds[b]
         if list(pa["path"]) != list(pb["path"]):
-            raise ValueError(f"{a} and {b} were evaluated on different test images; rerun evaluate")
+            raise CxrError(f"{a} and {b} were evaluated on different test images; rerun evaluate")
         y = (pa["class"] == positive).to_numpy()
         out[f"{a} vs {b}"] = paired_difference(
             y,

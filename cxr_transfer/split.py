@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cxr_transfer.errors import CxrError
+
 SPLITS = ("train", "val", "test")
 
 
-class SplitError(ValueError):
+class SplitError(CxrError):
     """The table cannot be split as asked; the message names the class and the fix."""
 
 

@@ -8,6 +8,8 @@ texture signal, not a brightness or marker shortcut.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -133,15 +135,25 @@ def render_cxr(rng: np.random.Generator, size: int, covid: bool) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
-def synthesize(out_dir: Path, n_per_class: int, size: int, seed: int) -> dict[str, int]:
-    """Write n_per_class PNGs per class under out_dir/<CLASS>/; returns counts per class."""
-    counts = {}
+def _write_one(args: tuple[Path, str, int, int, int, int]) -> None:
+    folder, cls, label, i, size, seed = args
+    rng = np.random.default_rng([seed, label, i])  # order-independent per image
+    arr = render_cxr(rng, size, covid=(cls == "Covid"))
+    Image.fromarray(arr, mode="L").save(folder / f"{cls}-{i + 1:04d}.png")
+
+
+def synthesize(out_dir: Path, n_per_class: int, size: int, seed: int, workers: int = 0) -> dict[str, int]:
+    """Write n_per_class PNGs per class under out_dir/<CLASS>/, in parallel; returns counts per class."""
+    jobs = []
     for label, (cls, folder) in enumerate(CLASS_DIRS.items()):
         d = Path(out_dir) / folder
         d.mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            rng = np.random.default_rng([seed, label, i])  # order-independent per image
-            arr = render_cxr(rng, size, covid=(cls == "Covid"))
-            Image.fromarray(arr, mode="L").save(d / f"{cls}-{i + 1:04d}.png")
-        counts[cls] = n_per_class
-    return counts
+        jobs += [(d, cls, label, i, size, seed) for i in range(n_per_class)]
+    workers = workers or os.cpu_count() or 1
+    if workers == 1:
+        for job in jobs:
+            _write_one(job)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_write_one, jobs, chunksize=16))
+    return {cls: n_per_class for cls in CLASS_DIRS}

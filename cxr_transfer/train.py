@@ -16,10 +16,11 @@ from tqdm import tqdm
 
 from cxr_transfer.batches import ArrayBatches
 from cxr_transfer.engine import Precision
+from cxr_transfer.errors import CxrError
 from cxr_transfer.params import ModeConfig
 
 
-class TrainingError(RuntimeError):
+class TrainingError(CxrError):
     """Training cannot go on (a NaN loss, say); the message names the epoch and the setting."""
 
 
@@ -31,7 +32,7 @@ def make_optimizer(params: Iterable[nn.Parameter], mode: ModeConfig) -> torch.op
         return torch.optim.Adam(params, lr=mode.lr, weight_decay=mode.weight_decay)
     if mode.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=mode.lr, weight_decay=mode.weight_decay)
-    raise ValueError(f"unknown optimizer {mode.optimizer!r}; choose one of ['adam', 'adamw', 'sgd']")
+    raise CxrError(f"unknown optimizer {mode.optimizer!r}; choose one of ['adam', 'adamw', 'sgd']")
 
 
 @dataclass

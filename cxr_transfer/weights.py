@@ -8,12 +8,13 @@ from pathlib import Path
 
 import torch
 
+from cxr_transfer.errors import CxrError
 from cxr_transfer.registry import ArchSpec
 
 LITE0_FILE = "efficientnet-lite0-57934424.pth"
 
 
-class WeightsError(ValueError):
+class WeightsError(CxrError):
     """Pretrained weights that are missing, unreadable or of another architecture."""
 
 
