@@ -1,0 +1,123 @@
+"""python -m bench [--size tiny|full] [--cases input,fe,index,demo,gpu]
+
+Runs the seed's way and ours side by side, writes bench/results/<device>-<date>.json and prints a
+Markdown table. `tiny` checks that everything runs (the test suite uses it); `full` is the measure."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bench import cases
+from bench.gpu import gpu_case, machine
+from cxr_transfer.engine import pick_device
+
+SIZES = {
+    "tiny": {
+        "input": dict(n=64, sizes=(32,), reps=1),
+        "fe": dict(n=40, size=32, epochs=2),
+        "index": dict(n=40),
+        "demo": {
+            ("synthesize", "n_per_class"): 12,
+            ("synthesize", "image_size"): 64,
+            ("prepare", "image_size"): 32,
+            ("train", "epochs"): 1,
+            ("evaluate", "bootstrap"): 10,
+            ("report", "gradcam_per_group"): 1,
+            ("train", "modes"): ["fe"],
+        },
+        "gpu": dict(n=64, arch="resnet18", size=32, batches=[8], steps=2),
+    },
+    "full": {
+        "input": dict(n=512, sizes=(224, 96), reps=3),
+        "fe": dict(n=400, size=96, epochs=15),
+        "index": dict(n=10_000),
+        "demo": None,
+        "gpu": dict(n=1024, arch="vgg19_bn", size=224, batches=[32, 128], steps=30),
+    },
+}
+
+
+def table(results: dict) -> str:
+    rows = ["| case | seed's way | ours | ratio | target |", "| --- | --- | --- | --- | --- |"]
+    for r in results.get("input", []):
+        rows.append(
+            f"| input pipeline {r['size']}px | {r['seed_images_per_s']} img/s "
+            f"| {r['ours_images_per_s']} img/s "
+            f"(+{r['ours_prepare_once_s']} s decode once) | {r['ratio']}x | >= 20x |"
+        )
+    if "fe" in results:
+        r = results["fe"]
+        rows.append(
+            f"| fe, {r['epochs']} epochs, {r['images']} img at {r['size']}px | {r['seed_seconds']} s "
+            f"(val acc {r['seed_val_acc']}) | {r['ours_seconds']} s (val acc {r['ours_val_acc']}) "
+            f"| {r['ratio']}x | >= 10x |"
+        )
+    if "index" in results:
+        r = results["index"]
+        rows.append(
+            f"| index {r['files']} PNGs 299px | - | {r['seconds']} s ({r['files_per_s']} files/s) | - "
+            f"| 10,000 in < 60 s (projected {r['projected_seconds_for_10000']} s) |"
+        )
+    if "demo" in results:
+        r = results["demo"]
+        rows.append(f"| demo cold `dvc repro` | - | {r['cold_total_seconds']} s | - | <= 180 s |")
+        rows.append(f"| demo no-op `dvc repro` | - | {r['noop_seconds']} s | - | < 5 s |")
+    if "gpu" in results:
+        r = results["gpu"]
+        for o in r["ours"]:
+            mfu = f", MFU {o['train_mfu']:.0%}" if "train_mfu" in o else ""
+            rows.append(
+                f"| train {r['arch']} {r['size']}px on {r['device']} batch {o['batch']}"
+                f"{' compiled' if o['compiled'] else ''} | {r['seed_train_images_per_s']} img/s "
+                f"| {o['train_images_per_s']} img/s{mfu}; infer {o['infer_images_per_s']} img/s "
+                f"| {o['ratio_vs_seed']}x | >= 10x, MFU >= 40% |"
+            )
+    return "\n".join(rows)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size", choices=sorted(SIZES), default="full")
+    ap.add_argument("--cases", default="input,fe,index,demo,gpu")
+    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile in the gpu case")
+    args = ap.parse_args(argv)
+    cfg, want = SIZES[args.size], set(args.cases.split(","))
+    device = pick_device(args.device)
+    torch.set_num_threads(torch.get_num_threads())
+    results: dict = {"size": args.size, "date": dt.date.today().isoformat(), "machine": machine(device)}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if "input" in want:
+            c = cfg["input"]
+            results["input"] = [cases.input_pipeline(work, c["n"], s, c["reps"]) for s in c["sizes"]]
+        if "fe" in want:
+            results["fe"] = cases.feature_extraction(work, **cfg["fe"])
+        if "index" in want:
+            results["index"] = cases.indexing(work, **cfg["index"])
+        if "demo" in want:
+            results["demo"] = cases.demo(work, cfg["demo"])
+        if "gpu" in want:
+            c = cfg["gpu"]
+            paths, labels = cases.make_pngs(work / "gpu", c["n"], 299)
+            results["gpu"] = gpu_case(
+                work, paths, labels, c["arch"], c["size"], c["batches"], c["steps"], args.compile, device
+            )
+    results["table"] = table(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{device.type}-{args.size}-{results['date']}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(results["table"])
+    print(f"\nwrote {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

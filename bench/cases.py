@@ -1,0 +1,183 @@
+"""CPU benchmark cases: each runs the seed's way and ours on the same generated images."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from bench.seed import seed_fe_train, seed_loader
+from cxr_transfer.batches import Normalizer
+from cxr_transfer.engine import Precision
+from cxr_transfer.index import build_index
+from cxr_transfer.models import build_model, get_spec
+from cxr_transfer.modes import image_batches, setup_run
+from cxr_transfer.params import ModeConfig
+from cxr_transfer.prepare import decode_split
+from cxr_transfer.synth import render_cxr
+from cxr_transfer.train import Checkpoints, fit, make_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = {"Normal": ("NORMAL",), "Covid": ("COVID",)}
+
+
+def _png(args):
+    path, size, label, i = args
+    rng = np.random.default_rng([7, label, i])
+    a = render_cxr(rng, min(size, 128), covid=bool(label))
+    if size != a.shape[0]:
+        a = np.asarray(Image.fromarray(a).resize((size, size), Image.BILINEAR))
+    Image.fromarray(a).save(path)
+
+
+def make_pngs(folder: Path, n: int, size: int) -> tuple[list[str], list[int]]:
+    """n synthetic radiographs at size x size, half per class, written in parallel."""
+    jobs = []
+    for i in range(n):
+        label = i % 2
+        d = folder / ("COVID" if label else "NORMAL")
+        d.mkdir(parents=True, exist_ok=True)
+        jobs.append((str(d / f"img-{i:05d}.png"), size, label, i))
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(_png, jobs, chunksize=32))
+    return [j[0] for j in jobs], [j[2] for j in jobs]
+
+
+def _median_rate(fn, n_items: int, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return n_items / statistics.median(times)
+
+
+def input_pipeline(work: Path, n: int, size: int, reps: int) -> dict:
+    """Images/s of one epoch of batches: the seed's per-item PIL DataLoader vs our store slices."""
+    paths, labels = make_pngs(work / f"input{size}", n, 299)
+    spec = get_spec("efficientnet_lite0")
+    loader = seed_loader(paths, labels, size, spec.mean, spec.std)
+    seed = _median_rate(lambda: [None for _ in loader], n, reps)
+    t0 = time.perf_counter()
+    x = decode_split(paths, size, workers=0, desc=f"prepare {size}")
+    prepare_s = time.perf_counter() - t0
+    norm = Normalizer(spec.mean, spec.std)
+    batches = image_batches(x, np.array(labels), 32, "cpu", shuffle=True)
+    ours = _median_rate(lambda: [norm(xb) for xb, _ in batches], n, reps)
+    return {
+        "images": n,
+        "size": size,
+        "seed_images_per_s": round(seed, 1),
+        "ours_images_per_s": round(ours, 1),
+        "ratio": round(ours / seed, 1),
+        "ours_prepare_once_s": round(prepare_s, 2),
+        "target_ratio": 20,
+    }
+
+
+def feature_extraction(work: Path, n: int, size: int, epochs: int) -> dict:
+    """Wall time of `fe` for `epochs`: the seed's loop vs ours (features once), same arch and data."""
+    paths, labels = make_pngs(work / "fe", n, 128)
+    n_val = n // 5
+    spec = get_spec("efficientnet_lite0")
+    tr = seed_loader(paths[n_val:], labels[n_val:], size, spec.mean, spec.std)
+    va = seed_loader(paths[:n_val], labels[:n_val], size, spec.mean, spec.std, shuffle=False)
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", True, "imagenet", 2, seed=0)
+    t0 = time.perf_counter()
+    seed_acc = seed_fe_train(model, model.classifier, tr, va, epochs)
+    seed_s = time.perf_counter() - t0
+
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    x, y = decode_split(paths, size, workers=0), np.array(labels)
+    data = {"train": (x[n_val:], y[n_val:]), "val": (x[:n_val], y[:n_val])}
+    model = build_model("efficientnet_lite0", True, "imagenet", 2, seed=0)
+    cpu, prec = torch.device("cpu"), Precision(None, False)
+    rs = setup_run(model, spec, "head", data, 32, 0, False, cpu, prec)
+    mode = ModeConfig(pretrained=True, trainable="head", optimizer="adam", lr=1e-3, weight_decay=1e-5)
+    opt = make_optimizer(rs.loop.trained.parameters(), mode)
+    state = fit(
+        rs.loop, rs.train, rs.val, opt, epochs, epochs + 1, Checkpoints(work / "fe-ck", "b"), prec, cpu
+    )
+    ours_s = time.perf_counter() - t0
+    return {
+        "images": n,
+        "size": size,
+        "epochs": epochs,
+        "seed_seconds": round(seed_s, 2),
+        "ours_seconds": round(ours_s, 2),
+        "ratio": round(seed_s / ours_s, 1),
+        "seed_val_acc": round(seed_acc, 3),
+        "ours_val_acc": round(state.history[-1].val_acc, 3),
+        "target_ratio": 10,
+    }
+
+
+def indexing(work: Path, n: int) -> dict:
+    """Files/s of the index stage's library call on n 299x299 PNGs (generation not timed)."""
+    make_pngs(work / "index", n, 299)
+    t0 = time.perf_counter()
+    df, _ = build_index(work / "index", CLASSES, 50_000_000, workers=0)
+    secs = time.perf_counter() - t0
+    return {
+        "files": len(df),
+        "seconds": round(secs, 2),
+        "files_per_s": round(len(df) / secs, 1),
+        "target_seconds_for_10000": 60,
+        "projected_seconds_for_10000": round(10_000 * secs / len(df), 1),
+    }
+
+
+def _sh(cwd: Path, *cmd: str) -> float:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def demo(work: Path, params: dict | None = None) -> dict:
+    """A cold `dvc repro` of the demo in a fresh copy of the project, stage by stage, then a no-op."""
+    dst = work / "demo"
+    shutil.rmtree(dst, ignore_errors=True)
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for f in files:
+        if f.startswith(("stages/", "cxr_transfer/", ".dvc/")) or f in ("dvc.yaml", "params.yaml"):
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst / f)
+    if params:
+        p = yaml.safe_load((dst / "params.yaml").read_text())
+        for (section, key), value in params.items():
+            p[section][key] = value
+        (dst / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"],
+    ):
+        _sh(dst, *cmd)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    names = subprocess.run(
+        ["dvc", "stage", "list", "--name-only"], cwd=dst, env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    stages = {n: round(_sh(dst, "dvc", "repro", "-s", n), 2) for n in names}
+    noop = _sh(dst, "dvc", "repro")
+    return {
+        "stages": stages,
+        "cold_total_seconds": round(sum(stages.values()), 1),
+        "noop_seconds": round(noop, 2),
+        "target_cold_seconds": 180,
+        "target_noop_seconds": 5,
+    }

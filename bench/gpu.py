@@ -1,0 +1,187 @@
+"""Training and inference throughput on the accelerator: the seed's fp32 per-item PIL loop vs our
+GPU-resident uint8 store, bf16 autocast and channels_last, with model FLOP utilisation.
+
+Runs anywhere: on the CPU at a tiny size (how the test suite checks it), on an H100/H200 at 224."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.seed import seed_loader
+from cxr_transfer.batches import ArrayBatches, Normalizer
+from cxr_transfer.engine import Precision
+from cxr_transfer.models import build_model, get_spec
+
+VGG19_GFLOPS_224 = 39.3  # one 224x224 forward pass; a training step is about 3x
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_tflops(device: torch.device, n: int, iters: int) -> float:
+    """Measured dense matrix rate: bf16 on CUDA, fp32 elsewhere."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    sync(device)
+    return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12
+
+
+def _steps(step, batches, n_steps: int, device) -> float:
+    """Images/s over n_steps after 3 warm-up steps."""
+    it = iter(batches)
+
+    def next_batch():
+        nonlocal it
+        try:
+            return next(it)
+        except StopIteration:
+            it = iter(batches)
+            return next(it)
+
+    for _ in range(3):
+        step(*next_batch())
+    sync(device)
+    n, t0 = 0, time.perf_counter()
+    for _ in range(n_steps):
+        x, y = next_batch()
+        step(x, y)
+        n += len(y)
+    sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def seed_train_rate(arch, paths, labels, size, device, n_steps) -> float:
+    """The seed: fp32, per-item PIL pipeline on the CPU, batch 32, num_workers=0."""
+    spec = get_spec(arch)
+    model = build_model(arch, False, "none", 2, seed=0).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    loader = seed_loader(paths, labels, size, spec.mean, spec.std, batch_size=32)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss_fn(model(x.to(device)), y.to(device)).backward()
+        opt.step()
+
+    return _steps(step, loader, n_steps, device)
+
+
+def ours_rates(arch, x_store, labels, device, batch, n_steps, compile_model=False) -> dict:
+    """Ours: the uint8 store on the device, normalised there, bf16 autocast, channels_last."""
+    spec = get_spec(arch)
+    prec = Precision.for_device(device)
+    cl = device.type == "cuda"
+    model = build_model(arch, False, "none", 2, seed=0).to(device)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    run = torch.compile(model) if compile_model else model
+    norm = Normalizer(spec.mean, spec.std).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    batches = ArrayBatches(x_store[:, None], labels, batch, shuffle=True, device=device)
+
+    def prep(x):
+        x = norm(x)
+        return x.contiguous(memory_format=torch.channels_last) if cl else x
+
+    def train_step(x, y):
+        opt.zero_grad(set_to_none=True)
+        with prec.autocast(device):
+            loss = loss_fn(run(prep(x)).float(), y)
+        loss.backward()
+        opt.step()
+
+    model.train()
+    train = _steps(train_step, batches, n_steps, device)
+    model.eval()
+
+    @torch.no_grad()
+    def infer_step(x, y):
+        with prec.autocast(device):
+            run(prep(x))
+
+    infer = _steps(
+        infer_step, ArrayBatches(x_store[:, None], labels, batch * 4, device=device), n_steps, device
+    )
+    return {
+        "batch": batch,
+        "train_images_per_s": round(train, 1),
+        "infer_images_per_s": round(infer, 1),
+        "precision": str(prec.dtype or "float32"),
+        "channels_last": cl,
+        "compiled": compile_model,
+    }
+
+
+def machine(device: torch.device) -> dict:
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        info.update(card=p.name, memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda)
+        try:
+            info["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+        except OSError:
+            info["driver"] = None
+    return info
+
+
+def gpu_case(
+    work,
+    paths,
+    labels,
+    arch: str,
+    size: int,
+    batches: list[int],
+    n_steps: int,
+    compile_model: bool,
+    device: torch.device,
+) -> dict:
+    from cxr_transfer.prepare import decode_split
+
+    x = decode_split(paths, size, workers=0)
+    y = np.array(labels)
+    seed = seed_train_rate(arch, paths, labels, size, device, n_steps)
+    ours = [ours_rates(arch, x, y, device, b, n_steps) for b in batches]
+    if compile_model:
+        ours.append(ours_rates(arch, x, y, device, batches[-1], n_steps, compile_model=True))
+    rate = matmul_tflops(device, 8192 if device.type == "cuda" else 512, 20 if device.type == "cuda" else 3)
+    gflops = VGG19_GFLOPS_224 * (size / 224) ** 2 if arch == "vgg19_bn" else None
+    for o in ours:
+        if gflops:
+            o["train_mfu"] = round(o["train_images_per_s"] * 3 * gflops / 1e3 / rate, 3)
+            o["infer_mfu"] = round(o["infer_images_per_s"] * gflops / 1e3 / rate, 3)
+        o["ratio_vs_seed"] = round(o["train_images_per_s"] / seed, 1)
+    return {
+        "arch": arch,
+        "size": size,
+        "device": str(device),
+        "seed_train_images_per_s": round(seed, 1),
+        "ours": ours,
+        "measured_matmul_tflops": round(rate, 1),
+        "gflops_per_forward": gflops,
+        "target_ratio": 10,
+        "target_mfu": 0.4,
+    }
