@@ -71,7 +71,7 @@ def input_pipeline(work: Path, n: int, size: int, reps: int) -> dict:
     t0 = time.perf_counter()
     x = decode_split(paths, size, workers=0, desc=f"prepare {size}")
     prepare_s = time.perf_counter() - t0
-    norm = Normalizer(spec.mean, spec.std)
+    norm = Normalizer(spec.mean, spec.std, reuse=True)  # as the training loop does on the CPU
     batches = image_batches(x, np.array(labels), 32, "cpu", shuffle=True)
     ours = _median_rate(lambda: [norm(xb) for xb, _ in batches], n, reps)
     return {

@@ -92,7 +92,7 @@ def tail_inputs(model: nn.Module, tail: nn.Module, forward: Callable, batches: A
 def predict_proba(model: nn.Module, mean, std, x, batch_size: int, device: torch.device) -> torch.Tensor:
     """Softmax probabilities (N, classes) of a model over an (N, S, S) uint8 image store."""
     model.to(device).eval()
-    norm = Normalizer(mean, std).to(device)
+    norm = Normalizer(mean, std, reuse=device.type == "cpu").to(device)
     channels_last = device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -74,12 +74,6 @@ def set_train_mode(model: nn.Module, trained: nn.Module) -> None:
     trained.train()
 
 
-def count_params(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
-
-
 def load_trained(model_dir) -> tuple[nn.Module, dict]:
     """A trained model from its folder: the JSON sidecar says what to build, best.pt fills it.
 

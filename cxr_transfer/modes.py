@@ -54,7 +54,7 @@ def setup_run(
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    norm = Normalizer(spec.mean, spec.std).to(device)
+    norm = Normalizer(spec.mean, spec.std, reuse=device.type == "cpu").to(device)
     trained = freeze_except(model, trainable_path(spec, trainable))
     runner = torch.compile(model) if compile_model else model
     forward = image_forward(runner, norm, channels_last)
@@ -68,14 +68,20 @@ def setup_run(
         tr = ArrayBatches(feats["train"], data["train"][1], batch_size, True, seed, device)
         va = ArrayBatches(feats["val"], data["val"][1], batch_size, False, seed, device)
         return RunSetup(loop, tr, va, True, time.perf_counter() - t0)
-    gen = torch.Generator().manual_seed(seed)
+    tr = image_batches(*data["train"], batch_size, device, shuffle=True, seed=seed)
+    va = image_batches(*data["val"], batch_size, device)
+    gens: dict[int, torch.Generator] = {}
+
+    def augment_fn(xb):  # one generator per epoch, seeded by (seed, epoch): a resumed run matches
+        if tr.epoch not in gens:
+            gens[tr.epoch] = torch.Generator().manual_seed(seed * 7919 + tr.epoch)
+        return augment_batch(xb, gens[tr.epoch])
+
     loop = Loop(
         trained,
         forward,
         lambda: set_train_mode(model, trained),
         model.eval,
-        (lambda xb: augment_batch(xb, gen)) if augment else None,
+        augment_fn if augment else None,
     )
-    tr = image_batches(*data["train"], batch_size, device, shuffle=True, seed=seed)
-    va = image_batches(*data["val"], batch_size, device)
     return RunSetup(loop, tr, va, False)

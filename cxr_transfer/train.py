@@ -181,3 +181,21 @@ def fit(
             f"  {secs:.1f}s {n / secs:.0f} img/s{'  *best' if is_best else ''}"
         )
     return state
+
+
+def summarize(state: FitState, feature_seconds: float, n_train: int, model: nn.Module) -> dict:
+    """The training summary kept in the model's sidecar and DVCLive's metrics.json."""
+    seconds = feature_seconds + sum(h.seconds for h in state.history)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {
+        "best_epoch": state.best_epoch,
+        "epochs_run": len(state.history),
+        "stopped_early": state.stopped_early,
+        "best_val_loss": state.best_val_loss,
+        "best_val_acc": state.history[state.best_epoch - 1].val_acc,
+        "train_seconds": round(seconds, 2),
+        "feature_seconds": round(feature_seconds, 2),
+        "images_per_s": round(n_train * len(state.history) / max(seconds, 1e-9), 2),
+        "trainable_params": trainable,
+        "total_params": sum(p.numel() for p in model.parameters()),
+    }

@@ -4,7 +4,6 @@ import argparse
 import hashlib
 import json
 import shutil
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,11 +11,12 @@ import torch
 
 from cxr_transfer.cli import run, write_json
 from cxr_transfer.engine import Precision, pick_device
-from cxr_transfer.models import build_model, count_params, get_spec
+from cxr_transfer.errors import CxrError
+from cxr_transfer.models import build_model, get_spec
 from cxr_transfer.modes import setup_run
 from cxr_transfer.params import load_params
 from cxr_transfer.prepare import load_store
-from cxr_transfer.train import Checkpoints, fit, make_optimizer
+from cxr_transfer.train import Checkpoints, fit, make_optimizer, summarize
 from dvclive import Live
 
 LIVE_NAMES = {
@@ -49,15 +49,14 @@ def main() -> None:
     args = ap.parse_args()
     p = load_params(args.params)
     if args.mode not in p.modes:
-        raise SystemExit(f"train: error: unknown mode {args.mode!r}; modes in params.yaml: {sorted(p.modes)}")
+        raise CxrError(f"unknown mode {args.mode!r}; modes in params.yaml: {sorted(p.modes)}")
     mode, tc, spec = p.modes[args.mode], p.train, get_spec(args.arch)
     torch.manual_seed(tc.seed)  # the one place global RNG state is seeded (dropout draws from it)
     meta = json.loads((args.prepared / "meta.json").read_text())
     data = {s: load_store(args.prepared, s) for s in ("train", "val")}
     device = pick_device(tc.device)
     prec = Precision.for_device(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     model = build_model(args.arch, mode.pretrained, p.weights.source, len(meta["classes"]), tc.seed)
     rs = setup_run(
         model, spec, mode.trainable, data, tc.batch_size, tc.seed, tc.augment, device, prec, tc.compile
@@ -65,19 +64,17 @@ def main() -> None:
     opt = make_optimizer(rs.loop.trained.parameters(), mode)
     config = {
         "arch": args.arch,
-        "mode": args.mode,
-        **asdict(mode),
+        "mode": asdict(mode),
         "train": asdict(tc),
         "weights": p.weights.source,
         "data": {s: m["sha1"] for s, m in meta["splits"].items()},
     }
-    fingerprint = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()
-    ckpt = Checkpoints(args.resume_dir / f"{args.arch}-{args.mode}", fingerprint)
-    print(
-        f"train {args.arch}-{args.mode}: {device}, {prec.dtype or 'fp32'}, "
-        f"{'features computed once' if rs.cached_features else 'full model per epoch'}"
+    ckpt = Checkpoints(
+        args.resume_dir / f"{args.arch}-{args.mode}",
+        hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest(),
     )
-    t0 = time.perf_counter()
+    how = "features computed once" if rs.cached_features else "full model per epoch"
+    print(f"train {args.arch}-{args.mode}: {device}, {prec.dtype or 'fp32'}, {how}")
     with Live(str(args.live), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         state = fit(
             rs.loop,
@@ -91,25 +88,10 @@ def main() -> None:
             device,
             on_epoch=lambda log: log_epoch(live, log),
         )
-        seconds = rs.feature_seconds + sum(h.seconds for h in state.history)
-        trainable, total = count_params(model)
-        summary = {
-            "best_epoch": state.best_epoch,
-            "epochs_run": len(state.history),
-            "stopped_early": state.stopped_early,
-            "best_val_loss": state.best_val_loss,
-            "best_val_acc": state.history[state.best_epoch - 1].val_acc,
-            "train_seconds": round(seconds, 2),
-            "feature_seconds": round(rs.feature_seconds, 2),
-            "images_per_s": round(len(data["train"][1]) * len(state.history) / max(seconds, 1e-9), 2),
-            "trainable_params": trainable,
-            "total_params": total,
-            "wall_seconds_this_run": round(time.perf_counter() - t0, 2),
-        }
+        summary = summarize(state, rs.feature_seconds, len(data["train"][1]), model)
         live.summary.update(summary)
     args.out.mkdir(parents=True, exist_ok=True)
-    model.cpu()
-    torch.save(model.state_dict(), args.out / "last.pt")
+    torch.save(model.cpu().state_dict(), args.out / "last.pt")
     rs.loop.trained.load_state_dict(ckpt.best())
     torch.save(model.state_dict(), args.out / "best.pt")
     write_json(
@@ -133,7 +115,7 @@ def main() -> None:
     shutil.rmtree(ckpt.folder, ignore_errors=True)
     print(
         f"train {args.arch}-{args.mode}: best epoch {state.best_epoch} "
-        f"(val acc {summary['best_val_acc']:.3f}), {seconds:.1f}s -> {args.out}"
+        f"(val acc {summary['best_val_acc']:.3f}), {summary['train_seconds']:.1f}s -> {args.out}"
     )
 
 

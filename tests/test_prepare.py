@@ -76,3 +76,13 @@ def test_shuffle_depends_only_on_seed_and_epoch():
 def test_empty_split_is_an_error():
     with pytest.raises(ValueError, match="empty split"):
         ArrayBatches(np.zeros((0, 1, 4, 4)), np.zeros(0), 4)
+
+
+def test_normalizer_reusing_its_buffer_gives_the_same_values():
+    x = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
+    fresh = Normalizer(IMAGENET_MEAN, IMAGENET_STD)
+    reuse = Normalizer(IMAGENET_MEAN, IMAGENET_STD, reuse=True)
+    a, b = reuse(x[:4]), reuse(x[:4])
+    assert a.data_ptr() == b.data_ptr()  # one buffer per batch shape
+    assert torch.equal(a, fresh(x[:4]))
+    assert torch.equal(reuse(x[4:]), fresh(x[4:]))  # a last, smaller batch gets its own buffer
