@@ -5,6 +5,7 @@ Runs anywhere: on the CPU at a tiny size (how the test suite checks it), on an H
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import time
@@ -128,11 +129,23 @@ def ours_rates(arch, x_store, labels, device, batch, n_steps, compile_model=Fals
     }
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(device: torch.device) -> dict:
     info = {
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
     }
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
