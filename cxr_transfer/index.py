@@ -10,15 +10,14 @@ import hashlib
 import os
 import warnings
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from cxr_transfer.errors import CxrError
 from cxr_transfer.imageio import to_gray8
+from cxr_transfer.parallel import chunked_map
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 OS_FILES = {".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"}
@@ -109,23 +108,7 @@ def _inspect_chunk(args: tuple[list[str], int]) -> list[dict]:
 
 def decode_all(paths: list[str], max_pixels: int, workers: int) -> list[dict]:
     """inspect_image over many files, in parallel processes, with a progress bar."""
-    workers = workers or os.cpu_count() or 1
-    chunk = max(1, min(64, -(-len(paths) // (4 * workers))))
-    chunks = [(paths[i : i + chunk], max_pixels) for i in range(0, len(paths), chunk)]
-    out: list[dict] = []
-    bar = tqdm(total=len(paths), desc="index", unit="img", mininterval=1.0)
-    if workers == 1 or len(chunks) <= 1:
-        results = map(_inspect_chunk, chunks)
-    else:
-        pool = ProcessPoolExecutor(workers)
-        results = pool.map(_inspect_chunk, chunks)
-    for res in results:
-        out += res
-        bar.update(len(res))
-    bar.close()
-    if workers > 1 and len(chunks) > 1:
-        pool.shutdown()
-    return out
+    return [r for res in chunked_map(_inspect_chunk, paths, (max_pixels,), workers, "index") for r in res]
 
 
 def read_groups(meta_file: Path, filename_col: str, patient_col: str) -> dict[str, str]:

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from cxr_transfer.imageio import resize_gray8, to_gray8
+from cxr_transfer.parallel import chunked_map
 
 
 def load_resized(path: str, size: int) -> np.ndarray:
@@ -31,25 +29,8 @@ def _chunk(args: tuple[list[str], int]) -> np.ndarray:
 
 def decode_split(paths: list[str], size: int, workers: int = 0, desc: str = "prepare") -> np.ndarray:
     """(N, size, size) uint8 array of the images at `paths`, decoded in parallel, in order."""
-    workers = workers or os.cpu_count() or 1
-    step = max(1, min(64, -(-len(paths) // (4 * workers))))
-    chunks = [(paths[i : i + step], size) for i in range(0, len(paths), step)]
-    out = np.zeros((len(paths), size, size), np.uint8)
-    with tqdm(total=len(paths), desc=desc, unit="img", mininterval=1.0) as bar:
-        if workers == 1 or len(chunks) <= 1:
-            results = map(_chunk, chunks)
-            pool = None
-        else:
-            pool = ProcessPoolExecutor(workers)
-            results = pool.map(_chunk, chunks)
-        pos = 0
-        for arr in results:
-            out[pos : pos + len(arr)] = arr
-            pos += len(arr)
-            bar.update(len(arr))
-        if pool:
-            pool.shutdown()
-    return out
+    parts = list(chunked_map(_chunk, paths, (size,), workers, desc))
+    return np.concatenate(parts) if parts else np.zeros((0, size, size), np.uint8)
 
 
 def write_store(out_dir: Path, split: str, x: np.ndarray, y: np.ndarray) -> str:

@@ -52,11 +52,14 @@ def main() -> None:
     ap.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     ap.add_argument("--out-metrics", type=Path, default=Path("metrics"))
     ap.add_argument("--plots", type=Path, default=Path("plots"))
+    ap.add_argument("--eval", type=Path, default=Path("eval"), help="evaluate stages' folders")
+    ap.add_argument("--live", type=Path, default=Path("dvclive"), help="train stages' DVCLive folders")
+    ap.add_argument("--models", type=Path, default=Path("models"))
     args = ap.parse_args()
     p = load_params(args.params)
     names = [f"{a}-{m}" for a in p.archs for m in p.train.modes]
     metrics = {n: json.loads((args.out_metrics / f"{n}.json").read_text()) for n in names}
-    preds = {n: pd.read_csv(Path("eval") / n / "predictions.csv") for n in names}
+    preds = {n: pd.read_csv(args.eval / n / "predictions.csv") for n in names}
     cfg = p.evaluate
     compare = R.compare_modes(preds, p.data.positive, cfg.bootstrap, cfg.seed, cfg.confidence)
     table = R.summary_table(metrics)
@@ -64,10 +67,10 @@ def main() -> None:
     (args.out_metrics / "summary.md").write_text(R.summary_markdown(table, compare))
     write_json(args.out_metrics / "compare.json", compare)
     args.plots.mkdir(parents=True, exist_ok=True)
-    curves = pd.concat([R.read_curves(Path("dvclive") / n).assign(model=n) for n in names])
+    curves = pd.concat([R.read_curves(args.live / n).assign(model=n) for n in names])
     curves.to_csv(args.plots / "curves.csv", index=False)
     for kind in ("roc", "pr"):
-        pd.concat([pd.read_csv(Path("eval") / n / f"{kind}.csv").assign(model=n) for n in names]).to_csv(
+        pd.concat([pd.read_csv(args.eval / n / f"{kind}.csv").assign(model=n) for n in names]).to_csv(
             args.plots / f"{kind}.csv", index=False
         )
     pd.concat(
@@ -85,7 +88,7 @@ def main() -> None:
     (args.plots / "gradcam").mkdir(exist_ok=True)
     for n in names:
         gradcam_grid(
-            Path("models") / n,
+            args.models / n,
             preds[n],
             x_test,
             classes,
