@@ -132,6 +132,17 @@ class ModeConfig:
         _check(self.weight_decay >= 0.0, f"{key}.weight_decay", "must be >= 0")
 
 
+def seed_modes() -> dict[str, ModeConfig]:
+    """The seed tutorial's modes: the default `modes` table."""
+    adam = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5}
+    return {
+        "scratch": ModeConfig(False, "all", "sgd", 1e-3, momentum=0.9),
+        "fe": ModeConfig(True, "head", **adam),
+        "ft": ModeConfig(True, "all", **adam),
+        "ft_classifier": ModeConfig(True, "classifier", **adam),
+    }
+
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -186,7 +197,7 @@ class Params:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     archs: tuple[str, ...] = ("efficientnet_lite0",)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
-    modes: dict[str, ModeConfig] = field(default_factory=dict)
+    modes: dict[str, ModeConfig] = field(default_factory=seed_modes)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     report: ReportConfig = field(default_factory=ReportConfig)

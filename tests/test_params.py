@@ -85,3 +85,9 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ParamError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_defaults_alone_are_the_seeds_modes_and_match_params_yaml():
+    p = parse_params({})
+    assert p.modes == load_params(ROOT / "params.yaml").modes
+    assert p.train.modes == ("scratch", "fe", "ft")

@@ -115,3 +115,20 @@ def test_unknown_optimizer_lists_choices():
     bad = ModeConfig(pretrained=False, trainable="all", optimizer="lbfgs", lr=0.1)
     with pytest.raises(ValueError, match=r"choose one of \['adam', 'adamw', 'sgd'\]"):
         make_optimizer([torch.nn.Parameter(torch.zeros(1))], bad)
+
+
+def test_classifier_block_trains_on_cached_features_and_matches_the_full_model(tmp_path):
+    """VGG's fc6-fc8 block (ft_classifier): its input is computed once, logits are unchanged."""
+    data = tiny_data(n=8, size=32)
+    torch.manual_seed(0)
+    model = build_model("vgg16", False, "none", 2, seed=0)
+    spec = get_spec("vgg16")
+    rs = setup_run(model, spec, "classifier", data, 4, 0, False, CPU, PREC)
+    assert rs.cached_features and rs.train.x.shape == (8, 512 * 7 * 7)
+    model.eval()
+    from cxr_transfer.batches import Normalizer
+
+    with torch.no_grad():
+        full = model(Normalizer(spec.mean, spec.std)(torch.as_tensor(data["val"][0])[:, None]))
+        tail = model.classifier(rs.val.x)
+    assert torch.allclose(full, tail, atol=1e-4)
