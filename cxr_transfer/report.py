@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cxr_transfer.errors import CxrError
 from cxr_transfer.metrics import paired_difference  # noqa: E402
@@ -136,6 +137,7 @@ def _lines(ax, df: pd.DataFrame, x: str, y: str, title: str, ylabel: str, style=
     for name, g in df.groupby("model", sort=False):
         ax.plot(g[x], g[y], style, label=name, markersize=3)
     ax.set(title=title, xlabel=x, ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 
