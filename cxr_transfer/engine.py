@@ -74,7 +74,7 @@ def tail_inputs(model: nn.Module, tail: nn.Module, forward: Callable, batches: A
     feats = []
 
     def hook(_module, inputs):
-        feats.append(inputs[0].detach().float())
+        feats.append(inputs[0].detach().to(torch.float32, copy=True))  # never a view of a reused buffer
 
     handle = tail.register_forward_pre_hook(hook)
     was_training = model.training
