@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import precision_recall_curve, roc_curve
 
 from cxr_transfer.metrics import (
     bootstrap_ci,
     point_metrics,
+    threshold_counts,
     undefined_reasons,
     youden_threshold,
 )
@@ -50,13 +50,16 @@ def evaluate(y, p, groups, y_val, p_val, reps: int, seed: int, confidence: float
 
 
 def curves(y, p) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """ROC (fpr, tpr) and precision-recall points; empty frames when one class is missing."""
+    """ROC (fpr, tpr, threshold) and precision-recall points at every distinct score; empty
+    frames when one class is missing."""
     y = np.asarray(y).astype(int)
     if y.min() == y.max():
         return pd.DataFrame(columns=["fpr", "tpr", "threshold"]), pd.DataFrame(
             columns=["recall", "precision"]
         )
-    fpr, tpr, thr = roc_curve(y, p)
-    prec, rec, _ = precision_recall_curve(y, p)
-    roc = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thr, 1.0)})
-    return roc.round(6), pd.DataFrame({"recall": rec, "precision": prec}).round(6)
+    tp, fp, thr = threshold_counts(y, p)
+    roc = pd.DataFrame(
+        {"fpr": np.r_[0.0, fp / fp[-1]], "tpr": np.r_[0.0, tp / tp[-1]], "threshold": np.r_[1.0, thr]}
+    )
+    pr = pd.DataFrame({"recall": np.r_[0.0, tp / tp[-1]], "precision": np.r_[1.0, tp / (tp + fp)]})
+    return roc.round(6), pr.round(6)

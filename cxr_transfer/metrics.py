@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import binomtest, rankdata
 
 POINT = (
     "accuracy",
@@ -40,14 +39,36 @@ def confusion(y: np.ndarray, pred: np.ndarray) -> dict[str, int]:
     }
 
 
+def average_ranks(a: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank (as scipy.stats.rankdata)."""
+    a = np.asarray(a)
+    order = np.argsort(a, kind="mergesort")
+    s = a[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
+    ends = np.r_[starts[1:], len(s)]
+    r = np.empty(len(a))
+    r[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return r
+
+
 def auroc(y: np.ndarray, p: np.ndarray) -> float | None:
     """Area under the ROC curve (Mann-Whitney U with tied ranks); None with one class."""
     y = np.asarray(y).astype(bool)
     n1, n0 = int(y.sum()), int((~y).sum())
     if n1 == 0 or n0 == 0:
         return None
-    r = rankdata(p)
+    r = average_ranks(p)
     return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def threshold_counts(y: np.ndarray, p: np.ndarray):
+    """(true positives, false positives, threshold) at each distinct score, highest first."""
+    y, p = np.asarray(y).astype(bool), np.asarray(p, dtype=float)
+    order = np.argsort(-p, kind="mergesort")
+    ps, ys = p[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(ps)), len(ps) - 1]  # the end of each run of tied scores
+    tp = np.cumsum(ys)[last]
+    return tp, (last + 1) - tp, ps[last]
 
 
 def auprc(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -55,11 +76,7 @@ def auprc(y: np.ndarray, p: np.ndarray) -> float | None:
     y = np.asarray(y).astype(bool)
     if y.sum() == 0:
         return None
-    order = np.argsort(-np.asarray(p), kind="mergesort")
-    ps, ys = np.asarray(p)[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(ps)), len(ps) - 1]  # the end of each run of tied scores
-    tp = np.cumsum(ys)[last]
-    fp = (last + 1) - tp
+    tp, fp, _ = threshold_counts(y, p)
     prec, rec = tp / (tp + fp), tp / y.sum()
     return float(np.sum(np.diff(np.r_[0.0, rec]) * prec))
 
@@ -188,10 +205,15 @@ def youden_threshold(y: np.ndarray, p: np.ndarray) -> float | None:
 
 
 def mcnemar_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
-    """Exact McNemar test on paired correctness: a binomial test on the discordant pairs."""
+    """Exact McNemar test on paired correctness: a two-sided binomial test (p = 1/2) on the
+    discordant pairs."""
     b = int((correct_a & ~correct_b).sum())
     c = int((~correct_a & correct_b).sum())
-    return 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
+    return min(1.0, tail / 2 ** (n - 1))
 
 
 def paired_difference(y, pa, pb, groups, reps, seed, confidence=0.95) -> dict:

@@ -120,3 +120,21 @@ def test_auc_edge_cases():
     assert auroc([1, 1], [0.2, 0.3]) is None
     assert auprc([0, 0], [0.2, 0.3]) is None
     assert auroc([0, 1], [0.5, 0.5]) == 0.5
+
+
+def test_ranks_mcnemar_and_curves_match_scipy_and_scikit_learn():
+    from scipy.stats import binomtest, rankdata
+
+    from cxr_transfer.evaluation import curves
+    from cxr_transfer.metrics import average_ranks
+
+    assert np.array_equal(average_ranks(P), rankdata(P))
+    for b, c in [(3, 9), (0, 5), (7, 7), (40, 25)]:
+        a = np.array([True] * b + [False] * c)
+        assert mcnemar_p(a, ~a) == pytest.approx(binomtest(b, b + c, 0.5).pvalue)
+    roc, pr = curves(Y, P)
+    fpr, tpr, _ = skm.roc_curve(Y, P, drop_intermediate=False)
+    assert np.allclose(roc["fpr"], fpr, atol=1e-6) and np.allclose(roc["tpr"], tpr, atol=1e-6)
+    prec, rec, _ = skm.precision_recall_curve(Y, P)
+    got = set(zip(pr["recall"].round(6), pr["precision"].round(6), strict=True))
+    assert got == set(zip(rec.round(6), prec.round(6), strict=True))
