@@ -16,7 +16,8 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from cxr_transfer.errors import CxrError
-from cxr_transfer.imageio import to_gray8
+from cxr_transfer.groups import group_names
+from cxr_transfer.imageio import pixel_limit, to_gray8
 from cxr_transfer.parallel import chunked_map
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
@@ -77,22 +78,23 @@ def walk(root: Path, aliases: dict[str, str]) -> tuple[list[tuple[str, str]], li
     return found, skipped
 
 
-def inspect_image(path: str, max_pixels: int) -> dict:
+def inspect_image(path: str, max_pixels: int, bits_stored: int | None = None) -> dict:
     """Decode one file fully: size, mode, format and the hash of its 8-bit grayscale pixels,
     or {'reason': ...} when it cannot be used."""
     if os.path.getsize(path) == 0:
         return {"reason": "empty file"}
-    Image.MAX_IMAGE_PIXELS = None  # we apply our own limit, before decoding
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), pixel_limit(None):  # our own limit applies, before decoding
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 w, h = im.size
                 if w * h > max_pixels:
                     return {"reason": "too many pixels", "detail": f"{w}x{h} > index.max_pixels={max_pixels}"}
                 fmt, mode = im.format, im.mode
+                if mode == "F":
+                    return {"reason": "floating-point pixels (no declared range)"}
                 im.load()
-                gray = to_gray8(im)
+                gray = to_gray8(im, bits_stored)
     except UnidentifiedImageError:
         return {"reason": "not a decodable image"}
     except (OSError, SyntaxError, ValueError) as e:
@@ -101,20 +103,24 @@ def inspect_image(path: str, max_pixels: int) -> dict:
     return {"hash": digest, "width": w, "height": h, "mode": mode, "format": fmt}
 
 
-def _inspect_chunk(args: tuple[list[str], int]) -> list[dict]:
-    paths, max_pixels = args
-    return [inspect_image(p, max_pixels) for p in paths]
+def _inspect_chunk(args: tuple[list[str], int, int | None]) -> list[dict]:
+    paths, max_pixels, bits_stored = args
+    return [inspect_image(p, max_pixels, bits_stored) for p in paths]
 
 
-def decode_all(paths: list[str], max_pixels: int, workers: int) -> list[dict]:
+def decode_all(paths: list[str], max_pixels: int, workers: int, bits_stored: int | None = None) -> list[dict]:
     """inspect_image over many files, in parallel processes, with a progress bar."""
-    return [r for res in chunked_map(_inspect_chunk, paths, (max_pixels,), workers, "index") for r in res]
+    extra = (max_pixels, bits_stored)
+    return [r for res in chunked_map(_inspect_chunk, paths, extra, workers, "index") for r in res]
 
 
 def read_groups(meta_file: Path, filename_col: str, patient_col: str) -> dict[str, str]:
     """Map image file name (with and without extension, lower-case) -> patient id."""
     if not meta_file.exists():
-        raise IndexError_(f"data.metadata.file {meta_file} does not exist; fix the path or set it to null")
+        raise IndexError_(
+            f"data.metadata.file: {meta_file} does not exist (the path is relative to data.root); "
+            "fix it or set it to null"
+        )
     reader = pd.read_excel if meta_file.suffix.lower() in (".xlsx", ".xls") else pd.read_csv
     df = reader(meta_file)
     for col, key in ((filename_col, "filename_column"), (patient_col, "patient_column")):
@@ -135,6 +141,7 @@ def build_index(
     max_pixels: int,
     workers: int = 0,
     groups: dict[str, str] | None = None,
+    bits_stored: int | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Walk, decode and tabulate; returns (data frame, report dict)."""
     root = Path(root)
@@ -147,7 +154,7 @@ def build_index(
             f"no images found under {root} in folders named {sorted(aliases)}; "
             f"check data.root and data.classes ({len(skipped)} files skipped)"
         )
-    infos = decode_all([str(root / p) for p, _ in found], max_pixels, workers)
+    infos = decode_all([str(root / p) for p, _ in found], max_pixels, workers, bits_stored)
     labels = {c: i for i, c in enumerate(classes)}
     rows = []
     for (rel, cls), info in zip(found, infos, strict=True):
@@ -174,16 +181,16 @@ def _drop_label_conflicts(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 def _assign_groups(df: pd.DataFrame, groups: dict[str, str] | None) -> tuple[pd.DataFrame, int]:
-    """Patient id from metadata where known; otherwise identical images share a group."""
-    by_hash = "img:" + df["hash"].str[:16]
-    if not groups:
-        df["group"] = by_hash
-        return df, 0
-    names = df["image_name"].str.lower()
-    stems = names.map(lambda n: Path(n).stem)
-    pid = names.map(groups).fillna(stems.map(groups))
-    df["group"] = ("patient:" + pid).where(pid.notna(), by_hash)
-    return df, int(pid.isna().sum())
+    """Split groups: connected components of "same patient OR same pixels", so two copies of one
+    image stay together even under two patient ids, or with one id and one without."""
+    pid = pd.Series([None] * len(df), index=df.index, dtype=object)
+    if groups:
+        names = df["image_name"].str.lower()
+        stems = names.map(lambda n: Path(n).stem)
+        pid = names.map(groups).fillna(stems.map(groups))
+    keys = {"patient": list(pid), "img": list(df["hash"].str[:16])}
+    df["group"] = group_names(keys)
+    return df, int(pid.isna().sum()) if groups else 0
 
 
 def _report(df: pd.DataFrame, skipped: list[dict], no_meta: int) -> dict:

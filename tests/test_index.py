@@ -3,8 +3,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr_transfer.imageio import to_gray8
-from cxr_transfer.index import IndexError_, build_index, read_groups
+from cxr_transfer.imageio import pixel_limit, to_gray8
+from cxr_transfer.index import IndexError_, build_index, inspect_image, read_groups
+from cxr_transfer.prepare import load_resized
+from cxr_transfer.split import grouped_split
 
 CLASSES = {"Normal": ("NORMAL", "Normal"), "Covid": ("COVID", "COVID-19")}
 
@@ -100,8 +102,36 @@ def test_reads_many_formats_and_modes(seed_layout, make_image, name, mode, fmt):
 def test_16_bit_is_scaled_not_clipped():
     a = np.array([[0, 32768, 65535]], dtype=np.uint16)
     assert to_gray8(Image.fromarray(a)).tolist() == [[0, 128, 255]]
-    twelve = np.array([[0, 4095]], dtype=np.uint16)
-    assert to_gray8(Image.fromarray(twelve)).tolist() == [[0, 255]]
+    twelve = np.array([[0, 2048, 4095]], dtype=np.uint16)
+    assert to_gray8(Image.fromarray(twelve), bits_stored=12).tolist() == [[0, 128, 255]]
+
+
+@pytest.mark.parametrize("bits, expect", [(None, 16), (12, 255)])
+def test_16_bit_scaling_is_one_rule_for_the_whole_dataset(bits, expect):
+    """One detector, one raw value, one 8-bit value: never a guess from each image's maximum."""
+    dim = np.array([[0, 4095]], dtype=np.uint16)  # this image happens to stay below 4096
+    bright = np.array([[4095, 5000]], dtype=np.uint16)
+    a = to_gray8(Image.fromarray(dim), bits_stored=bits)[0, 1]
+    b = to_gray8(Image.fromarray(bright), bits_stored=bits)[0, 0]
+    assert a == b == expect
+
+
+def test_the_decompression_bomb_guard_is_restored_after_decoding(seed_layout):
+    before = Image.MAX_IMAGE_PIXELS
+    assert before is not None
+    inspect_image(str(seed_layout / "COVID" / "covid-0.png"), 10_000)
+    load_resized(str(seed_layout / "COVID" / "covid-0.png"), 8)
+    assert before == Image.MAX_IMAGE_PIXELS
+    with pixel_limit(None):
+        assert Image.MAX_IMAGE_PIXELS is None
+    assert before == Image.MAX_IMAGE_PIXELS
+
+
+def test_floating_point_images_are_skipped_with_a_reason(seed_layout):
+    Image.fromarray(np.ones((24, 24), np.float32) * 0.5, "F").save(seed_layout / "COVID" / "f.tif")
+    df, rep = index(seed_layout)
+    assert rep["skipped_by_reason"] == {"floating-point pixels (no declared range)": 1}
+    assert rep["per_class"] == {"Normal": 6, "Covid": 6}
 
 
 def test_duplicates_share_a_group_and_label_conflicts_are_dropped(seed_layout, make_image):
@@ -128,6 +158,28 @@ def test_metadata_supplies_patient_groups(seed_layout, tmp_path):
     assert rep["images_without_metadata"] == 9
     with pytest.raises(IndexError_, match="no column 'PATIENT'"):
         read_groups(meta, "FILE NAME", "PATIENT")
+
+
+def test_copies_under_two_patient_ids_are_one_group_and_never_split(seed_layout, make_image, tmp_path):
+    """Same patient OR same pixels: groups are connected components, so a chain of links holds."""
+    make_image(seed_layout / "COVID" / "copy-a.png", seed=101)  # pixels of COVID/covid-1.png
+    make_image(seed_layout / "COVID" / "copy-b.png", seed=104)  # pixels of COVID/covid-4.png
+    meta = tmp_path / "meta.csv"
+    pd.DataFrame(
+        {
+            "FILE NAME": ["covid-1", "copy-a", "covid-3", "covid-4"],
+            "PATIENT ID": ["p1", "p2", "p2", "p3"],  # copy-a: another id; copy-b: no id at all
+        }
+    ).to_csv(meta, index=False)
+    df, rep = index(seed_layout, groups=read_groups(meta, "FILE NAME", "PATIENT ID"))
+    g = df.set_index("image_name")["group"]
+    assert g["covid-1.png"] == g["copy-a.png"] == g["covid-3.png"] == "patient:p1"
+    assert g["covid-4.png"] == g["copy-b.png"] == "patient:p3"
+    assert rep["duplicate_sets"] == 2 and rep["groups"] == 14 - 3  # 3 links join 14 images
+    for seed in range(50):
+        which = grouped_split(df, 0.2, 0.2, seed).set_axis(df["image_name"])
+        assert which["covid-1.png"] == which["copy-a.png"] == which["covid-3.png"], seed
+        assert which["covid-4.png"] == which["copy-b.png"], seed
 
 
 def test_radiography_database_layout(tmp_path, make_image):

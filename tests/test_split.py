@@ -60,3 +60,27 @@ def test_seed_defaults_give_64_16_20():
 def test_class_too_small_to_split_names_the_class():
     with pytest.raises(SplitError, match="class Covid has 2 independent image group"):
         grouped_split(table(20, 2), 0.2, 0.2, seed=0)
+
+
+def test_a_large_patient_and_mixed_class_patients_stay_whole():
+    rows = [
+        {"path": f"big/{i}.png", "label": 0, "class": "Normal", "group": "patient:big"} for i in range(40)
+    ]
+    for p in range(30):  # patients with two Normal images and one Covid image
+        for k, (label, cls) in enumerate(((0, "Normal"), (0, "Normal"), (1, "Covid"))):
+            rows.append({"path": f"mix{p}/{k}.png", "label": label, "class": cls, "group": f"patient:mix{p}"})
+    for i in range(150):
+        label, cls = (1, "Covid") if i % 2 else (0, "Normal")
+        rows.append({"path": f"one/{i}.png", "label": label, "class": cls, "group": f"img:{i}"})
+    df = pd.DataFrame(rows).sample(frac=1, random_state=0).reset_index(drop=True)
+    for seed in range(10):
+        which = grouped_split(df, 0.2, 0.2, seed)
+        assert which.notna().all()
+        per_group = df.assign(split=which).groupby("group")["split"].nunique()
+        assert (per_group == 1).all()  # the 40-image patient and every mixed patient in one split
+        parts = {s: df[which == s] for s in SPLITS}
+        assert split_summary(parts, seed, 0.2, 0.2)["group_overlap"] == 0
+        n = len(df)
+        assert abs(len(parts["test"]) - 0.2 * n) <= 40  # off by at most the largest group
+        for s in SPLITS:
+            assert set(parts[s]["class"]) == {"Normal", "Covid"}, (seed, s)
