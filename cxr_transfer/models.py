@@ -36,16 +36,17 @@ def _create(spec: ArchSpec) -> nn.Module:
     return torchvision.models.get_model(spec.builder, weights=None, num_classes=1000)
 
 
-def build_model(arch: str, pretrained: bool, weights_source: str, num_classes: int, seed: int) -> nn.Module:
-    """The architecture with ImageNet weights (or random ones) and a fresh `num_classes` last layer.
+def build_model(arch: str, weights_dir: str | None, num_classes: int, seed: int) -> nn.Module:
+    """The architecture with ImageNet weights (looked up in `weights_dir` first; None = random
+    weights) and a fresh `num_classes` last layer.
 
     Initialisation is seeded here, without touching the caller's global RNG state."""
     spec = get_spec(arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _create(spec)
-        if pretrained and weights_source != "none":
-            load_imagenet(model, spec, weights_source)
+        if weights_dir is not None:
+            load_imagenet(model, spec, weights_dir)
         last = get_module(model, spec.last_layer)
         if not isinstance(last, nn.Linear):
             raise TypeError(f"{arch}: {spec.last_layer} is {type(last).__name__}, expected Linear")
@@ -83,6 +84,22 @@ def load_trained(model_dir) -> tuple[nn.Module, dict]:
 
     model_dir = Path(model_dir)
     meta = json.loads((model_dir / "model.json").read_text())
-    model = build_model(meta["arch"], False, "none", len(meta["classes"]), 0)
+    model = build_model(meta["arch"], None, len(meta["classes"]), 0)
     model.load_state_dict(torch.load(model_dir / "best.pt", map_location="cpu", weights_only=True))
     return model.eval(), meta
+
+
+def equivalent_modes(spec: ArchSpec, modes: dict) -> dict[str, str]:
+    """mode -> an earlier mode that trains exactly the same thing on this architecture.
+
+    On EfficientNet-Lite0 the classifier block is the last layer, so `ft_classifier` trains what
+    `fe` trains: their results are identical, and the report says so rather than show two modes."""
+    seen: dict[tuple, str] = {}
+    same = {}
+    for name, m in modes.items():
+        key = (m.pretrained, trainable_path(spec, m.trainable), m.optimizer, m.lr, m.momentum, m.weight_decay)
+        if key in seen:
+            same[name] = seen[key]
+        else:
+            seen[key] = name
+    return same

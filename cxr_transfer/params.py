@@ -1,7 +1,9 @@
 """Typed, validated params.yaml: one frozen dataclass per section.
 
 Every stage calls `load_params` and reads only its own section; an unknown key, a wrong type or
-an out-of-range value fails with one line naming the key and what is allowed.
+an out-of-range value fails with one line naming the key and what is allowed. The dataclass
+defaults are the one source of truth: the committed params.yaml states exactly them (a test
+checks), so a key left out of a user's params.yaml means what the README says it means.
 """
 
 from __future__ import annotations
@@ -46,10 +48,22 @@ class DataConfig:
         default_factory=lambda: {"Normal": ("NORMAL", "Normal"), "Covid": ("COVID", "COVID-19")}
     )
     positive: str = "Covid"
+    bits_stored: int | None = None
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
 
     def __post_init__(self):
         _check(len(self.classes) == 2, "data.classes", "exactly two classes are supported")
+        if self.bits_stored is not None:
+            _check(8 <= self.bits_stored <= 16, "data.bits_stored", "must be null or in [8, 16]")
+        f = self.metadata.file
+        if f is not None:
+            inside = not Path(f).is_absolute() and ".." not in Path(f).parts and f.strip() != ""
+            _check(
+                inside,
+                "data.metadata.file",
+                f"{f!r}: give the table's path relative to data.root (DVC tracks data.root, so a change "
+                "to the table reruns the index stage)",
+            )
         _choice(self.positive, "data.positive", self.classes)
         seen: dict[str, str] = {}
         for name, aliases in self.classes.items():
@@ -58,10 +72,14 @@ class DataConfig:
                 other = seen.setdefault(alias.lower(), name)
                 _check(other == name, f"data.classes.{name}", f"alias {alias!r} also names {other}")
 
+    def metadata_path(self) -> Path | None:
+        """The patient table, which lies inside data.root (so DVC tracks its contents)."""
+        return Path(self.root) / self.metadata.file if self.metadata.file else None
+
 
 @dataclass(frozen=True)
 class SynthesizeConfig:
-    n_per_class: int = 250
+    n_per_class: int = 200
     image_size: int = 128
     seed: int = 0
 
@@ -102,13 +120,17 @@ class PrepareConfig:
         _check(self.workers >= 0, "prepare.workers", "must be >= 0 (0 = one per CPU core)")
 
 
+WEIGHT_SOURCES = ("imagenet", "none")
+
+
 @dataclass(frozen=True)
 class WeightsConfig:
     source: str = "imagenet"
+    dir: str = "weights"
 
     def __post_init__(self):
-        ok = self.source in ("imagenet", "none") or bool(self.source)
-        _check(ok, "weights.source", "use 'imagenet', 'none' or a folder of weight files")
+        _choice(self.source, "weights.source", WEIGHT_SOURCES)
+        _check(self.dir.strip() != "", "weights.dir", "name a folder (it may be empty)")
 
 
 TRAINABLE = ("head", "classifier", "all")
@@ -132,15 +154,13 @@ class ModeConfig:
         _check(self.weight_decay >= 0.0, f"{key}.weight_decay", "must be >= 0")
 
 
-def seed_modes() -> dict[str, ModeConfig]:
-    """The seed tutorial's modes: the default `modes` table."""
-    adam = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5}
-    return {
-        "scratch": ModeConfig(False, "all", "sgd", 1e-3, momentum=0.9),
-        "fe": ModeConfig(True, "head", **adam),
-        "ft": ModeConfig(True, "all", **adam),
-        "ft_classifier": ModeConfig(True, "classifier", **adam),
-    }
+_ADAM = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5}
+SEED_MODES: dict[str, ModeConfig] = {  # the seed tutorial's modes: the default `modes` table
+    "scratch": ModeConfig(False, "all", "sgd", 1e-3, momentum=0.9),
+    "fe": ModeConfig(True, "head", **_ADAM),
+    "ft": ModeConfig(True, "all", **_ADAM),
+    "ft_classifier": ModeConfig(True, "classifier", **_ADAM),
+}
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -149,7 +169,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 @dataclass(frozen=True)
 class TrainConfig:
     modes: tuple[str, ...] = ("scratch", "fe", "ft")
-    epochs: int = 15
+    epochs: int = 5
     batch_size: int = 32
     patience: int = 8
     seed: int = 0
@@ -197,7 +217,7 @@ class Params:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     archs: tuple[str, ...] = ("efficientnet_lite0",)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
-    modes: dict[str, ModeConfig] = field(default_factory=seed_modes)
+    modes: dict[str, ModeConfig] = field(default_factory=lambda: dict(SEED_MODES))
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     report: ReportConfig = field(default_factory=ReportConfig)

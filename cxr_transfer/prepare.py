@@ -11,56 +11,77 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxr_transfer.imageio import resize_gray8, to_gray8
+from cxr_transfer.imageio import pixel_limit, resize_gray8, to_gray8
 from cxr_transfer.parallel import chunked_map
 
 
-def load_resized(path: str, size: int) -> np.ndarray:
+def load_resized(path: str, size: int, bits_stored: int | None = None) -> np.ndarray:
     """Grayscale + Resize((size, size)), as the seed's transform did, minus the float copy."""
-    Image.MAX_IMAGE_PIXELS = None  # the index stage already enforced its pixel limit
-    with Image.open(path) as im:
-        return resize_gray8(to_gray8(im), size)
+    with pixel_limit(None), Image.open(path) as im:  # the index stage already enforced its limit
+        return resize_gray8(to_gray8(im, bits_stored), size)
 
 
-def _chunk(args: tuple[list[str], int]) -> np.ndarray:
-    paths, size = args
-    return np.stack([load_resized(p, size) for p in paths]) if paths else np.zeros((0, size, size), np.uint8)
+def _chunk(args: tuple[list[str], int, int | None]) -> np.ndarray:
+    paths, size, bits = args
+    if not paths:
+        return np.zeros((0, size, size), np.uint8)
+    return np.stack([load_resized(p, size, bits) for p in paths])
 
 
-def decode_split(paths: list[str], size: int, workers: int = 0, desc: str = "prepare") -> np.ndarray:
+def decode_split(
+    paths: list[str], size: int, workers: int = 0, desc: str = "prepare", bits_stored: int | None = None
+) -> np.ndarray:
     """(N, size, size) uint8 array of the images at `paths`, decoded in parallel, in order."""
-    parts = list(chunked_map(_chunk, paths, (size,), workers, desc))
+    parts = list(chunked_map(_chunk, paths, (size, bits_stored), workers, desc))
     return np.concatenate(parts) if parts else np.zeros((0, size, size), np.uint8)
 
 
-def write_store(out_dir: Path, split: str, x: np.ndarray, y: np.ndarray) -> str:
-    """Save one split; returns the sha1 of its pixels and labels (recorded in meta.json)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / f"{split}_x.npy", x)
-    np.save(out_dir / f"{split}_y.npy", y.astype(np.int64))
+def write_store(folder: Path, x: np.ndarray, y: np.ndarray) -> str:
+    """Save one split's x.npy and y.npy; returns the sha1 of its pixels and labels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "x.npy", x)
+    np.save(folder / "y.npy", y.astype(np.int64))
     return hashlib.sha1(x.tobytes() + y.astype(np.int64).tobytes()).hexdigest()
 
 
 def prepare_splits(
-    split_dir: Path, root: Path, out_dir: Path, size: int, classes: list[str], workers: int = 0
-) -> dict:
-    """Decode every split csv under split_dir; returns the meta dict written beside the arrays."""
-    meta = {"image_size": size, "classes": classes, "splits": {}}
+    split_dir: Path,
+    root: Path,
+    out_dir: Path,
+    size: int,
+    classes: list[str],
+    workers: int = 0,
+    bits_stored: int | None = None,
+) -> dict[str, dict]:
+    """Decode every split csv under split_dir into out_dir/<split>/ (x.npy, y.npy, meta.json).
+
+    One folder per split, so DVC can give each stage only the splits it reads: training never
+    depends on the test store."""
+    metas = {}
     for split in ("train", "val", "test"):
         df = pd.read_csv(split_dir / f"{split}.csv")
-        x = decode_split([str(root / p) for p in df["path"]], size, workers, desc=f"prepare {split}")
-        digest = write_store(out_dir, split, x, df["label"].to_numpy())
-        meta["splits"][split] = {"n": len(df), "sha1": digest}
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
+        paths = [str(root / p) for p in df["path"]]
+        x = decode_split(paths, size, workers, f"prepare {split}", bits_stored)
+        digest = write_store(out_dir / split, x, df["label"].to_numpy())
+        meta = {"split": split, "image_size": size, "classes": classes, "n": len(df), "sha1": digest}
+        (out_dir / split / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        metas[split] = meta
+    return metas
+
+
+def _split_dir(prepared: Path, split: str) -> Path:
+    folder = Path(prepared) / split
+    if not (folder / "x.npy").exists():
+        raise FileNotFoundError(f"{folder / 'x.npy'} is missing; run `dvc repro prepare` first")
+    return folder
 
 
 def load_store(prepared: Path, split: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The uint8 images (memory-mapped) and int64 labels of one split."""
-    prepared = Path(prepared)
-    xp, yp = prepared / f"{split}_x.npy", prepared / f"{split}_y.npy"
-    if not xp.exists():
-        raise FileNotFoundError(f"{xp} is missing; run `dvc repro prepare` first")
-    x = np.load(xp, mmap_mode="r" if mmap else None)
-    y = np.load(yp)
-    return x, y
+    folder = _split_dir(prepared, split)
+    return np.load(folder / "x.npy", mmap_mode="r" if mmap else None), np.load(folder / "y.npy")
+
+
+def load_meta(prepared: Path, split: str) -> dict:
+    """What prepare recorded for one split: image size, class names, count and content hash."""
+    return json.loads((_split_dir(prepared, split) / "meta.json").read_text())

@@ -1,8 +1,9 @@
-"""ImageNet weights from torch's cache, a local folder (air-gapped hospitals), or the installed
-efficientnet-lite0 package; every failure is one line naming the file and the fix."""
+"""ImageNet weights from a local folder (weights.dir: air-gapped hospitals), the installed
+efficientnet-lite0 package, or torch's cache; every failure is one line naming the file and the fix."""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -47,31 +48,34 @@ def _download(url: str, dest: Path) -> None:
         socket.setdefaulttimeout(old)
 
 
-def locate(spec: ArchSpec, source: str) -> Path:
-    """The weights file for `spec` under weights.source ('imagenet' or a folder)."""
-    if spec.source == "timm":
-        fname = LITE0_FILE
-        if source == "imagenet":
-            return _lite0_package_file()
-    else:
-        fname, url = torchvision_filename(spec)
-        if source == "imagenet":
-            path = Path(torch.hub.get_dir()) / "checkpoints" / fname
-            if not path.exists():
-                try:
-                    _download(url, path)
-                except Exception as e:  # offline: say which file to place where
-                    raise WeightsError(
-                        f"ImageNet weights for {spec.name} not in the torch cache and the download failed "
-                        f"({type(e).__name__}); place {fname} at {path}, or set weights.source to a folder "
-                        "holding it"
-                    ) from None
-            return path
-    folder = Path(source)
-    for cand in (folder / fname, folder / "checkpoints" / fname, folder / "hub" / "checkpoints" / fname):
-        if cand.exists():
-            return cand
-    raise WeightsError(f"weights for {spec.name}: {fname} not found in weights.source folder {folder}")
+def _in_folder(folder: Path, fname: str) -> Path | None:
+    """fname in `folder`, flat or laid out like torch's cache (checkpoints/, hub/checkpoints/)."""
+    for sub in (folder, folder / "checkpoints", folder / "hub" / "checkpoints"):
+        if sub.is_dir() and fname in os.listdir(sub):
+            return sub / fname
+    return None
+
+
+def locate(spec: ArchSpec, folder: str | Path) -> Path:
+    """The ImageNet weights file for `spec`: weights.dir first (air-gapped sites put files there;
+    it is a DVC dependency of train), then the installed package (EfficientNet-Lite0) or torch's
+    cache, downloading into the cache as a last resort."""
+    fname, url = (LITE0_FILE, None) if spec.source == "timm" else torchvision_filename(spec)
+    local = _in_folder(Path(folder), fname)
+    if local is not None:
+        return local
+    if url is None:
+        return _lite0_package_file()
+    path = Path(torch.hub.get_dir()) / "checkpoints" / fname
+    if not path.exists():
+        try:
+            _download(url, path)
+        except Exception as e:  # offline: say which file to place where
+            raise WeightsError(
+                f"ImageNet weights for {spec.name}: {fname} is neither in weights.dir ({folder}) nor in "
+                f"the torch cache, and the download failed ({type(e).__name__}); place {fname} in {folder}"
+            ) from None
+    return path
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -103,9 +107,9 @@ def map_in_order(src: dict[str, torch.Tensor], target: dict[str, torch.Tensor], 
     return out
 
 
-def load_imagenet(model: torch.nn.Module, spec: ArchSpec, source: str) -> Path:
+def load_imagenet(model: torch.nn.Module, spec: ArchSpec, folder: str | Path) -> Path:
     """Load ImageNet weights into a 1000-class `model` of `spec`; returns the file used."""
-    path = locate(spec, source)
+    path = locate(spec, folder)
     sd = read_state_dict(path)
     target = model.state_dict()
     if spec.source == "timm" and not set(sd) <= set(target):

@@ -15,11 +15,11 @@ def main() -> None:
     ap.add_argument("--report", type=Path, required=True, help="index report JSON to write")
     args = ap.parse_args()
     p = load_params(args.params)
-    meta = p.data.metadata
-    groups = None
-    if meta.file:
-        groups = read_groups(Path(meta.file), meta.filename_column, meta.patient_column)
-    df, report = build_index(Path(p.data.root), p.data.classes, p.index.max_pixels, p.index.workers, groups)
+    meta, table = p.data.metadata, p.data.metadata_path()
+    groups = read_groups(table, meta.filename_column, meta.patient_column) if table else None
+    df, report = build_index(
+        Path(p.data.root), p.data.classes, p.index.max_pixels, p.index.workers, groups, p.data.bits_stored
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False)
     write_json(args.report, {"root": p.data.root, **report})

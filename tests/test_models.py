@@ -13,7 +13,7 @@ from cxr_transfer.weights import WeightsError, load_imagenet
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_every_registry_entry_builds_with_its_named_layers(arch):
     spec = get_spec(arch)
-    model = build_model(arch, pretrained=False, weights_source="none", num_classes=2, seed=0).eval()
+    model = build_model(arch, None, num_classes=2, seed=0).eval()
     last = model.get_submodule(spec.last_layer)
     assert isinstance(last, torch.nn.Linear) and last.out_features == 2
     assert spec.last_layer.startswith(spec.classifier) or spec.last_layer == spec.classifier
@@ -30,8 +30,8 @@ def test_unknown_arch_lists_choices():
 def test_build_is_seeded_without_touching_global_rng():
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    a = build_model("resnet18", False, "none", 2, seed=7)
-    b = build_model("resnet18", False, "none", 2, seed=7)
+    a = build_model("resnet18", None, 2, seed=7)
+    b = build_model("resnet18", None, 2, seed=7)
     assert torch.equal(torch.get_rng_state(), before)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
@@ -41,7 +41,7 @@ def test_lite0_package_weights_are_real_imagenet_weights():
     import timm
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    load_imagenet(model, ARCHS["efficientnet_lite0"], "imagenet")
+    load_imagenet(model, ARCHS["efficientnet_lite0"], "weights")
     img = np.asarray(Image.fromarray(data.chelsea()).resize((224, 224), Image.BILINEAR), np.float32) / 255
     x = (
         torch.tensor(img).permute(2, 0, 1)[None] - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -55,7 +55,7 @@ def test_lite0_package_weights_are_real_imagenet_weights():
 def resnet18_folder(tmp_path):
     """A local weights folder laid out like torch's cache, as an air-gapped site would have it."""
     fname, _ = W.torchvision_filename(ARCHS["resnet18"])
-    ref = build_model("resnet18", False, "none", 1000, seed=1)
+    ref = build_model("resnet18", None, 1000, seed=1)
     ref.fc = torch.nn.Linear(512, 1000)
     folder = tmp_path / "weights" / "hub" / "checkpoints"
     folder.mkdir(parents=True)
@@ -65,36 +65,48 @@ def resnet18_folder(tmp_path):
 
 def test_local_folder_weights_load(resnet18_folder):
     folder, ref, _ = resnet18_folder
-    model = build_model("resnet18", True, str(folder), 2, seed=0)
+    model = build_model("resnet18", str(folder), 2, seed=0)
     assert torch.equal(model.conv1.weight, ref.conv1.weight)
     assert model.fc.out_features == 2
 
 
-def test_weights_problems_are_one_line_naming_the_file(resnet18_folder, tmp_path, monkeypatch):
-    folder, _, fname = resnet18_folder
-    with pytest.raises(WeightsError, match=f"{fname} not found in weights.source folder"):
-        build_model("resnet18", True, str(tmp_path / "empty"), 2, seed=0)
-    (folder / "hub" / "checkpoints" / fname).write_bytes(b"garbage")
-    with pytest.raises(WeightsError, match="not a readable weights file"):
-        build_model("resnet18", True, str(folder), 2, seed=0)
-    other = build_model("resnet50", False, "none", 1000, seed=0)
-    torch.save(other.state_dict(), folder / "hub" / "checkpoints" / fname)
-    with pytest.raises(WeightsError, match="needs"):
-        build_model("resnet18", True, str(folder), 2, seed=0)
-
-
-def test_offline_imagenet_without_file_says_where_to_put_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+def _offline(monkeypatch, torch_home):
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
 
     def offline(url, dest):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(W, "_download", offline)
+
+
+def test_weights_problems_are_one_line_naming_the_file(resnet18_folder, tmp_path, monkeypatch):
+    folder, _, fname = resnet18_folder
+    _offline(monkeypatch, tmp_path / "torch")
+    with pytest.raises(WeightsError, match=f"{fname} is neither in weights.dir"):
+        build_model("resnet18", str(tmp_path / "empty"), 2, seed=0)
+    (folder / "hub" / "checkpoints" / fname).write_bytes(b"garbage")
+    with pytest.raises(WeightsError, match="not a readable weights file"):
+        build_model("resnet18", str(folder), 2, seed=0)
+    other = build_model("resnet50", None, 1000, seed=0)
+    torch.save(other.state_dict(), folder / "hub" / "checkpoints" / fname)
+    with pytest.raises(WeightsError, match="needs"):
+        build_model("resnet18", str(folder), 2, seed=0)
+
+
+def test_offline_imagenet_without_file_says_where_to_put_it(tmp_path, monkeypatch):
+    _offline(monkeypatch, tmp_path / "torch")
     with pytest.raises(WeightsError) as e:
-        build_model("resnet18", True, "imagenet", 2, seed=0)
+        build_model("resnet18", str(tmp_path / "site-weights"), 2, seed=0)
     msg = str(e.value)
-    assert "place resnet18-" in msg and str(tmp_path / "torch" / "hub" / "checkpoints") in msg
+    assert f"place resnet18-f37072fd.pth in {tmp_path / 'site-weights'}" in msg
     assert "\n" not in msg
+
+
+def test_the_torch_cache_is_used_when_weights_dir_lacks_the_file(resnet18_folder, tmp_path, monkeypatch):
+    folder, ref, _ = resnet18_folder
+    _offline(monkeypatch, folder)  # TORCH_HOME=<folder>: the file sits in its hub/checkpoints/
+    model = build_model("resnet18", str(tmp_path / "empty"), 2, seed=0)
+    assert torch.equal(model.conv1.weight, ref.conv1.weight)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +114,7 @@ def test_offline_imagenet_without_file_says_where_to_put_it(tmp_path, monkeypatc
     [("resnet18", "head", 512 * 2 + 2), ("vgg16", "classifier", None), ("resnet18", "all", None)],
 )
 def test_freeze_except_leaves_only_the_mode_trainable(arch, trainable, n_trainable):
-    model = build_model(arch, False, "none", 2, seed=0)
+    model = build_model(arch, None, 2, seed=0)
     spec = get_spec(arch)
     trained = freeze_except(model, trainable_path(spec, trainable))
     got = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -113,3 +125,15 @@ def test_freeze_except_leaves_only_the_mode_trainable(arch, trainable, n_trainab
         assert got == sum(p.numel() for p in model.classifier.parameters()) and got < sum(
             p.numel() for p in model.parameters()
         )
+
+
+@pytest.mark.parametrize(
+    "arch, expect",
+    [("efficientnet_lite0", {"ft_classifier": "fe"}), ("vgg16", {}), ("resnet18", {"ft_classifier": "fe"})],
+)
+def test_modes_that_train_the_same_thing_are_named(arch, expect):
+    """Where the classifier block is the last layer, ft_classifier is fe under another name."""
+    from cxr_transfer.models import equivalent_modes
+    from cxr_transfer.params import SEED_MODES
+
+    assert equivalent_modes(get_spec(arch), SEED_MODES) == expect

@@ -3,7 +3,7 @@ import copy
 import pytest
 import yaml
 
-from cxr_transfer.params import ParamError, load_params, parse_params
+from cxr_transfer.params import SEED_MODES, ParamError, Params, load_params, parse_params
 from tests.conftest import ROOT
 
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -17,6 +17,13 @@ def test_repo_params_load_with_the_seed_defaults():
     assert p.modes["ft"].trainable == "all" and p.modes["ft"].pretrained
     assert p.train.batch_size == 32 and p.train.patience == 8
     assert p.data.classes["Covid"] == ("COVID", "COVID-19")
+
+
+def test_the_committed_params_state_exactly_the_dataclass_defaults():
+    """One source of truth: a key left out of params.yaml means what the committed file says."""
+    assert parse_params(BASE) == Params()
+    assert Params().modes == SEED_MODES and Params().modes is not SEED_MODES
+    assert Params().synthesize.n_per_class == 200 and Params().train.epochs == 5
 
 
 def _with(path: str, value):
@@ -57,6 +64,10 @@ def _with(path: str, value):
             {"Normal": ["N"], "Covid": ["N"]},
             "data.classes.Covid: alias 'N' also names Normal",
         ),
+        ("weights.source", "imagnet", "weights.source: 'imagnet' is not one of ['imagenet', 'none']"),
+        ("data.bits_stored", 20, "data.bits_stored: must be null or in [8, 16]"),
+        ("data.metadata.file", "/elsewhere/meta.csv", "data.metadata.file: '/elsewhere/meta.csv': give"),
+        ("data.metadata.file", "../meta.csv", "relative to data.root"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(path, value, expect):

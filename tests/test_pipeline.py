@@ -2,14 +2,17 @@
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
+from cxr_transfer.split import SPLITS
 from tests.conftest import ROOT, write_image
 
 TINY = {
@@ -46,7 +49,16 @@ def repo(tmp_path_factory):
     files = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
-    keep = ("stages/", "cxr_transfer/", ".dvc/", "dvc.yaml", "params.yaml", ".gitignore", "pyproject.toml")
+    keep = (
+        "stages/",
+        "cxr_transfer/",
+        "weights/",
+        ".dvc/",
+        "dvc.yaml",
+        "params.yaml",
+        ".gitignore",
+        "pyproject.toml",
+    )
     for f in files:
         if f.startswith(keep) and (ROOT / f).exists():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +69,8 @@ def repo(tmp_path_factory):
     sh(dst, "git", "add", "-A")
     sh(dst, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "project")
     sh(dst, "dvc", "repro")
+    sh(dst, "git", "add", "-A")
+    sh(dst, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "repro")
     return dst
 
 
@@ -67,7 +81,9 @@ def test_repro_writes_every_output(repo):
         m = json.loads((repo / "metrics" / f"{n}.json").read_text())
         keys = keys or set(m)
         assert set(m) == keys  # identical keys for every mode
-        assert 0 <= m["accuracy"] <= 1 and m["n_test"] == 6
+        pred = pd.read_csv(repo / "eval" / n / "predictions.csv")
+        assert len(pred) == m["n_test"] == 6
+        assert m["accuracy"] == pytest.approx((pred["predicted"] == pred["class"]).mean())
         assert (repo / "models" / n / "best.pt").exists() and (repo / "models" / n / "last.pt").exists()
         sidecar = json.loads((repo / "models" / n / "model.json").read_text())
         assert sidecar["image_size"] == 32 and sidecar["classes"] == ["Normal", "Covid"]
@@ -90,6 +106,7 @@ def test_repro_writes_every_output(repo):
     }
     for png in ("val_accuracy", "loss", "roc", "confusion"):
         assert (repo / "plots" / f"{png}.png").stat().st_size > 5000
+    assert not (repo / ".resume").exists() or not any((repo / ".resume").iterdir())  # removed on success
 
 
 def test_metrics_show_lists_every_mode_and_plots_show_writes_html(repo):
@@ -108,14 +125,93 @@ def test_second_repro_does_nothing(repo):
     assert "Running stage" not in out
 
 
-def test_changing_image_size_reruns_prepare_and_below_only(repo):
-    set_params(repo, {("prepare", "image_size"): 40})
-    status = sh(repo, "dvc", "status")
-    changed = {line.strip().rstrip(":") for line in status.splitlines() if line and not line.startswith("\t")}
-    assert "prepare" in changed
-    assert not {"synthesize", "index", "split"} & changed
-    set_params(repo, {("prepare", "image_size"): 32})
-    assert "up to date" in sh(repo, "dvc", "status")
+def would_run(repo: Path, *args: str) -> set[str]:
+    """Stages `dvc repro --dry` (or `dvc exp run`) runs, from its 'Running stage' lines."""
+    out = sh(repo, "dvc", *args)
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
+
+
+LITE0 = [f"efficientnet_lite0-{m}" for m in ("scratch", "fe", "ft")]
+
+
+def test_changing_image_size_reruns_prepare_and_everything_below_it(repo):
+    assert would_run(repo, "exp", "run", "--temp", "-S", "prepare.image_size=40") == {
+        "prepare",
+        *(f"{s}@{n}" for s in ("train", "evaluate") for n in LITE0),
+        "report",
+    }
+    assert "up to date" in sh(repo, "dvc", "status")  # the workspace is untouched
+
+
+def test_an_experiment_on_the_ft_lr_reruns_only_the_ft_stages_and_report(repo):
+    ran = would_run(repo, "exp", "run", "--temp", "-S", "modes.ft.lr=0.0005")
+    assert ran == {"train@efficientnet_lite0-ft", "evaluate@efficientnet_lite0-ft", "report"}
+
+
+TRACED = [
+    "synthesize",
+    "index",
+    "split",
+    "prepare",
+    "train@efficientnet_lite0-fe",
+    "evaluate@efficientnet_lite0-fe",
+    "report",
+]
+# git's, DVC's and DVCLive's own files, the resume state (tied to a fingerprint), params (compared by key)
+TOOL_FILES = (".git/", ".dvc/", ".gitignore", ".dvcignore", ".resume/", "params.yaml")
+
+
+def _under(path: str, prefixes, sep: str = "/") -> bool:
+    """`path` is one of `prefixes` or lies inside one (a file in a folder, a key in a section)."""
+    return any(path == p or path.startswith(p.rstrip(sep) + sep) for p in prefixes)
+
+
+def _declared_vs_read(stage: dict, trace: dict, root: Path) -> dict[str, set]:
+    declared_keys = set(stage.get("params", {}).get("params.yaml", {}))
+    read_keys = set(trace["params"])
+    deps = {d["path"] for d in stage.get("deps", [])}
+    outs = {o["path"] for o in stage.get("outs", [])}
+    files = set()
+    code_dirs = {os.path.dirname(m) for m in trace["modules"]}  # the import system lists these
+    for f in trace["opened"] + trace["listed"]:
+        rel = os.path.relpath(f, root)
+        if rel.startswith("..") or rel == "." or rel in code_dirs or _under(rel, TOOL_FILES):
+            continue
+        if "__pycache__" in rel or rel.endswith(".py"):  # code: compared as imported modules below
+            continue
+        if not _under(rel, outs):
+            files.add(rel)
+    files |= {m for m in trace["modules"] if not m.endswith("__init__.py")}
+    return {
+        "params read, not declared": {k for k in read_keys if not _under(k, declared_keys, ".")},
+        "params declared, never read": {
+            d for d in declared_keys if not any(_under(k, {d}, ".") or _under(d, {k}, ".") for k in read_keys)
+        },
+        "files read, not declared": {f for f in files if not _under(f, deps)},
+        "deps declared, never read": {d for d in deps if not any(_under(f, {d}) for f in files)},
+    }
+
+
+def test_every_stage_reads_exactly_what_dvc_yaml_declares(repo, tmp_path):
+    """Each stage runs with its reads traced (params keys, files, folders, project modules) and is
+    compared with its entry in dvc.lock: a read that is not declared means a change that does not
+    rerun the stage; a declaration that is never read means reruns for nothing."""
+    work = tmp_path / "proj"
+    shutil.copytree(repo, work, symlinks=True)
+    set_params(work, {("index", "workers"): 1, ("prepare", "workers"): 1})  # audit hooks see one process
+    lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+    problems = {}
+    for name in TRACED:
+        argv = shlex.split(lock[name]["cmd"])
+        assert argv[:2] == ["python", "-m"], argv
+        out = tmp_path / f"{name}.json"
+        sh(work, sys.executable, str(ROOT / "tests" / "trace_stage.py"), str(out), *argv[2:])
+        trace = json.loads(out.read_text())
+        assert trace["exit"] == 0, name
+        found = {k: sorted(v) for k, v in _declared_vs_read(lock[name], trace, work).items() if v}
+        if found:
+            problems[name] = found
+    assert problems == {}, json.dumps(problems, indent=1)
 
 
 def test_radiography_database_layout_by_changing_data_root_alone(repo, tmp_path):
@@ -133,7 +229,8 @@ def test_radiography_database_layout_by_changing_data_root_alone(repo, tmp_path)
         report = json.loads((repo / "metrics" / "index_report.json").read_text())
         assert report["per_class"] == {"Covid": 5, "Normal": 5}
         assert report["skipped_by_reason"]["mask folder"] == 15
-        meta = json.loads((repo / "data" / "prepared" / "meta.json").read_text())
-        assert sum(s["n"] for s in meta["splits"].values()) == 10
+        n = [json.loads((repo / "data" / "prepared" / s / "meta.json").read_text())["n"] for s in SPLITS]
+        assert sum(n) == 10
     finally:
-        sh(repo, "git", "checkout", "params.yaml")
+        sh(repo, "git", "checkout", "params.yaml", "dvc.lock")
+        sh(repo, "dvc", "checkout", "--force")

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from cxr_transfer.batches import ArrayBatches, Normalizer
+from cxr_transfer.batches import ArrayBatches, Normalizer, augment_batch, warp
 from cxr_transfer.modes import image_batches
-from cxr_transfer.prepare import decode_split, load_store, prepare_splits
+from cxr_transfer.prepare import decode_split, load_meta, load_store, prepare_splits
 from cxr_transfer.registry import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -40,12 +40,16 @@ def test_prepare_splits_writes_memory_mappable_stores(tmp_path, seed_layout):
     rows = [{"path": str(f.relative_to(seed_layout)), "label": int("COVID" in str(f))} for f in files]
     for s, sl in (("train", slice(0, 8)), ("val", slice(8, 10)), ("test", slice(10, 12))):
         pd.DataFrame(rows[sl]).to_csv(split_dir / f"{s}.csv", index=False)
-    meta = prepare_splits(split_dir, seed_layout, tmp_path / "prep", 16, ["Normal", "Covid"], workers=2)
-    assert {s: m["n"] for s, m in meta["splits"].items()} == {"train": 8, "val": 2, "test": 2}
+    metas = prepare_splits(split_dir, seed_layout, tmp_path / "prep", 16, ["Normal", "Covid"], workers=2)
+    assert {s: m["n"] for s, m in metas.items()} == {"train": 8, "val": 2, "test": 2}
     x, y = load_store(tmp_path / "prep", "train")
     assert isinstance(x, np.memmap) and x.dtype == np.uint8 and x.shape == (8, 16, 16)
     assert y.tolist() == [r["label"] for r in rows[:8]]
-    assert json.loads((tmp_path / "prep" / "meta.json").read_text())["image_size"] == 16
+    # one folder per split, so DVC can give training the train and val stores and not the test one
+    assert sorted(p.name for p in (tmp_path / "prep").iterdir()) == ["test", "train", "val"]
+    meta = load_meta(tmp_path / "prep", "test")
+    assert meta == json.loads((tmp_path / "prep" / "test" / "meta.json").read_text())
+    assert meta["image_size"] == 16 and meta["n"] == 2 and meta["classes"] == ["Normal", "Covid"]
     with pytest.raises(FileNotFoundError, match="run `dvc repro prepare`"):
         load_store(tmp_path / "nothing", "train")
 
@@ -86,3 +90,32 @@ def test_normalizer_reusing_its_buffer_gives_the_same_values():
     assert a.data_ptr() == b.data_ptr()  # one buffer per batch shape
     assert torch.equal(a, fresh(x[:4]))
     assert torch.equal(reuse(x[4:]), fresh(x[4:]))  # a last, smaller batch gets its own buffer
+
+
+@pytest.mark.parametrize("dx", [-3, -1, 2, 3])
+def test_warp_translates_without_wrap_around(dx):
+    x = torch.zeros(1, 1, 8, 8)
+    x[..., 0] = 255.0  # a bright left edge
+    y = warp(x, torch.tensor([[float(dx), 0.0]]), torch.ones(1))[0, 0]
+    if dx > 0:  # content moves right; the columns that come in repeat the edge
+        assert torch.equal(y[:, : dx + 1], torch.full((8, dx + 1), 255.0))
+        assert y[:, dx + 1 :].abs().max() == 0
+    else:  # the bright edge leaves on the left and must not reappear on the right
+        assert y.abs().max() == 0
+
+
+def test_augmentation_is_per_image_seeded_and_keeps_the_range():
+    yy, xx = np.mgrid[0:32, 0:32]
+    smooth = 40 + 120 * xx / 31 + 60 * np.exp(-((xx - 20) ** 2 + (yy - 12) ** 2) / 40)  # like anatomy
+    img = torch.as_tensor(smooth.astype(np.uint8))[None, None]
+    batch = img.repeat(8, 1, 1, 1)
+    a = augment_batch(batch, torch.Generator().manual_seed(1))
+    b = augment_batch(batch, torch.Generator().manual_seed(1))
+    assert a.dtype == torch.uint8 and a.shape == batch.shape and torch.equal(a, b)
+    flat = a.flatten(1).float()
+    assert len({tuple(r.tolist()) for r in flat}) == 8  # every image drew its own transform
+    # small changes: mean brightness within the jitter, structure kept (correlation with the original)
+    orig = img.flatten().float()
+    for r in flat:
+        assert abs(r.mean() - orig.mean()) < 0.15 * 255
+        assert torch.corrcoef(torch.stack([r, orig]))[0, 1] > 0.9

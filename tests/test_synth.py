@@ -43,7 +43,7 @@ def test_no_brightness_or_marker_shortcut_but_a_real_signal(generated):
     corners = np.concatenate([imgs[:, :12, :12], imgs[:, :12, -12:]], axis=2).reshape(len(y), -1) / 255.0
     marker = _cv(corners, y)
     # what a CNN reaches: ImageNet EfficientNet-Lite0 features at 96x96, then the same classifier
-    model = build_model("efficientnet_lite0", True, "imagenet", 2, seed=0).eval()
+    model = build_model("efficientnet_lite0", "weights", 2, seed=0).eval()
     model.classifier = torch.nn.Identity()
     x96 = np.stack([np.asarray(Image.fromarray(a).resize((96, 96), Image.BILINEAR)) for a in imgs])
     with torch.no_grad():
