@@ -31,14 +31,14 @@ SIZES = {
             ("report", "gradcam_per_group"): 1,
             ("train", "modes"): ["fe"],
         },
-        "gpu": dict(n=64, arch="resnet18", size=32, batches=[8], steps=2),
+        "gpu": dict(n=64, arch="resnet18", size=32, batches=[8], steps=2, epochs=2),
     },
     "full": {
         "input": dict(n=512, sizes=(224, 96), reps=3),
         "fe": dict(n=400, size=96, epochs=15),
         "index": dict(n=10_000),
         "demo": None,
-        "gpu": dict(n=1024, arch="vgg19_bn", size=224, batches=[32, 128], steps=30),
+        "gpu": dict(n=1024, arch="vgg19_bn", size=224, batches=[32, 128], steps=30, epochs=3),
     },
 }
 
@@ -108,7 +108,16 @@ def main(argv=None) -> dict:
             c = cfg["gpu"]
             paths, labels = cases.make_pngs(work / "gpu", c["n"], 299)
             results["gpu"] = gpu_case(
-                work, paths, labels, c["arch"], c["size"], c["batches"], c["steps"], args.compile, device
+                work,
+                paths,
+                labels,
+                c["arch"],
+                c["size"],
+                c["batches"],
+                c["steps"],
+                c["epochs"],
+                args.compile,
+                device,
             )
     results["table"] = table(results)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -93,7 +93,7 @@ def feature_extraction(work: Path, n: int, size: int, epochs: int) -> dict:
     tr = seed_loader(paths[n_val:], labels[n_val:], size, spec.mean, spec.std)
     va = seed_loader(paths[:n_val], labels[:n_val], size, spec.mean, spec.std, shuffle=False)
     torch.manual_seed(0)
-    model = build_model("efficientnet_lite0", True, "imagenet", 2, seed=0)
+    model = build_model("efficientnet_lite0", "weights", 2, seed=0)
     t0 = time.perf_counter()
     seed_acc = seed_fe_train(model, model.classifier, tr, va, epochs)
     seed_s = time.perf_counter() - t0
@@ -102,7 +102,7 @@ def feature_extraction(work: Path, n: int, size: int, epochs: int) -> dict:
     t0 = time.perf_counter()
     x, y = decode_split(paths, size, workers=0), np.array(labels)
     data = {"train": (x[n_val:], y[n_val:]), "val": (x[:n_val], y[:n_val])}
-    model = build_model("efficientnet_lite0", True, "imagenet", 2, seed=0)
+    model = build_model("efficientnet_lite0", "weights", 2, seed=0)
     cpu, prec = torch.device("cpu"), Precision(None, False)
     rs = setup_run(model, spec, "head", data, 32, 0, False, cpu, prec)
     mode = ModeConfig(pretrained=True, trainable="head", optimizer="adam", lr=1e-3, weight_decay=1e-5)
@@ -154,7 +154,10 @@ def demo(work: Path, params: dict | None = None) -> dict:
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
     for f in files:
-        if f.startswith(("stages/", "cxr_transfer/", ".dvc/")) or f in ("dvc.yaml", "params.yaml"):
+        if f.startswith(("stages/", "cxr_transfer/", "weights/", ".dvc/")) or f in (
+            "dvc.yaml",
+            "params.yaml",
+        ):
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
     if params:

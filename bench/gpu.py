@@ -1,5 +1,6 @@
-"""Training and inference throughput on the accelerator: the seed's fp32 per-item PIL loop vs our
-GPU-resident uint8 store, bf16 autocast and channels_last, with model FLOP utilisation.
+"""Training and inference throughput on the accelerator: the seed's fp32 per-item PIL loop vs the
+pipeline's own training path (setup_run + fit: GPU-resident uint8 store, bf16 autocast,
+channels_last) and its evaluation path (predict_proba, float32), with model FLOP utilisation.
 
 Runs anywhere: on the CPU at a tiny size (how the test suite checks it), on an H100/H200 at 224."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import tempfile
 import time
 
 import numpy as np
@@ -15,9 +17,11 @@ import torch
 from torch import nn
 
 from bench.seed import seed_loader
-from cxr_transfer.batches import ArrayBatches, Normalizer
-from cxr_transfer.engine import Precision
+from cxr_transfer.engine import Precision, predict_proba
 from cxr_transfer.models import build_model, get_spec
+from cxr_transfer.modes import setup_run
+from cxr_transfer.params import SEED_MODES
+from cxr_transfer.train import Checkpoints, fit, make_optimizer
 
 VGG19_GFLOPS_224 = 39.3  # one 224x224 forward pass; a training step is about 3x
 
@@ -69,7 +73,7 @@ def _steps(step, batches, n_steps: int, device) -> float:
 def seed_train_rate(arch, paths, labels, size, device, n_steps) -> float:
     """The seed: fp32, per-item PIL pipeline on the CPU, batch 32, num_workers=0."""
     spec = get_spec(arch)
-    model = build_model(arch, False, "none", 2, seed=0).to(device).train()
+    model = build_model(arch, None, 2, seed=0).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     loader = seed_loader(paths, labels, size, spec.mean, spec.std, batch_size=32)
@@ -82,50 +86,38 @@ def seed_train_rate(arch, paths, labels, size, device, n_steps) -> float:
     return _steps(step, loader, n_steps, device)
 
 
-def ours_rates(arch, x_store, labels, device, batch, n_steps, compile_model=False) -> dict:
-    """Ours: the uint8 store on the device, normalised there, bf16 autocast, channels_last."""
+def ours_rates(arch, x_store, labels, device, batch, epochs, compile_model=False) -> dict:
+    """Ours, timed through the pipeline's own path: setup_run + fit (the train stage's loop, with
+    its precision, channels_last and device-resident store) and predict_proba (the evaluate
+    stage's float32 scoring). Training images/s is the best epoch after the first (warm-up:
+    cudnn autotuning, compilation)."""
     spec = get_spec(arch)
     prec = Precision.for_device(device)
-    cl = device.type == "cuda"
-    model = build_model(arch, False, "none", 2, seed=0).to(device)
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
-    run = torch.compile(model) if compile_model else model
-    norm = Normalizer(spec.mean, spec.std).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
-    batches = ArrayBatches(x_store[:, None], labels, batch, shuffle=True, device=device)
-
-    def prep(x):
-        x = norm(x)
-        return x.contiguous(memory_format=torch.channels_last) if cl else x
-
-    def train_step(x, y):
-        opt.zero_grad(set_to_none=True)
-        with prec.autocast(device):
-            loss = loss_fn(run(prep(x)).float(), y)
-        loss.backward()
-        opt.step()
-
-    model.train()
-    train = _steps(train_step, batches, n_steps, device)
-    model.eval()
-
-    @torch.no_grad()
-    def infer_step(x, y):
-        with prec.autocast(device):
-            run(prep(x))
-
-    infer = _steps(
-        infer_step, ArrayBatches(x_store[:, None], labels, batch * 4, device=device), n_steps, device
-    )
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    model = build_model(arch, None, 2, seed=0)
+    data = {"train": (x_store, labels), "val": (x_store[:batch], labels[:batch])}
+    rs = setup_run(model, spec, "all", data, batch, 0, False, device, prec, compile_model)
+    opt = make_optimizer(rs.loop.trained.parameters(), SEED_MODES["scratch"])
+    with tempfile.TemporaryDirectory() as tmp:
+        state = fit(
+            rs.loop, rs.train, rs.val, opt, epochs, epochs + 1, Checkpoints(tmp, "bench"), prec, device
+        )
+    train = max(h.images_per_s for h in state.history[1:]) if epochs > 1 else state.history[0].images_per_s
+    predict_proba(model, spec.mean, spec.std, x_store[: batch * 4], batch * 4, device)  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    predict_proba(model, spec.mean, spec.std, x_store, batch * 4, device)
+    sync(device)
+    infer = len(x_store) / (time.perf_counter() - t0)
     return {
         "batch": batch,
         "train_images_per_s": round(train, 1),
         "infer_images_per_s": round(infer, 1),
         "precision": str(prec.dtype or "float32"),
-        "channels_last": cl,
+        "infer_precision": "float32",
+        "channels_last": device.type == "cuda",
         "compiled": compile_model,
+        "epochs": epochs,
     }
 
 
@@ -169,6 +161,7 @@ def gpu_case(
     size: int,
     batches: list[int],
     n_steps: int,
+    epochs: int,
     compile_model: bool,
     device: torch.device,
 ) -> dict:
@@ -177,9 +170,9 @@ def gpu_case(
     x = decode_split(paths, size, workers=0)
     y = np.array(labels)
     seed = seed_train_rate(arch, paths, labels, size, device, n_steps)
-    ours = [ours_rates(arch, x, y, device, b, n_steps) for b in batches]
+    ours = [ours_rates(arch, x, y, device, b, epochs) for b in batches]
     if compile_model:
-        ours.append(ours_rates(arch, x, y, device, batches[-1], n_steps, compile_model=True))
+        ours.append(ours_rates(arch, x, y, device, batches[-1], epochs, compile_model=True))
     rate = matmul_tflops(device, 8192 if device.type == "cuda" else 512, 20 if device.type == "cuda" else 3)
     gflops = VGG19_GFLOPS_224 * (size / 224) ** 2 if arch == "vgg19_bn" else None
     for o in ours:

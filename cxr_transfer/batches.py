@@ -6,10 +6,12 @@ of `batch_size` PIL decodes, resizes and ToTensor calls in Python.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cxr_transfer.errors import CxrError
 
@@ -74,10 +76,40 @@ class Normalizer(torch.nn.Module):
         return torch.addcmul(self.shift, x, self.scale, out=out)
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator, max_shift: int = 4) -> torch.Tensor:
-    """Small random translations and contrast jitter of a uint8 batch (no flips: anatomy is sided)."""
+def warp(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Per-image translation by `shift` (B, 2) pixels (dx, dy; positive = right, down) and zoom by
+    `scale` (B,) about the centre, of a float batch (B, C, H, W). Pixels that come in from outside
+    repeat the edge (no wrap-around: the left edge never reappears on the right)."""
     b, _, h, w = x.shape
-    dy, dx = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,), generator=gen))
-    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-    gain = 0.9 + 0.2 * torch.rand(b, 1, 1, 1, generator=gen).to(x.device)
-    return (x.float() * gain).clamp_(0, 255).to(torch.uint8)
+    inv = 1.0 / scale
+    theta = torch.zeros(b, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0], theta[:, 1, 1] = inv, inv
+    theta[:, 0, 2] = -2.0 * shift[:, 0] / w * inv  # affine_grid maps output to input coordinates
+    theta[:, 1, 2] = -2.0 * shift[:, 1] / h * inv
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def augment_batch(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    max_shift: float = 0.06,
+    max_scale: float = 0.08,
+    max_gamma: float = 0.25,
+    max_contrast: float = 0.1,
+    max_brightness: float = 0.05,
+) -> torch.Tensor:
+    """Per-image random translation (a fraction of the size) and zoom, then gamma, contrast and
+    brightness jitter, of a uint8 batch (B, 1, H, W), on its device. No flips: anatomy is sided.
+
+    The draws come from the CPU generator `gen`, so a run is reproducible on any device."""
+    b, _, h, w = x.shape
+    r = (torch.rand(b, 6, generator=gen) * 2 - 1).to(x.device)  # uniform in [-1, 1)
+    shift = r[:, :2] * max_shift * torch.tensor([w, h], device=x.device)
+    y = warp(x.float(), shift, 1.0 + r[:, 2] * max_scale) / 255.0
+    gamma = torch.exp(r[:, 3] * math.log1p(max_gamma)).view(b, 1, 1, 1)
+    y = y.clamp(0, 1) ** gamma
+    mean = y.mean(dim=(1, 2, 3), keepdim=True)
+    contrast = (1.0 + r[:, 4] * max_contrast).view(b, 1, 1, 1)
+    y = (y - mean) * contrast + mean + (r[:, 5] * max_brightness).view(b, 1, 1, 1)
+    return (y * 255.0).clamp_(0, 255).round_().to(torch.uint8)

@@ -34,7 +34,8 @@ class Precision:
     def for_device(device: torch.device) -> Precision:
         if device.type != "cuda":
             return Precision(None, False)
-        if torch.cuda.is_bf16_supported():
+        # native bf16 only (Ampere and later): emulated bf16 on a T4 or V100 is slow, fp16 is not
+        if torch.cuda.is_bf16_supported(including_emulation=False):
             return Precision(torch.bfloat16, False)
         return Precision(torch.float16, True)
 
@@ -89,15 +90,19 @@ def tail_inputs(model: nn.Module, tail: nn.Module, forward: Callable, batches: A
     return torch.cat(feats).flatten(1)
 
 
+FP32 = Precision(None, False)
+
+
 def predict_proba(model: nn.Module, mean, std, x, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Softmax probabilities (N, classes) of a model over an (N, S, S) uint8 image store."""
+    """Softmax probabilities (N, classes) of a model over an (N, S, S) uint8 image store.
+
+    Always in float32, whatever training used: bf16 scores have about 3 significant digits, and
+    the ties they make move AUROC and the threshold chosen on validation."""
     model.to(device).eval()
     norm = Normalizer(mean, std, reuse=device.type == "cpu").to(device)
     channels_last = device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
     batches = ArrayBatches(np.asarray(x)[:, None], np.zeros(len(x)), batch_size, device=device)
-    logits = predict_logits(
-        image_forward(model, norm, channels_last), batches, Precision.for_device(device), device
-    )
+    logits = predict_logits(image_forward(model, norm, channels_last), batches, FP32, device)
     return logits.softmax(1)

@@ -63,3 +63,42 @@ def curves(y, p) -> tuple[pd.DataFrame, pd.DataFrame]:
     )
     pr = pd.DataFrame({"recall": np.r_[0.0, tp / tp[-1]], "precision": np.r_[1.0, tp / (tp + fp)]})
     return roc.round(6), pr.round(6)
+
+
+def prediction_table(test: pd.DataFrame, prob_pos, classes: list[str], positive: str) -> pd.DataFrame:
+    """Per test image: path, group, true class and label, P(positive) and the predicted class at
+    0.5. The positive class may be either of the two, first or second in data.classes."""
+    pos = classes.index(positive)
+    neg = classes[1 - pos]
+    prob_pos = np.asarray(prob_pos, dtype=float)
+    out = test[["path", "group", "class", "label"]].copy()
+    out["probability"] = prob_pos.round(6)
+    out["predicted"] = np.where(prob_pos >= 0.5, positive, neg)
+    return out
+
+
+HEADLINE = (
+    "accuracy",
+    "balanced_accuracy",
+    "precision",
+    "recall",
+    "specificity",
+    "f1",
+    "npv",
+    "auroc",
+    "auprc",
+    "brier",
+    "ece",
+    "n_test",
+)
+
+
+def headline(full: dict) -> dict:
+    """The narrow metrics file `dvc metrics show/diff` compares: point figures, the accuracy and
+    AUROC intervals as flat numbers (DVC drops lists), and the run's size and time. Everything
+    else (per class, confusion, Youden, every interval) stays in eval/<arch>-<mode>/metrics.json."""
+    out = {k: full[k] for k in ("arch", "mode", *HEADLINE, "best_epoch", "epochs_run", "train_seconds")}
+    for k in ("accuracy", "auroc"):
+        ci = full["ci"].get(k)
+        out[f"{k}_ci_low"], out[f"{k}_ci_high"] = ci if ci else (None, None)
+    return out

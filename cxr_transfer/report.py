@@ -35,7 +35,7 @@ def read_curves(live_dir: Path) -> pd.DataFrame:
 
 
 def _fmt(v, ci=None) -> str:
-    if v is None:
+    if v is None or v != v:  # None, or NaN where a DataFrame column held a None
         return "n/a"
     s = f"{v:.3f}"
     return f"{s} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else s
@@ -67,7 +67,7 @@ def summary_table(metrics: dict[str, dict]) -> pd.DataFrame:
     return df
 
 
-def summary_markdown(df: pd.DataFrame, compare: dict) -> str:
+def summary_markdown(df: pd.DataFrame, compare: dict, notes: list[str] = ()) -> str:
     cols = [
         "NETWORK",
         "Precision",
@@ -99,6 +99,7 @@ def summary_markdown(df: pd.DataFrame, compare: dict) -> str:
             f"| {_fmt(c['auroc_diff'], c['auroc_diff_ci'])} | {c['mcnemar_p']:.3g} |"
         )
     lines += ["", "Intervals: percentile bootstrap over patients/groups; differences are paired.", ""]
+    lines += [f"Note: {n}" for n in notes] + ([""] if notes else [])
     return "\n".join(lines)
 
 

@@ -3,8 +3,10 @@ weights, and resume from the last completed epoch after a kill."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -70,8 +72,14 @@ class Loop:
 
 
 def _run_epoch(loop: Loop, batches, optimizer, prec: Precision, device, scaler, desc: str):
+    """One pass over `batches` (training when `optimizer` is given): mean loss, accuracy, count.
+
+    Loss and hits are summed on the device and read once at the end: a `.item()` per batch would
+    make the host wait for the accelerator every step."""
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    total_loss, correct, n = 0.0, 0, 0
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
     training = optimizer is not None
     (loop.set_train if training else loop.set_eval)()
     bar = tqdm(batches, desc=desc, leave=False, mininterval=1.0, disable=len(batches) < 4)
@@ -91,38 +99,55 @@ def _run_epoch(loop: Loop, batches, optimizer, prec: Precision, device, scaler, 
             else:
                 scaled.backward()
                 optimizer.step()
-        total_loss += loss.item()
-        correct += int((logits.argmax(1) == yb).sum())
+        total_loss += loss.detach()
+        correct += (logits.argmax(1) == yb).sum()
         n += len(yb)
-        bar.set_postfix(loss=f"{total_loss / n:.4f}")
-    return total_loss / n, correct / n, n
+    return float(total_loss) / n, int(correct) / n, n
+
+
+def _rng_state() -> dict:
+    out = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class Checkpoints:
     """best.pt / last.pt (state_dicts) and state.json in a run folder that survives a kill.
 
-    `fingerprint` ties the folder to one configuration: a different one starts afresh."""
+    `fingerprint` ties the folder to one configuration (params, data and code): a different one
+    starts afresh. last.pt holds everything a resumed run needs to match an uninterrupted one:
+    weights, optimizer, loss scaler and the CPU and CUDA random states."""
 
     def __init__(self, folder: Path, fingerprint: str):
         self.folder, self.fingerprint = Path(folder), fingerprint
 
-    def load(self, module: nn.Module, optimizer) -> FitState | None:
+    def load(self, module: nn.Module, optimizer, scaler=None) -> FitState | None:
         meta = self.folder / "state.json"
         if not meta.exists() or json.loads(meta.read_text()).get("fingerprint") != self.fingerprint:
             return None
         ck = torch.load(self.folder / "last.pt", map_location="cpu", weights_only=True)
         module.load_state_dict(ck["module"])
         optimizer.load_state_dict(ck["optimizer"])
-        torch.set_rng_state(ck["rng"])
+        if scaler is not None and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        _set_rng_state(ck["rng"])
         raw = json.loads(meta.read_text())["state"]
         return FitState(**{**raw, "history": [EpochLog(**h) for h in raw["history"]]})
 
-    def save(self, module: nn.Module, optimizer, state: FitState, is_best: bool) -> None:
+    def save(self, module: nn.Module, optimizer, state: FitState, is_best: bool, scaler=None) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         ck = {
             "module": module.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "rng": torch.get_rng_state(),
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "rng": _rng_state(),
         }
         torch.save(ck, self.folder / "last.tmp")
         if is_best:
@@ -136,6 +161,11 @@ class Checkpoints:
         return torch.load(self.folder / "best.pt", map_location="cpu", weights_only=True)
 
 
+def make_scaler(prec: Precision, device: torch.device):
+    """A loss scaler where the precision needs one (fp16), else None."""
+    return torch.amp.GradScaler(device.type) if prec.scaler else None
+
+
 def fit(
     loop: Loop,
     train: ArrayBatches,
@@ -147,13 +177,16 @@ def fit(
     prec: Precision,
     device: torch.device,
     on_epoch: Callable[[EpochLog], None] = lambda log: None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> FitState:
     """Train `loop.trained` for up to `epochs`, stopping after `patience` epochs without a lower
-    validation loss. Resumes from `ckpt` when it holds a run of the same fingerprint."""
-    state = ckpt.load(loop.trained, optimizer) or FitState()
+    validation loss. Resumes from `ckpt` when it holds a run of the same fingerprint.
+
+    `scaler` defaults to the one `prec` needs; pass one to control it (tests do)."""
+    scaler = scaler if scaler is not None else make_scaler(prec, device)
+    state = ckpt.load(loop.trained, optimizer, scaler) or FitState()
     for log in state.history:  # replay what a killed run already logged
         on_epoch(log)
-    scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
     lr = optimizer.param_groups[0]["lr"]
     start = len(state.history) + 1
     for epoch in range(start, epochs + 1):
@@ -164,23 +197,48 @@ def fit(
         tl, ta, n = _run_epoch(loop, train, optimizer, prec, device, scaler, f"epoch {epoch}/{epochs}")
         if not math.isfinite(tl):
             raise TrainingError(f"training loss is {tl} at epoch {epoch} with lr={lr}; lower the mode's lr")
+        t_train = time.perf_counter() - t0
         vl, va, _ = _run_epoch(loop, val, None, prec, device, None, "val")
         secs = time.perf_counter() - t0
-        log = EpochLog(epoch, tl, ta, vl, va, lr, round(secs, 3), round(n / secs, 2))
+        log = EpochLog(epoch, tl, ta, vl, va, lr, round(secs, 3), round(n / t_train, 2))
         state.history.append(log)
-        is_best = vl < state.best_val_loss
+        is_best = vl < state.best_val_loss  # False for NaN: a NaN epoch is never the best
         if is_best:
             state.best_val_loss, state.best_epoch, state.bad_epochs = vl, epoch, 0
         else:
             state.bad_epochs += 1
         state.stopped_early = state.bad_epochs >= patience and epoch < epochs
-        ckpt.save(loop.trained, optimizer, state, is_best)
+        ckpt.save(loop.trained, optimizer, state, is_best, scaler)
         on_epoch(log)
         tqdm.write(
             f"epoch {epoch:3d}  train loss {tl:.4f} acc {ta:.3f}  val loss {vl:.4f} acc {va:.3f}"
-            f"  {secs:.1f}s {n / secs:.0f} img/s{'  *best' if is_best else ''}"
+            f"  {secs:.1f}s {n / t_train:.0f} img/s{'  *best' if is_best else ''}"
+        )
+    if state.best_epoch == 0:
+        raise TrainingError(
+            f"the validation loss was not finite in any of {len(state.history)} epochs (lr={lr}), so there "
+            "is no best epoch to keep; lower the mode's lr or check the validation images"
         )
     return state
+
+
+def code_digest(prefixes: tuple[str, ...] = ("cxr_transfer", "stages")) -> str:
+    """sha1 of the source of every loaded module under `prefixes`: the code a run was made by.
+
+    Part of the resume fingerprint, so weights left by a killed run are never continued by
+    changed code (DVC reruns the stage after a code change; resuming would mix the two)."""
+    h = hashlib.sha1()
+    for name in sorted(sys.modules):
+        mod = sys.modules[name]
+        path = getattr(mod, "__file__", None)
+        if path and name.split(".")[0] in prefixes and Path(path).exists():
+            h.update(name.encode() + b"\0" + Path(path).read_bytes())
+    return h.hexdigest()
+
+
+def fingerprint(config: dict, code: str) -> str:
+    """The resume fingerprint: what was asked (params, data hashes) and the code that runs it."""
+    return hashlib.sha1(json.dumps({"config": config, "code": code}, sort_keys=True).encode()).hexdigest()
 
 
 def summarize(state: FitState, feature_seconds: float, n_train: int, model: nn.Module) -> dict:

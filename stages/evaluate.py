@@ -8,7 +8,7 @@ import torch
 
 from cxr_transfer.cli import run, write_json
 from cxr_transfer.engine import pick_device, predict_proba
-from cxr_transfer.evaluation import curves, evaluate
+from cxr_transfer.evaluation import curves, evaluate, headline, prediction_table
 from cxr_transfer.models import load_trained
 from cxr_transfer.params import load_params
 from cxr_transfer.prepare import load_store
@@ -18,10 +18,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--prepared", type=Path, required=True)
+    ap.add_argument("--prepared", type=Path, required=True, help="prepare's folder (val/ and test/ are read)")
     ap.add_argument("--splits", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True, help="metrics JSON")
-    ap.add_argument("--eval-dir", type=Path, required=True, help="predictions and curves")
+    ap.add_argument("--out", type=Path, required=True, help="headline metrics JSON (what DVC compares)")
+    ap.add_argument("--eval-dir", type=Path, required=True, help="all metrics, predictions and curves")
     args = ap.parse_args()
     p = load_params(args.params)
     cfg = p.evaluate
@@ -47,14 +47,10 @@ def main() -> None:
         cfg.ece_bins,
     )
     keep = ("train_seconds", "images_per_s", "best_epoch", "epochs_run", "trainable_params", "total_params")
-    write_json(args.out, {"arch": meta["arch"], "mode": meta["mode"], **m, **{k: meta[k] for k in keep}})
-    args.eval_dir.mkdir(parents=True, exist_ok=True)
-    names = meta["classes"]
-    pred = test.assign(
-        probability=probs["test"].round(6),
-        predicted=[names[pos] if q >= 0.5 else names[1 - pos] for q in probs["test"]],
-    )
-    pred[["path", "group", "class", "label", "probability", "predicted"]].to_csv(
+    full = {"arch": meta["arch"], "mode": meta["mode"], **m, **{k: meta[k] for k in keep}}
+    write_json(args.eval_dir / "metrics.json", full)
+    write_json(args.out, headline(full))
+    prediction_table(test, probs["test"], meta["classes"], p.data.positive).to_csv(
         args.eval_dir / "predictions.csv", index=False
     )
     roc, pr = curves(y, probs["test"])

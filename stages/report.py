@@ -12,8 +12,8 @@ from cxr_transfer import report as R
 from cxr_transfer.batches import Normalizer
 from cxr_transfer.cli import run, write_json
 from cxr_transfer.gradcam import gradcam, pick_examples
-from cxr_transfer.models import get_spec, load_trained
-from cxr_transfer.params import load_params
+from cxr_transfer.models import equivalent_modes, get_spec, load_trained
+from cxr_transfer.params import ModeConfig, load_params
 from cxr_transfer.prepare import load_store
 
 
@@ -46,6 +46,22 @@ def gradcam_grid(model_dir: Path, preds: pd.DataFrame, x_test, classes, positive
     )
 
 
+def same_mode_notes(models: Path, archs, modes) -> list[str]:
+    """A line for each mode that trains exactly what another shown mode trains on its arch."""
+    notes = []
+    for arch in archs:
+        cfgs = {
+            m: ModeConfig(**json.loads((models / f"{arch}-{m}" / "model.json").read_text())["mode_config"])
+            for m in modes
+        }
+        for m, other in equivalent_modes(get_spec(arch), cfgs).items():
+            notes.append(
+                f"{arch}-{m} trains exactly what {arch}-{other} trains (on {arch} the classifier block "
+                "is the last layer): the two rows are one result, not two."
+            )
+    return notes
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
@@ -58,13 +74,14 @@ def main() -> None:
     args = ap.parse_args()
     p = load_params(args.params)
     names = [f"{a}-{m}" for a in p.archs for m in p.train.modes]
-    metrics = {n: json.loads((args.out_metrics / f"{n}.json").read_text()) for n in names}
+    metrics = {n: json.loads((args.eval / n / "metrics.json").read_text()) for n in names}
     preds = {n: pd.read_csv(args.eval / n / "predictions.csv") for n in names}
     cfg = p.evaluate
     compare = R.compare_modes(preds, p.data.positive, cfg.bootstrap, cfg.seed, cfg.confidence)
     table = R.summary_table(metrics)
     table.to_csv(args.out_metrics / "summary.csv", index=False)
-    (args.out_metrics / "summary.md").write_text(R.summary_markdown(table, compare))
+    notes = same_mode_notes(args.models, p.archs, p.train.modes)
+    (args.out_metrics / "summary.md").write_text(R.summary_markdown(table, compare, notes))
     write_json(args.out_metrics / "compare.json", compare)
     args.plots.mkdir(parents=True, exist_ok=True)
     curves = pd.concat([R.read_curves(args.live / n).assign(model=n) for n in names])

@@ -1,8 +1,6 @@
 """Stage train@<arch>-<mode>: train one architecture one way; write weights, sidecar and DVCLive logs."""
 
 import argparse
-import hashlib
-import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -15,10 +13,11 @@ from cxr_transfer.errors import CxrError
 from cxr_transfer.models import build_model, get_spec
 from cxr_transfer.modes import setup_run
 from cxr_transfer.params import load_params
-from cxr_transfer.prepare import load_store
-from cxr_transfer.train import Checkpoints, fit, make_optimizer, summarize
+from cxr_transfer.prepare import load_meta, load_store
+from cxr_transfer.train import Checkpoints, code_digest, fingerprint, fit, make_optimizer, summarize
 from dvclive import Live
 
+TRAIN_KEYS = ("epochs", "batch_size", "patience", "seed", "device", "compile", "augment")
 LIVE_NAMES = {
     "train_loss": "train/loss",
     "train_acc": "train/acc",
@@ -42,7 +41,9 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--arch", required=True)
     ap.add_argument("--mode", required=True)
-    ap.add_argument("--prepared", type=Path, required=True)
+    ap.add_argument(
+        "--prepared", type=Path, required=True, help="prepare's folder (train/ and val/ are read)"
+    )
     ap.add_argument("--out", type=Path, required=True, help="model folder")
     ap.add_argument("--live", type=Path, required=True, help="DVCLive folder")
     ap.add_argument("--resume-dir", type=Path, default=Path(".resume"))
@@ -51,13 +52,17 @@ def main() -> None:
     if args.mode not in p.modes:
         raise CxrError(f"unknown mode {args.mode!r}; modes in params.yaml: {sorted(p.modes)}")
     mode, tc, spec = p.modes[args.mode], p.train, get_spec(args.arch)
+    # exactly the keys this stage reads (dvc.yaml declares them; a test traces the reads)
+    train_cfg = {k: getattr(tc, k) for k in TRAIN_KEYS}
     torch.manual_seed(tc.seed)  # the one place global RNG state is seeded (dropout draws from it)
-    meta = json.loads((args.prepared / "meta.json").read_text())
+    metas = {s: load_meta(args.prepared, s) for s in ("train", "val")}
     data = {s: load_store(args.prepared, s) for s in ("train", "val")}
+    classes = metas["train"]["classes"]
     device = pick_device(tc.device)
     prec = Precision.for_device(device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
-    model = build_model(args.arch, mode.pretrained, p.weights.source, len(meta["classes"]), tc.seed)
+    weights_dir = p.weights.dir if mode.pretrained and p.weights.source == "imagenet" else None
+    model = build_model(args.arch, weights_dir, len(classes), tc.seed)
     rs = setup_run(
         model, spec, mode.trainable, data, tc.batch_size, tc.seed, tc.augment, device, prec, tc.compile
     )
@@ -65,14 +70,11 @@ def main() -> None:
     config = {
         "arch": args.arch,
         "mode": asdict(mode),
-        "train": asdict(tc),
-        "weights": p.weights.source,
-        "data": {s: m["sha1"] for s, m in meta["splits"].items()},
+        "train": train_cfg,
+        "weights": {"source": p.weights.source, "dir": p.weights.dir},
+        "data": {s: m["sha1"] for s, m in metas.items()},
     }
-    ckpt = Checkpoints(
-        args.resume_dir / f"{args.arch}-{args.mode}",
-        hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest(),
-    )
+    ckpt = Checkpoints(args.resume_dir / f"{args.arch}-{args.mode}", fingerprint(config, code_digest()))
     how = "features computed once" if rs.cached_features else "full model per epoch"
     print(f"train {args.arch}-{args.mode}: {device}, {prec.dtype or 'fp32'}, {how}")
     with Live(str(args.live), dvcyaml=False, save_dvc_exp=False, report=None) as live:
@@ -99,13 +101,13 @@ def main() -> None:
         {
             "arch": args.arch,
             "mode": args.mode,
-            "classes": meta["classes"],
-            "image_size": meta["image_size"],
+            "classes": classes,
+            "image_size": metas["train"]["image_size"],
             "mean": list(spec.mean),
             "std": list(spec.std),
             "mode_config": asdict(mode),
-            "train": asdict(tc),
-            "weights": p.weights.source,
+            "train": train_cfg,
+            "weights": config["weights"],
             "device": str(device),
             "precision": str(prec.dtype or "float32"),
             "cached_features": rs.cached_features,

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bench.__main__ import main
 
 
@@ -12,7 +14,9 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
     saved = json.loads(files[0].read_text())
     assert saved["machine"]["torch"] and saved["size"] == "tiny"
     assert {"input", "fe", "index", "demo", "gpu"} <= set(saved)
-    assert saved["input"][0]["images"] == 64 and saved["input"][0]["ratio"] > 0
+    inp = saved["input"][0]
+    assert inp["images"] == 64
+    assert inp["ratio"] == pytest.approx(inp["ours_images_per_s"] / inp["seed_images_per_s"], abs=0.06)
     assert saved["fe"]["epochs"] == 2 and 0 <= saved["fe"]["ours_val_acc"] <= 1
     assert saved["index"]["files"] == 40
     assert set(saved["demo"]["stages"]) == {
@@ -24,6 +28,10 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
         "evaluate@efficientnet_lite0-fe",
         "report",
     }
-    assert saved["gpu"]["ours"][0]["batch"] == 8
+    ours = saved["gpu"]["ours"][0]
+    assert ours["batch"] == 8 and ours["epochs"] == 2 and ours["infer_precision"] == "float32"
+    assert ours["ratio_vs_seed"] == round(
+        ours["train_images_per_s"] / saved["gpu"]["seed_train_images_per_s"], 1
+    )
     out = capsys.readouterr().out
     assert "| input pipeline 32px |" in out and res["table"] in out

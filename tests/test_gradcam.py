@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from skimage import data
@@ -15,18 +16,56 @@ def test_gradcam_on_a_real_model_has_the_input_size_and_is_not_constant():
 
     spec = get_spec("efficientnet_lite0")
     model = timm.create_model(spec.builder, pretrained=False).eval()
-    load_imagenet(model, spec, "imagenet")
+    load_imagenet(model, spec, "weights")
     img = np.asarray(Image.fromarray(data.chelsea()).resize((128, 128)), np.float32) / 255
     x = (
         torch.tensor(img).permute(2, 0, 1)[None] - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     ) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     cam = gradcam(model, model.get_submodule(spec.cam_layer), x, target=285)
-    assert cam.shape == (1, 128, 128)
-    assert cam.min() == 0.0 and cam.max() > 0.99 and cam.std() > 0.05
+    assert cam.shape == (1, 128, 128) and np.isfinite(cam).all()
+    other = gradcam(model, model.get_submodule(spec.cam_layer), x, target=407)  # "ambulance"
+    assert np.abs(cam - other).mean() > 0.05  # the map depends on the class asked about
+
+
+class QuadrantNet(torch.nn.Module):
+    """A known answer: class 1's evidence is bright pixels, class 0's is dark ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 1)
+        with torch.no_grad():
+            self.conv.weight[:] = torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1)
+            self.conv.bias[:] = torch.tensor([1.0, 0.0])
+        self.fc = torch.nn.Linear(2, 2)
+        with torch.no_grad():
+            self.fc.weight[:] = torch.eye(2)
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        a = torch.relu(self.conv(x))
+        return self.fc(a.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("quadrant", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_gradcam_points_at_the_quadrant_that_holds_the_class_signal(quadrant):
+    x = torch.zeros(1, 1, 16, 16)
+    r, c = quadrant
+    x[..., 8 * r : 8 * r + 8, 8 * c : 8 * c + 8] = 1.0
+    net = QuadrantNet()
+    cam = gradcam(net, net.conv, x, target=1)[0]
+    inside = cam[8 * r : 8 * r + 8, 8 * c : 8 * c + 8]
+    outside = np.ones_like(cam, bool)
+    outside[8 * r : 8 * r + 8, 8 * c : 8 * c + 8] = False
+    assert inside[1:-1, 1:-1].min() > 0.99 and cam[outside].max() < 0.5
+    dark = gradcam(net, net.conv, x, target=0)[0]  # evidence for the other class lies elsewhere
+    assert (
+        dark[outside].mean() > 0.9
+        and inside[1:-1, 1:-1].max() > dark[8 * r + 1 : 8 * r + 7, 8 * c + 1 : 8 * c + 7].max()
+    )
 
 
 def test_gradcam_works_on_frozen_models():
-    model = build_model("resnet18", False, "none", 2, seed=0)
+    model = build_model("resnet18", None, 2, seed=0)
     for p in model.parameters():
         p.requires_grad_(False)
     cam = gradcam(model, model.layer4, torch.randn(2, 3, 64, 64), target=1)

@@ -1,12 +1,26 @@
+import sys
+
 import numpy as np
 import pytest
 import torch
 
+from cxr_transfer import train as train_module
+from cxr_transfer.batches import Normalizer
 from cxr_transfer.engine import Precision
 from cxr_transfer.models import build_model, get_spec
 from cxr_transfer.modes import image_batches, setup_run
 from cxr_transfer.params import ModeConfig
-from cxr_transfer.train import Checkpoints, TrainingError, fit, make_optimizer
+from cxr_transfer.train import (
+    Checkpoints,
+    FitState,
+    Loop,
+    TrainingError,
+    _run_epoch,
+    code_digest,
+    fingerprint,
+    fit,
+    make_optimizer,
+)
 
 CPU = torch.device("cpu")
 PREC = Precision.for_device(CPU)
@@ -22,18 +36,30 @@ def tiny_data(n=24, size=32, seed=0):
     return {"train": (x, y), "val": (x[:8], y[:8])}
 
 
-def run(arch, mode, data, folder, epochs=2, augment=False, on_epoch=lambda log: None, batch=8):
+def run(
+    arch,
+    mode,
+    data,
+    folder,
+    epochs=2,
+    augment=False,
+    on_epoch=lambda log: None,
+    batch=8,
+    scaler=None,
+    patience=8,
+):
     torch.manual_seed(0)
-    model = build_model(arch, False, "none", 2, seed=0)
+    model = build_model(arch, None, 2, seed=0)
     rs = setup_run(model, get_spec(arch), mode.trainable, data, batch, 0, augment, CPU, PREC)
     opt = make_optimizer(rs.loop.trained.parameters(), mode)
-    state = fit(rs.loop, rs.train, rs.val, opt, epochs, 8, Checkpoints(folder, "fp"), PREC, CPU, on_epoch)
+    ckpt = Checkpoints(folder, "fp")
+    state = fit(rs.loop, rs.train, rs.val, opt, epochs, patience, ckpt, PREC, CPU, on_epoch, scaler)
     return model, rs, opt, state
 
 
 @pytest.mark.parametrize("augment", [False, True])
 def test_frozen_means_frozen(tmp_path, augment):
-    before = build_model("resnet18", False, "none", 2, seed=0).state_dict()
+    before = build_model("resnet18", None, 2, seed=0).state_dict()
     model, rs, opt, _ = run("resnet18", ADAM, tiny_data(), tmp_path, augment=augment)
     assert rs.cached_features is not augment
     after = model.state_dict()
@@ -48,8 +74,6 @@ def test_head_on_cached_features_equals_the_full_model(tmp_path):
     model, rs, _, _ = run("resnet18", ADAM, data, tmp_path, epochs=1)
     model.eval()
     xb = image_batches(*data["val"], 8, CPU)
-    from cxr_transfer.batches import Normalizer
-
     spec = get_spec("resnet18")
     with torch.no_grad():
         full = model(Normalizer(spec.mean, spec.std)(next(iter(xb))[0]))
@@ -57,41 +81,154 @@ def test_head_on_cached_features_equals_the_full_model(tmp_path):
     assert torch.allclose(full, head, atol=1e-5)
 
 
-def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
-    data = tiny_data()
-    ref, _, _, ref_state = run("resnet18", SGD_ALL, data, tmp_path / "a", epochs=4)
-
-    def kill_after_2(log):
-        if log.epoch == 2:
+def _kill_after(epoch):
+    def on_epoch(log):
+        if log.epoch == epoch:
             raise KeyboardInterrupt
 
+    return on_epoch
+
+
+def _scaler():
+    """A loss scaler whose scale doubles every step: a resumed run must continue its state."""
+    return torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=1)
+
+
+@pytest.mark.parametrize(
+    "mode, augment, cached",
+    [(SGD_ALL, False, False), (ADAM, False, True), (SGD_ALL, True, False)],
+    ids=["full-model", "cached-features", "augmented"],
+)
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, mode, augment, cached):
+    data = tiny_data()
+    ref_scaler = _scaler()
+    ref, rs, _, ref_state = run(
+        "resnet18", mode, data, tmp_path / "a", epochs=4, augment=augment, scaler=ref_scaler
+    )
+    assert rs.cached_features is cached
     with pytest.raises(KeyboardInterrupt):
-        run("resnet18", SGD_ALL, data, tmp_path / "b", epochs=4, on_epoch=kill_after_2)
-    seen = []
-    resumed, _, _, state = run("resnet18", SGD_ALL, data, tmp_path / "b", epochs=4, on_epoch=seen.append)
+        run("resnet18", mode, data, tmp_path / "b", 4, augment, _kill_after(2), scaler=_scaler())
+    seen, scaler = [], _scaler()
+    resumed, _, _, state = run("resnet18", mode, data, tmp_path / "b", 4, augment, seen.append, scaler=scaler)
     assert [h.epoch for h in state.history] == [1, 2, 3, 4]
     assert [log.epoch for log in seen] == [1, 2, 3, 4]  # replayed 1-2 for the logger, trained 3-4
     for (k, v), (k2, v2) in zip(ref.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2), k
     assert [h.val_loss for h in state.history] == [h.val_loss for h in ref_state.history]
+    steps = 4 * len(rs.train)
+    assert scaler.get_scale() == ref_scaler.get_scale() == 2.0 ** (4 + steps)  # the scaler's state resumed
+
+
+def test_cuda_random_state_is_saved_and_restored(tmp_path, monkeypatch):
+    """On a GPU, dropout and augmentation draw from the CUDA generators: a resume restores them."""
+    saved = [torch.tensor([1, 2, 3], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ck = Checkpoints(tmp_path, "fp")
+    ck.save(model, opt, FitState(best_epoch=1), is_best=True)
+    assert ck.load(model, opt) is not None
+    assert len(restored) == 1 and torch.equal(restored[0][0], saved[0])
+
+
+def test_the_fingerprint_covers_the_code(tmp_path, monkeypatch):
+    """Weights left by a killed run are never continued by changed code."""
+    pkg = tmp_path / "cxr_transfer_probe"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import cxr_transfer_probe  # noqa: F401
+
+    prefixes = ("cxr_transfer_probe",)
+    before = code_digest(prefixes)
+    (pkg / "__init__.py").write_text("X = 2\n")
+    after = code_digest(prefixes)
+    assert before != after and code_digest(prefixes) == after
+    config = {"arch": "resnet18"}
+    assert fingerprint(config, before) != fingerprint(config, after)
+    assert fingerprint(config, before) == fingerprint(dict(config), before)
+    assert len(code_digest()) == 40 and code_digest() != code_digest(prefixes)
 
 
 def test_a_different_fingerprint_starts_afresh(tmp_path):
     data = tiny_data()
     run("resnet18", ADAM, data, tmp_path, epochs=1)
-    model = build_model("resnet18", False, "none", 2, seed=0)
+    model = build_model("resnet18", None, 2, seed=0)
     rs = setup_run(model, get_spec("resnet18"), "head", data, 8, 0, False, CPU, PREC)
     opt = make_optimizer(rs.loop.trained.parameters(), ADAM)
     assert Checkpoints(tmp_path, "other").load(rs.loop.trained, opt) is None
 
 
-def test_early_stopping_and_best_epoch(tmp_path):
-    mode = ModeConfig(pretrained=False, trainable="head", optimizer="sgd", lr=5.0, momentum=0.9)
-    _, _, _, state = run("resnet18", mode, tiny_data(), tmp_path, epochs=30)
+def test_early_stopping_keeps_the_best_epoch_in_best_pt(tmp_path):
+    """Validation labels are the training labels flipped: the better the fit, the worse the
+    validation loss, so epoch 1 is the best and training stops `patience` epochs later."""
+    data = tiny_data()
+    x, y = data["train"]
+    data["val"] = (x, 1 - y)
+    snapshots = {}
+
+    def keep(log):
+        snapshots[log.epoch] = {k: v.clone() for k, v in rs_holder["rs"].loop.trained.state_dict().items()}
+
+    rs_holder = {}
+    torch.manual_seed(0)
+    model = build_model("resnet18", None, 2, seed=0)
+    rs_holder["rs"] = rs = setup_run(model, get_spec("resnet18"), "head", data, 8, 0, False, CPU, PREC)
+    opt = make_optimizer(rs.loop.trained.parameters(), ADAM)
+    ckpt = Checkpoints(tmp_path, "fp")
+    state = fit(rs.loop, rs.train, rs.val, opt, 30, 3, ckpt, PREC, CPU, keep)
     losses = [h.val_loss for h in state.history]
-    assert state.best_epoch == int(np.argmin(losses)) + 1
-    if state.stopped_early:
-        assert len(losses) - state.best_epoch == 8
+    assert state.best_epoch == 1 and state.stopped_early and len(losses) == 1 + 3
+    assert losses == sorted(losses)  # rising from epoch 1
+    best = ckpt.best()
+    assert all(torch.equal(best[k], snapshots[1][k]) for k in best)
+    assert not torch.equal(best["weight"], snapshots[4]["weight"])  # best.pt is not the last epoch
+
+
+def test_a_validation_loss_that_is_never_finite_stops_naming_the_setting(tmp_path):
+    data = tiny_data()
+    torch.manual_seed(0)
+    model = build_model("resnet18", None, 2, seed=0)
+    rs = setup_run(model, get_spec("resnet18"), "head", data, 8, 0, False, CPU, PREC)
+    head = rs.loop.trained
+
+    def forward(xb):  # finite while training, NaN on validation
+        out = head(xb)
+        return out if head.training else out * float("nan")
+
+    loop = Loop(head, forward, head.train, head.eval)
+    opt = make_optimizer(head.parameters(), ADAM)
+    with pytest.raises(
+        TrainingError, match=r"not finite in any of 3 epochs \(lr=0.001\).*lower the mode's lr"
+    ):
+        fit(loop, rs.train, rs.val, opt, 3, 8, Checkpoints(tmp_path, "fp"), PREC, CPU)
+
+
+def test_an_epoch_reads_its_totals_from_the_device_once(tmp_path, monkeypatch):
+    """No host-device sync per batch: loss and hits are summed on the device."""
+    data = tiny_data(n=40)
+    torch.manual_seed(0)
+    model = build_model("resnet18", None, 2, seed=0)
+    rs = setup_run(model, get_spec("resnet18"), "head", data, 4, 0, False, CPU, PREC)
+    opt = make_optimizer(rs.loop.trained.parameters(), ADAM)
+    reads = []
+    for name in ("item", "__int__", "__float__", "__bool__", "tolist"):
+        orig = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _orig=orig, _name=name):
+            if sys._getframe(1).f_code.co_filename == train_module.__file__:  # the loop's own reads
+                reads.append(_name)
+            return _orig(self, *a)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    loss, acc, n = _run_epoch(rs.loop, rs.train, opt, PREC, CPU, None, "t")
+    assert len(rs.train) == 10 and n == 40
+    assert reads == ["__float__", "__int__"]  # one read of the loss and one of the hits, not one per batch
+    assert acc * 40 == round(acc * 40)
 
 
 def test_nan_loss_stops_naming_epoch_and_lr(tmp_path):
@@ -103,8 +240,16 @@ def test_nan_loss_stops_naming_epoch_and_lr(tmp_path):
 
 
 def test_batch_larger_than_split_and_empty_split(tmp_path):
-    _, _, _, state = run("resnet18", ADAM, tiny_data(n=6), tmp_path, epochs=1, batch=64)
-    assert state.history[0].train_acc >= 0
+    data = tiny_data(n=6)
+    model0 = build_model("resnet18", None, 2, seed=0).eval()
+    spec = get_spec("resnet18")
+    with torch.no_grad():  # the untrained model's loss and accuracy: the one batch is scored before its step
+        logits = model0(Normalizer(spec.mean, spec.std)(torch.as_tensor(data["train"][0])[:, None]))
+    y = torch.as_tensor(data["train"][1])
+    _, _, _, state = run("resnet18", ADAM, data, tmp_path, epochs=1, batch=64)
+    h = state.history[0]
+    assert h.train_loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), abs=1e-5)
+    assert h.train_acc == pytest.approx(float((logits.argmax(1) == y).float().mean()))
     data = tiny_data()
     data["val"] = (data["val"][0][:0], data["val"][1][:0])
     with pytest.raises(ValueError, match="the val split is empty"):
@@ -121,13 +266,11 @@ def test_classifier_block_trains_on_cached_features_and_matches_the_full_model(t
     """VGG's fc6-fc8 block (ft_classifier): its input is computed once, logits are unchanged."""
     data = tiny_data(n=8, size=32)
     torch.manual_seed(0)
-    model = build_model("vgg16", False, "none", 2, seed=0)
+    model = build_model("vgg16", None, 2, seed=0)
     spec = get_spec("vgg16")
     rs = setup_run(model, spec, "classifier", data, 4, 0, False, CPU, PREC)
     assert rs.cached_features and rs.train.x.shape == (8, 512 * 7 * 7)
     model.eval()
-    from cxr_transfer.batches import Normalizer
-
     with torch.no_grad():
         full = model(Normalizer(spec.mean, spec.std)(torch.as_tensor(data["val"][0])[:, None]))
         tail = model.classifier(rs.val.x)

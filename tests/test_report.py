@@ -1,0 +1,115 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr_transfer.evaluation import evaluate, headline, prediction_table
+from cxr_transfer.metrics import mcnemar_p
+from cxr_transfer.report import compare_modes, comparisons, summary_markdown, summary_table
+
+NAMES = ["vgg16-scratch", "vgg16-fe", "vgg16-ft", "vgg16-ft_classifier", "resnet18-ft", "resnet18-fe"]
+
+
+def test_comparisons_pair_each_mode_with_scratch_and_ft_with_fe_within_an_arch():
+    assert comparisons(NAMES) == [
+        ("vgg16-fe", "vgg16-scratch"),
+        ("vgg16-ft", "vgg16-scratch"),
+        ("vgg16-ft", "vgg16-fe"),
+        ("vgg16-ft_classifier", "vgg16-scratch"),
+        ("resnet18-ft", "resnet18-fe"),  # no resnet18-scratch: only ft vs fe
+    ]
+
+
+def _preds(correct: np.ndarray, y: np.ndarray, positive="Covid", other="Normal"):
+    """Predictions whose correctness per image is `correct` (probabilities 0.8 / 0.2)."""
+    p_pos = np.where(correct == (y == 1), 0.8, 0.2)
+    cls = np.where(y == 1, positive, other)
+    return pd.DataFrame(
+        {
+            "path": [f"{i}.png" for i in range(len(y))],
+            "group": np.arange(len(y)),
+            "class": cls,
+            "probability": p_pos,
+        }
+    )
+
+
+def test_compare_modes_is_paired_on_the_same_images():
+    y = np.array([1, 0] * 20)
+    a_right = np.ones(40, bool)
+    b_right = np.ones(40, bool)
+    b_right[:10] = False  # b is wrong on 10 images a gets right, never the other way
+    out = compare_modes({"x-ft": _preds(a_right, y), "x-scratch": _preds(b_right, y)}, "Covid", 200, 0, 0.95)
+    c = out["x-ft vs x-scratch"]
+    assert c["accuracy_diff"] == pytest.approx(0.25)
+    assert c["mcnemar_p"] == pytest.approx(mcnemar_p(a_right, b_right)) == pytest.approx(2 * 0.5**10)
+    lo, hi = c["accuracy_diff_ci"]
+    assert 0 < lo < 0.25 < hi <= 0.5
+
+
+def test_compare_modes_refuses_predictions_on_different_images():
+    y = np.array([1, 0] * 5)
+    a, b = _preds(np.ones(10, bool), y), _preds(np.ones(10, bool), y)
+    b["path"] = b["path"][::-1].to_numpy()
+    with pytest.raises(ValueError, match="evaluated on different test images"):
+        compare_modes({"x-fe": a, "x-scratch": b}, "Covid", 20, 0, 0.95)
+
+
+def test_summary_table_marks_the_best_accuracy_and_keeps_intervals():
+    def m(acc, auc):
+        return {
+            "precision": 0.5,
+            "recall": 0.5,
+            "f1": 0.5,
+            "accuracy": acc,
+            "specificity": 0.5,
+            "auroc": auc,
+            "ci": {"accuracy": [acc - 0.1, acc + 0.1], "auroc": None},
+            "train_seconds": 1.0,
+            "images_per_s": 2.0,
+        }
+
+    df = summary_table({"a-scratch": m(0.6, 0.7), "a-fe": m(0.9, None), "a-ft": m(0.8, 0.9)})
+    assert df["Best"].tolist() == ["", "*", ""]
+    assert df.loc[1, "Accuracy CI"] == [0.8, 1.0]
+    text = summary_markdown(df, {}, ["a-x trains exactly what a-y trains"])
+    assert "| **a-fe** (best) |" in text and "| 0.900 [0.800, 1.000] |" in text
+    assert "| n/a |" in text  # an undefined AUROC is said, never shown as a number
+    assert "Note: a-x trains exactly what a-y trains" in text
+
+
+@pytest.mark.parametrize(
+    "classes, positive",
+    [(["Normal", "Covid"], "Covid"), (["Covid", "Normal"], "Covid"), (["Normal", "Covid"], "Normal")],
+)
+def test_the_positive_class_may_be_either_class(classes, positive):
+    """data.positive naming the first class must not swap predictions or metrics."""
+    test = pd.DataFrame(
+        {"path": ["a", "b", "c", "d"], "group": [0, 1, 2, 3], "class": ["Covid", "Covid", "Normal", "Normal"]}
+    )
+    test["label"] = test["class"].map(classes.index)
+    p_covid = np.array([0.9, 0.4, 0.2, 0.6])  # one Covid and one Normal image are wrong
+    p_pos = p_covid if positive == "Covid" else 1 - p_covid
+    pred = prediction_table(test, p_pos, classes, positive)
+    assert pred["predicted"].tolist() == ["Covid", "Normal", "Normal", "Covid"]
+    y = (test["label"] == classes.index(positive)).to_numpy()
+    m = evaluate(y, p_pos, None, y, p_pos, 20, 0, 0.95, 10)
+    assert m["accuracy"] == 0.5 and m["confusion"] == {"tn": 1, "fp": 1, "fn": 1, "tp": 1}
+    assert m["auroc"] == 0.75
+
+
+def test_the_headline_is_narrow_with_flat_intervals():
+    y = np.array([1, 0] * 10)
+    p = np.linspace(0.05, 0.95, 20)
+    full = {
+        "arch": "a",
+        "mode": "fe",
+        **evaluate(y, p, None, y, p, 50, 0, 0.95, 10),
+        "best_epoch": 3,
+        "epochs_run": 5,
+        "train_seconds": 1.5,
+    }
+    h = headline(full)
+    assert h["accuracy"] == full["accuracy"] and h["auroc"] == full["auroc"]
+    assert [h["accuracy_ci_low"], h["accuracy_ci_high"]] == full["ci"]["accuracy"]
+    assert "per_class" not in h and "confusion" not in h and "ci" not in h
+    assert all(not isinstance(v, dict | list) for v in h.values())
