@@ -1,4 +1,4 @@
-"""python -m bench [--size tiny|full] [--cases input,fe,index,demo,gpu]
+"""python -m bench [--size tiny|full] [--cases input,fe,index,demo,gpu,neardup,probe]
 
 Runs the seed's way and ours side by side, writes bench/results/<device>-<date>.json and prints a
 Markdown table. `tiny` checks that everything runs (the test suite uses it); `full` is the measure."""
@@ -32,6 +32,8 @@ SIZES = {
             ("train", "modes"): ["fe"],
         },
         "gpu": dict(n=64, arch="resnet18", size=32, batches=[8], steps=2, epochs=2),
+        "neardup": dict(n=2000, copies=20),
+        "probe": dict(n=200, size=32),
     },
     "full": {
         "input": dict(n=512, sizes=(224, 96), reps=3),
@@ -39,6 +41,8 @@ SIZES = {
         "index": dict(n=10_000),
         "demo": None,
         "gpu": dict(n=1024, arch="vgg19_bn", size=224, batches=[32, 128], steps=30, epochs=3),
+        "neardup": dict(n=100_000, copies=1000),
+        "probe": dict(n=10_000, size=96),
     },
 }
 
@@ -68,6 +72,18 @@ def table(results: dict) -> str:
         r = results["demo"]
         rows.append(f"| demo cold `dvc repro` | - | {r['cold_total_seconds']} s | - | <= 180 s |")
         rows.append(f"| demo no-op `dvc repro` | - | {r['noop_seconds']} s | - | < 5 s |")
+    if "neardup" in results:
+        r = results["neardup"]
+        rows.append(
+            f"| near-duplicate search, {r['hashes']} pHashes | - | {r['seconds']} s, "
+            f"{r['planted_found']}/{r['planted']} planted copies found | - | 100,000 in < 60 s |"
+        )
+    if "probe" in results:
+        r = results["probe"]
+        rows.append(
+            f"| probe stage without the feature pass, {r['images']} img at {r['size']}px | - "
+            f"| {r['seconds']} s | - | 10,000 in < 60 s |"
+        )
     if "gpu" in results:
         r = results["gpu"]
         for o in r["ours"]:
@@ -84,7 +100,7 @@ def table(results: dict) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", choices=sorted(SIZES), default="full")
-    ap.add_argument("--cases", default="input,fe,index,demo,gpu")
+    ap.add_argument("--cases", default="input,fe,index,demo,gpu,neardup,probe")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile in the gpu case")
@@ -102,6 +118,10 @@ def main(argv=None) -> dict:
             results["fe"] = cases.feature_extraction(work, **cfg["fe"])
         if "index" in want:
             results["index"] = cases.indexing(work, **cfg["index"])
+        if "neardup" in want:
+            results["neardup"] = cases.near_duplicates(**cfg["neardup"])
+        if "probe" in want:
+            results["probe"] = cases.probe_stage(**cfg["probe"])
         if "demo" in want:
             results["demo"] = cases.demo(work, cfg["demo"])
         if "gpu" in want:

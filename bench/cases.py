@@ -184,3 +184,62 @@ def demo(work: Path, params: dict | None = None) -> dict:
         "target_cold_seconds": 180,
         "target_noop_seconds": 5,
     }
+
+
+def near_duplicates(n: int, copies: int, max_bits: int = 20, seed: int = 0) -> dict:
+    """Seconds to find every pair within max_bits among n random 256-bit pHashes plus `copies`
+    planted near copies (0..max_bits bits flipped), and how many planted pairs were found."""
+    from cxr_transfer.neardup import near_pairs
+
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(0, 2, (n, 256), dtype=np.uint8)
+    src = rng.integers(0, n, copies)
+    planted = bits[src].copy()
+    for row in planted:
+        row[rng.choice(256, rng.integers(0, max_bits + 1), replace=False)] ^= 1
+    t0 = time.perf_counter()
+    i, j, _ = near_pairs(np.concatenate([bits, planted]), max_bits)
+    secs = time.perf_counter() - t0
+    found = set(zip(i.tolist(), j.tolist(), strict=True))
+    hit = sum((int(s), n + k) in found for k, s in enumerate(src))
+    return {
+        "hashes": n + copies,
+        "seconds": round(secs, 2),
+        "planted": copies,
+        "planted_found": hit,
+        "pairs": len(i),
+        "target_seconds": 60,
+    }
+
+
+def probe_stage(n: int, size: int, seed: int = 0) -> dict:
+    """Seconds of the probe stage's work apart from the feature pass, on n images at `size`:
+    thumbnail and acquisition logistic regressions with bootstrap intervals, and the near-duplicate
+    search (train 80%, test 20%)."""
+    import pandas as pd
+
+    from cxr_transfer import probes as P
+    from cxr_transfer.acquisition import pixel_facts
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+    facts = [pixel_facts(a) for a in x[:: max(1, n // 500)]]  # facts per image, as index computes them
+    table = pd.DataFrame([facts[k % len(facts)] for k in range(n)]).assign(
+        width=299,
+        height=299,
+        format="PNG",
+        mode="L",
+        bytes=rng.integers(50_000, 90_000, n),
+        phash=["".join(rng.choice(list("0123456789abcdef"), 64)) for _ in range(n)],
+        path=[f"{k}.png" for k in range(n)],
+    )
+    cut = int(0.8 * n)
+    t0 = time.perf_counter()
+    for s in (8, 16):
+        p = P.logistic_scores(P.thumbnails(x[:cut], s), y[:cut], P.thumbnails(x[cut:], s))
+        P.scored(y[cut:], p, None, 500, 0, 0.95, 0.8)
+    p, _ = P.acquisition_probe(table.iloc[:cut], table.iloc[cut:], y[:cut], y[cut:])
+    P.scored(y[cut:], p, None, 500, 0, 0.95, 0.8)
+    P.near_duplicate_report({"train": table.iloc[:cut], "test": table.iloc[cut:]}, 20)
+    return {"images": n, "size": size, "seconds": round(time.perf_counter() - t0, 2), "target_seconds": 60}

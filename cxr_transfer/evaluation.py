@@ -102,3 +102,22 @@ def headline(full: dict) -> dict:
         ci = full["ci"].get(k)
         out[f"{k}_ci_low"], out[f"{k}_ci_high"] = ci if ci else (None, None)
     return out
+
+
+def per_source(test: pd.DataFrame, y, p, bins: int = 10) -> dict:
+    """Metrics per image source wherever a source has both classes in the test split; a source
+    with one class says which (its accuracy would only be that class's recall or specificity)."""
+    if "source" not in test or not (test["source"].astype(str) != "").any():
+        return {}
+    out = {}
+    y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float)
+    for src, idx in test.groupby(test["source"].astype(str)).indices.items():
+        if src == "":
+            continue
+        classes = sorted(set(test["class"].iloc[idx]))
+        if len(classes) < 2:
+            out[src] = {"n": len(idx), "note": f"only {classes[0]} in test: no per-source accuracy or AUROC"}
+            continue
+        m = point_metrics(y[idx], p[idx], 0.5, bins)
+        out[src] = {"n": len(idx), **{k: m[k] for k in ("accuracy", "auroc", "recall", "specificity")}}
+    return _round(out)

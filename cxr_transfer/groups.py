@@ -58,7 +58,7 @@ class UnionFind:
 def group_names(keys: dict[str, Sequence], pairs: Iterable[tuple[int, int]] = ()) -> list[str]:
     """One name per item for the components of "same value in any key column" plus `pairs`.
 
-    `keys` maps a prefix ("patient", "img") to a column of values; a component is named by the
+    `keys` maps a prefix ("patient", "img"; "" for none) to a column of values; a component is named by the
     first column (in `keys` order) that has a value in it, and the smallest such value, so names
     are stable under reordering of the rows."""
     cols = list(keys.items())
@@ -73,7 +73,7 @@ def group_names(keys: dict[str, Sequence], pairs: Iterable[tuple[int, int]] = ()
         for i, k in enumerate(col):
             if k is None or k != k or k == "":
                 continue
-            cand = (rank, f"{prefix}:{k}")
+            cand = (rank, f"{prefix}:{k}" if prefix else str(k))
             r = int(roots[i])
             if r not in best or cand < best[r]:
                 best[r] = cand

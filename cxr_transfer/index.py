@@ -15,15 +15,32 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from cxr_transfer.acquisition import STATS, pixel_facts
 from cxr_transfer.errors import CxrError
 from cxr_transfer.groups import group_names
 from cxr_transfer.imageio import pixel_limit, to_gray8
+from cxr_transfer.neardup import phash
 from cxr_transfer.parallel import chunked_map
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 OS_FILES = {".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"}
 SKIP_DIRS = {"__macosx", "masks", "mask"}
-COLUMNS = ["path", "image_name", "label", "class", "group", "hash", "width", "height", "mode", "format"]
+COLUMNS = [
+    "path",
+    "image_name",
+    "label",
+    "class",
+    "group",
+    "source",
+    "hash",
+    "phash",
+    "width",
+    "height",
+    "mode",
+    "format",
+    "bytes",
+    *STATS,
+]
 
 
 class IndexError_(CxrError):
@@ -100,7 +117,8 @@ def inspect_image(path: str, max_pixels: int, bits_stored: int | None = None) ->
     except (OSError, SyntaxError, ValueError) as e:
         return {"reason": "corrupt or truncated image", "detail": str(e).splitlines()[0][:120]}
     digest = hashlib.sha1(gray.tobytes() + f"{w}x{h}".encode()).hexdigest()
-    return {"hash": digest, "width": w, "height": h, "mode": mode, "format": fmt}
+    facts = {"width": w, "height": h, "mode": mode, "format": fmt, "bytes": os.path.getsize(path)}
+    return {"hash": digest, "phash": phash(gray), **facts, **pixel_facts(gray)}
 
 
 def _inspect_chunk(args: tuple[list[str], int, int | None]) -> list[dict]:
@@ -116,6 +134,12 @@ def decode_all(paths: list[str], max_pixels: int, workers: int, bits_stored: int
 
 def read_groups(meta_file: Path, filename_col: str, patient_col: str) -> dict[str, str]:
     """Map image file name (with and without extension, lower-case) -> patient id."""
+    return read_column(meta_file, filename_col, patient_col, "patient_column")
+
+
+def read_column(meta_file: Path, filename_col: str, col: str, key: str) -> dict[str, str]:
+    """Map image file name (with and without extension, lower-case) -> the value in column `col`
+    of the metadata table (`key` names the param that chose it, for the error message)."""
     if not meta_file.exists():
         raise IndexError_(
             f"data.metadata.file: {meta_file} does not exist (the path is relative to data.root); "
@@ -123,16 +147,16 @@ def read_groups(meta_file: Path, filename_col: str, patient_col: str) -> dict[st
         )
     reader = pd.read_excel if meta_file.suffix.lower() in (".xlsx", ".xls") else pd.read_csv
     df = reader(meta_file)
-    for col, key in ((filename_col, "filename_column"), (patient_col, "patient_column")):
-        if col not in df.columns:
+    for c, k in ((filename_col, "filename_column"), (col, key)):
+        if c not in df.columns:
             raise IndexError_(
-                f"{meta_file}: no column {col!r} (data.metadata.{key}); columns are {list(df.columns)}"
+                f"{meta_file}: no column {c!r} (data.metadata.{k}); columns are {list(df.columns)}"
             )
-    groups = {}
-    for name, pid in zip(df[filename_col].astype(str), df[patient_col].astype(str), strict=True):
-        groups[name.lower()] = pid
-        groups[Path(name).stem.lower()] = pid
-    return groups
+    out = {}
+    for name, value in zip(df[filename_col].astype(str), df[col].astype(str), strict=True):
+        out[name.lower()] = value
+        out[Path(name).stem.lower()] = value
+    return out
 
 
 def build_index(
@@ -142,8 +166,10 @@ def build_index(
     workers: int = 0,
     groups: dict[str, str] | None = None,
     bits_stored: int | None = None,
+    sources: dict[str, str] | None = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """Walk, decode and tabulate; returns (data frame, report dict)."""
+    """Walk, decode and tabulate; returns (data frame, report dict). `groups` and `sources` map
+    file names to patient ids and to image sources (hospital, archive), from the metadata table."""
     root = Path(root)
     if not root.is_dir():
         raise IndexError_(f"data.root {root} does not exist or is not a folder; set data.root in params.yaml")
@@ -162,14 +188,17 @@ def build_index(
             skipped.append({"path": rel, **info})
             continue
         rows.append({"path": rel, "image_name": Path(rel).name, "label": labels[cls], "class": cls, **info})
-    df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "group"])
+    df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("group", "source")])
     df, conflicts = _drop_label_conflicts(df)
     skipped += [{"path": p, "reason": "label conflict (same pixels in two classes)"} for p in conflicts]
     df, no_meta = _assign_groups(df, groups)
+    df["source"] = _lookup(df, sources).fillna("") if sources else ""
     empty = [c for c in classes if not (df["class"] == c).any()]
     if empty:
         raise IndexError_(f"class {empty[0]} has no usable images under {root}; check its folder aliases")
     report = _report(df, skipped, no_meta)
+    if sources:
+        report["images_without_source"] = int((df["source"] == "").sum())
     return df[COLUMNS].sort_values("path").reset_index(drop=True), report
 
 
@@ -183,14 +212,16 @@ def _drop_label_conflicts(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 def _assign_groups(df: pd.DataFrame, groups: dict[str, str] | None) -> tuple[pd.DataFrame, int]:
     """Split groups: connected components of "same patient OR same pixels", so two copies of one
     image stay together even under two patient ids, or with one id and one without."""
-    pid = pd.Series([None] * len(df), index=df.index, dtype=object)
-    if groups:
-        names = df["image_name"].str.lower()
-        stems = names.map(lambda n: Path(n).stem)
-        pid = names.map(groups).fillna(stems.map(groups))
+    pid = _lookup(df, groups) if groups else pd.Series([None] * len(df), index=df.index, dtype=object)
     keys = {"patient": list(pid), "img": list(df["hash"].str[:16])}
     df["group"] = group_names(keys)
     return df, int(pid.isna().sum()) if groups else 0
+
+
+def _lookup(df: pd.DataFrame, mapping: dict[str, str]) -> pd.Series:
+    """A metadata value per row, by file name with or without extension; NaN where absent."""
+    names = df["image_name"].str.lower()
+    return names.map(mapping).fillna(names.map(lambda n: Path(n).stem).map(mapping))
 
 
 def _report(df: pd.DataFrame, skipped: list[dict], no_meta: int) -> dict:

@@ -38,7 +38,8 @@ def _choice(value: str, key: str, allowed) -> None:
 class MetadataConfig:
     file: str | None = None
     filename_column: str = "FILE NAME"
-    patient_column: str = "PATIENT ID"
+    patient_column: str | None = "PATIENT ID"
+    source_column: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,10 @@ class SynthesizeConfig:
     n_per_class: int = 200
     image_size: int = 128
     seed: int = 0
+    shortcut: str = "none"
 
     def __post_init__(self):
+        _choice(self.shortcut, "synthesize.shortcut", ("none", "border", "marker", "exposure"))
         _check(self.n_per_class >= 1, "synthesize.n_per_class", "must be >= 1")
         _check(32 <= self.image_size <= 1024, "synthesize.image_size", "must be in [32, 1024]")
 
@@ -103,8 +106,13 @@ class SplitConfig:
     test_size: float = 0.2
     val_size: float = 0.2
     seed: int = 42
+    near_duplicate_bits: int | None = 20
 
     def __post_init__(self):
+        if self.near_duplicate_bits is not None:
+            _check(
+                0 <= self.near_duplicate_bits <= 64, "split.near_duplicate_bits", "must be null or in [0, 64]"
+            )
         for key in ("test_size", "val_size"):
             v = getattr(self, key)
             _check(0.0 < v < 1.0, f"split.{key}", f"{v} must be in (0, 1)")
@@ -200,6 +208,27 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ProbeConfig:
+    thumbnails: tuple[int, ...] = (8, 16)
+    box: float = 0.7
+    flag_auroc: float = 0.8
+    flag_cramers_v: float = 0.5
+    bootstrap: int = 500
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(len(self.thumbnails) > 0, "probe.thumbnails", "name at least one thumbnail size")
+        for t in self.thumbnails:
+            _check(2 <= t <= 64, "probe.thumbnails", f"{t} must be in [2, 64]")
+        _check(0.1 <= self.box <= 0.95, "probe.box", "must be in [0.1, 0.95] (a fraction of each side)")
+        _check(0.5 < self.flag_auroc <= 1.0, "probe.flag_auroc", "must be in (0.5, 1]")
+        _check(0.0 < self.flag_cramers_v <= 1.0, "probe.flag_cramers_v", "must be in (0, 1]")
+        _check(self.bootstrap >= 10, "probe.bootstrap", "must be >= 10")
+        _check(0.5 <= self.confidence < 1.0, "probe.confidence", "must be in [0.5, 1)")
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     gradcam_per_group: int = 2
     seed: int = 0
@@ -220,6 +249,7 @@ class Params:
     modes: dict[str, ModeConfig] = field(default_factory=lambda: dict(SEED_MODES))
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self):

@@ -67,7 +67,9 @@ def summary_table(metrics: dict[str, dict]) -> pd.DataFrame:
     return df
 
 
-def summary_markdown(df: pd.DataFrame, compare: dict, notes: list[str] = ()) -> str:
+def summary_markdown(
+    df: pd.DataFrame, compare: dict, notes: list[str] = (), probe: dict | None = None
+) -> str:
     cols = [
         "NETWORK",
         "Precision",
@@ -78,7 +80,9 @@ def summary_markdown(df: pd.DataFrame, compare: dict, notes: list[str] = ()) -> 
         "AUROC (95% CI)",
     ]
     head = "| " + " | ".join([*cols, "Train s"]) + " |"
-    lines = ["# Results on the test split", "", head, "|" + " --- |" * 8]
+    lines = ["# Results on the test split", ""]
+    lines += trust_lines(probe) if probe else []
+    lines += ["## The results", "", head, "|" + " --- |" * 8]
     for r in df.to_dict("records"):
         name = f"**{r['NETWORK']}** (best)" if r["Best"] else r["NETWORK"]
         lines.append(
@@ -210,3 +214,97 @@ def plot_gradcam_grid(images, cams, titles, out_path: Path, suptitle: str) -> No
     fig.tight_layout()
     fig.savefig(out_path)
     plt.close(fig)
+
+
+def _auc(r: dict) -> str:
+    return _fmt(
+        r["auroc"], [r["auroc_ci_low"], r["auroc_ci_high"]] if r.get("auroc_ci_low") is not None else None
+    )
+
+
+def _mark(flagged: bool) -> str:
+    return "**FLAG**" if flagged else "ok"
+
+
+def trust_lines(probe: dict) -> list[str]:
+    """The "Can these results be trusted?" table: each probe's figure, its threshold and a verdict
+    in plain words (metrics/probe.json, written by the probe stage)."""
+    t = probe["flag_auroc"]
+    rows = []
+    for k in sorted((k for k in probe if k.startswith("pixels_")), key=lambda k: int(k.split("_")[1])):
+        r, n = probe[k], k.split("_")[1]
+        say = (
+            f"a logistic regression on {n}x{n} thumbnails separates the classes: they differ in ways "
+            "that need no disease detail; high accuracy here is not evidence of disease detection"
+            if r["flagged"]
+            else f"{n}x{n} thumbnails alone do not separate the classes well"
+        )
+        rows.append((f"pixels {n}x{n}", f"AUROC {_auc(r)}", f">= {t}", r["flagged"], say))
+    r = probe["acquisition"]
+    say = (
+        f"image size, format, file size and intensity statistics separate the classes (most: "
+        f"{r['top_features']}): the classes were acquired differently"
+        if r["flagged"]
+        else f"acquisition facts do not separate the classes (most: {r['top_features']})"
+    )
+    rows.append(("acquisition facts", f"AUROC {_auc(r)}", f">= {t}", r["flagged"], say))
+    for arch, r in probe.get("outside_lungs", {}).items():
+        say = (
+            "with the lung fields blacked out, ImageNet features still separate the classes: the "
+            "signal lies outside the lungs (borders, labels, devices, body habitus)"
+            if r["flagged"]
+            else "with the lung fields blacked out the classes are not separable; the lungs-only "
+            f"images reach AUROC {_fmt(r['centre_only']['auroc'])}: the signal lies in the lungs"
+        )
+        rows.append(
+            (f"outside the lungs ({arch})", f"AUROC {_auc(r['masked'])}", f">= {t}", r["flagged"], say)
+        )
+    r = probe["near_duplicates"]
+    if "skipped" in r:
+        rows.append(("near-duplicates", "-", "-", False, f"skipped: {r['skipped']}"))
+    else:
+        say = (
+            f"{r['cross_split_pairs']} near-identical image pairs straddle the splits: test images "
+            "have near-copies in training"
+            if r["flagged"]
+            else f"{r['pairs']} near-identical pairs, none across splits"
+        )
+        rows.append(
+            (
+                "near-duplicates",
+                f"{r['pairs']} pairs, {r['cross_split_pairs']} across splits",
+                "> 0 across",
+                r["flagged"],
+                say,
+            )
+        )
+    r = probe["source"]
+    if "skipped" in r:
+        rows.append(("source confounding", "-", "-", False, f"skipped: {r['skipped']}"))
+    else:
+        say = (
+            "the image source predicts the class: a model can score by recognising the hospital"
+            if r["flagged"]
+            else "the sources hold both classes in similar proportions"
+        )
+        rows.append(
+            (
+                "source confounding",
+                f"Cramer's V {_fmt(r['cramers_v'])} over {r['sources']} sources",
+                f">= {probe['flag_cramers_v']}",
+                r["flagged"],
+                say,
+            )
+        )
+    n = sum(f for *_, f, _ in rows)
+    head = "Nothing is flagged." if n == 0 else f"**{n} probe(s) flagged**: read the results below with care."
+    lines = [
+        "## Can these results be trusted?",
+        "",
+        head,
+        "",
+        "| probe | figure (95% CI) | flagged at | verdict | what it means |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| {a} | {b} | {c} | {_mark(f)} | {d} |" for a, b, c, f, d in rows]
+    return [*lines, ""]

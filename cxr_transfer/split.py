@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 
 from cxr_transfer.errors import CxrError
+from cxr_transfer.groups import group_names
+from cxr_transfer.neardup import near_pairs, to_bits
 
 SPLITS = ("train", "val", "test")
 
@@ -53,6 +55,17 @@ def grouped_split(df: pd.DataFrame, test_size: float, val_size: float, seed: int
             filled[split] = filled.get(split, 0) + int(size)
             assign[name] = split
     return df["group"].map(assign)
+
+
+def join_near_duplicates(df: pd.DataFrame, max_bits: int | None) -> tuple[pd.DataFrame, int]:
+    """Merge the groups of images whose pHashes are at most `max_bits` apart (resized, re-encoded,
+    slightly cropped copies), so the split keeps each such set in one split; None = off.
+    Returns the table with its new groups and the number of near-duplicate pairs found."""
+    if max_bits is None or len(df) < 2:
+        return df, 0
+    i, j, _ = near_pairs(to_bits(df["phash"].tolist()), max_bits)
+    merged = group_names({"": df["group"].tolist()}, zip(i.tolist(), j.tolist(), strict=True))
+    return df.assign(group=merged), len(i)
 
 
 def split_summary(parts: dict[str, pd.DataFrame], seed: int, test_size: float, val_size: float) -> dict:

@@ -114,8 +114,30 @@ def _marker(img: np.ndarray, rng: np.random.Generator) -> None:
     img[r : r + h, c : c + w][g] = rng.uniform(0.85, 1.0)
 
 
-def render_cxr(rng: np.random.Generator, size: int, covid: bool) -> np.ndarray:
-    """One synthetic radiograph as a (size, size) uint8 array."""
+SHORTCUTS = ("none", "border", "marker", "exposure")
+
+
+def add_shortcut(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A source artefact of the kind public sets carry when each class comes from its own site,
+    on a float image in [0, 1]: a black frame (another scanner's padding), a burned-in text label,
+    or a brighter, flatter exposure (another detector and processing)."""
+    img = img.copy()
+    s = img.shape[0]
+    if kind == "border":
+        b = max(2, int(round(s * rng.uniform(0.05, 0.08))))
+        img[:b], img[-b:], img[:, :b], img[:, -b:] = 0, 0, 0, 0
+    elif kind == "marker":
+        h, w = max(3, s // 16), max(8, s // 4)
+        r, c = max(1, s // 32), max(1, s // 32)
+        img[r : r + h, c : c + w] = np.where(rng.random((h, w)) < 0.5, 1.0, 0.05)
+    elif kind == "exposure":
+        img = np.clip(img, 0, 1) ** 0.75 * 0.85 + 0.12
+    return img
+
+
+def render_cxr(rng: np.random.Generator, size: int, covid: bool, shortcut: str = "none") -> np.ndarray:
+    """One synthetic radiograph as a (size, size) uint8 array; `shortcut` adds a source artefact
+    to Covid images only (the demo's lesson: the probes flag it)."""
     x, y = _grid(rng, size)
     body = _ellipse(x, y, 0.0, 0.08, rng.uniform(0.8, 0.9), 1.1, 0.03)
     lungs = _lungs(x, y, rng)
@@ -132,23 +154,27 @@ def render_cxr(rng: np.random.Generator, size: int, covid: bool) -> np.ndarray:
     img = np.clip(a * rng.uniform(0.9, 1.5) + rng.uniform(-0.05, 0.12), 0, 1) ** rng.uniform(0.8, 1.25)
     img = gaussian_filter(img, 0.6) + rng.normal(0, rng.uniform(0.01, 0.03), img.shape)
     _marker(img, rng)
+    if covid and shortcut != "none":
+        img = add_shortcut(img, shortcut, np.random.default_rng(rng.integers(2**32)))
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
-def _write_one(args: tuple[Path, str, int, int, int, int]) -> None:
-    folder, cls, label, i, size, seed = args
+def _write_one(args: tuple[Path, str, int, int, int, int, str]) -> None:
+    folder, cls, label, i, size, seed, shortcut = args
     rng = np.random.default_rng([seed, label, i])  # order-independent per image
-    arr = render_cxr(rng, size, covid=(cls == "Covid"))
+    arr = render_cxr(rng, size, covid=(cls == "Covid"), shortcut=shortcut)
     Image.fromarray(arr, mode="L").save(folder / f"{cls}-{i + 1:04d}.png")
 
 
-def synthesize(out_dir: Path, n_per_class: int, size: int, seed: int, workers: int = 0) -> dict[str, int]:
+def synthesize(
+    out_dir: Path, n_per_class: int, size: int, seed: int, workers: int = 0, shortcut: str = "none"
+) -> dict[str, int]:
     """Write n_per_class PNGs per class under out_dir/<CLASS>/, in parallel; returns counts per class."""
     jobs = []
     for label, (cls, folder) in enumerate(CLASS_DIRS.items()):
         d = Path(out_dir) / folder
         d.mkdir(parents=True, exist_ok=True)
-        jobs += [(d, cls, label, i, size, seed) for i in range(n_per_class)]
+        jobs += [(d, cls, label, i, size, seed, shortcut) for i in range(n_per_class)]
     workers = workers or os.cpu_count() or 1
     if workers == 1:
         for job in jobs:

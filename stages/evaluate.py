@@ -3,15 +3,15 @@
 import argparse
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from cxr_transfer.cli import run, write_json
 from cxr_transfer.engine import pick_device, predict_proba
-from cxr_transfer.evaluation import curves, evaluate, headline, prediction_table
+from cxr_transfer.evaluation import curves, evaluate, headline, per_source, prediction_table
 from cxr_transfer.models import load_trained
 from cxr_transfer.params import load_params
 from cxr_transfer.prepare import load_store
+from cxr_transfer.tables import read_table
 
 
 def main() -> None:
@@ -32,8 +32,7 @@ def main() -> None:
     for split in ("val", "test"):
         x, _ = load_store(args.prepared, split)
         probs[split] = predict_proba(model, meta["mean"], meta["std"], x, 64, device)[:, pos].numpy()
-    test = pd.read_csv(args.splits / "test.csv")
-    val = pd.read_csv(args.splits / "val.csv")
+    test, val = read_table(args.splits / "test.csv"), read_table(args.splits / "val.csv")
     y, y_val = (test["label"] == pos).to_numpy(), (val["label"] == pos).to_numpy()
     m = evaluate(
         y,
@@ -48,6 +47,7 @@ def main() -> None:
     )
     keep = ("train_seconds", "images_per_s", "best_epoch", "epochs_run", "trainable_params", "total_params")
     full = {"arch": meta["arch"], "mode": meta["mode"], **m, **{k: meta[k] for k in keep}}
+    full["per_source"] = per_source(test, y, probs["test"], cfg.ece_bins)
     write_json(args.eval_dir / "metrics.json", full)
     write_json(args.out, headline(full))
     prediction_table(test, probs["test"], meta["classes"], p.data.positive).to_csv(

@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from cxr_transfer.cli import run, write_json
-from cxr_transfer.index import build_index, read_groups
+from cxr_transfer.index import build_index, read_column
 from cxr_transfer.params import load_params
 
 
@@ -16,9 +16,19 @@ def main() -> None:
     args = ap.parse_args()
     p = load_params(args.params)
     meta, table = p.data.metadata, p.data.metadata_path()
-    groups = read_groups(table, meta.filename_column, meta.patient_column) if table else None
+    groups = sources = None
+    if table and meta.patient_column:
+        groups = read_column(table, meta.filename_column, meta.patient_column, "patient_column")
+    if table and meta.source_column:
+        sources = read_column(table, meta.filename_column, meta.source_column, "source_column")
     df, report = build_index(
-        Path(p.data.root), p.data.classes, p.index.max_pixels, p.index.workers, groups, p.data.bits_stored
+        Path(p.data.root),
+        p.data.classes,
+        p.index.max_pixels,
+        p.index.workers,
+        groups,
+        p.data.bits_stored,
+        sources,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False)

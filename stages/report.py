@@ -71,6 +71,9 @@ def main() -> None:
     ap.add_argument("--eval", type=Path, default=Path("eval"), help="evaluate stages' folders")
     ap.add_argument("--live", type=Path, default=Path("dvclive"), help="train stages' DVCLive folders")
     ap.add_argument("--models", type=Path, default=Path("models"))
+    ap.add_argument(
+        "--probe", type=Path, default=Path("metrics/probe.json"), help="the probe stage's figures"
+    )
     args = ap.parse_args()
     p = load_params(args.params)
     names = [f"{a}-{m}" for a in p.archs for m in p.train.modes]
@@ -81,7 +84,8 @@ def main() -> None:
     table = R.summary_table(metrics)
     table.to_csv(args.out_metrics / "summary.csv", index=False)
     notes = same_mode_notes(args.models, p.archs, p.train.modes)
-    (args.out_metrics / "summary.md").write_text(R.summary_markdown(table, compare, notes))
+    probe = json.loads(args.probe.read_text())
+    (args.out_metrics / "summary.md").write_text(R.summary_markdown(table, compare, notes, probe))
     write_json(args.out_metrics / "compare.json", compare)
     args.plots.mkdir(parents=True, exist_ok=True)
     curves = pd.concat([R.read_curves(args.live / n).assign(model=n) for n in names])

@@ -3,11 +3,10 @@
 import argparse
 from pathlib import Path
 
-import pandas as pd
-
 from cxr_transfer.cli import run, write_json
 from cxr_transfer.params import load_params
-from cxr_transfer.split import SPLITS, grouped_split, split_summary
+from cxr_transfer.split import SPLITS, grouped_split, join_near_duplicates, split_summary
+from cxr_transfer.tables import read_table
 
 
 def main() -> None:
@@ -18,15 +17,26 @@ def main() -> None:
     ap.add_argument("--metrics", type=Path, required=True, help="split.json to write")
     args = ap.parse_args()
     cfg = load_params(args.params).split
-    df = pd.read_csv(args.data)
+    df = read_table(args.data)
+    groups_before = df["group"].nunique()
+    df, n_near = join_near_duplicates(df, cfg.near_duplicate_bits)
     which = grouped_split(df, cfg.test_size, cfg.val_size, cfg.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     parts = {s: df[which == s] for s in SPLITS}
     for s, part in parts.items():
         part.to_csv(args.out / f"{s}.csv", index=False)
     summary = split_summary(parts, cfg.seed, cfg.test_size, cfg.val_size)
+    summary["near_duplicates"] = {
+        "max_bits": cfg.near_duplicate_bits,
+        "pairs": n_near,
+        "groups_before": int(groups_before),
+        "groups_after": int(df["group"].nunique()),
+    }
     write_json(args.metrics, summary)
-    print(f"split: {summary['counts']}, group overlap {summary['group_overlap']}")
+    print(
+        f"split: {summary['counts']}, group overlap {summary['group_overlap']}, "
+        f"{n_near} near-duplicate pairs joined ({groups_before} -> {df['group'].nunique()} groups)"
+    )
 
 
 if __name__ == "__main__":

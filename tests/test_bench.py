@@ -13,7 +13,9 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
     assert len(files) == 1
     saved = json.loads(files[0].read_text())
     assert saved["machine"]["torch"] and saved["size"] == "tiny"
-    assert {"input", "fe", "index", "demo", "gpu"} <= set(saved)
+    assert {"input", "fe", "index", "demo", "gpu", "neardup", "probe"} <= set(saved)
+    assert saved["neardup"]["hashes"] == 2020 and saved["neardup"]["planted_found"] == 20  # exact search
+    assert saved["probe"]["images"] == 200
     inp = saved["input"][0]
     assert inp["images"] == 64
     assert inp["ratio"] == pytest.approx(inp["ours_images_per_s"] / inp["seed_images_per_s"], abs=0.06)
@@ -24,6 +26,7 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
         "index",
         "split",
         "prepare",
+        "probe",
         "train@efficientnet_lite0-fe",
         "evaluate@efficientnet_lite0-fe",
         "report",

@@ -18,17 +18,11 @@ def index(root, **kw):
 def test_seed_layout_is_indexed_with_labels_and_columns(seed_layout):
     df, rep = index(seed_layout)
     assert list(df.columns) == [
-        "path",
-        "image_name",
-        "label",
-        "class",
-        "group",
-        "hash",
-        "width",
-        "height",
-        "mode",
-        "format",
+        *["path", "image_name", "label", "class", "group", "source", "hash", "phash"],
+        *["width", "height", "mode", "format", "bytes", "mean", "std", "p01", "p50", "p99", "black", "white"],
     ]
+    assert (df["source"] == "").all() and df["phash"].str.len().eq(64).all()
+    assert (df["bytes"] == [(seed_layout / p).stat().st_size for p in df["path"]]).all()
     assert rep["per_class"] == {"Normal": 6, "Covid": 6}
     assert set(df.loc[df["class"] == "Covid", "label"]) == {1}
     assert set(df.loc[df["class"] == "Normal", "label"]) == {0}
@@ -216,3 +210,30 @@ def test_parallel_decode_matches_serial(seed_layout):
     a, _ = build_index(seed_layout, CLASSES, 10_000, workers=1)
     b, _ = build_index(seed_layout, CLASSES, 10_000, workers=2)
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_pixel_facts_from_the_histogram():
+    from cxr_transfer.acquisition import pixel_facts
+
+    a = np.zeros((10, 10), np.uint8)
+    a[:, 5:] = 255  # half black, half white
+    a[0, :5] = 100
+    f = pixel_facts(a)
+    assert f["black"] == 0.45 and f["white"] == 0.5
+    assert f["mean"] == pytest.approx(a.mean()) and f["std"] == pytest.approx(a.std(), abs=1e-3)
+    assert (f["p01"], f["p50"], f["p99"]) == (0, 100, 255)
+
+
+def test_metadata_sources_become_a_column(seed_layout, tmp_path):
+    from cxr_transfer.index import read_column
+
+    meta = tmp_path / "meta.csv"
+    pd.DataFrame({"FILE NAME": ["covid-0", "normal-1.png"], "URL": ["siteA", "siteB"]}).to_csv(
+        meta, index=False
+    )
+    df, rep = index(seed_layout, sources=read_column(meta, "FILE NAME", "URL", "source_column"))
+    s = df.set_index("image_name")["source"]
+    assert s["covid-0.png"] == "siteA" and s["normal-1.png"] == "siteB" and s["covid-1.png"] == ""
+    assert rep["images_without_source"] == 10
+    with pytest.raises(IndexError_, match=r"no column 'SITE' \(data.metadata.source_column\)"):
+        read_column(meta, "FILE NAME", "SITE", "source_column")

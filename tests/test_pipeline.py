@@ -98,6 +98,18 @@ def test_repro_writes_every_output(repo):
     }
     summary = (repo / "metrics" / "summary.md").read_text()
     assert all(n in summary for n in names) and "(best)" in summary
+    probe = json.loads((repo / "metrics" / "probe.json").read_text())
+    assert summary.index("## Can these results be trusted?") < summary.index("## The results")
+    assert set(probe) >= {
+        "pixels_8",
+        "pixels_16",
+        "acquisition",
+        "outside_lungs",
+        "near_duplicates",
+        "source",
+    }
+    assert probe["source"]["skipped"].startswith("no image has a source")
+    assert probe["near_duplicates"]["cross_split_pairs"] == 0  # the split joined every near-copy
     compare = json.loads((repo / "metrics" / "compare.json").read_text())
     assert set(compare) == {
         "efficientnet_lite0-fe vs efficientnet_lite0-scratch",
@@ -137,6 +149,7 @@ LITE0 = [f"efficientnet_lite0-{m}" for m in ("scratch", "fe", "ft")]
 def test_changing_image_size_reruns_prepare_and_everything_below_it(repo):
     assert would_run(repo, "exp", "run", "--temp", "-S", "prepare.image_size=40") == {
         "prepare",
+        "probe",
         *(f"{s}@{n}" for s in ("train", "evaluate") for n in LITE0),
         "report",
     }
@@ -153,6 +166,7 @@ TRACED = [
     "index",
     "split",
     "prepare",
+    "probe",
     "train@efficientnet_lite0-fe",
     "evaluate@efficientnet_lite0-fe",
     "report",

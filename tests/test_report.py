@@ -113,3 +113,53 @@ def test_the_headline_is_narrow_with_flat_intervals():
     assert [h["accuracy_ci_low"], h["accuracy_ci_high"]] == full["ci"]["accuracy"]
     assert "per_class" not in h and "confusion" not in h and "ci" not in h
     assert all(not isinstance(v, dict | list) for v in h.values())
+
+
+def test_per_source_metrics_only_where_a_source_has_both_classes():
+    from cxr_transfer.evaluation import per_source
+
+    test = pd.DataFrame(
+        {
+            "source": ["A", "A", "A", "A", "B", "B", ""],
+            "class": ["Covid", "Covid", "Normal", "Normal"] + ["Covid"] * 3,
+        }
+    )
+    y = (test["class"] == "Covid").to_numpy()
+    p = np.array([0.9, 0.4, 0.2, 0.1, 0.8, 0.7, 0.6])
+    out = per_source(test, y, p)
+    assert out["A"] == {"n": 4, "accuracy": 0.75, "auroc": 1.0, "recall": 0.5, "specificity": 1.0}
+    assert out["B"] == {"n": 2, "note": "only Covid in test: no per-source accuracy or AUROC"}
+    assert "" not in out and per_source(test.assign(source=""), y, p) == {}
+
+
+def test_the_trust_table_says_green_or_names_each_flag():
+    from cxr_transfer.report import trust_lines
+
+    def r(auc, flagged):
+        return {
+            "auroc": auc,
+            "auroc_ci_low": auc - 0.1,
+            "auroc_ci_high": min(1.0, auc + 0.1),
+            "flagged": flagged,
+        }
+
+    probe = {
+        "pixels_16": r(0.6, False),
+        "acquisition": {**r(0.55, False), "top_features": "bytes 0.60"},
+        "outside_lungs": {
+            "lite": {"masked": r(0.5, False), "centre_only": {"auroc": 0.85}, "flagged": False}
+        },
+        "near_duplicates": {"pairs": 2, "cross_split_pairs": 0, "flagged": False},
+        "source": {"skipped": "no image has a source", "flagged": False},
+        "flag_auroc": 0.8,
+        "flag_cramers_v": 0.5,
+    }
+    text = "\n".join(trust_lines(probe))
+    assert "Nothing is flagged." in text and "**FLAG**" not in text
+    assert "| pixels 16x16 | AUROC 0.600 [0.500, 0.700] | >= 0.8 | ok |" in text
+    assert "the lungs-only images reach AUROC 0.850" in text and "skipped: no image has a source" in text
+    probe["pixels_16"] = r(0.95, True)
+    probe["outside_lungs"]["lite"] = {"masked": r(0.9, True), "centre_only": {"auroc": 0.9}, "flagged": True}
+    text = "\n".join(trust_lines(probe))
+    assert "**2 probe(s) flagged**" in text and text.count("**FLAG**") == 2
+    assert "need no disease detail" in text and "the signal lies outside the lungs" in text

@@ -1,0 +1,149 @@
+"""Shortcut probes: how far can the classes be told apart by things that are not disease?
+
+Each probe fits a logistic regression on something that carries no diagnosis (16x16 thumbnails,
+acquisition facts, ImageNet features of images whose lung fields are blacked out), on the train
+split, and scores it on the test split with the same grouped bootstrap intervals as evaluate. A
+high score means the classes differ in ways a network can use without seeing disease: the
+literature calls this shortcut learning (DeGrave et al. 2021; Maguolo & Nanni 2021).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from cxr_transfer.acquisition import feature_matrix
+from cxr_transfer.metrics import auroc, bootstrap_ci
+
+
+def thumbnails(x: np.ndarray, size: int) -> np.ndarray:
+    """(N, size*size) area-averaged thumbnails in [0, 1] of an (N, S, S) uint8 store."""
+    t = torch.from_numpy(np.array(x, dtype=np.float32))[:, None] / 255.0
+    return F.adaptive_avg_pool2d(t, size).flatten(1).numpy()
+
+
+def logistic_scores(x_train, y_train, x_test, c: float = 1.0) -> np.ndarray:
+    """P(positive) on the test rows from a standardised logistic regression fit on train."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+    model.fit(x_train, y_train)
+    return model.predict_proba(x_test)[:, 1]
+
+
+def scored(y, p, groups, reps: int, seed: int, confidence: float, flag_auroc: float) -> dict:
+    """Accuracy and AUROC with grouped bootstrap intervals, and whether the AUROC is a flag."""
+    y = np.asarray(y).astype(int)
+    ci = bootstrap_ci(y, p, 0.5, groups, reps, seed, confidence)
+    auc = auroc(y, p)
+    lo, hi = ci.get("auroc") or (None, None)
+    return {
+        "auroc": None if auc is None else round(auc, 4),
+        "auroc_ci_low": lo,
+        "auroc_ci_high": hi,
+        "accuracy": round(float(((np.asarray(p) >= 0.5) == y).mean()), 4),
+        "flagged": bool(auc is not None and auc >= flag_auroc),
+    }
+
+
+def acquisition_probe(train: pd.DataFrame, test: pd.DataFrame, y_train, y_test, top: int = 3):
+    """Scores of a logistic regression on acquisition facts, and the facts that carry most of it
+    (each fact's own test AUROC, oriented so that 0.5 is none and 1.0 separates the classes)."""
+    x, names = feature_matrix(pd.concat([train, test], ignore_index=True))
+    x_tr, x_te = x[: len(train)], x[len(train) :]
+    keep = x_tr.std(axis=0) > 0  # a constant column carries nothing and upsets nothing
+    p = logistic_scores(x_tr[:, keep], y_train, x_te[:, keep])
+    single = {}
+    for k, name in enumerate(names):
+        a = auroc(np.asarray(y_test).astype(int), x_te[:, k]) if keep[k] else None
+        if a is not None:
+            single[name] = round(max(a, 1 - a), 3)
+    best = sorted(single.items(), key=lambda kv: -kv[1])[:top]
+    return p, best
+
+
+def blackout(x: np.ndarray, box: float, keep_centre: bool) -> np.ndarray:
+    """A copy of an (N, S, S) store with its central box (a fraction `box` of each side) black,
+    or, with keep_centre, everything but that box black (Maguolo & Nanni's lung-free images)."""
+    x = np.array(x, copy=True)
+    s = x.shape[-1]
+    a = int(round(s * (1 - box) / 2))
+    b = s - a
+    if keep_centre:
+        centre = x[:, a:b, a:b].copy()
+        x[:] = 0
+        x[:, a:b, a:b] = centre
+    else:
+        x[:, a:b, a:b] = 0
+    return x
+
+
+def cramers_v(table: pd.DataFrame) -> float | None:
+    """Cramer's V of a contingency table (0 = independent, 1 = one determines the other), with
+    no bias correction; None when a margin has fewer than two levels."""
+    obs = np.asarray(table, dtype=float)
+    if obs.shape[0] < 2 or obs.shape[1] < 2:
+        return None
+    n = obs.sum()
+    expected = obs.sum(1, keepdims=True) * obs.sum(0, keepdims=True) / n
+    chi2 = ((obs - expected) ** 2 / expected).sum()
+    return float(np.sqrt(chi2 / (n * (min(obs.shape) - 1))))
+
+
+def source_probe(df: pd.DataFrame, flag_v: float) -> dict:
+    """The source x class table and Cramer's V, where the index gave images a source."""
+    known = df[df["source"].astype(str) != ""]
+    if known.empty:
+        return {"skipped": "no image has a source (set data.metadata.source_column)", "flagged": False}
+    table = pd.crosstab(known["source"], known["class"])
+    v = cramers_v(table)
+    return {
+        "cramers_v": None if v is None else round(v, 4),
+        "sources": int(table.shape[0]),
+        "images_with_source": len(known),
+        "table": {str(s): {str(c): int(n) for c, n in row.items()} for s, row in table.iterrows()},
+        "flagged": bool(v is not None and v >= flag_v),
+    }
+
+
+def near_duplicate_report(parts: dict[str, pd.DataFrame], max_bits: int | None) -> tuple[dict, pd.DataFrame]:
+    """Near-duplicate pairs over all splits: counted, and listed with paths, splits and distance."""
+    from cxr_transfer.neardup import near_pairs, to_bits
+
+    cols = ["path_a", "split_a", "path_b", "split_b", "distance"]
+    if max_bits is None:
+        return {"skipped": "split.near_duplicate_bits is null", "flagged": False}, pd.DataFrame(columns=cols)
+    df = pd.concat([p.assign(split=s) for s, p in parts.items()], ignore_index=True)
+    i, j, d = near_pairs(to_bits(df["phash"].tolist()), max_bits)
+    pairs = pd.DataFrame(
+        {
+            "path_a": df["path"].to_numpy()[i],
+            "split_a": df["split"].to_numpy()[i],
+            "path_b": df["path"].to_numpy()[j],
+            "split_b": df["split"].to_numpy()[j],
+            "distance": d,
+        },
+        columns=cols,
+    )
+    cross = int((pairs["split_a"] != pairs["split_b"]).sum())
+    summary = {"max_bits": max_bits, "pairs": len(pairs), "cross_split_pairs": cross, "flagged": cross > 0}
+    return summary, pairs
+
+
+def features(arch: str, weights_dir: str, x: np.ndarray, device) -> np.ndarray:
+    """Frozen ImageNet features (the input of the last layer) of every image, computed once."""
+    from cxr_transfer.batches import ArrayBatches, Normalizer
+    from cxr_transfer.engine import FP32, image_forward, tail_inputs
+    from cxr_transfer.models import build_model, get_spec
+
+    spec = get_spec(arch)
+    model = build_model(arch, weights_dir, 2, seed=0).to(device).eval()
+    forward = image_forward(model, Normalizer(spec.mean, spec.std).to(device), False)
+    batches = ArrayBatches(np.asarray(x)[:, None], np.zeros(len(x)), 64, device=device)
+    last = model.get_submodule(spec.last_layer)
+    with torch.no_grad():
+        return tail_inputs(model, last, forward, batches, FP32, device).cpu().numpy()

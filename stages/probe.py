@@ -1,0 +1,77 @@
+"""Stage probe: shortcut probes beside the results (pixels, acquisition, outside the lungs,
+near-duplicates, source confounding) -> metrics/probe.json and details in eval/probe/."""
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from cxr_transfer import probes as P
+from cxr_transfer.cli import run, write_json
+from cxr_transfer.engine import pick_device
+from cxr_transfer.params import load_params
+from cxr_transfer.prepare import load_meta, load_store
+from cxr_transfer.split import SPLITS
+from cxr_transfer.tables import read_table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--splits", type=Path, required=True, help="split csvs (acquisition facts, pHashes)")
+    ap.add_argument(
+        "--prepared", type=Path, required=True, help="prepare's folder (train/ and test/ are read)"
+    )
+    ap.add_argument("--out", type=Path, required=True, help="probe metrics JSON")
+    ap.add_argument("--details", type=Path, required=True, help="folder for the listed pairs and tables")
+    args = ap.parse_args()
+    p = load_params(args.params)
+    cfg = p.probe
+    parts = {s: read_table(args.splits / f"{s}.csv") for s in SPLITS}
+    pos = load_meta(args.prepared, "train")["classes"].index(p.data.positive)
+    (x_tr, y_tr), (x_te, y_te) = load_store(args.prepared, "train"), load_store(args.prepared, "test")
+    y_tr, y_te = (y_tr == pos).astype(int), (y_te == pos).astype(int)
+    groups = parts["test"]["group"].to_numpy()
+
+    def score(p_test):
+        return P.scored(y_te, p_test, groups, cfg.bootstrap, cfg.seed, cfg.confidence, cfg.flag_auroc)
+
+    out = {}
+    for size in cfg.thumbnails:
+        out[f"pixels_{size}"] = score(
+            P.logistic_scores(P.thumbnails(x_tr, size), y_tr, P.thumbnails(x_te, size))
+        )
+    p_acq, top = P.acquisition_probe(parts["train"], parts["test"], y_tr, y_te)
+    out["acquisition"] = {**score(p_acq), "top_features": ", ".join(f"{n} {a:.2f}" for n, a in top)}
+    device = pick_device(p.train.device)
+    if p.weights.source == "imagenet":
+        out["outside_lungs"] = {}
+        for arch in p.archs:
+            row = {}
+            for name, keep_centre in (("masked", False), ("centre_only", True)):
+                f_tr = P.features(arch, p.weights.dir, P.blackout(x_tr, cfg.box, keep_centre), device)
+                f_te = P.features(arch, p.weights.dir, P.blackout(x_te, cfg.box, keep_centre), device)
+                row[name] = score(P.logistic_scores(f_tr, y_tr, f_te, c=0.1))
+            row["flagged"] = row["masked"].pop("flagged")
+            row["centre_only"].pop("flagged")  # the contrast: where the signal is, not a flag
+            out["outside_lungs"][arch] = row
+    near, pairs = P.near_duplicate_report(parts, p.split.near_duplicate_bits)
+    out["near_duplicates"] = near
+    out["source"] = P.source_probe(pd.concat(parts.values(), ignore_index=True), cfg.flag_cramers_v)
+    flags = [k for k, v in out.items() if v.get("flagged")]
+    flags += [f"outside_lungs.{a}" for a, v in out.get("outside_lungs", {}).items() if v["flagged"]]
+    out["n_flagged"], out["flagged"] = len(flags), sorted(flags)
+    out["flag_auroc"], out["flag_cramers_v"], out["box"] = cfg.flag_auroc, cfg.flag_cramers_v, cfg.box
+    write_json(args.out, out)
+    args.details.mkdir(parents=True, exist_ok=True)
+    pairs.to_csv(args.details / "near_duplicates.csv", index=False)
+    print(
+        f"probe: flagged {out['flagged'] or 'nothing'}; "
+        + ", ".join(f"{k} AUROC {v['auroc']}" for k, v in out.items() if isinstance(v, dict) and "auroc" in v)
+    )
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    run(main, "probe")

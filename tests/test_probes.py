@@ -1,0 +1,119 @@
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from cxr_transfer import probes as P
+from cxr_transfer.acquisition import pixel_facts
+from cxr_transfer.synth import render_cxr
+
+N, TRAIN, SIZE = 60, 40, 64  # per class; the first 40 of each class train, the last 20 test
+
+
+def dataset(shortcut: str):
+    imgs, y = [], []
+    for label in (0, 1):
+        for i in range(N):
+            imgs.append(render_cxr(np.random.default_rng([11, label, i]), SIZE, bool(label), shortcut))
+            y.append(label)
+    imgs, y = np.stack(imgs), np.array(y)
+    rows = []
+    for a in imgs:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        rows.append(
+            {
+                "width": SIZE,
+                "height": SIZE,
+                "format": "PNG",
+                "mode": "L",
+                "bytes": buf.tell(),
+                **pixel_facts(a),
+            }
+        )
+    table = pd.DataFrame(rows)
+    tr = np.r_[0:TRAIN, N : N + TRAIN]
+    te = np.r_[TRAIN:N, N + TRAIN : 2 * N]
+    return imgs, y, table, tr, te
+
+
+def probe_aurocs(shortcut: str) -> dict[str, float]:
+    imgs, y, table, tr, te = dataset(shortcut)
+    out = {}
+    for size in (8, 16):
+        p = P.logistic_scores(P.thumbnails(imgs[tr], size), y[tr], P.thumbnails(imgs[te], size))
+        out[f"pixels_{size}"] = P.scored(y[te], p, None, 50, 0, 0.95, 0.8)["auroc"]
+    p, top = P.acquisition_probe(table.iloc[tr], table.iloc[te], y[tr], y[te])
+    out["acquisition"] = P.scored(y[te], p, None, 50, 0, 0.95, 0.8)["auroc"]
+    out["acquisition_top"] = dict(top)
+    masked = [
+        P.features("efficientnet_lite0", "weights", P.blackout(imgs[s], 0.7, False), "cpu") for s in (tr, te)
+    ]
+    out["outside_lungs"] = P.scored(
+        y[te], P.logistic_scores(masked[0], y[tr], masked[1], c=0.1), None, 50, 0, 0.95, 0.8
+    )["auroc"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def results():
+    torch.manual_seed(0)
+    return {s: probe_aurocs(s) for s in ("none", "border", "marker", "exposure")}
+
+
+def test_without_a_shortcut_no_probe_flags(results):
+    r = results["none"]
+    assert r["pixels_8"] < 0.8 and r["pixels_16"] < 0.8, r
+    assert r["acquisition"] < 0.7 and r["outside_lungs"] < 0.7, r
+
+
+@pytest.mark.parametrize(
+    "shortcut, flagged, top",
+    [
+        ("border", {"pixels_8", "pixels_16", "acquisition", "outside_lungs"}, "black"),
+        ("marker", {"pixels_8", "pixels_16", "acquisition", "outside_lungs"}, "white"),
+        ("exposure", {"pixels_8", "pixels_16", "acquisition", "outside_lungs"}, "mean"),
+    ],
+)
+def test_each_injected_shortcut_is_flagged_by_the_probes_that_can_see_it(results, shortcut, flagged, top):
+    """Seeded: border 1.0 everywhere; marker 1.0 pixels, 0.96 acquisition, 0.98 outside the
+    lungs; exposure 1.0 pixels, 0.995 acquisition, 0.88 outside the lungs (AUROC)."""
+    r = results[shortcut]
+    for probe in flagged:
+        assert r[probe] >= 0.85, (shortcut, probe, r)  # above the default flag (0.8), with margin
+    assert r["acquisition_top"].get(top, 0) >= 0.8, r  # named among the facts that carry most of it
+
+
+def test_blackout_keeps_exactly_the_centre_or_the_rest():
+    x = np.full((1, 10, 10), 200, np.uint8)
+    masked, centre = P.blackout(x, 0.6, False), P.blackout(x, 0.6, True)
+    assert (masked[0, 2:8, 2:8] == 0).all() and masked.sum() == 200 * (100 - 36)
+    assert (centre[0, 2:8, 2:8] == 200).all() and centre.sum() == 200 * 36
+    assert (x == 200).all()  # the store itself is untouched
+
+
+def test_cramers_v_matches_a_hand_computed_case():
+    # 2x2: chi2 = n (ad - bc)^2 / ((a+b)(c+d)(a+c)(b+d)) = 100 * 1500^2 / 50^4 = 36, V = sqrt(36 / 100)
+    table = pd.DataFrame([[40, 10], [10, 40]], index=["siteA", "siteB"], columns=["Covid", "Normal"])
+    assert P.cramers_v(table) == pytest.approx(0.6)
+    assert P.cramers_v(pd.DataFrame([[5, 5]])) is None
+    df = pd.DataFrame(
+        {
+            "source": ["siteA"] * 50 + ["siteB"] * 50,
+            "class": ["Covid"] * 40 + ["Normal"] * 10 + ["Covid"] * 10 + ["Normal"] * 40,
+        }
+    )
+    r = P.source_probe(df, 0.5)
+    assert (
+        r["cramers_v"] == pytest.approx(0.6)
+        and r["flagged"]
+        and r["table"]["siteA"] == {"Covid": 40, "Normal": 10}
+    )
+
+
+def test_no_source_column_skips_the_source_probe_with_a_reason():
+    r = P.source_probe(pd.DataFrame({"source": ["", ""], "class": ["Covid", "Normal"]}), 0.5)
+    assert r == {"skipped": "no image has a source (set data.metadata.source_column)", "flagged": False}
