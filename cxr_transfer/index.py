@@ -159,6 +159,22 @@ def read_column(meta_file: Path, filename_col: str, col: str, key: str) -> dict[
     return out
 
 
+def read_columns(meta_files: list[Path], filename_col: str, col: str, key: str) -> dict[str, str]:
+    """read_column over several tables (one per class, as the COVID-19 Radiography Database
+    ships them), merged; a file name in two tables with two values is an error naming both."""
+    out: dict[str, str] = {}
+    seen: dict[str, Path] = {}
+    for f in meta_files:
+        for name, value in read_column(f, filename_col, col, key).items():
+            if name in out and out[name] != value:
+                raise IndexError_(
+                    f"{name!r} has {col} {out[name]!r} in {seen[name]} and {value!r} in {f}; "
+                    "fix one table or list only one in data.metadata.file"
+                )
+            out[name], seen[name] = value, f
+    return out
+
+
 def build_index(
     root: Path,
     classes: dict[str, tuple[str, ...]],

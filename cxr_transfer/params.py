@@ -36,7 +36,7 @@ def _choice(value: str, key: str, allowed) -> None:
 
 @dataclass(frozen=True)
 class MetadataConfig:
-    file: str | None = None
+    file: tuple[str, ...] | None = None  # one table or several (the Radiography DB ships one per class)
     filename_column: str = "FILE NAME"
     patient_column: str | None = "PATIENT ID"
     source_column: str | None = None
@@ -56,8 +56,7 @@ class DataConfig:
         _check(len(self.classes) == 2, "data.classes", "exactly two classes are supported")
         if self.bits_stored is not None:
             _check(8 <= self.bits_stored <= 16, "data.bits_stored", "must be null or in [8, 16]")
-        f = self.metadata.file
-        if f is not None:
+        for f in self.metadata.file or ():
             inside = not Path(f).is_absolute() and ".." not in Path(f).parts and f.strip() != ""
             _check(
                 inside,
@@ -73,9 +72,9 @@ class DataConfig:
                 other = seen.setdefault(alias.lower(), name)
                 _check(other == name, f"data.classes.{name}", f"alias {alias!r} also names {other}")
 
-    def metadata_path(self) -> Path | None:
-        """The patient table, which lies inside data.root (so DVC tracks its contents)."""
-        return Path(self.root) / self.metadata.file if self.metadata.file else None
+    def metadata_paths(self) -> list[Path]:
+        """The metadata tables, which lie inside data.root (so DVC tracks their contents)."""
+        return [Path(self.root) / f for f in self.metadata.file or ()]
 
 
 @dataclass(frozen=True)

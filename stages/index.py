@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from cxr_transfer.cli import run, write_json
-from cxr_transfer.index import build_index, read_column
+from cxr_transfer.index import build_index, read_columns
 from cxr_transfer.params import load_params
 
 
@@ -15,12 +15,12 @@ def main() -> None:
     ap.add_argument("--report", type=Path, required=True, help="index report JSON to write")
     args = ap.parse_args()
     p = load_params(args.params)
-    meta, table = p.data.metadata, p.data.metadata_path()
+    meta, tables = p.data.metadata, p.data.metadata_paths()
     groups = sources = None
-    if table and meta.patient_column:
-        groups = read_column(table, meta.filename_column, meta.patient_column, "patient_column")
-    if table and meta.source_column:
-        sources = read_column(table, meta.filename_column, meta.source_column, "source_column")
+    if tables and meta.patient_column:
+        groups = read_columns(tables, meta.filename_column, meta.patient_column, "patient_column")
+    if tables and meta.source_column:
+        sources = read_columns(tables, meta.filename_column, meta.source_column, "source_column")
     df, report = build_index(
         Path(p.data.root),
         p.data.classes,

@@ -237,3 +237,18 @@ def test_metadata_sources_become_a_column(seed_layout, tmp_path):
     assert rep["images_without_source"] == 10
     with pytest.raises(IndexError_, match=r"no column 'SITE' \(data.metadata.source_column\)"):
         read_column(meta, "FILE NAME", "SITE", "source_column")
+
+
+def test_several_metadata_tables_are_merged_and_conflicts_name_both(tmp_path):
+    from cxr_transfer.index import read_columns
+
+    a, b = tmp_path / "COVID.metadata.csv", tmp_path / "Normal.metadata.csv"
+    pd.DataFrame({"FILE NAME": ["COVID-1"], "URL": ["https://a"]}).to_csv(a, index=False)
+    pd.DataFrame({"FILE NAME": ["Normal-1"], "URL": ["https://b"]}).to_csv(b, index=False)
+    got = read_columns([a, b], "FILE NAME", "URL", "source_column")
+    assert got["covid-1"] == "https://a" and got["normal-1"] == "https://b"
+    pd.DataFrame({"FILE NAME": ["COVID-1"], "URL": ["https://c"]}).to_csv(b, index=False)
+    with pytest.raises(
+        IndexError_, match=r"'covid-1' has URL 'https://a' in .*COVID.metadata.csv and 'https://c'"
+    ):
+        read_columns([a, b], "FILE NAME", "URL", "source_column")

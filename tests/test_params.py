@@ -102,3 +102,14 @@ def test_defaults_alone_are_the_seeds_modes_and_match_params_yaml():
     p = parse_params({})
     assert p.modes == load_params(ROOT / "params.yaml").modes
     assert p.train.modes == ("scratch", "fe", "ft")
+
+
+def test_the_metadata_file_is_one_table_or_several():
+    one = parse_params(_with("data.metadata.file", "COVID.metadata.xlsx"))
+    assert [p.as_posix() for p in one.data.metadata_paths()] == ["data/raw/COVID.metadata.xlsx"]
+    two = parse_params(_with("data.metadata.file", ["COVID.metadata.xlsx", "Normal.metadata.xlsx"]))
+    assert [p.as_posix() for p in two.data.metadata_paths()] == [
+        "data/raw/COVID.metadata.xlsx",
+        "data/raw/Normal.metadata.xlsx",
+    ]
+    assert parse_params(BASE).data.metadata_paths() == []
