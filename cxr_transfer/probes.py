@@ -134,8 +134,9 @@ def near_duplicate_report(parts: dict[str, pd.DataFrame], max_bits: int | None) 
     return summary, pairs
 
 
-def features(arch: str, weights_dir: str, x: np.ndarray, device) -> np.ndarray:
-    """Frozen ImageNet features (the input of the last layer) of every image, computed once."""
+def feature_extractor(arch: str, weights_dir: str, device):
+    """A function from an (N, S, S) uint8 store to the frozen ImageNet features of each image
+    (the input of the architecture's last layer); the model is built once."""
     from cxr_transfer.batches import ArrayBatches, Normalizer
     from cxr_transfer.engine import FP32, image_forward, tail_inputs
     from cxr_transfer.models import build_model, get_spec
@@ -143,7 +144,24 @@ def features(arch: str, weights_dir: str, x: np.ndarray, device) -> np.ndarray:
     spec = get_spec(arch)
     model = build_model(arch, weights_dir, 2, seed=0).to(device).eval()
     forward = image_forward(model, Normalizer(spec.mean, spec.std).to(device), False)
-    batches = ArrayBatches(np.asarray(x)[:, None], np.zeros(len(x)), 64, device=device)
     last = model.get_submodule(spec.last_layer)
-    with torch.no_grad():
-        return tail_inputs(model, last, forward, batches, FP32, device).cpu().numpy()
+
+    def extract(x: np.ndarray) -> np.ndarray:
+        batches = ArrayBatches(np.asarray(x)[:, None], np.zeros(len(x)), 64, device=device)
+        with torch.no_grad():
+            return tail_inputs(model, last, forward, batches, FP32, device).cpu().numpy()
+
+    return extract
+
+
+def outside_lungs(extract, x_train, y_train, x_test, box: float, score) -> dict:
+    """Maguolo & Nanni's probe: a logistic head on the features of images whose central box is
+    black (flagged when it still separates the classes), and of the box alone, for contrast."""
+    row = {}
+    for name, keep_centre in (("masked", False), ("centre_only", True)):
+        f_tr = extract(blackout(x_train, box, keep_centre))
+        f_te = extract(blackout(x_test, box, keep_centre))
+        row[name] = score(logistic_scores(f_tr, y_train, f_te, c=0.1))
+    row["flagged"] = row["masked"].pop("flagged")
+    row["centre_only"].pop("flagged")  # the contrast says where the signal is; it is not a flag
+    return row

@@ -48,14 +48,8 @@ def main() -> None:
     if p.weights.source == "imagenet":
         out["outside_lungs"] = {}
         for arch in p.archs:
-            row = {}
-            for name, keep_centre in (("masked", False), ("centre_only", True)):
-                f_tr = P.features(arch, p.weights.dir, P.blackout(x_tr, cfg.box, keep_centre), device)
-                f_te = P.features(arch, p.weights.dir, P.blackout(x_te, cfg.box, keep_centre), device)
-                row[name] = score(P.logistic_scores(f_tr, y_tr, f_te, c=0.1))
-            row["flagged"] = row["masked"].pop("flagged")
-            row["centre_only"].pop("flagged")  # the contrast: where the signal is, not a flag
-            out["outside_lungs"][arch] = row
+            extract = P.feature_extractor(arch, p.weights.dir, device)
+            out["outside_lungs"][arch] = P.outside_lungs(extract, x_tr, y_tr, x_te, cfg.box, score)
     near, pairs = P.near_duplicate_report(parts, p.split.near_duplicate_bits)
     out["near_duplicates"] = near
     out["source"] = P.source_probe(pd.concat(parts.values(), ignore_index=True), cfg.flag_cramers_v)

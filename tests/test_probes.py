@@ -42,19 +42,20 @@ def dataset(shortcut: str):
 
 def probe_aurocs(shortcut: str) -> dict[str, float]:
     imgs, y, table, tr, te = dataset(shortcut)
+
+    def score(p):
+        return P.scored(y[te], p, None, 50, 0, 0.95, 0.8)
+
     out = {}
     for size in (8, 16):
-        p = P.logistic_scores(P.thumbnails(imgs[tr], size), y[tr], P.thumbnails(imgs[te], size))
-        out[f"pixels_{size}"] = P.scored(y[te], p, None, 50, 0, 0.95, 0.8)["auroc"]
+        out[f"pixels_{size}"] = score(
+            P.logistic_scores(P.thumbnails(imgs[tr], size), y[tr], P.thumbnails(imgs[te], size))
+        )["auroc"]
     p, top = P.acquisition_probe(table.iloc[tr], table.iloc[te], y[tr], y[te])
-    out["acquisition"] = P.scored(y[te], p, None, 50, 0, 0.95, 0.8)["auroc"]
-    out["acquisition_top"] = dict(top)
-    masked = [
-        P.features("efficientnet_lite0", "weights", P.blackout(imgs[s], 0.7, False), "cpu") for s in (tr, te)
-    ]
-    out["outside_lungs"] = P.scored(
-        y[te], P.logistic_scores(masked[0], y[tr], masked[1], c=0.1), None, 50, 0, 0.95, 0.8
-    )["auroc"]
+    out["acquisition"], out["acquisition_top"] = score(p)["auroc"], dict(top)
+    extract = P.feature_extractor("efficientnet_lite0", "weights", "cpu")
+    row = P.outside_lungs(extract, imgs[tr], y[tr], imgs[te], 0.7, score)
+    out["outside_lungs"] = row["masked"]["auroc"]
     return out
 
 
