@@ -95,12 +95,15 @@ HEADLINE = (
 
 def headline(full: dict) -> dict:
     """The narrow metrics file `dvc metrics show/diff` compares: point figures, the accuracy and
-    AUROC intervals as flat numbers (DVC drops lists), and the run's size and time. Everything
+    AUROC intervals as flat numbers (DVC drops lists), the fitted temperature and the ECE after
+    temperature scaling, and the run's size and time. Everything
     else (per class, confusion, Youden, every interval) stays in eval/<arch>-<mode>/metrics.json."""
     out = {k: full[k] for k in ("arch", "mode", *HEADLINE, "best_epoch", "epochs_run", "train_seconds")}
     for k in ("accuracy", "auroc"):
         ci = full["ci"].get(k)
         out[f"{k}_ci_low"], out[f"{k}_ci_high"] = ci if ci else (None, None)
+    cal = full.get("calibration", {})
+    out["temperature"], out["ece_calibrated"] = cal.get("temperature"), cal.get("ece_after")
     return out
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from cxr_transfer.calibration import calibrate
 from cxr_transfer.cli import run, write_json
 from cxr_transfer.engine import pick_device, predict_proba
 from cxr_transfer.evaluation import curves, evaluate, headline, per_source, prediction_table
@@ -48,11 +49,14 @@ def main() -> None:
     keep = ("train_seconds", "images_per_s", "best_epoch", "epochs_run", "trainable_params", "total_params")
     full = {"arch": meta["arch"], "mode": meta["mode"], **m, **{k: meta[k] for k in keep}}
     full["per_source"] = per_source(test, y, probs["test"], cfg.ece_bins)
+    cal, p_cal = calibrate(y_val, probs["val"], y, probs["test"], cfg.ece_bins)
+    full["calibration"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in cal.items()}
     write_json(args.eval_dir / "metrics.json", full)
     write_json(args.out, headline(full))
-    prediction_table(test, probs["test"], meta["classes"], p.data.positive).to_csv(
-        args.eval_dir / "predictions.csv", index=False
-    )
+    pred = prediction_table(test, probs["test"], meta["classes"], p.data.positive)
+    if p_cal is not None:
+        pred["probability_calibrated"] = p_cal.round(6)  # temperature-scaled on validation
+    pred.to_csv(args.eval_dir / "predictions.csv", index=False)
     roc, pr = curves(y, probs["test"])
     roc.to_csv(args.eval_dir / "roc.csv", index=False)
     pr.to_csv(args.eval_dir / "pr.csv", index=False)
