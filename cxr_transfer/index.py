@@ -132,11 +132,6 @@ def decode_all(paths: list[str], max_pixels: int, workers: int, bits_stored: int
     return [r for res in chunked_map(_inspect_chunk, paths, extra, workers, "index") for r in res]
 
 
-def read_groups(meta_file: Path, filename_col: str, patient_col: str) -> dict[str, str]:
-    """Map image file name (with and without extension, lower-case) -> patient id."""
-    return read_column(meta_file, filename_col, patient_col, "patient_column")
-
-
 def read_column(meta_file: Path, filename_col: str, col: str, key: str) -> dict[str, str]:
     """Map image file name (with and without extension, lower-case) -> the value in column `col`
     of the metadata table (`key` names the param that chose it, for the error message)."""

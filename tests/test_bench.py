@@ -20,6 +20,9 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
     assert inp["images"] == 64
     assert inp["ratio"] == pytest.approx(inp["ours_images_per_s"] / inp["seed_images_per_s"], abs=0.06)
     assert saved["fe"]["epochs"] == 2 and 0 <= saved["fe"]["ours_val_acc"] <= 1
+    assert saved["fe"]["ours_val_acc"] * 8 == pytest.approx(
+        round(saved["fe"]["ours_val_acc"] * 8), abs=0.01
+    )  # of 8
     assert saved["index"]["files"] == 40
     assert set(saved["demo"]["stages"]) == {
         "synthesize",

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from cxr_transfer.imageio import pixel_limit, to_gray8
-from cxr_transfer.index import IndexError_, build_index, inspect_image, read_groups
+from cxr_transfer.index import IndexError_, build_index, inspect_image, read_column
 from cxr_transfer.prepare import load_resized
 from cxr_transfer.split import grouped_split
 
@@ -144,14 +144,14 @@ def test_metadata_supplies_patient_groups(seed_layout, tmp_path):
     pd.DataFrame(
         {"FILE NAME": ["covid-0", "covid-1", "normal-0.png"], "PATIENT ID": ["p1", "p1", "p2"]}
     ).to_csv(meta, index=False)
-    groups = read_groups(meta, "FILE NAME", "PATIENT ID")
+    groups = read_column(meta, "FILE NAME", "PATIENT ID", "patient_column")
     df, rep = index(seed_layout, groups=groups)
     g = df.set_index("image_name")["group"]
     assert g["covid-0.png"] == g["covid-1.png"] == "patient:p1"
     assert g["normal-0.png"] == "patient:p2"
     assert rep["images_without_metadata"] == 9
     with pytest.raises(IndexError_, match="no column 'PATIENT'"):
-        read_groups(meta, "FILE NAME", "PATIENT")
+        read_column(meta, "FILE NAME", "PATIENT", "patient_column")
 
 
 def test_copies_under_two_patient_ids_are_one_group_and_never_split(seed_layout, make_image, tmp_path):
@@ -165,7 +165,7 @@ def test_copies_under_two_patient_ids_are_one_group_and_never_split(seed_layout,
             "PATIENT ID": ["p1", "p2", "p2", "p3"],  # copy-a: another id; copy-b: no id at all
         }
     ).to_csv(meta, index=False)
-    df, rep = index(seed_layout, groups=read_groups(meta, "FILE NAME", "PATIENT ID"))
+    df, rep = index(seed_layout, groups=read_column(meta, "FILE NAME", "PATIENT ID", "patient_column"))
     g = df.set_index("image_name")["group"]
     assert g["covid-1.png"] == g["copy-a.png"] == g["covid-3.png"] == "patient:p1"
     assert g["covid-4.png"] == g["copy-b.png"] == "patient:p3"
