@@ -107,9 +107,7 @@ def feature_extraction(work: Path, n: int, size: int, epochs: int) -> dict:
     rs = setup_run(model, spec, "head", data, 32, 0, False, cpu, prec)
     mode = ModeConfig(pretrained=True, trainable="head", optimizer="adam", lr=1e-3, weight_decay=1e-5)
     opt = make_optimizer(rs.loop.trained.parameters(), mode)
-    state = fit(
-        rs.loop, rs.train, rs.val, opt, epochs, epochs + 1, Checkpoints(work / "fe-ck", "b"), prec, cpu
-    )
+    state = fit(rs.phases, opt, epochs, epochs + 1, Checkpoints(work / "fe-ck", "b"), prec, cpu)
     ours_s = time.perf_counter() - t0
     return {
         "images": n,

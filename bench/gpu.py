@@ -99,9 +99,7 @@ def ours_rates(arch, x_store, labels, device, batch, epochs, compile_model=False
     rs = setup_run(model, spec, "all", data, batch, 0, False, device, prec, compile_model)
     opt = make_optimizer(rs.loop.trained.parameters(), SEED_MODES["scratch"])
     with tempfile.TemporaryDirectory() as tmp:
-        state = fit(
-            rs.loop, rs.train, rs.val, opt, epochs, epochs + 1, Checkpoints(tmp, "bench"), prec, device
-        )
+        state = fit(rs.phases, opt, epochs, epochs + 1, Checkpoints(tmp, "bench"), prec, device)
     train = max(h.images_per_s for h in state.history[1:]) if epochs > 1 else state.history[0].images_per_s
     predict_proba(model, spec.mean, spec.std, x_store[: batch * 4], batch * 4, device)  # warm-up
     sync(device)

@@ -20,15 +20,20 @@ class ArrayBatches:
     """Iterate (uint8 images (B,1,S,S), int64 labels (B,)) over arrays already in memory or on a device.
 
     Shuffling uses a generator seeded from (seed, epoch), so an epoch's order does not depend on
-    what ran before it: a resumed run sees the same batches as an uninterrupted one.
+    what ran before it: a resumed run sees the same batches as an uninterrupted one. `balanced`
+    (with shuffle) samples with replacement, each class drawn equally often in expectation.
     """
 
-    def __init__(self, x, y, batch_size: int, shuffle: bool = False, seed: int = 0, device="cpu"):
+    def __init__(
+        self, x, y, batch_size: int, shuffle: bool = False, seed: int = 0, device="cpu", balanced=False
+    ):
         if len(x) == 0:
             raise CxrError("empty split: no images to batch")
         self.x = torch.as_tensor(np.array(x) if isinstance(x, np.ndarray) else x).to(device)
         self.y = torch.as_tensor(np.asarray(y), dtype=torch.long).to(device)
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+        # balanced: each epoch draws n images with replacement, every class equally likely
+        self.weights = (1.0 / torch.bincount(self.y.cpu()).double())[self.y.cpu()] if balanced else None
 
     def __len__(self) -> int:
         return -(-len(self.y) // self.batch_size)
@@ -40,7 +45,10 @@ class ArrayBatches:
         n = len(self.y)
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=g).to(self.y.device)
+            if self.weights is None:
+                order = torch.randperm(n, generator=g).to(self.y.device)
+            else:
+                order = torch.multinomial(self.weights, n, replacement=True, generator=g).to(self.y.device)
         for i in range(0, n, self.batch_size):
             if self.shuffle:
                 idx = order[i : i + self.batch_size]

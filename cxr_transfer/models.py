@@ -97,7 +97,7 @@ def equivalent_modes(spec: ArchSpec, modes: dict) -> dict[str, str]:
     seen: dict[tuple, str] = {}
     same = {}
     for name, m in modes.items():
-        key = (m.pretrained, trainable_path(spec, m.trainable), m.optimizer, m.lr, m.momentum, m.weight_decay)
+        key = (trainable_path(spec, m.trainable), *(v for k, v in vars(m).items() if k != "trainable"))
         if key in seen:
             same[name] = seen[key]
         else:

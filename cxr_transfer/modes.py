@@ -1,12 +1,14 @@
-"""Turn a mode (what trains, from which start) into a training loop and its batches.
+"""Turn a mode (what trains, from which start) into training phases and their batches.
 
-`head` and `classifier` modes without augmentation train a tail module of the network on the
-frozen backbone's features, computed once; everything else runs the full model each epoch."""
+`head` and `classifier` training without augmentation runs a tail module of the network on the
+frozen backbone's features, computed once; everything else runs the full model each epoch. With
+`freeze_epochs` the run has two phases: the new last layer on the frozen backbone first (on cached
+features where it can), then everything the mode trains."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,23 +17,48 @@ from torch import nn
 from cxr_transfer.batches import ArrayBatches, Normalizer, augment_batch
 from cxr_transfer.engine import Precision, image_forward, tail_inputs
 from cxr_transfer.errors import CxrError
-from cxr_transfer.models import freeze_except, set_train_mode, trainable_path
+from cxr_transfer.models import freeze_except, get_module, set_train_mode, trainable_path
 from cxr_transfer.registry import ArchSpec
-from cxr_transfer.train import Loop
+from cxr_transfer.train import Loop, Phase
 
 
 @dataclass
 class RunSetup:
-    loop: Loop
-    train: ArrayBatches
-    val: ArrayBatches
-    cached_features: bool
+    phases: list[Phase]
+    cached_features: bool  # the first phase runs on cached features
     feature_seconds: float = 0.0
+    groups: list[dict] = field(default_factory=list)  # optimizer param groups (lr_mult per group)
+
+    @property
+    def loop(self) -> Loop:  # the last phase: its module holds every weight that trains
+        return self.phases[-1].loop
+
+    @property
+    def train(self) -> ArrayBatches:
+        return self.phases[-1].train
+
+    @property
+    def val(self) -> ArrayBatches:
+        return self.phases[-1].val
 
 
-def image_batches(x: np.ndarray, y: np.ndarray, batch_size: int, device, shuffle=False, seed=0):
+def image_batches(
+    x: np.ndarray, y: np.ndarray, batch_size: int, device, shuffle=False, seed=0, balanced=False
+):
     """Batches of (B,1,S,S) uint8 images from an (N,S,S) store."""
-    return ArrayBatches(np.asarray(x)[:, None], y, batch_size, shuffle=shuffle, seed=seed, device=device)
+    return ArrayBatches(np.asarray(x)[:, None], y, batch_size, shuffle, seed, device, balanced)
+
+
+def param_groups(model: nn.Module, spec: ArchSpec, trainable: str, backbone_lr_mult: float) -> list[dict]:
+    """The new last layer at the mode's rate, the rest of what the mode trains at lr x mult."""
+    path = trainable_path(spec, trainable)
+    target = get_module(model, path) if path else model
+    head = list(get_module(model, spec.last_layer).parameters())
+    ids = {id(p) for p in head}
+    rest = [p for p in target.parameters() if id(p) not in ids]
+    return [{"params": head, "lr_mult": 1.0}] + (
+        [{"params": rest, "lr_mult": backbone_lr_mult}] if rest else []
+    )
 
 
 def setup_run(
@@ -45,8 +72,11 @@ def setup_run(
     device: torch.device,
     prec: Precision,
     compile_model: bool = False,
+    freeze_epochs: int = 0,
+    balanced: bool = False,
+    backbone_lr_mult: float = 1.0,
 ) -> RunSetup:
-    """Freeze the model for `trainable`, move it to `device`, and build the loop and batches."""
+    """Move the model to `device` and build the phases: what is frozen, the loop and the batches."""
     for split in ("train", "val"):
         if len(data[split][1]) == 0:
             raise CxrError(f"the {split} split is empty; check the split stage's output")
@@ -55,21 +85,36 @@ def setup_run(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     norm = Normalizer(spec.mean, spec.std, reuse=device.type == "cpu").to(device)
-    trained = freeze_except(model, trainable_path(spec, trainable))
     runner = torch.compile(model) if compile_model else model
     forward = image_forward(runner, norm, channels_last)
-    if trained is not model and not augment:
-        t0 = time.perf_counter()
-        feats = {}
-        for split in ("train", "val"):
-            xb = image_batches(*data[split], max(batch_size, 64), device)
-            feats[split] = tail_inputs(model, trained, forward, xb, prec, device).to(device)
-        loop = Loop(trained, trained, trained.train, trained.eval)
-        tr = ArrayBatches(feats["train"], data["train"][1], batch_size, True, seed, device)
-        va = ArrayBatches(feats["val"], data["val"][1], batch_size, False, seed, device)
-        return RunSetup(loop, tr, va, True, time.perf_counter() - t0)
-    tr = image_batches(*data["train"], batch_size, device, shuffle=True, seed=seed)
-    va = image_batches(*data["val"], batch_size, device)
+    t0 = time.perf_counter()
+    plan = [("head", freeze_epochs), (trainable, None)] if freeze_epochs else [(trainable, None)]
+    phases, cached = [], []
+    for part, last in plan:
+        path = trainable_path(spec, part)
+        trained = freeze_except(model, path)
+        if trained is not model and not augment:
+            feats = {}
+            for split in ("train", "val"):
+                xb = image_batches(*data[split], max(batch_size, 64), device)
+                feats[split] = tail_inputs(model, trained, forward, xb, prec, device).to(device)
+            loop = Loop(trained, trained, trained.train, trained.eval)
+            tr = ArrayBatches(feats["train"], data["train"][1], batch_size, True, seed, device, balanced)
+            va = ArrayBatches(feats["val"], data["val"][1], batch_size, False, seed, device)
+            cached.append(True)
+        else:
+            tr = image_batches(*data["train"], batch_size, device, shuffle=True, seed=seed, balanced=balanced)
+            va = image_batches(*data["val"], batch_size, device)
+            aug = _augmenter(tr, seed) if augment else None
+            loop = Loop(trained, forward, lambda t=trained: set_train_mode(model, t), model.eval, aug)
+            cached.append(False)
+        phases.append(Phase(loop, tr, va, last, lambda p=path: freeze_except(model, p)))
+    seconds = time.perf_counter() - t0 if any(cached) else 0.0
+    groups = param_groups(model, spec, trainable, backbone_lr_mult)
+    return RunSetup(phases, cached[0], seconds, groups)
+
+
+def _augmenter(tr: ArrayBatches, seed: int):
     gens: dict[int, torch.Generator] = {}
 
     def augment_fn(xb):  # one generator per epoch, seeded by (seed, epoch): a resumed run matches
@@ -77,11 +122,4 @@ def setup_run(
             gens[tr.epoch] = torch.Generator().manual_seed(seed * 7919 + tr.epoch)
         return augment_batch(xb, gens[tr.epoch])
 
-    loop = Loop(
-        trained,
-        forward,
-        lambda: set_train_mode(model, trained),
-        model.eval,
-        augment_fn if augment else None,
-    )
-    return RunSetup(loop, tr, va, False)
+    return augment_fn

@@ -142,16 +142,31 @@ class WeightsConfig:
 
 TRAINABLE = ("head", "classifier", "all")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step")
+CLASS_WEIGHTS = ("none", "balanced")
+SAMPLERS = ("shuffle", "balanced")
 
 
 @dataclass(frozen=True)
 class ModeConfig:
+    """One way to train. The keys after weight_decay are the recipe; their defaults are the
+    seed's (constant rate, no warmup, one rate for every layer, plain cross-entropy)."""
+
     pretrained: bool
     trainable: str
     optimizer: str
     lr: float
     momentum: float = 0.9
     weight_decay: float = 0.0
+    schedule: str = "constant"  # per optimizer step, after the warmup
+    warmup_epochs: int = 0  # linear warmup from lr/steps to lr
+    step_epochs: int = 5  # schedule step: multiply by gamma every step_epochs
+    gamma: float = 0.1
+    backbone_lr_mult: float = 1.0  # the pretrained layers' rate is lr x this (the new last layer: lr)
+    freeze_epochs: int = 0  # first train the new last layer on the frozen backbone (fastai's fine_tune)
+    label_smoothing: float = 0.0
+    class_weight: str = "none"  # balanced: loss weight n / (K n_k) for class k
+    sampler: str = "shuffle"  # balanced: draw training images with replacement, classes equally often
 
     def validate(self, key: str) -> None:
         _choice(self.trainable, f"{key}.trainable", TRAINABLE)
@@ -159,15 +174,49 @@ class ModeConfig:
         _check(0.0 < self.lr < 10.0, f"{key}.lr", f"{self.lr} must be in (0, 10)")
         _check(0.0 <= self.momentum < 1.0, f"{key}.momentum", "must be in [0, 1)")
         _check(self.weight_decay >= 0.0, f"{key}.weight_decay", "must be >= 0")
+        _choice(self.schedule, f"{key}.schedule", SCHEDULES)
+        _check(self.warmup_epochs >= 0, f"{key}.warmup_epochs", "must be >= 0")
+        _check(self.step_epochs >= 1, f"{key}.step_epochs", "must be >= 1")
+        _check(0.0 < self.gamma <= 1.0, f"{key}.gamma", "must be in (0, 1]")
+        _check(0.0 < self.backbone_lr_mult <= 100.0, f"{key}.backbone_lr_mult", "must be in (0, 100]")
+        _check(
+            self.pretrained or self.backbone_lr_mult == 1.0,
+            f"{key}.backbone_lr_mult",
+            "applies to pretrained layers; set pretrained: true or leave it at 1",
+        )
+        _check(self.freeze_epochs >= 0, f"{key}.freeze_epochs", "must be >= 0")
+        _check(
+            self.freeze_epochs == 0 or (self.pretrained and self.trainable != "head"),
+            f"{key}.freeze_epochs",
+            "needs pretrained: true and a trainable part beyond the head (all or classifier)",
+        )
+        _check(0.0 <= self.label_smoothing < 1.0, f"{key}.label_smoothing", "must be in [0, 1)")
+        _choice(self.class_weight, f"{key}.class_weight", CLASS_WEIGHTS)
+        _choice(self.sampler, f"{key}.sampler", SAMPLERS)
 
 
 _ADAM = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5}
-SEED_MODES: dict[str, ModeConfig] = {  # the seed tutorial's modes: the default `modes` table
+SEED_MODES: dict[str, ModeConfig] = {  # the seed tutorial's modes
     "scratch": ModeConfig(False, "all", "sgd", 1e-3, momentum=0.9),
     "fe": ModeConfig(True, "head", **_ADAM),
     "ft": ModeConfig(True, "all", **_ADAM),
     "ft_classifier": ModeConfig(True, "classifier", **_ADAM),
 }
+# fastai's fine_tune: one epoch on the frozen backbone, then every layer, the pretrained ones at a
+# tenth of the rate, with warmup, a cosine decay, AdamW and label smoothing
+FT_GRADUAL = ModeConfig(
+    True,
+    "all",
+    "adamw",
+    1e-3,
+    weight_decay=0.01,
+    schedule="cosine",
+    warmup_epochs=1,
+    backbone_lr_mult=0.1,
+    freeze_epochs=1,
+    label_smoothing=0.1,
+)
+DEFAULT_MODES = {**SEED_MODES, "ft_gradual": FT_GRADUAL}
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -175,11 +224,11 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    modes: tuple[str, ...] = ("scratch", "fe", "ft")
+    modes: tuple[str, ...] = ("scratch", "fe", "ft", "ft_gradual")
     epochs: int = 5
     batch_size: int = 32
     patience: int = 8
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)  # one training run per seed per arch x mode
     device: str = "auto"
     compile: bool = False
     augment: bool = False
@@ -190,6 +239,9 @@ class TrainConfig:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.patience >= 1, "train.patience", "must be >= 1")
+        _check(len(self.seeds) > 0, "train.seeds", "name at least one seed, e.g. [0]")
+        _check(len(set(self.seeds)) == len(self.seeds), "train.seeds", "has a repeated seed")
+        _check(all(s >= 0 for s in self.seeds), "train.seeds", "seeds must be >= 0")
         _choice(self.device, "train.device", DEVICES)
 
 
@@ -245,7 +297,7 @@ class Params:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     archs: tuple[str, ...] = ("efficientnet_lite0",)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
-    modes: dict[str, ModeConfig] = field(default_factory=lambda: dict(SEED_MODES))
+    modes: dict[str, ModeConfig] = field(default_factory=lambda: dict(DEFAULT_MODES))
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)

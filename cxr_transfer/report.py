@@ -41,58 +41,78 @@ def _fmt(v, ci=None) -> str:
     return f"{s} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else s
 
 
-def summary_table(metrics: dict[str, dict]) -> pd.DataFrame:
+FIGURES = {
+    "Precision": "precision",
+    "Recall": "recall",
+    "F1-Score": "f1",
+    "Accuracy": "accuracy",
+    "Specificity": "specificity",
+    "AUROC": "auroc",
+    "Train seconds": "train_seconds",
+    "Images/s": "images_per_s",
+}
+
+
+def summary_table(runs: dict[str, list[dict]]) -> pd.DataFrame:
     """The seed's results table (NETWORK, Precision, Recall, F1-Score, Accuracy, Specificity),
-    extended with AUROC, 95% intervals and training time; the best accuracy row is marked."""
+    extended with AUROC, 95% intervals and training time; the best accuracy row is marked.
+
+    `runs` maps each arch-mode to its runs' metrics, one per seed. Each figure is the mean over
+    seeds; with several seeds the table adds each figure's standard deviation ("<figure> SD") and
+    the number of seeds, and leaves out the single-run bootstrap intervals."""
     rows = []
-    for name, m in metrics.items():
-        rows.append(
-            {
-                "NETWORK": name,
-                "Precision": m["precision"],
-                "Recall": m["recall"],
-                "F1-Score": m["f1"],
-                "Accuracy": m["accuracy"],
-                "Accuracy CI": m["ci"]["accuracy"],
-                "Specificity": m["specificity"],
-                "AUROC": m["auroc"],
-                "AUROC CI": m["ci"]["auroc"],
-                "Train seconds": m["train_seconds"],
-                "Images/s": m["images_per_s"],
-            }
-        )
+    for name, ms in runs.items():
+        row = {"NETWORK": name}
+        for col, k in FIGURES.items():
+            vals = [m[k] for m in ms]
+            ok = all(v is not None for v in vals)
+            row[col] = float(np.mean(vals)) if ok else None
+            if len(ms) > 1:
+                row[f"{col} SD"] = float(np.std(vals, ddof=1)) if ok else None
+        one = len(ms) == 1
+        row["Accuracy CI"] = ms[0]["ci"]["accuracy"] if one else None
+        row["AUROC CI"] = ms[0]["ci"]["auroc"] if one else None
+        if not one:
+            row["Seeds"] = len(ms)
+        rows.append(row)
     df = pd.DataFrame(rows)
     acc = df["Accuracy"].astype(float).fillna(-1)
     df["Best"] = np.where(acc == acc.max(), "*", "")
     return df
 
 
+def _cell(r: dict, col: str, ci_col: str | None = None) -> str:
+    """mean ± SD over seeds, or the single run's figure with its interval."""
+    if f"{col} SD" in r and r[col] is not None and r[f"{col} SD"] == r[f"{col} SD"]:
+        return f"{r[col]:.3f} ± {r[f'{col} SD']:.3f}"
+    return _fmt(r[col], r.get(ci_col) if ci_col else None)
+
+
 def summary_markdown(
-    df: pd.DataFrame, compare: dict, notes: list[str] = (), probe: dict | None = None
+    df: pd.DataFrame,
+    compare: dict,
+    notes: list[str] = (),
+    probe: dict | None = None,
+    answer: list[str] = (),
 ) -> str:
-    cols = [
-        "NETWORK",
-        "Precision",
-        "Recall",
-        "F1-Score",
-        "Accuracy (95% CI)",
-        "Specificity",
-        "AUROC (95% CI)",
-    ]
-    head = "| " + " | ".join([*cols, "Train s"]) + " |"
-    lines = ["# Results on the test split", ""]
+    seeds = int(df["Seeds"].iloc[0]) if "Seeds" in df else 1
+    spread = f"mean ± SD over {seeds} seeds" if seeds > 1 else "95% CI"
+    cols = ["NETWORK", "Precision", "Recall", "F1-Score", f"Accuracy ({spread})", "Specificity"]
+    head = "| " + " | ".join([*cols, f"AUROC ({spread})", "Train s"]) + " |"
+    lines = ["# Results on the test split", "", *answer]
     lines += trust_lines(probe) if probe else []
     lines += ["## The results", "", head, "|" + " --- |" * 8]
     for r in df.to_dict("records"):
         name = f"**{r['NETWORK']}** (best)" if r["Best"] else r["NETWORK"]
         lines.append(
-            f"| {name} | {_fmt(r['Precision'])} | {_fmt(r['Recall'])} | {_fmt(r['F1-Score'])} "
-            f"| {_fmt(r['Accuracy'], r['Accuracy CI'])} | {_fmt(r['Specificity'])} "
-            f"| {_fmt(r['AUROC'], r['AUROC CI'])} | {r['Train seconds']:.1f} |"
+            f"| {name} | {_cell(r, 'Precision')} | {_cell(r, 'Recall')} | {_cell(r, 'F1-Score')} "
+            f"| {_cell(r, 'Accuracy', 'Accuracy CI')} | {_cell(r, 'Specificity')} "
+            f"| {_cell(r, 'AUROC', 'AUROC CI')} | {r['Train seconds']:.1f} |"
         )
+    first = " (the first seed's runs)" if seeds > 1 else ""
     lines += [
         "",
-        "## Mode against mode (same test images)",
+        f"## Mode against mode (same test images{first})",
         "",
         "| comparison | accuracy diff (95% CI) | AUROC diff (95% CI) | McNemar p |",
         "| --- | --- | --- | --- |",
@@ -108,14 +128,14 @@ def summary_markdown(
 
 
 def comparisons(names: list[str]) -> list[tuple[str, str]]:
-    """(a, b) pairs to compare: every mode against scratch of the same arch, and ft against fe."""
+    """(a, b) pairs to compare: every mode against each earlier mode of the same arch, scratch
+    always the baseline b (the default order gives fe and ft against scratch, ft against fe)."""
     pairs = []
-    for n in names:
-        arch, _, mode = n.rpartition("-")
-        if mode != "scratch" and f"{arch}-scratch" in names:
-            pairs.append((n, f"{arch}-scratch"))
-        if mode == "ft" and f"{arch}-fe" in names:
-            pairs.append((n, f"{arch}-fe"))
+    for i, n in enumerate(names):
+        arch = n.rpartition("-")[0]
+        for m in names[:i]:
+            if m.rpartition("-")[0] == arch:
+                pairs.append((m, n) if n.endswith("-scratch") else (n, m))
     return pairs
 
 
@@ -139,8 +159,16 @@ def compare_modes(preds: dict[str, pd.DataFrame], positive: str, reps: int, seed
 
 
 def _lines(ax, df: pd.DataFrame, x: str, y: str, title: str, ylabel: str, style="-o"):
-    for name, g in df.groupby("model", sort=False):
-        ax.plot(g[x], g[y], style, label=name, markersize=3)
+    """One line per model; with several seeds, each seed's line faint and their mean bold."""
+    for i, (name, g) in enumerate(df.groupby("model", sort=False)):
+        color = f"C{i}"
+        seeds = g["seed"].nunique() if "seed" in g else 1
+        if seeds > 1:
+            for _, gs in g.groupby("seed"):
+                ax.plot(gs[x], gs[y], "-", color=color, alpha=0.25, lw=0.8)
+            g = g.groupby(x, as_index=False)[y].mean()
+            name = f"{name} (mean of {seeds} seeds)"
+        ax.plot(g[x], g[y], style, color=color, label=name, markersize=3)
     ax.set(title=title, xlabel=x, ylabel=ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
@@ -229,6 +257,28 @@ def _mark(flagged: bool) -> str:
 def trust_lines(probe: dict) -> list[str]:
     """The "Can these results be trusted?" table: each probe's figure, its threshold and a verdict
     in plain words (metrics/probe.json, written by the probe stage)."""
+    rows = _trust_rows(probe)
+    n = sum(f for *_, f, _ in rows)
+    head = "Nothing is flagged." if n == 0 else f"**{n} probe(s) flagged**: read the results below with care."
+    lines = [
+        "## Can these results be trusted?",
+        "",
+        head,
+        "",
+        "| probe | figure (95% CI) | flagged at | verdict | what it means |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| {a} | {b} | {c} | {_mark(f)} | {d} |" for a, b, c, f, d in rows]
+    return [*lines, ""]
+
+
+def flagged_probes(probe: dict) -> int:
+    """How many probes flag a shortcut."""
+    return sum(f for *_, f, _ in _trust_rows(probe))
+
+
+def _trust_rows(probe: dict) -> list[tuple]:
+    """(probe, figure, threshold, flagged, plain words) per probe."""
     t = probe["flag_auroc"]
     rows = []
     for k in sorted((k for k in probe if k.startswith("pixels_")), key=lambda k: int(k.split("_")[1])):
@@ -296,15 +346,4 @@ def trust_lines(probe: dict) -> list[str]:
                 say,
             )
         )
-    n = sum(f for *_, f, _ in rows)
-    head = "Nothing is flagged." if n == 0 else f"**{n} probe(s) flagged**: read the results below with care."
-    lines = [
-        "## Can these results be trusted?",
-        "",
-        head,
-        "",
-        "| probe | figure (95% CI) | flagged at | verdict | what it means |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    lines += [f"| {a} | {b} | {c} | {_mark(f)} | {d} |" for a, b, c, f, d in rows]
-    return [*lines, ""]
+    return rows

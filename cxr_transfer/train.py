@@ -26,15 +26,69 @@ class TrainingError(CxrError):
     """Training cannot go on (a NaN loss, say); the message names the epoch and the setting."""
 
 
-def make_optimizer(params: Iterable[nn.Parameter], mode: ModeConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+def make_optimizer(params: Iterable, mode: ModeConfig) -> torch.optim.Optimizer:
+    """The mode's optimizer over `params`: parameters (those that require grad), or param groups
+    (dicts with "params" and an "lr_mult" on the mode's lr) that may hold still-frozen parameters:
+    a parameter without a gradient is not stepped, weight decay included."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        groups = [{"params": list(g["params"]), "lr": mode.lr * g.get("lr_mult", 1.0)} for g in params]
+    else:
+        groups = [{"params": [p for p in params if p.requires_grad], "lr": mode.lr}]
     if mode.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=mode.lr, momentum=mode.momentum, weight_decay=mode.weight_decay)
+        return torch.optim.SGD(groups, lr=mode.lr, momentum=mode.momentum, weight_decay=mode.weight_decay)
     if mode.optimizer == "adam":
-        return torch.optim.Adam(params, lr=mode.lr, weight_decay=mode.weight_decay)
+        return torch.optim.Adam(groups, lr=mode.lr, weight_decay=mode.weight_decay)
     if mode.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=mode.lr, weight_decay=mode.weight_decay)
+        return torch.optim.AdamW(groups, lr=mode.lr, weight_decay=mode.weight_decay)
     raise CxrError(f"unknown optimizer {mode.optimizer!r}; choose one of ['adam', 'adamw', 'sgd']")
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, step_every: int, gamma: float) -> float:
+    """The multiplier on each group's rate at optimizer step `step` (0-based) of `total`: linear
+    warmup to 1 over `warmup` steps, then constant, cosine to 0 at `total`, or x gamma every
+    `step_every` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = step - warmup
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t / max(1, total - warmup)))
+    if schedule == "step":
+        return gamma ** (t // step_every)
+    return 1.0
+
+
+def make_scheduler(optimizer, mode: ModeConfig, epochs: int, steps_per_epoch: int):
+    """A per-step LambdaLR for the mode's schedule (constant: a factor of 1, the seed's rate)."""
+    total, warmup = epochs * steps_per_epoch, mode.warmup_epochs * steps_per_epoch
+    every = mode.step_epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, warmup, mode.schedule, every, mode.gamma)
+    )
+
+
+def balanced_class_weights(y, num_classes: int) -> torch.Tensor:
+    """n / (K * n_k) for class k (scikit-learn's 'balanced'); a class with no image gets 0."""
+    counts = torch.bincount(torch.as_tensor(y, dtype=torch.long), minlength=num_classes).double()
+    w = len(y) / (num_classes * counts)
+    return torch.where(counts > 0, w, torch.zeros_like(w)).float()
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The training loss: cross-entropy with optional class weights and label smoothing.
+    Validation always uses the plain loss, so validation losses compare across recipes."""
+
+    weight: torch.Tensor | None = None
+    label_smoothing: float = 0.0
+
+    def terms(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | int]:
+        """(summed loss, its normaliser): the batch loss is their ratio, as in torch's 'mean'."""
+        w = None if self.weight is None else self.weight.to(logits.device)
+        loss = nn.functional.cross_entropy(
+            logits.float(), y, weight=w, label_smoothing=self.label_smoothing, reduction="sum"
+        )
+        return loss, (len(y) if w is None else w[y].sum())
 
 
 @dataclass
@@ -71,13 +125,29 @@ class Loop:
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
-def _run_epoch(loop: Loop, batches, optimizer, prec: Precision, device, scaler, desc: str):
+@dataclass
+class Phase:
+    """Epochs up to `last_epoch` (None: to the end) run `loop` over these batches; `enter` sets
+    what is frozen when the phase starts (or a resumed run lands in it)."""
+
+    loop: Loop
+    train: ArrayBatches
+    val: ArrayBatches
+    last_epoch: int | None = None
+    enter: Callable[[], object] = lambda: None
+
+
+def _run_epoch(
+    loop: Loop, batches, optimizer, prec: Precision, device, scaler, desc: str, sched=None, obj=None
+):
     """One pass over `batches` (training when `optimizer` is given): mean loss, accuracy, count.
 
     Loss and hits are summed on the device and read once at the end: a `.item()` per batch would
-    make the host wait for the accelerator every step."""
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    make the host wait for the accelerator every step. `sched` steps after every optimizer step;
+    `obj` is the training loss (validation: plain cross-entropy)."""
+    obj = obj if obj is not None and optimizer is not None else Objective()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    total_w = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
     training = optimizer is not None
@@ -88,10 +158,10 @@ def _run_epoch(loop: Loop, batches, optimizer, prec: Precision, device, scaler, 
             xb = loop.augment(xb)
         with torch.set_grad_enabled(training), prec.autocast(device):
             logits = loop.forward(xb)
-            loss = loss_fn(logits.float(), yb)
+            loss, denom = obj.terms(logits, yb)
         if training:
             optimizer.zero_grad(set_to_none=True)
-            scaled = loss / len(yb)
+            scaled = loss / denom
             if scaler is not None:
                 scaler.scale(scaled).backward()
                 scaler.step(optimizer)
@@ -99,10 +169,13 @@ def _run_epoch(loop: Loop, batches, optimizer, prec: Precision, device, scaler, 
             else:
                 scaled.backward()
                 optimizer.step()
+            if sched is not None:
+                sched.step()
         total_loss += loss.detach()
+        total_w += denom
         correct += (logits.argmax(1) == yb).sum()
         n += len(yb)
-    return float(total_loss) / n, int(correct) / n, n
+    return float(total_loss / total_w), int(correct) / n, n
 
 
 def _rng_state() -> dict:
@@ -123,12 +196,12 @@ class Checkpoints:
 
     `fingerprint` ties the folder to one configuration (params, data and code): a different one
     starts afresh. last.pt holds everything a resumed run needs to match an uninterrupted one:
-    weights, optimizer, loss scaler and the CPU and CUDA random states."""
+    weights, optimizer, learning-rate scheduler, loss scaler and the CPU and CUDA random states."""
 
     def __init__(self, folder: Path, fingerprint: str):
         self.folder, self.fingerprint = Path(folder), fingerprint
 
-    def load(self, module: nn.Module, optimizer, scaler=None) -> FitState | None:
+    def load(self, module: nn.Module, optimizer, scaler=None, scheduler=None) -> FitState | None:
         meta = self.folder / "state.json"
         if not meta.exists() or json.loads(meta.read_text()).get("fingerprint") != self.fingerprint:
             return None
@@ -137,16 +210,19 @@ class Checkpoints:
         optimizer.load_state_dict(ck["optimizer"])
         if scaler is not None and ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
+        if scheduler is not None and ck.get("scheduler"):
+            scheduler.load_state_dict(ck["scheduler"])
         _set_rng_state(ck["rng"])
         raw = json.loads(meta.read_text())["state"]
         return FitState(**{**raw, "history": [EpochLog(**h) for h in raw["history"]]})
 
-    def save(self, module: nn.Module, optimizer, state: FitState, is_best: bool, scaler=None) -> None:
+    def save(self, module: nn.Module, optimizer, state: FitState, is_best: bool, scaler=None, scheduler=None):
         self.folder.mkdir(parents=True, exist_ok=True)
         ck = {
             "module": module.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {},
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
             "rng": _rng_state(),
         }
         torch.save(ck, self.folder / "last.tmp")
@@ -166,10 +242,12 @@ def make_scaler(prec: Precision, device: torch.device):
     return torch.amp.GradScaler(device.type) if prec.scaler else None
 
 
+def _phase_at(phases: list[Phase], epoch: int) -> Phase:
+    return next(p for p in phases if p.last_epoch is None or epoch <= p.last_epoch)
+
+
 def fit(
-    loop: Loop,
-    train: ArrayBatches,
-    val: ArrayBatches,
+    phases: list[Phase],
     optimizer: torch.optim.Optimizer,
     epochs: int,
     patience: int,
@@ -178,27 +256,46 @@ def fit(
     device: torch.device,
     on_epoch: Callable[[EpochLog], None] = lambda log: None,
     scaler: torch.amp.GradScaler | None = None,
+    scheduler=None,
+    objective: Objective | None = None,
 ) -> FitState:
-    """Train `loop.trained` for up to `epochs`, stopping after `patience` epochs without a lower
-    validation loss. Resumes from `ckpt` when it holds a run of the same fingerprint.
+    """Train for up to `epochs`, phase by phase (one phase, or a frozen-backbone phase and then the
+    rest), stopping after `patience` epochs without a lower validation loss. Resumes from `ckpt`
+    when it holds a run of the same fingerprint. The last phase's module holds every trained
+    weight: it is what the checkpoints keep.
 
     `scaler` defaults to the one `prec` needs; pass one to control it (tests do)."""
     scaler = scaler if scaler is not None else make_scaler(prec, device)
-    state = ckpt.load(loop.trained, optimizer, scaler) or FitState()
+    module = phases[-1].loop.trained
+    state = ckpt.load(module, optimizer, scaler, scheduler) or FitState()
     for log in state.history:  # replay what a killed run already logged
         on_epoch(log)
-    lr = optimizer.param_groups[0]["lr"]
-    start = len(state.history) + 1
-    for epoch in range(start, epochs + 1):
+    current = None
+    for epoch in range(len(state.history) + 1, epochs + 1):
         if state.stopped_early:
             break
+        phase = _phase_at(phases, epoch)
+        if phase is not current:
+            phase.enter()
+            current = phase
+        lr = optimizer.param_groups[0]["lr"]  # the rate at the epoch's first step
         t0 = time.perf_counter()
-        train.set_epoch(epoch)
-        tl, ta, n = _run_epoch(loop, train, optimizer, prec, device, scaler, f"epoch {epoch}/{epochs}")
+        phase.train.set_epoch(epoch)
+        tl, ta, n = _run_epoch(
+            phase.loop,
+            phase.train,
+            optimizer,
+            prec,
+            device,
+            scaler,
+            f"epoch {epoch}/{epochs}",
+            scheduler,
+            objective,
+        )
         if not math.isfinite(tl):
             raise TrainingError(f"training loss is {tl} at epoch {epoch} with lr={lr}; lower the mode's lr")
         t_train = time.perf_counter() - t0
-        vl, va, _ = _run_epoch(loop, val, None, prec, device, None, "val")
+        vl, va, _ = _run_epoch(phase.loop, phase.val, None, prec, device, None, "val")
         secs = time.perf_counter() - t0
         log = EpochLog(epoch, tl, ta, vl, va, lr, round(secs, 3), round(n / t_train, 2))
         state.history.append(log)
@@ -208,13 +305,14 @@ def fit(
         else:
             state.bad_epochs += 1
         state.stopped_early = state.bad_epochs >= patience and epoch < epochs
-        ckpt.save(loop.trained, optimizer, state, is_best, scaler)
+        ckpt.save(module, optimizer, state, is_best, scaler, scheduler)
         on_epoch(log)
         tqdm.write(
             f"epoch {epoch:3d}  train loss {tl:.4f} acc {ta:.3f}  val loss {vl:.4f} acc {va:.3f}"
-            f"  {secs:.1f}s {n / t_train:.0f} img/s{'  *best' if is_best else ''}"
+            f"  lr {lr:.2g}  {secs:.1f}s {n / t_train:.0f} img/s{'  *best' if is_best else ''}"
         )
     if state.best_epoch == 0:
+        lr = optimizer.param_groups[0]["lr"]
         raise TrainingError(
             f"the validation loss was not finite in any of {len(state.history)} epochs (lr={lr}), so there "
             "is no best epoch to keep; lower the mode's lr or check the validation images"

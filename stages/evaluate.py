@@ -1,4 +1,4 @@
-"""Stage evaluate@<arch>-<mode>: predict the test split with the best checkpoint and score it."""
+"""Stage evaluate@<arch>-<mode>-<seed>: predict the test split with the best checkpoint and score it."""
 
 import argparse
 from pathlib import Path
@@ -21,8 +21,9 @@ def main() -> None:
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--prepared", type=Path, required=True, help="prepare's folder (val/ and test/ are read)")
     ap.add_argument("--splits", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True, help="headline metrics JSON (what DVC compares)")
-    ap.add_argument("--eval-dir", type=Path, required=True, help="all metrics, predictions and curves")
+    ap.add_argument(
+        "--eval-dir", type=Path, required=True, help="headline and full metrics, predictions and curves"
+    )
     args = ap.parse_args()
     p = load_params(args.params)
     cfg = p.evaluate
@@ -52,7 +53,7 @@ def main() -> None:
     cal, p_cal = calibrate(y_val, probs["val"], y, probs["test"], cfg.ece_bins)
     full["calibration"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in cal.items()}
     write_json(args.eval_dir / "metrics.json", full)
-    write_json(args.out, headline(full))
+    write_json(args.eval_dir / "headline.json", headline(full))  # the report averages it over seeds
     pred = prediction_table(test, probs["test"], meta["classes"], p.data.positive)
     if p_cal is not None:
         pred["probability_calibrated"] = p_cal.round(6)  # temperature-scaled on validation
@@ -61,7 +62,7 @@ def main() -> None:
     roc.to_csv(args.eval_dir / "roc.csv", index=False)
     pr.to_csv(args.eval_dir / "pr.csv", index=False)
     print(
-        f"evaluate {meta['arch']}-{meta['mode']}: accuracy {m['accuracy']}, AUROC {m['auroc']} "
+        f"evaluate {args.model.name}: accuracy {m['accuracy']}, AUROC {m['auroc']} "
         f"(95% CI {m['ci']['auroc']}) on {len(y)} test images"
     )
 

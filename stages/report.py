@@ -1,4 +1,4 @@
-"""Stage report: the comparison of every arch x mode (table, statistics, plots, Grad-CAM grids)."""
+"""Stage report: every arch x mode compared over its seeds (table, statistics, plots, Grad-CAM grids)."""
 
 import argparse
 import json
@@ -15,6 +15,7 @@ from cxr_transfer.gradcam import gradcam, pick_examples
 from cxr_transfer.models import equivalent_modes, get_spec, load_trained
 from cxr_transfer.params import ModeConfig, load_params
 from cxr_transfer.prepare import load_store
+from cxr_transfer.seeds import aggregate, answer_lines, paired_over_seeds, run_name
 
 
 def gradcam_grid(model_dir: Path, preds: pd.DataFrame, x_test, classes, positive, per_cell, seed, out: Path):
@@ -46,14 +47,15 @@ def gradcam_grid(model_dir: Path, preds: pd.DataFrame, x_test, classes, positive
     )
 
 
-def same_mode_notes(models: Path, archs, modes) -> list[str]:
+def same_mode_notes(models: Path, runs: dict[str, str]) -> list[str]:
     """A line for each mode that trains exactly what another shown mode trains on its arch."""
     notes = []
-    for arch in archs:
-        cfgs = {
-            m: ModeConfig(**json.loads((models / f"{arch}-{m}" / "model.json").read_text())["mode_config"])
-            for m in modes
-        }
+    by_arch: dict[str, dict[str, ModeConfig]] = {}
+    for name, run_dir in runs.items():
+        arch, _, mode = name.rpartition("-")
+        cfg = json.loads((models / run_dir / "model.json").read_text())["mode_config"]
+        by_arch.setdefault(arch, {})[mode] = ModeConfig(**cfg)
+    for arch, cfgs in by_arch.items():
         for m, other in equivalent_modes(get_spec(arch), cfgs).items():
             notes.append(
                 f"{arch}-{m} trains exactly what {arch}-{other} trains (on {arch} the classifier block "
@@ -67,6 +69,12 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     ap.add_argument("--out-metrics", type=Path, default=Path("metrics"))
+    ap.add_argument(
+        "--modes-metrics",
+        type=Path,
+        default=Path("metrics/modes"),
+        help="headline per arch-mode (over seeds)",
+    )
     ap.add_argument("--plots", type=Path, default=Path("plots"))
     ap.add_argument("--eval", type=Path, default=Path("eval"), help="evaluate stages' folders")
     ap.add_argument("--live", type=Path, default=Path("dvclive"), help="train stages' DVCLive folders")
@@ -76,40 +84,69 @@ def main() -> None:
     )
     args = ap.parse_args()
     p = load_params(args.params)
-    names = [f"{a}-{m}" for a in p.archs for m in p.train.modes]
-    metrics = {n: json.loads((args.eval / n / "metrics.json").read_text()) for n in names}
-    preds = {n: pd.read_csv(args.eval / n / "predictions.csv") for n in names}
-    cfg = p.evaluate
+    seeds, cfg = p.train.seeds, p.evaluate
+    runs = {f"{a}-{m}": [run_name(a, m, s) for s in seeds] for a in p.archs for m in p.train.modes}
+    first = {n: rs[0] for n, rs in runs.items()}  # plots, curves and Grad-CAM show the first seed's run
+    full = {
+        n: [json.loads((args.eval / r / "metrics.json").read_text()) for r in rs] for n, rs in runs.items()
+    }
+    heads = {
+        n: [json.loads((args.eval / r / "headline.json").read_text()) for r in rs] for n, rs in runs.items()
+    }
+    preds = {n: pd.read_csv(args.eval / r / "predictions.csv") for n, r in first.items()}
     compare = R.compare_modes(preds, p.data.positive, cfg.bootstrap, cfg.seed, cfg.confidence)
-    table = R.summary_table(metrics)
+    over = {}
+    if len(seeds) > 1:
+        for pair in compare:
+            a, b = (dict(zip(seeds, heads[n], strict=True)) for n in pair.split(" vs "))
+            over[pair] = paired_over_seeds(a, b, ("accuracy", "auroc"), cfg.confidence)
+            compare[pair]["over_seeds"] = over[pair]
+    args.modes_metrics.mkdir(parents=True, exist_ok=True)
+    for n, hs in heads.items():
+        write_json(args.modes_metrics / f"{n}.json", aggregate(hs))
+    table = R.summary_table(full)
     table.to_csv(args.out_metrics / "summary.csv", index=False)
-    notes = same_mode_notes(args.models, p.archs, p.train.modes)
+    notes = same_mode_notes(args.models, first)
     probe = json.loads(args.probe.read_text())
-    (args.out_metrics / "summary.md").write_text(R.summary_markdown(table, compare, notes, probe))
+    answer = answer_lines(compare, over, len(seeds), R.flagged_probes(probe))
+    (args.out_metrics / "summary.md").write_text(R.summary_markdown(table, compare, notes, probe, answer))
     write_json(args.out_metrics / "compare.json", compare)
+    write_plots(args, p, runs, first, preds, {n: ms[0] for n, ms in full.items()})
+    print((args.out_metrics / "summary.md").read_text())
+
+
+def write_plots(args, p, runs, first, preds, metrics) -> None:
+    """curves.csv (every seed), ROC, PR and confusion data and PNGs (first seed), Grad-CAM grids."""
     args.plots.mkdir(parents=True, exist_ok=True)
-    curves = pd.concat([R.read_curves(args.live / n).assign(model=n) for n in names])
+    many = len(p.train.seeds) > 1
+    curves = pd.concat(
+        [
+            R.read_curves(args.live / r).assign(model=f"{n}-s{s}" if many else n, seed=s)
+            for n, rs in runs.items()
+            for r, s in zip(rs, p.train.seeds, strict=True)
+        ]
+    )
     curves.to_csv(args.plots / "curves.csv", index=False)
+    R.plot_curves(curves.assign(model=curves["model"].str.replace(r"-s\d+$", "", regex=True)), args.plots)
     for kind in ("roc", "pr"):
-        pd.concat([pd.read_csv(args.eval / n / f"{kind}.csv").assign(model=n) for n in names]).to_csv(
-            args.plots / f"{kind}.csv", index=False
-        )
+        pd.concat(
+            [pd.read_csv(args.eval / r / f"{kind}.csv").assign(model=n) for n, r in first.items()]
+        ).to_csv(args.plots / f"{kind}.csv", index=False)
     pd.concat(
         [
             d[["class", "predicted"]].rename(columns={"class": "actual"}).assign(model=n)
             for n, d in preds.items()
         ]
     ).to_csv(args.plots / "confusion.csv", index=False)
-    R.plot_curves(curves, args.plots)
     R.plot_roc(pd.read_csv(args.plots / "roc.csv"), metrics, args.plots)
     classes = list(p.data.classes)
     neg = next(c for c in classes if c != p.data.positive)
     R.plot_confusions(metrics, (neg, p.data.positive), args.plots)
     x_test, _ = load_store(args.prepared, "test")
     (args.plots / "gradcam").mkdir(exist_ok=True)
-    for n in names:
+    for n, r in first.items():
         gradcam_grid(
-            args.models / n,
+            args.models / r,
             preds[n],
             x_test,
             classes,
@@ -118,7 +155,6 @@ def main() -> None:
             p.report.seed,
             args.plots / "gradcam" / f"{n}.png",
         )
-    print((args.out_metrics / "summary.md").read_text())
 
 
 if __name__ == "__main__":

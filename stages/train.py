@@ -1,4 +1,5 @@
-"""Stage train@<arch>-<mode>: train one architecture one way; write weights, sidecar and DVCLive logs."""
+"""Stage train@<arch>-<mode>-<seed>: train one architecture one way from one seed; write weights, sidecar
+and DVCLive logs."""
 
 import argparse
 import shutil
@@ -14,10 +15,20 @@ from cxr_transfer.models import build_model, get_spec
 from cxr_transfer.modes import setup_run
 from cxr_transfer.params import load_params
 from cxr_transfer.prepare import load_meta, load_store
-from cxr_transfer.train import Checkpoints, code_digest, fingerprint, fit, make_optimizer, summarize
+from cxr_transfer.train import (
+    Checkpoints,
+    Objective,
+    balanced_class_weights,
+    code_digest,
+    fingerprint,
+    fit,
+    make_optimizer,
+    make_scheduler,
+    summarize,
+)
 from dvclive import Live
 
-TRAIN_KEYS = ("epochs", "batch_size", "patience", "seed", "device", "compile", "augment")
+TRAIN_KEYS = ("epochs", "batch_size", "patience", "device", "compile", "augment")
 LIVE_NAMES = {
     "train_loss": "train/loss",
     "train_acc": "train/acc",
@@ -42,6 +53,9 @@ def main() -> None:
     ap.add_argument("--arch", required=True)
     ap.add_argument("--mode", required=True)
     ap.add_argument(
+        "--seed", type=int, required=True, help="one of train.seeds: initialisation and batch order"
+    )
+    ap.add_argument(
         "--prepared", type=Path, required=True, help="prepare's folder (train/ and val/ are read)"
     )
     ap.add_argument("--out", type=Path, required=True, help="model folder")
@@ -53,8 +67,13 @@ def main() -> None:
         raise CxrError(f"unknown mode {args.mode!r}; modes in params.yaml: {sorted(p.modes)}")
     mode, tc, spec = p.modes[args.mode], p.train, get_spec(args.arch)
     # exactly the keys this stage reads (dvc.yaml declares them; a test traces the reads)
-    train_cfg = {k: getattr(tc, k) for k in TRAIN_KEYS}
-    torch.manual_seed(tc.seed)  # the one place global RNG state is seeded (dropout draws from it)
+    train_cfg = {k: getattr(tc, k) for k in TRAIN_KEYS} | {"seed": args.seed}
+    if mode.freeze_epochs >= tc.epochs:
+        raise CxrError(
+            f"modes.{args.mode}.freeze_epochs ({mode.freeze_epochs}) leaves no epoch of train.epochs "
+            f"({tc.epochs}) to train the unfrozen network; lower it or raise train.epochs"
+        )
+    torch.manual_seed(args.seed)  # the one place global RNG state is seeded (dropout draws from it)
     metas = {s: load_meta(args.prepared, s) for s in ("train", "val")}
     data = {s: load_store(args.prepared, s) for s in ("train", "val")}
     classes = metas["train"]["classes"]
@@ -62,11 +81,28 @@ def main() -> None:
     prec = Precision.for_device(device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     weights_dir = p.weights.dir if mode.pretrained and p.weights.source == "imagenet" else None
-    model = build_model(args.arch, weights_dir, len(classes), tc.seed)
+    model = build_model(args.arch, weights_dir, len(classes), args.seed)
     rs = setup_run(
-        model, spec, mode.trainable, data, tc.batch_size, tc.seed, tc.augment, device, prec, tc.compile
+        model,
+        spec,
+        mode.trainable,
+        data,
+        tc.batch_size,
+        args.seed,
+        tc.augment,
+        device,
+        prec,
+        tc.compile,
+        mode.freeze_epochs,
+        mode.sampler == "balanced",
+        mode.backbone_lr_mult,
     )
-    opt = make_optimizer(rs.loop.trained.parameters(), mode)
+    opt = make_optimizer(rs.groups, mode)
+    sched = make_scheduler(opt, mode, tc.epochs, len(rs.train))
+    weight = (
+        balanced_class_weights(data["train"][1], len(classes)) if mode.class_weight == "balanced" else None
+    )
+    objective = Objective(weight, mode.label_smoothing)
     config = {
         "arch": args.arch,
         "mode": asdict(mode),
@@ -74,14 +110,15 @@ def main() -> None:
         "weights": {"source": p.weights.source, "dir": p.weights.dir},
         "data": {s: m["sha1"] for s, m in metas.items()},
     }
-    ckpt = Checkpoints(args.resume_dir / f"{args.arch}-{args.mode}", fingerprint(config, code_digest()))
+    ckpt = Checkpoints(args.resume_dir / args.out.name, fingerprint(config, code_digest()))
     how = "features computed once" if rs.cached_features else "full model per epoch"
-    print(f"train {args.arch}-{args.mode}: {device}, {prec.dtype or 'fp32'}, {how}")
+    if len(rs.phases) > 1:
+        first = "epoch 1" if mode.freeze_epochs == 1 else f"epochs 1-{mode.freeze_epochs}"
+        how = f"{first} on the frozen backbone ({how}), then the full model"
+    print(f"train {args.out.name} (seed {args.seed}): {device}, {prec.dtype or 'fp32'}, {how}")
     with Live(str(args.live), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         state = fit(
-            rs.loop,
-            rs.train,
-            rs.val,
+            rs.phases,
             opt,
             tc.epochs,
             tc.patience,
@@ -89,6 +126,8 @@ def main() -> None:
             prec,
             device,
             on_epoch=lambda log: log_epoch(live, log),
+            scheduler=sched,
+            objective=objective,
         )
         summary = summarize(state, rs.feature_seconds, len(data["train"][1]), model)
         live.summary.update(summary)
@@ -101,6 +140,7 @@ def main() -> None:
         {
             "arch": args.arch,
             "mode": args.mode,
+            "seed": args.seed,
             "classes": classes,
             "image_size": metas["train"]["image_size"],
             "mean": list(spec.mean),
@@ -116,7 +156,7 @@ def main() -> None:
     )
     shutil.rmtree(ckpt.folder, ignore_errors=True)
     print(
-        f"train {args.arch}-{args.mode}: best epoch {state.best_epoch} "
+        f"train {args.out.name}: best epoch {state.best_epoch} "
         f"(val acc {summary['best_val_acc']:.3f}), {summary['train_seconds']:.1f}s -> {args.out}"
     )
 

@@ -3,7 +3,7 @@ import copy
 import pytest
 import yaml
 
-from cxr_transfer.params import SEED_MODES, ParamError, Params, load_params, parse_params
+from cxr_transfer.params import FT_GRADUAL, SEED_MODES, ParamError, Params, load_params, parse_params
 from tests.conftest import ROOT
 
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -22,7 +22,16 @@ def test_repo_params_load_with_the_seed_defaults():
 def test_the_committed_params_state_exactly_the_dataclass_defaults():
     """One source of truth: a key left out of params.yaml means what the committed file says."""
     assert parse_params(BASE) == Params()
-    assert Params().modes == SEED_MODES and Params().modes is not SEED_MODES
+    assert Params().modes == {**SEED_MODES, "ft_gradual": FT_GRADUAL} and Params().modes is not SEED_MODES
+    assert Params().train.seeds == (0,)
+    seed_way = SEED_MODES["ft"]  # every recipe key defaults to the seed's way
+    assert (seed_way.schedule, seed_way.warmup_epochs, seed_way.backbone_lr_mult, seed_way.freeze_epochs) == (
+        "constant",
+        0,
+        1.0,
+        0,
+    )
+    assert (seed_way.label_smoothing, seed_way.class_weight, seed_way.sampler) == (0.0, "none", "shuffle")
     assert Params().synthesize.n_per_class == 200 and Params().train.epochs == 5
 
 
@@ -57,6 +66,31 @@ def _with(path: str, value):
         ),
         ("modes.ft.lr", -1, "modes.ft.lr: -1.0 must be in (0, 10)"),
         ("train.device", "tpu", "train.device: 'tpu' is not one of"),
+        ("train.seeds", [0, 1, 0], "train.seeds: has a repeated seed"),
+        ("train.seeds", [], "train.seeds: name at least one seed"),
+        ("train.seed", 3, "train.seed: unknown key; allowed:"),
+        (
+            "modes.ft.schedule",
+            "onecycle",
+            "modes.ft.schedule: 'onecycle' is not one of ['constant', 'cosine', 'step']",
+        ),
+        (
+            "modes.scratch.backbone_lr_mult",
+            0.1,
+            "modes.scratch.backbone_lr_mult: applies to pretrained layers",
+        ),
+        ("modes.fe.freeze_epochs", 1, "modes.fe.freeze_epochs: needs pretrained: true and a trainable part"),
+        ("modes.ft.label_smoothing", 1.0, "modes.ft.label_smoothing: must be in [0, 1)"),
+        (
+            "modes.ft.class_weight",
+            "inverse",
+            "modes.ft.class_weight: 'inverse' is not one of ['balanced', 'none']",
+        ),
+        (
+            "modes.ft.sampler",
+            "oversample",
+            "modes.ft.sampler: 'oversample' is not one of ['balanced', 'shuffle']",
+        ),
         ("train.compile", "yes", "train.compile: expected true or false"),
         ("data.positive", "Pneumonia", "data.positive: 'Pneumonia' is not one of"),
         (
@@ -101,7 +135,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_defaults_alone_are_the_seeds_modes_and_match_params_yaml():
     p = parse_params({})
     assert p.modes == load_params(ROOT / "params.yaml").modes
-    assert p.train.modes == ("scratch", "fe", "ft")
+    assert p.train.modes == ("scratch", "fe", "ft", "ft_gradual")
 
 
 def test_the_metadata_file_is_one_table_or_several():

@@ -74,20 +74,27 @@ def repo(tmp_path_factory):
     return dst
 
 
+MODES = ("scratch", "fe", "ft", "ft_gradual")
+
+
 def test_repro_writes_every_output(repo):
-    names = ["efficientnet_lite0-scratch", "efficientnet_lite0-fe", "efficientnet_lite0-ft"]
+    names = [f"efficientnet_lite0-{m}" for m in MODES]
     keys = None
     for n in names:
-        m = json.loads((repo / "metrics" / f"{n}.json").read_text())
+        m = json.loads((repo / "metrics" / "modes" / f"{n}.json").read_text())
         keys = keys or set(m)
-        assert set(m) == keys  # identical keys for every mode
-        pred = pd.read_csv(repo / "eval" / n / "predictions.csv")
+        assert set(m) == keys and "seeds" not in m  # identical keys for every mode; one seed: one run
+        assert m == json.loads((repo / "eval" / f"{n}-s0" / "headline.json").read_text())
+        pred = pd.read_csv(repo / "eval" / f"{n}-s0" / "predictions.csv")
         assert len(pred) == m["n_test"] == 6
         assert m["accuracy"] == pytest.approx((pred["predicted"] == pred["class"]).mean())
-        assert (repo / "models" / n / "best.pt").exists() and (repo / "models" / n / "last.pt").exists()
-        sidecar = json.loads((repo / "models" / n / "model.json").read_text())
-        assert sidecar["image_size"] == 32 and sidecar["classes"] == ["Normal", "Covid"]
-        assert (repo / "dvclive" / n / "plots" / "metrics" / "val" / "acc.tsv").exists()
+        run = repo / "models" / f"{n}-s0"
+        assert (run / "best.pt").exists() and (run / "last.pt").exists()
+        sidecar = json.loads((run / "model.json").read_text())
+        assert (
+            sidecar["image_size"] == 32 and sidecar["classes"] == ["Normal", "Covid"] and sidecar["seed"] == 0
+        )
+        assert (repo / "dvclive" / f"{n}-s0" / "plots" / "metrics" / "val" / "acc.tsv").exists()
         assert (repo / "plots" / "gradcam" / f"{n}.png").stat().st_size > 1000
     split = json.loads((repo / "metrics" / "split.json").read_text())
     assert split["group_overlap"] == 0
@@ -99,7 +106,11 @@ def test_repro_writes_every_output(repo):
     summary = (repo / "metrics" / "summary.md").read_text()
     assert all(n in summary for n in names) and "(best)" in summary
     probe = json.loads((repo / "metrics" / "probe.json").read_text())
+    assert summary.index("## Which way of training wins?") < summary.index("## Can these results be trusted?")
     assert summary.index("## Can these results be trusted?") < summary.index("## The results")
+    assert (
+        "conclusive (both" not in summary and "train.seeds=[0,1,2]" in summary
+    )  # one seed: never conclusive
     assert set(probe) >= {
         "pixels_8",
         "pixels_16",
@@ -111,11 +122,22 @@ def test_repro_writes_every_output(repo):
     assert probe["source"]["skipped"].startswith("no image has a source")
     assert probe["near_duplicates"]["cross_split_pairs"] == 0  # the split joined every near-copy
     compare = json.loads((repo / "metrics" / "compare.json").read_text())
-    assert set(compare) == {
+    assert list(compare) == [
         "efficientnet_lite0-fe vs efficientnet_lite0-scratch",
         "efficientnet_lite0-ft vs efficientnet_lite0-scratch",
         "efficientnet_lite0-ft vs efficientnet_lite0-fe",
-    }
+        "efficientnet_lite0-ft_gradual vs efficientnet_lite0-scratch",
+        "efficientnet_lite0-ft_gradual vs efficientnet_lite0-fe",
+        "efficientnet_lite0-ft_gradual vs efficientnet_lite0-ft",
+    ]
+    gradual = json.loads((repo / "models" / "efficientnet_lite0-ft_gradual-s0" / "model.json").read_text())
+    assert gradual["mode_config"]["freeze_epochs"] == 1 and gradual["cached_features"]  # epoch 1 on features
+    lr = pd.read_csv(
+        repo / "dvclive" / "efficientnet_lite0-ft_gradual-s0" / "plots" / "metrics" / "lr.tsv", sep="\t"
+    )
+    # the rate logged per epoch; one step per epoch here: warmup's only step is at the full rate, and
+    # the cosine starts at its top
+    assert lr["step"].tolist() == [1, 2] and lr["lr"].tolist() == pytest.approx([0.001, 0.001])
     for png in ("val_accuracy", "loss", "roc", "confusion"):
         assert (repo / "plots" / f"{png}.png").stat().st_size > 5000
     assert not (repo / ".resume").exists() or not any((repo / ".resume").iterdir())  # removed on success
@@ -124,8 +146,8 @@ def test_repro_writes_every_output(repo):
 def test_metrics_show_lists_every_mode_and_plots_show_writes_html(repo):
     shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json"))
     files = shown[""]["data"]
-    for mode in ("scratch", "fe", "ft"):
-        assert files[f"metrics/efficientnet_lite0-{mode}.json"]["data"]["mode"] == mode
+    for mode in MODES:
+        assert files[f"metrics/modes/efficientnet_lite0-{mode}.json"]["data"]["mode"] == mode
     sh(repo, "dvc", "plots", "show", "-o", "dvc_plots")
     html = (repo / "dvc_plots" / "index.html").read_text()
     assert "Validation accuracy vs epoch" in html and "efficientnet_lite0-fe" in html
@@ -143,7 +165,7 @@ def would_run(repo: Path, *args: str) -> set[str]:
     return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
 
 
-LITE0 = [f"efficientnet_lite0-{m}" for m in ("scratch", "fe", "ft")]
+LITE0 = [f"efficientnet_lite0-{m}-0" for m in MODES]  # stage names: arch-mode-seed
 
 
 def test_changing_image_size_reruns_prepare_and_everything_below_it(repo):
@@ -158,7 +180,46 @@ def test_changing_image_size_reruns_prepare_and_everything_below_it(repo):
 
 def test_an_experiment_on_the_ft_lr_reruns_only_the_ft_stages_and_report(repo):
     ran = would_run(repo, "exp", "run", "--temp", "-S", "modes.ft.lr=0.0005")
-    assert ran == {"train@efficientnet_lite0-ft", "evaluate@efficientnet_lite0-ft", "report"}
+    assert ran == {"train@efficientnet_lite0-ft-0", "evaluate@efficientnet_lite0-ft-0", "report"}
+
+
+def test_another_seed_trains_only_the_new_runs_and_the_report_aggregates_them(repo, tmp_path):
+    """train.seeds=[0, 1]: the seed-0 runs are kept, seed 1 trains, and the report's figures are
+    the mean and SD over both, with the per-seed paired differences and their t-interval."""
+    work = tmp_path / "proj"
+    shutil.copytree(repo, work, symlinks=True)
+    p = yaml.safe_load((work / "params.yaml").read_text())
+    p["train"]["seeds"] = [0, 1]
+    (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    ran = would_run(work, "repro")
+    assert ran == {*(f"{s}@{n[:-2]}-1" for s in ("train", "evaluate") for n in LITE0), "report"}
+    h = {
+        (m, s): json.loads((work / "eval" / f"efficientnet_lite0-{m}-s{s}" / "headline.json").read_text())
+        for m in MODES
+        for s in (0, 1)
+    }
+    for m in MODES:
+        agg = json.loads((work / "metrics" / "modes" / f"efficientnet_lite0-{m}.json").read_text())
+        accs = [h[m, 0]["accuracy"], h[m, 1]["accuracy"]]
+        assert agg["seeds"] == 2 and agg["accuracy"] == pytest.approx(sum(accs) / 2, abs=1e-6)
+        assert agg["accuracy_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5, abs=1e-6)
+        assert "accuracy_ci_low" not in agg  # a single run's bootstrap interval is not the mean's
+    table = pd.read_csv(work / "metrics" / "summary.csv").set_index("NETWORK")
+    assert table.loc["efficientnet_lite0-ft", "Seeds"] == 2
+    assert table.loc["efficientnet_lite0-ft", "AUROC"] == pytest.approx(
+        (h["ft", 0]["auroc"] + h["ft", 1]["auroc"]) / 2, abs=1e-6
+    )
+    over = json.loads((work / "metrics" / "compare.json").read_text())[
+        "efficientnet_lite0-ft vs efficientnet_lite0-fe"
+    ]["over_seeds"]
+    diffs = [h["ft", s]["accuracy"] - h["fe", s]["accuracy"] for s in (0, 1)]
+    assert over["seeds"] == [0, 1] and over["accuracy"]["per_seed"] == pytest.approx(diffs, abs=1e-6)
+    mean, sd = sum(diffs) / 2, abs(diffs[0] - diffs[1]) / 2**0.5
+    half = 12.706204736 * sd / 2**0.5  # t(0.975, 1 degree of freedom)
+    lo, hi = over["accuracy"]["ci"]
+    assert (lo, hi) == (pytest.approx(mean - half, abs=1e-5), pytest.approx(mean + half, abs=1e-5))
+    summary = (work / "metrics" / "summary.md").read_text()
+    assert "over 2 seeds" in summary and "mean ± SD over 2 seeds" in summary
 
 
 TRACED = [
@@ -167,8 +228,8 @@ TRACED = [
     "split",
     "prepare",
     "probe",
-    "train@efficientnet_lite0-fe",
-    "evaluate@efficientnet_lite0-fe",
+    "train@efficientnet_lite0-fe-0",
+    "evaluate@efficientnet_lite0-fe-0",
     "report",
 ]
 # git's, DVC's and DVCLive's own files, the resume state (tied to a fingerprint), params (compared by key)

@@ -5,21 +5,25 @@ import pytest
 import torch
 
 from cxr_transfer import train as train_module
-from cxr_transfer.batches import Normalizer
+from cxr_transfer.batches import ArrayBatches, Normalizer
 from cxr_transfer.engine import Precision
 from cxr_transfer.models import build_model, get_spec
-from cxr_transfer.modes import image_batches, setup_run
+from cxr_transfer.modes import image_batches, param_groups, setup_run
 from cxr_transfer.params import ModeConfig
 from cxr_transfer.train import (
     Checkpoints,
     FitState,
     Loop,
+    Objective,
+    Phase,
     TrainingError,
     _run_epoch,
+    balanced_class_weights,
     code_digest,
     fingerprint,
     fit,
     make_optimizer,
+    make_scheduler,
 )
 
 CPU = torch.device("cpu")
@@ -47,13 +51,33 @@ def run(
     batch=8,
     scaler=None,
     patience=8,
+    holder=None,
 ):
     torch.manual_seed(0)
     model = build_model(arch, None, 2, seed=0)
-    rs = setup_run(model, get_spec(arch), mode.trainable, data, batch, 0, augment, CPU, PREC)
-    opt = make_optimizer(rs.loop.trained.parameters(), mode)
+    if holder is not None:  # lets on_epoch look at the model while it trains
+        holder["model"] = model
+    spec = get_spec(arch)
+    rs = setup_run(
+        model,
+        spec,
+        mode.trainable,
+        data,
+        batch,
+        0,
+        augment,
+        CPU,
+        PREC,
+        False,
+        mode.freeze_epochs,
+        mode.sampler == "balanced",
+        mode.backbone_lr_mult,
+    )
+    opt = make_optimizer(rs.groups, mode)
+    sched = make_scheduler(opt, mode, epochs, len(rs.train))
     ckpt = Checkpoints(folder, "fp")
-    state = fit(rs.loop, rs.train, rs.val, opt, epochs, patience, ckpt, PREC, CPU, on_epoch, scaler)
+    obj = Objective(None, mode.label_smoothing)
+    state = fit(rs.phases, opt, epochs, patience, ckpt, PREC, CPU, on_epoch, scaler, sched, obj)
     return model, rs, opt, state
 
 
@@ -94,10 +118,24 @@ def _scaler():
     return torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=1)
 
 
+GRADUAL = ModeConfig(
+    pretrained=True,
+    trainable="all",
+    optimizer="adamw",
+    lr=1e-2,
+    weight_decay=0.01,
+    schedule="cosine",
+    warmup_epochs=1,
+    backbone_lr_mult=0.1,
+    freeze_epochs=1,
+    label_smoothing=0.1,
+)
+
+
 @pytest.mark.parametrize(
     "mode, augment, cached",
-    [(SGD_ALL, False, False), (ADAM, False, True), (SGD_ALL, True, False)],
-    ids=["full-model", "cached-features", "augmented"],
+    [(SGD_ALL, False, False), (ADAM, False, True), (SGD_ALL, True, False), (GRADUAL, False, True)],
+    ids=["full-model", "cached-features", "augmented", "gradual-cosine"],
 )
 def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, mode, augment, cached):
     data = tiny_data()
@@ -115,6 +153,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, mode, augment
     for (k, v), (k2, v2) in zip(ref.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2), k
     assert [h.val_loss for h in state.history] == [h.val_loss for h in ref_state.history]
+    assert [h.lr for h in state.history] == [h.lr for h in ref_state.history]  # the schedule resumed
     steps = 4 * len(rs.train)
     assert scaler.get_scale() == ref_scaler.get_scale() == 2.0 ** (4 + steps)  # the scaler's state resumed
 
@@ -180,7 +219,7 @@ def test_early_stopping_keeps_the_best_epoch_in_best_pt(tmp_path):
     rs_holder["rs"] = rs = setup_run(model, get_spec("resnet18"), "head", data, 8, 0, False, CPU, PREC)
     opt = make_optimizer(rs.loop.trained.parameters(), ADAM)
     ckpt = Checkpoints(tmp_path, "fp")
-    state = fit(rs.loop, rs.train, rs.val, opt, 30, 3, ckpt, PREC, CPU, keep)
+    state = fit(rs.phases, opt, 30, 3, ckpt, PREC, CPU, keep)
     losses = [h.val_loss for h in state.history]
     assert state.best_epoch == 1 and state.stopped_early and len(losses) == 1 + 3
     assert losses == sorted(losses)  # rising from epoch 1
@@ -205,7 +244,7 @@ def test_a_validation_loss_that_is_never_finite_stops_naming_the_setting(tmp_pat
     with pytest.raises(
         TrainingError, match=r"not finite in any of 3 epochs \(lr=0.001\).*lower the mode's lr"
     ):
-        fit(loop, rs.train, rs.val, opt, 3, 8, Checkpoints(tmp_path, "fp"), PREC, CPU)
+        fit([Phase(loop, rs.train, rs.val)], opt, 3, 8, Checkpoints(tmp_path, "fp"), PREC, CPU)
 
 
 def test_an_epoch_reads_its_totals_from_the_device_once(tmp_path, monkeypatch):
@@ -275,3 +314,92 @@ def test_classifier_block_trains_on_cached_features_and_matches_the_full_model(t
         full = model(Normalizer(spec.mean, spec.std)(torch.as_tensor(data["val"][0])[:, None]))
         tail = model.classifier(rs.val.x)
     assert torch.allclose(full, tail, atol=1e-4)
+
+
+def _lrs(mode, epochs, steps_per_epoch, groups=1):
+    params = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr_mult": m} for m in (1.0, 0.1)[:groups]]
+    opt = make_optimizer(params, mode)
+    sched = make_scheduler(opt, mode, epochs, steps_per_epoch)
+    out = []
+    for _ in range(epochs * steps_per_epoch):
+        out.append([round(g["lr"], 6) for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize(
+    "recipe, expect",
+    [
+        ({}, [1.0] * 6),
+        ({"warmup_epochs": 1}, [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]),
+        # cosine over the 4 steps after warmup: (1 + cos(pi t / 4)) / 2 for t = 0..3
+        ({"schedule": "cosine", "warmup_epochs": 1}, [0.5, 1.0, 1.0, 0.853553, 0.5, 0.146447]),
+        ({"schedule": "cosine"}, [1.0, 0.933013, 0.75, 0.5, 0.25, 0.066987]),
+        ({"schedule": "step", "step_epochs": 1, "gamma": 0.5}, [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]),
+        ({"schedule": "step", "step_epochs": 2, "gamma": 0.1, "warmup_epochs": 1}, [0.5, 1, 1, 1, 1, 1]),
+    ],
+    ids=["constant", "warmup", "cosine-warmup", "cosine", "step", "step-after-warmup"],
+)
+def test_each_schedule_gives_the_hand_computed_rate_at_every_step(recipe, expect):
+    mode = ModeConfig(pretrained=True, trainable="all", optimizer="sgd", lr=1.0, **recipe)
+    assert [g[0] for g in _lrs(mode, 3, 2)] == pytest.approx(expect, abs=1e-6)
+
+
+def test_the_pretrained_layers_learn_at_the_multiplied_rate_through_the_schedule():
+    mode = ModeConfig(pretrained=True, trainable="all", optimizer="adam", lr=0.01, schedule="cosine")
+    lrs = _lrs(mode, 2, 2, groups=2)
+    assert lrs == [[0.01, 0.001], [0.008536, 0.000854], [0.005, 0.0005], [0.001464, 0.000146]]
+    model = build_model("resnet18", None, 2, seed=0)
+    head, rest = param_groups(model, get_spec("resnet18"), "all", 0.1)
+    assert {id(p) for p in head["params"]} == {id(model.fc.weight), id(model.fc.bias)}
+    assert len(head["params"]) + len(rest["params"]) == len(list(model.parameters()))
+    assert (head["lr_mult"], rest["lr_mult"]) == (1.0, 0.1)
+    assert len(param_groups(model, get_spec("resnet18"), "head", 0.1)) == 1  # fe: the head alone
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_freeze_epochs_keep_the_backbone_bit_identical_then_train_it(tmp_path, augment):
+    before = build_model("resnet18", None, 2, seed=0).state_dict()
+    snaps = {}
+    holder = {}
+
+    def snap(log):
+        snaps[log.epoch] = {k: v.clone() for k, v in holder["model"].state_dict().items()}
+
+    _, rs, _, state = run("resnet18", GRADUAL, tiny_data(), tmp_path, 3, augment, snap, holder=holder)
+    assert len(rs.phases) == 2 and rs.cached_features is not augment
+    backbone = [k for k in before if not k.startswith("fc.")]
+    assert all(torch.equal(before[k], snaps[1][k]) for k in backbone)  # epoch 1: frozen, buffers too
+    assert not torch.equal(before["fc.weight"], snaps[1]["fc.weight"])  # ... while the head learned
+    moved = [k for k in backbone if not torch.equal(snaps[1][k], snaps[3][k])]
+    assert "conv1.weight" in moved and "layer4.1.bn2.running_mean" in moved  # then everything trains
+    assert all(p.requires_grad for p in holder["model"].parameters())
+    # the rate at each epoch's first step: warmup starts at lr/steps; cosine is half way at epoch 3
+    assert len(rs.train) == 3 and [h.lr for h in state.history] == pytest.approx([0.01 / 3, 0.01, 0.005])
+
+
+def test_balanced_class_weights_are_n_over_k_times_n_k():
+    y = np.array([0] * 6 + [1] * 2 + [2] * 4)
+    w = balanced_class_weights(y, 3)
+    assert w.tolist() == pytest.approx([12 / (3 * 6), 12 / (3 * 2), 12 / (3 * 4)])
+    assert balanced_class_weights(np.array([0, 0, 1]), 3).tolist() == pytest.approx([0.5, 1.0, 0.0])
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
+    yt = torch.tensor([0, 1, 2])
+    loss, denom = Objective(w, 0.1).terms(logits, yt)
+    ref = torch.nn.functional.cross_entropy(logits, yt, weight=w, label_smoothing=0.1)
+    assert float(loss / denom) == pytest.approx(float(ref))  # torch's weighted mean
+
+
+def test_the_balanced_sampler_draws_each_class_equally_often():
+    y = np.array([0] * 90 + [1] * 10)
+    b = ArrayBatches(np.zeros((100, 2)), y, 25, shuffle=True, seed=3, balanced=True)
+    drawn = []
+    for epoch in range(1, 21):
+        b.set_epoch(epoch)
+        drawn += [int(v) for _, yb in b for v in yb]
+    assert len(drawn) == 20 * 100
+    assert 0.45 < np.mean(drawn) < 0.55  # 10% of the images, half of the draws
+    plain = ArrayBatches(np.zeros((100, 2)), y, 25, shuffle=True, seed=3)
+    plain.set_epoch(1)
+    assert sum(int(v) for _, yb in plain for v in yb) == 10  # without it: a permutation
