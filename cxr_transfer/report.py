@@ -109,7 +109,7 @@ def summary_markdown(
             f"| {_cell(r, 'Accuracy', 'Accuracy CI')} | {_cell(r, 'Specificity')} "
             f"| {_cell(r, 'AUROC', 'AUROC CI')} | {r['Train seconds']:.1f} |"
         )
-    first = " (the first seed's runs)" if seeds > 1 else ""
+    first = ", the first seed's runs" if seeds > 1 else ""
     lines += [
         "",
         f"## Mode against mode (same test images{first})",

@@ -41,6 +41,9 @@ def aggregate(headlines: list[dict]) -> dict:
         if not _number(v) or any(x is None for x in vals):
             out[k] = v if not _number(v) else None
             continue
+        if all(isinstance(x, int) and x == v for x in vals):  # a count every run shares (n_test)
+            out[k] = v
+            continue
         out[k] = round(statistics.fmean(vals), 6)
         out[f"{k}_std"] = round(statistics.stdev(vals), 6)
     out["seeds"] = len(headlines)
