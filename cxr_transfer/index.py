@@ -16,6 +16,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from cxr_transfer.acquisition import STATS, pixel_facts
+from cxr_transfer.dicom import DicomSkip, is_dicom, read_dicom
 from cxr_transfer.errors import CxrError
 from cxr_transfer.groups import group_names
 from cxr_transfer.imageio import pixel_limit, to_gray8
@@ -83,7 +84,7 @@ def walk(root: Path, aliases: dict[str, str]) -> tuple[list[tuple[str, str]], li
             reason = None
             if f.startswith(".") or f.lower() in OS_FILES:
                 reason = "hidden or OS file"
-            elif Path(f).suffix.lower() not in IMAGE_EXTS:
+            elif Path(f).suffix.lower() not in IMAGE_EXTS and not is_dicom(Path(dirpath) / f):
                 reason = f"not an image ({Path(f).suffix or 'no extension'})"
             cls = class_of(rel.parts[:-1], aliases)
             if reason is None and cls is None:
@@ -100,6 +101,8 @@ def inspect_image(path: str, max_pixels: int, bits_stored: int | None = None) ->
     or {'reason': ...} when it cannot be used."""
     if os.path.getsize(path) == 0:
         return {"reason": "empty file"}
+    if is_dicom(path):
+        return _inspect_dicom(path, max_pixels)
     try:
         with warnings.catch_warnings(), pixel_limit(None):  # our own limit applies, before decoding
             warnings.simplefilter("ignore")
@@ -118,6 +121,17 @@ def inspect_image(path: str, max_pixels: int, bits_stored: int | None = None) ->
         return {"reason": "corrupt or truncated image", "detail": str(e).splitlines()[0][:120]}
     digest = hashlib.sha1(gray.tobytes() + f"{w}x{h}".encode()).hexdigest()
     facts = {"width": w, "height": h, "mode": mode, "format": fmt, "bytes": os.path.getsize(path)}
+    return {"hash": digest, "phash": phash(gray), **facts, **pixel_facts(gray)}
+
+
+def _inspect_dicom(path: str, max_pixels: int) -> dict:
+    try:
+        gray, facts = read_dicom(path, max_pixels)
+    except DicomSkip as e:
+        return {"reason": str(e)}
+    w, h = facts["width"], facts["height"]
+    digest = hashlib.sha1(gray.tobytes() + f"{w}x{h}".encode()).hexdigest()
+    facts["bytes"] = os.path.getsize(path)
     return {"hash": digest, "phash": phash(gray), **facts, **pixel_facts(gray)}
 
 
@@ -199,7 +213,7 @@ def build_index(
             skipped.append({"path": rel, **info})
             continue
         rows.append({"path": rel, "image_name": Path(rel).name, "label": labels[cls], "class": cls, **info})
-    df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("group", "source")])
+    df = pd.DataFrame(rows, columns=[*(c for c in COLUMNS if c not in ("group", "source")), "patient"])
     df, conflicts = _drop_label_conflicts(df)
     skipped += [{"path": p, "reason": "label conflict (same pixels in two classes)"} for p in conflicts]
     df, no_meta = _assign_groups(df, groups)
@@ -224,9 +238,13 @@ def _assign_groups(df: pd.DataFrame, groups: dict[str, str] | None) -> tuple[pd.
     """Split groups: connected components of "same patient OR same pixels", so two copies of one
     image stay together even under two patient ids, or with one id and one without."""
     pid = _lookup(df, groups) if groups else pd.Series([None] * len(df), index=df.index, dtype=object)
+    missing = int(pid.isna().sum()) if groups else 0
+    pid = pid.where(
+        pid.notna(), df["patient"]
+    )  # a DICOM header's PatientID (hashed) where the table has none
     keys = {"patient": list(pid), "img": list(df["hash"].str[:16])}
     df["group"] = group_names(keys)
-    return df, int(pid.isna().sum()) if groups else 0
+    return df, missing
 
 
 def _lookup(df: pd.DataFrame, mapping: dict[str, str]) -> pd.Series:

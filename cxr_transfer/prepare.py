@@ -17,6 +17,10 @@ from cxr_transfer.parallel import chunked_map
 
 def load_resized(path: str, size: int, bits_stored: int | None = None) -> np.ndarray:
     """Grayscale + Resize((size, size)), as the seed's transform did, minus the float copy."""
+    from cxr_transfer.dicom import is_dicom, read_dicom  # here: the stages that only read stores skip pydicom
+
+    if is_dicom(path):
+        return resize_gray8(read_dicom(path)[0], size)
     with pixel_limit(None), Image.open(path) as im:  # the index stage already enforced its limit
         return resize_gray8(to_gray8(im, bits_stored), size)
 
