@@ -5,6 +5,7 @@ from pathlib import Path
 
 from cxr_transfer.cli import run, write_json
 from cxr_transfer.index import build_index, read_columns
+from cxr_transfer.metadata import plan
 from cxr_transfer.params import load_params
 
 
@@ -15,12 +16,20 @@ def main() -> None:
     ap.add_argument("--report", type=Path, required=True, help="index report JSON to write")
     args = ap.parse_args()
     p = load_params(args.params)
-    meta, tables = p.data.metadata, p.data.metadata_paths()
+    meta = p.data.metadata
+    mp = plan(
+        Path(p.data.root),
+        p.data.classes,
+        p.data.metadata_paths(),
+        meta.filename_column,
+        meta.patient_column,
+        meta.source_column,
+    )
     groups = sources = None
-    if tables and meta.patient_column:
-        groups = read_columns(tables, meta.filename_column, meta.patient_column, "patient_column")
-    if tables and meta.source_column:
-        sources = read_columns(tables, meta.filename_column, meta.source_column, "source_column")
+    if mp.tables and mp.patient_column:
+        groups = read_columns(mp.tables, meta.filename_column, mp.patient_column, "patient_column")
+    if mp.tables and mp.source_column:
+        sources = read_columns(mp.tables, meta.filename_column, mp.source_column, "source_column")
     df, report = build_index(
         Path(p.data.root),
         p.data.classes,
@@ -32,6 +41,13 @@ def main() -> None:
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False)
+    report["metadata"] = {
+        "tables": [t.name for t in mp.tables],
+        "found": mp.found,
+        "patient_column": mp.patient_column,
+        "source_column": mp.source_column,
+        "notes": mp.notes,
+    }
     write_json(args.report, {"root": p.data.root, **report})
     print(
         f"index: {report['images']} images {report['per_class']}, {report['skipped']} skipped "

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from cxr_transfer.split import SPLITS
-from tests.conftest import ROOT, write_image
+from tests.conftest import ROOT
+from tests.test_metadata import URLS, radiography_db
 
 TINY = {
     ("synthesize", "n_per_class"): 14,
@@ -290,12 +291,7 @@ def test_every_stage_reads_exactly_what_dvc_yaml_declares(repo, tmp_path):
 
 
 def test_radiography_database_layout_by_changing_data_root_alone(repo, tmp_path):
-    db = tmp_path / "COVID-19_Radiography_Dataset"
-    for k, folder in enumerate(("COVID", "Normal", "Lung_Opacity")):
-        for i in range(5):
-            write_image(db / folder / "images" / f"{folder}-{i + 1}.png", size=(40, 40), seed=100 * k + i)
-            write_image(db / folder / "masks" / f"{folder}-{i + 1}.png", size=(40, 40), seed=900 + i)
-        (db / f"{folder}.metadata.xlsx").write_bytes(b"PK\x03\x04")
+    db = radiography_db(tmp_path / "COVID-19_Radiography_Dataset", ("COVID", "Normal", "Lung_Opacity"), n=5)
     p = yaml.safe_load((repo / "params.yaml").read_text())
     p["data"]["root"] = str(db)
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
@@ -304,6 +300,15 @@ def test_radiography_database_layout_by_changing_data_root_alone(repo, tmp_path)
         report = json.loads((repo / "metrics" / "index_report.json").read_text())
         assert report["per_class"] == {"Covid": 5, "Normal": 5}
         assert report["skipped_by_reason"]["mask folder"] == 15
+        assert report["metadata"] == {  # the class sheets, read with no setting
+            "tables": ["COVID.metadata.xlsx", "Normal.metadata.xlsx"],
+            "found": "auto",
+            "patient_column": None,
+            "source_column": "URL",
+            "notes": [],
+        }
+        data = pd.read_csv(repo / "data" / "data.csv")
+        assert sorted(data["source"].unique()) == sorted(URLS.values())
         n = [json.loads((repo / "data" / "prepared" / s / "meta.json").read_text())["n"] for s in SPLITS]
         assert sum(n) == 10
     finally:

@@ -1,0 +1,77 @@
+from pathlib import Path
+
+import pandas as pd
+
+from cxr_transfer.index import build_index, read_columns
+from cxr_transfer.metadata import class_sheets, plan
+from tests.conftest import write_image
+
+CLASSES = {"Normal": ("NORMAL", "Normal"), "Covid": ("COVID", "COVID-19")}
+URLS = {"COVID": "https://sirm.org/covid-19/", "Normal": "https://www.kaggle.com/c/rsna-pneumonia"}
+
+
+def radiography_db(root: Path, folders=("COVID", "Normal", "Viral Pneumonia"), n=3) -> Path:
+    """The COVID-19 Radiography Database in miniature: <Class>/images, masks, and one sheet per
+    class with its columns (FILE NAME without extension, upper-case for Normal; FORMAT; SIZE; URL)."""
+    for k, folder in enumerate(folders):
+        for i in range(1, n + 1):
+            write_image(root / folder / "images" / f"{folder}-{i}.png", seed=100 * k + i)
+            write_image(root / folder / "masks" / f"{folder}-{i}.png", seed=900 + i)
+        pd.DataFrame(
+            {
+                "FILE NAME": [
+                    f"{folder.upper() if folder == 'Normal' else folder}-{i}" for i in range(1, n + 1)
+                ],
+                "FORMAT": "PNG",
+                "SIZE": "24*24",
+                "URL": URLS.get(folder, "https://example.org/other"),
+            }
+        ).to_excel(root / f"{folder}.metadata.xlsx", index=False)
+    return root
+
+
+def test_the_class_sheets_are_found_and_read_with_no_setting(tmp_path):
+    root = radiography_db(tmp_path / "COVID-19_Radiography_Dataset")
+    assert [p.name for p in class_sheets(root, CLASSES)] == ["COVID.metadata.xlsx", "Normal.metadata.xlsx"]
+    mp = plan(root, CLASSES, [], "FILE NAME", "PATIENT ID", None)
+    assert mp.found == "auto" and [p.name for p in mp.tables] == [
+        "COVID.metadata.xlsx",
+        "Normal.metadata.xlsx",
+    ]
+    assert mp.patient_column is None  # the sheets have no patient ids: not an error
+    assert mp.source_column == "URL" and mp.notes == []
+    sources = read_columns(mp.tables, "FILE NAME", mp.source_column, "source_column")
+    df, report = build_index(root, CLASSES, 10**6, workers=1, sources=sources)
+    by_class = df.groupby("class")["source"].unique().to_dict()
+    assert by_class == {"Covid": [URLS["COVID"]], "Normal": [URLS["Normal"]]}  # NORMAL-1 matched Normal-1.png
+    assert report["images_without_source"] == 0 and report["per_class"] == {"Normal": 3, "Covid": 3}
+
+
+def test_a_sheet_that_cannot_be_read_or_lacks_the_file_name_is_noted_not_fatal(tmp_path):
+    root = radiography_db(tmp_path / "db", folders=("COVID", "Normal"))
+    (root / "COVID.metadata.xlsx").write_bytes(b"PK\x03\x04 not a workbook")
+    pd.DataFrame({"NAME": ["Normal-1"], "URL": ["u"]}).to_excel(root / "Normal.metadata.xlsx", index=False)
+    mp = plan(root, CLASSES, [], "FILE NAME", "PATIENT ID", None)
+    assert mp.tables == [] and mp.found == "none"
+    assert mp.notes == [
+        "COVID.metadata.xlsx: not readable as a table, ignored",
+        "Normal.metadata.xlsx: no 'FILE NAME' column (data.metadata.filename_column), ignored",
+    ]
+
+
+def test_given_tables_are_used_as_they_are(tmp_path):
+    root = radiography_db(tmp_path / "db", folders=("COVID", "Normal"))
+    given = [root / "COVID.metadata.xlsx"]
+    mp = plan(root, CLASSES, given, "FILE NAME", "PATIENT ID", "URL")
+    assert (mp.found, mp.tables, mp.patient_column, mp.source_column) == ("given", given, "PATIENT ID", "URL")
+
+
+def test_a_source_column_present_in_every_sheet_wins_over_url(tmp_path):
+    root = tmp_path / "db"
+    for folder in ("COVID", "Normal"):
+        write_image(root / folder / "a.png")
+        pd.DataFrame({"FILE NAME": ["a"], "URL": ["u"], "HOSPITAL": [folder]}).to_csv(
+            root / f"{folder}.metadata.csv", index=False
+        )
+    assert plan(root, CLASSES, [], "FILE NAME", None, "HOSPITAL").source_column == "HOSPITAL"
+    assert plan(root, CLASSES, [], "FILE NAME", None, "WARD").source_column == "URL"
