@@ -1,4 +1,4 @@
-"""python -m bench [--size tiny|full] [--cases input,fe,index,demo,gpu,neardup,probe]
+"""python -m bench [--size tiny|full] [--cases input,fe,index,demo,gpu,neardup,probe,dataset] [--tag T]
 
 Runs the seed's way and ours side by side, writes bench/results/<device>-<date>.json and prints a
 Markdown table. `tiny` checks that everything runs (the test suite uses it); `full` is the measure."""
@@ -34,6 +34,7 @@ SIZES = {
         "gpu": dict(n=64, arch="resnet18", size=32, batches=[8], steps=2, epochs=2),
         "neardup": dict(n=2000, copies=20),
         "probe": dict(n=200, size=32),
+        "dataset": dict(n=60, prepare_size=32),
     },
     "full": {
         "input": dict(n=512, sizes=(224, 96), reps=3),
@@ -43,6 +44,7 @@ SIZES = {
         "gpu": dict(n=1024, arch="vgg19_bn", size=224, batches=[32, 128], steps=30, epochs=3),
         "neardup": dict(n=100_000, copies=1000),
         "probe": dict(n=10_000, size=96),
+        "dataset": dict(n=21_000, prepare_size=224),
     },
 }
 
@@ -84,6 +86,13 @@ def table(results: dict) -> str:
             f"| probe stage without the feature pass, {r['images']} img at {r['size']}px | - "
             f"| {r['seconds']} s | - | 10,000 in < 60 s |"
         )
+    if "dataset" in results:
+        r = results["dataset"]
+        per = ", ".join(f"{k} {v['seconds']} s" for k, v in r["stages"].items())
+        rows.append(
+            f"| index + split + prepare ({r['prepare_size']}px), {r['images']} PNGs 299px | - "
+            f"| {r['total_seconds']} s ({per}); peak RSS {r['peak_rss_mib']} MiB | - | 21,000 in < 120 s |"
+        )
     if "gpu" in results:
         r = results["gpu"]
         for o in r["ours"]:
@@ -100,7 +109,8 @@ def table(results: dict) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", choices=sorted(SIZES), default="full")
-    ap.add_argument("--cases", default="input,fe,index,demo,gpu,neardup,probe")
+    ap.add_argument("--cases", default="input,fe,index,demo,gpu,neardup,probe,dataset")
+    ap.add_argument("--tag", default="", help="appended to the result file's name (keeps earlier results)")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile in the gpu case")
@@ -124,6 +134,8 @@ def main(argv=None) -> dict:
             results["probe"] = cases.probe_stage(**cfg["probe"])
         if "demo" in want:
             results["demo"] = cases.demo(work, cfg["demo"])
+        if "dataset" in want:
+            results["dataset"] = cases.dataset_scale(work, **cfg["dataset"])
         if "gpu" in want:
             c = cfg["gpu"]
             paths, labels = cases.make_pngs(work / "gpu", c["n"], 299)
@@ -141,7 +153,8 @@ def main(argv=None) -> dict:
             )
     results["table"] = table(results)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{device.type}-{args.size}-{results['date']}.json"
+    tag = f"-{args.tag}" if args.tag else ""
+    path = args.out / f"{device.type}-{args.size}-{results['date']}{tag}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(results["table"])
     print(f"\nwrote {path}")

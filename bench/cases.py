@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -134,6 +135,61 @@ def indexing(work: Path, n: int) -> dict:
         "files_per_s": round(len(df) / secs, 1),
         "target_seconds_for_10000": 60,
         "projected_seconds_for_10000": round(10_000 * secs / len(df), 1),
+    }
+
+
+_PEAK = (
+    "import json, resource, subprocess, sys, time; t = time.perf_counter(); "
+    "subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+    "print(json.dumps([time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))"
+)
+
+
+def dataset_scale(work: Path, n: int, prepare_size: int) -> dict:
+    """The index, split and prepare stages, as `dvc repro` runs them, on n generated 299x299 PNGs
+    (the COVID-19 Radiography Database's size and resolution; generation not timed): seconds per
+    stage and the peak resident memory of its largest process (Linux ru_maxrss, KiB)."""
+    root = work / "scale"
+    make_pngs(root, n, 299)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["root"] = str(root)
+    params["prepare"]["image_size"] = prepare_size
+    (work / "scale-params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = work / "scale-out"
+    p = ["--params", str(work / "scale-params.yaml")]
+    commands = {
+        "index": ["stages.index", *p, "--out", f"{out}/data.csv", "--report", f"{out}/index.json"],
+        "split": [
+            "stages.split",
+            *p,
+            "--data",
+            f"{out}/data.csv",
+            "--out",
+            f"{out}/split",
+            "--metrics",
+            f"{out}/s.json",
+        ],
+        "prepare": ["stages.prepare", *p, "--splits", f"{out}/split", "--out", f"{out}/prepared"],
+    }
+    stages = {}
+    for name, cmd in commands.items():
+        r = subprocess.run(
+            [sys.executable, "-c", _PEAK, sys.executable, "-m", *cmd],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        secs, kib = json.loads(r.stdout.strip().splitlines()[-1])
+        stages[name] = {"seconds": round(secs, 2), "peak_rss_mib": round(kib / 1024, 1)}
+    total = sum(v["seconds"] for v in stages.values())
+    return {
+        "images": n,
+        "prepare_size": prepare_size,
+        "stages": stages,
+        "total_seconds": round(total, 1),
+        "peak_rss_mib": max(v["peak_rss_mib"] for v in stages.values()),
+        "target_seconds": 120,
     }
 
 

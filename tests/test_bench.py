@@ -13,7 +13,7 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
     assert len(files) == 1
     saved = json.loads(files[0].read_text())
     assert saved["machine"]["torch"] and saved["size"] == "tiny"
-    assert {"input", "fe", "index", "demo", "gpu", "neardup", "probe"} <= set(saved)
+    assert {"input", "fe", "index", "demo", "gpu", "neardup", "probe", "dataset"} <= set(saved)
     assert saved["neardup"]["hashes"] == 2020 and saved["neardup"]["planted_found"] == 20  # exact search
     assert saved["probe"]["images"] == 200
     inp = saved["input"][0]
@@ -30,10 +30,16 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
         "split",
         "prepare",
         "probe",
-        "train@efficientnet_lite0-fe",
-        "evaluate@efficientnet_lite0-fe",
+        "train@efficientnet_lite0-fe-0",
+        "evaluate@efficientnet_lite0-fe-0",
         "report",
     }
+    ds = saved["dataset"]
+    assert ds["images"] == 60 and set(ds["stages"]) == {"index", "split", "prepare"}
+    assert ds["total_seconds"] == pytest.approx(sum(v["seconds"] for v in ds["stages"].values()), abs=0.1)
+    assert (
+        ds["peak_rss_mib"] == max(v["peak_rss_mib"] for v in ds["stages"].values()) > 20
+    )  # a Python process
     ours = saved["gpu"]["ours"][0]
     assert ours["batch"] == 8 and ours["epochs"] == 2 and ours["infer_precision"] == "float32"
     assert ours["ratio_vs_seed"] == round(
