@@ -76,9 +76,10 @@ def table(results: dict) -> str:
         rows.append(f"| demo no-op `dvc repro` | - | {r['noop_seconds']} s | - | < 5 s |")
     if "neardup" in results:
         r = results["neardup"]
+        per = " + ".join(f"{q['seconds']} s at {q['max_bits']} bits" for q in r["searches"])
         rows.append(
-            f"| near-duplicate search, {r['hashes']} pHashes | - | {r['seconds']} s, "
-            f"{r['planted_found']}/{r['planted']} planted copies found | - | 100,000 in < 60 s |"
+            f"| near-duplicate search, {r['hashes']} images x 2 hashes | - | {r['seconds']} s ({per}), "
+            f"{r['planted_found']}/{r['planted']} planted copies found in each | - | 100,000 in < 60 s |"
         )
     if "probe" in results:
         r = results["probe"]

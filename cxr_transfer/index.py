@@ -20,7 +20,7 @@ from cxr_transfer.dicom import DicomSkip, is_dicom, read_dicom
 from cxr_transfer.errors import CxrError
 from cxr_transfer.groups import group_names
 from cxr_transfer.imageio import pixel_limit, to_gray8
-from cxr_transfer.neardup import phash
+from cxr_transfer.neardup import framed_phash, phash
 from cxr_transfer.parallel import chunked_map
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
@@ -35,6 +35,7 @@ COLUMNS = [
     "source",
     "hash",
     "phash",
+    "phash_framed",
     "width",
     "height",
     "mode",
@@ -121,7 +122,11 @@ def inspect_image(path: str, max_pixels: int, bits_stored: int | None = None) ->
         return {"reason": "corrupt or truncated image", "detail": str(e).splitlines()[0][:120]}
     digest = hashlib.sha1(gray.tobytes() + f"{w}x{h}".encode()).hexdigest()
     facts = {"width": w, "height": h, "mode": mode, "format": fmt, "bytes": os.path.getsize(path)}
-    return {"hash": digest, "phash": phash(gray), **facts, **pixel_facts(gray)}
+    return {"hash": digest, **_hashes(gray), **facts, **pixel_facts(gray)}
+
+
+def _hashes(gray) -> dict:
+    return {"phash": phash(gray), "phash_framed": framed_phash(gray)}
 
 
 def _inspect_dicom(path: str, max_pixels: int) -> dict:
@@ -132,7 +137,7 @@ def _inspect_dicom(path: str, max_pixels: int) -> dict:
     w, h = facts["width"], facts["height"]
     digest = hashlib.sha1(gray.tobytes() + f"{w}x{h}".encode()).hexdigest()
     facts["bytes"] = os.path.getsize(path)
-    return {"hash": digest, "phash": phash(gray), **facts, **pixel_facts(gray)}
+    return {"hash": digest, **_hashes(gray), **facts, **pixel_facts(gray)}
 
 
 def _inspect_chunk(args: tuple[list[str], int, int | None]) -> list[dict]:

@@ -105,13 +105,13 @@ class SplitConfig:
     test_size: float = 0.2
     val_size: float = 0.2
     seed: int = 42
-    near_duplicate_bits: int | None = 20
+    near_duplicate_bits: int | None = 12  # whole-image pHash: resized and re-encoded copies
+    near_duplicate_framed_bits: int | None = 24  # pHash of the body's frame: cropped copies
 
     def __post_init__(self):
-        if self.near_duplicate_bits is not None:
-            _check(
-                0 <= self.near_duplicate_bits <= 64, "split.near_duplicate_bits", "must be null or in [0, 64]"
-            )
+        for key in ("near_duplicate_bits", "near_duplicate_framed_bits"):
+            v = getattr(self, key)
+            _check(v is None or 0 <= v <= 64, f"split.{key}", "must be null or in [0, 64]")
         for key in ("test_size", "val_size"):
             v = getattr(self, key)
             _check(0.0 < v < 1.0, f"split.{key}", f"{v} must be in (0, 1)")

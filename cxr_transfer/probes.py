@@ -110,27 +110,38 @@ def source_probe(df: pd.DataFrame, flag_v: float) -> dict:
     }
 
 
-def near_duplicate_report(parts: dict[str, pd.DataFrame], max_bits: int | None) -> tuple[dict, pd.DataFrame]:
-    """Near-duplicate pairs over all splits: counted, and listed with paths, splits and distance."""
-    from cxr_transfer.neardup import near_pairs, to_bits
+def near_duplicate_report(
+    parts: dict[str, pd.DataFrame], max_bits: int | None, max_framed_bits: int | None = None
+) -> tuple[dict, pd.DataFrame]:
+    """Near-duplicate pairs over all splits: counted, and listed with paths, splits, the hash that
+    found them and its distance."""
+    from cxr_transfer.neardup import near_pairs_of
 
-    cols = ["path_a", "split_a", "path_b", "split_b", "distance"]
-    if max_bits is None:
-        return {"skipped": "split.near_duplicate_bits is null", "flagged": False}, pd.DataFrame(columns=cols)
+    cols = ["path_a", "split_a", "path_b", "split_b", "hash", "distance"]
+    if max_bits is None and max_framed_bits is None:
+        skipped = "split.near_duplicate_bits and split.near_duplicate_framed_bits are null"
+        return {"skipped": skipped, "flagged": False}, pd.DataFrame(columns=cols)
     df = pd.concat([p.assign(split=s) for s, p in parts.items()], ignore_index=True)
-    i, j, d = near_pairs(to_bits(df["phash"].tolist()), max_bits)
+    i, j, d, col = near_pairs_of(df, {"phash": max_bits, "phash_framed": max_framed_bits})
     pairs = pd.DataFrame(
         {
             "path_a": df["path"].to_numpy()[i],
             "split_a": df["split"].to_numpy()[i],
             "path_b": df["path"].to_numpy()[j],
             "split_b": df["split"].to_numpy()[j],
+            "hash": col,
             "distance": d,
         },
         columns=cols,
     )
     cross = int((pairs["split_a"] != pairs["split_b"]).sum())
-    summary = {"max_bits": max_bits, "pairs": len(pairs), "cross_split_pairs": cross, "flagged": cross > 0}
+    summary = {
+        "max_bits": max_bits,
+        "max_framed_bits": max_framed_bits,
+        "pairs": len(pairs),
+        "cross_split_pairs": cross,
+        "flagged": cross > 0,
+    }
     return summary, pairs
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 
 from cxr_transfer.errors import CxrError
 from cxr_transfer.groups import group_names
-from cxr_transfer.neardup import near_pairs, to_bits
+from cxr_transfer.neardup import near_pairs_of
 
 SPLITS = ("train", "val", "test")
 
@@ -57,13 +57,16 @@ def grouped_split(df: pd.DataFrame, test_size: float, val_size: float, seed: int
     return df["group"].map(assign)
 
 
-def join_near_duplicates(df: pd.DataFrame, max_bits: int | None) -> tuple[pd.DataFrame, int]:
-    """Merge the groups of images whose pHashes are at most `max_bits` apart (resized, re-encoded,
-    slightly cropped copies), so the split keeps each such set in one split; None = off.
+def join_near_duplicates(
+    df: pd.DataFrame, max_bits: int | None, max_framed_bits: int | None = None
+) -> tuple[pd.DataFrame, int]:
+    """Merge the groups of images whose pHashes are at most `max_bits` apart (resized, re-encoded
+    copies) or whose framed pHashes are at most `max_framed_bits` apart (cropped copies), so the
+    split keeps each such set in one split; None = that hash is off.
     Returns the table with its new groups and the number of near-duplicate pairs found."""
-    if max_bits is None or len(df) < 2:
+    i, j, _, _ = near_pairs_of(df, {"phash": max_bits, "phash_framed": max_framed_bits})
+    if len(i) == 0:
         return df, 0
-    i, j, _ = near_pairs(to_bits(df["phash"].tolist()), max_bits)
     merged = group_names({"": df["group"].tolist()}, zip(i.tolist(), j.tolist(), strict=True))
     return df.assign(group=merged), len(i)
 

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pandas as pd
 
-TEXT_COLUMNS = ("path", "image_name", "class", "group", "source", "hash", "phash", "mode", "format")
+TEXT_COLUMNS = (
+    "path",
+    "image_name",
+    "class",
+    "group",
+    "source",
+    "hash",
+    "phash",
+    "phash_framed",
+    "mode",
+    "format",
+)
 
 
 def read_table(path) -> pd.DataFrame:

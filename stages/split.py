@@ -19,7 +19,7 @@ def main() -> None:
     cfg = load_params(args.params).split
     df = read_table(args.data)
     groups_before = df["group"].nunique()
-    df, n_near = join_near_duplicates(df, cfg.near_duplicate_bits)
+    df, n_near = join_near_duplicates(df, cfg.near_duplicate_bits, cfg.near_duplicate_framed_bits)
     which = grouped_split(df, cfg.test_size, cfg.val_size, cfg.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     parts = {s: df[which == s] for s in SPLITS}
@@ -28,6 +28,7 @@ def main() -> None:
     summary = split_summary(parts, cfg.seed, cfg.test_size, cfg.val_size)
     summary["near_duplicates"] = {
         "max_bits": cfg.near_duplicate_bits,
+        "max_framed_bits": cfg.near_duplicate_framed_bits,
         "pairs": n_near,
         "groups_before": int(groups_before),
         "groups_after": int(df["group"].nunique()),

@@ -15,6 +15,7 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
     assert saved["machine"]["torch"] and saved["size"] == "tiny"
     assert {"input", "fe", "index", "demo", "gpu", "neardup", "probe", "dataset"} <= set(saved)
     assert saved["neardup"]["hashes"] == 2020 and saved["neardup"]["planted_found"] == 20  # exact search
+    assert [q["max_bits"] for q in saved["neardup"]["searches"]] == [12, 24]
     assert saved["probe"]["images"] == 200
     inp = saved["input"][0]
     assert inp["images"] == 64

@@ -18,10 +18,11 @@ def index(root, **kw):
 def test_seed_layout_is_indexed_with_labels_and_columns(seed_layout):
     df, rep = index(seed_layout)
     assert list(df.columns) == [
-        *["path", "image_name", "label", "class", "group", "source", "hash", "phash"],
+        *["path", "image_name", "label", "class", "group", "source", "hash", "phash", "phash_framed"],
         *["width", "height", "mode", "format", "bytes", "mean", "std", "p01", "p50", "p99", "black", "white"],
     ]
     assert (df["source"] == "").all() and df["phash"].str.len().eq(64).all()
+    assert df["phash_framed"].str.len().eq(64).all() and (df["phash_framed"] != df["phash"]).all()
     assert (df["bytes"] == [(seed_layout / p).stat().st_size for p in df["path"]]).all()
     assert rep["per_class"] == {"Normal": 6, "Covid": 6}
     assert set(df.loc[df["class"] == "Covid", "label"]) == {1}
