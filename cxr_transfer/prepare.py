@@ -32,20 +32,33 @@ def _chunk(args: tuple[list[str], int, int | None]) -> np.ndarray:
     return np.stack([load_resized(p, size, bits) for p in paths])
 
 
+def decode_into(
+    out: np.ndarray, paths: list[str], size: int, workers: int, desc: str, bits_stored=None
+) -> None:
+    """Decode the images at `paths` into rows of `out` (an array or a memory-mapped file), in
+    order, a chunk at a time: memory holds one chunk per worker, never the whole split twice."""
+    k = 0
+    for part in chunked_map(_chunk, paths, (size, bits_stored), workers, desc):
+        out[k : k + len(part)] = part
+        k += len(part)
+
+
 def decode_split(
     paths: list[str], size: int, workers: int = 0, desc: str = "prepare", bits_stored: int | None = None
 ) -> np.ndarray:
     """(N, size, size) uint8 array of the images at `paths`, decoded in parallel, in order."""
-    parts = list(chunked_map(_chunk, paths, (size, bits_stored), workers, desc))
-    return np.concatenate(parts) if parts else np.zeros((0, size, size), np.uint8)
+    out = np.empty((len(paths), size, size), np.uint8)
+    decode_into(out, paths, size, workers, desc, bits_stored)
+    return out
 
 
-def write_store(folder: Path, x: np.ndarray, y: np.ndarray) -> str:
-    """Save one split's x.npy and y.npy; returns the sha1 of its pixels and labels."""
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "x.npy", x)
-    np.save(folder / "y.npy", y.astype(np.int64))
-    return hashlib.sha1(x.tobytes() + y.astype(np.int64).tobytes()).hexdigest()
+def store_digest(x: np.ndarray, y: np.ndarray) -> str:
+    """sha1 of a split's pixels then labels, read in slices (no copy of the whole store)."""
+    h = hashlib.sha1()
+    for i in range(0, len(x), 1024):
+        h.update(np.ascontiguousarray(x[i : i + 1024]).data)
+    h.update(np.ascontiguousarray(y, dtype=np.int64).data)
+    return h.hexdigest()
 
 
 def prepare_splits(
@@ -65,8 +78,18 @@ def prepare_splits(
     for split in ("train", "val", "test"):
         df = pd.read_csv(split_dir / f"{split}.csv")
         paths = [str(root / p) for p in df["path"]]
-        x = decode_split(paths, size, workers, f"prepare {split}", bits_stored)
-        digest = write_store(out_dir / split, x, df["label"].to_numpy())
+        folder = out_dir / split
+        folder.mkdir(parents=True, exist_ok=True)
+        # x.npy is written in place as the chunks decode: a split larger than memory still fits
+        x = np.lib.format.open_memmap(
+            folder / "x.npy", mode="w+", dtype=np.uint8, shape=(len(paths), size, size)
+        )
+        decode_into(x, paths, size, workers, f"prepare {split}", bits_stored)
+        x.flush()
+        y = df["label"].to_numpy().astype(np.int64)
+        np.save(folder / "y.npy", y)
+        digest = store_digest(x, y)
+        del x
         meta = {"split": split, "image_size": size, "classes": classes, "n": len(df), "sha1": digest}
         (out_dir / split / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         metas[split] = meta

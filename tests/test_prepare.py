@@ -119,3 +119,14 @@ def test_augmentation_is_per_image_seeded_and_keeps_the_range():
     for r in flat:
         assert abs(r.mean() - orig.mean()) < 0.15 * 255
         assert torch.corrcoef(torch.stack([r, orig]))[0, 1] > 0.9
+
+
+def test_the_store_digest_is_the_sha1_of_pixels_then_labels_read_in_slices():
+    import hashlib
+
+    from cxr_transfer.prepare import store_digest
+
+    x = np.random.default_rng(0).integers(0, 256, (2500, 6, 6), dtype=np.uint8)  # three slices of 1024
+    y = np.arange(2500) % 3
+    expect = hashlib.sha1(x.tobytes() + y.astype(np.int64).tobytes()).hexdigest()
+    assert store_digest(x, y) == expect
