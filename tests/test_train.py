@@ -1,3 +1,4 @@
+import dataclasses
 import sys
 
 import numpy as np
@@ -9,7 +10,7 @@ from cxr_transfer.batches import ArrayBatches, Normalizer
 from cxr_transfer.engine import Precision
 from cxr_transfer.models import build_model, get_spec
 from cxr_transfer.modes import image_batches, param_groups, setup_run
-from cxr_transfer.params import ModeConfig
+from cxr_transfer.params import FT_GRADUAL, ModeConfig
 from cxr_transfer.train import (
     Checkpoints,
     FitState,
@@ -118,18 +119,7 @@ def _scaler():
     return torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=1)
 
 
-GRADUAL = ModeConfig(
-    pretrained=True,
-    trainable="all",
-    optimizer="adamw",
-    lr=1e-2,
-    weight_decay=0.01,
-    schedule="cosine",
-    warmup_epochs=1,
-    backbone_lr_mult=0.1,
-    freeze_epochs=1,
-    label_smoothing=0.1,
-)
+GRADUAL = dataclasses.replace(FT_GRADUAL, lr=1e-2)  # the shipped ft_gradual recipe, a rate tiny data moves
 
 
 @pytest.mark.parametrize(
