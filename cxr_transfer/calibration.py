@@ -20,13 +20,17 @@ def logit(p, eps: float = 1e-7) -> np.ndarray:
 
 
 def _nll(z: np.ndarray, y: np.ndarray, beta: float) -> float:
-    s = beta * z  # -log sigmoid(s) for positives, -log sigmoid(-s) for negatives, computed stably
-    return float(np.mean(np.logaddexp(0.0, np.where(y == 1, -s, s))))
+    if z.ndim == 1:
+        s = beta * z  # -log sigmoid(s) for positives, -log sigmoid(-s) for negatives, computed stably
+        return float(np.mean(np.logaddexp(0.0, np.where(y == 1, -s, s))))
+    s = beta * z  # K classes: -log softmax(s)[y]
+    return float(np.mean(np.logaddexp.reduce(s, axis=1) - s[np.arange(len(y)), y]))
 
 
 def fit_temperature(z: np.ndarray, y: np.ndarray, lo: float = 1e-3, hi: float = 100.0) -> float | None:
-    """The T minimising the validation log-loss of sigmoid(z / T); None when validation has one
-    class. The loss is convex in 1/T, so a golden-section search on 1/T finds the minimum."""
+    """The T minimising the validation log-loss of sigmoid(z / T) (z: log-odds, two classes) or
+    softmax(z / T) (z: (N, K) logits); None when validation has one class. The loss is convex in
+    1/T, so a golden-section search on 1/T finds the minimum."""
     z, y = np.asarray(z, dtype=float), np.asarray(y).astype(int)
     if y.min() == y.max():
         return None
@@ -53,3 +57,22 @@ def calibrate(y_val, p_val, y_test, p_test, bins: int = 10) -> tuple[dict, np.nd
     p_cal = 1.0 / (1.0 + np.exp(-logit(p_test) / t))
     after = {"ece_after": ece(y_test, p_cal, bins), "brier_after": float(np.mean((p_cal - y_test) ** 2))}
     return {"temperature": t, **before, **after}, p_cal
+
+
+def calibrate_k(y_val, P_val, y_test, P_test, bins: int = 10) -> dict:
+    """K classes: T fitted on validation's log-probabilities (softmax logits up to a constant),
+    the test split's top-label ECE and multi-class Brier score before and after."""
+    from cxr_transfer.multiclass import fast_metrics, normalise
+
+    eps = np.finfo(float).tiny
+    P_val, P_test = normalise(P_val), normalise(P_test)
+    y_test = np.asarray(y_test).astype(int)
+    before = fast_metrics(y_test, P_test, bins)
+    out = {"ece_before": before["ece"], "brier_before": before["brier"]}
+    t = fit_temperature(np.log(P_val + eps), y_val)
+    if t is None:
+        return {"temperature": None, "reason": "the validation split has one class", **out}
+    s = np.log(P_test + eps) / t
+    P_cal = np.exp(s - np.logaddexp.reduce(s, axis=1, keepdims=True))
+    after = fast_metrics(y_test, P_cal, bins)
+    return {"temperature": t, **out, "ece_after": after["ece"], "brier_after": after["brier"]}

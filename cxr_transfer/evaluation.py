@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cxr_transfer import multiclass
 from cxr_transfer.metrics import (
     bootstrap_ci,
     point_metrics,
@@ -108,8 +109,10 @@ def headline(full: dict) -> dict:
 
 
 def per_source(test: pd.DataFrame, y, p, bins: int = 10) -> dict:
-    """Metrics per image source wherever a source has both classes in the test split; a source
-    with one class says which (its accuracy would only be that class's recall or specificity)."""
+    """Metrics per image source wherever a source has two classes or more in the test split; a
+    source with one class says which (its accuracy would only be that class's recall).
+
+    `p` is P(positive) for two classes, the (N, K) probabilities for more."""
     if "source" not in test or not (test["source"].astype(str) != "").any():
         return {}
     out = {}
@@ -121,6 +124,65 @@ def per_source(test: pd.DataFrame, y, p, bins: int = 10) -> dict:
         if len(classes) < 2:
             out[src] = {"n": len(idx), "note": f"only {classes[0]} in test: no per-source accuracy or AUROC"}
             continue
-        m = point_metrics(y[idx], p[idx], 0.5, bins)
-        out[src] = {"n": len(idx), **{k: m[k] for k in ("accuracy", "auroc", "recall", "specificity")}}
+        if p.ndim == 1:
+            m = point_metrics(y[idx], p[idx], 0.5, bins)
+            keys = ("accuracy", "auroc", "recall", "specificity")
+        else:
+            m = multiclass.fast_metrics(y[idx], p[idx], bins)
+            keys = ("accuracy", "balanced_accuracy", "auroc_macro")
+        out[src] = {"n": len(idx), **{k: m[k] for k in keys}}
     return _round(out)
+
+
+def evaluate_k(y, P, groups, classes, positive, reps: int, seed: int, confidence: float, bins: int) -> dict:
+    """The metrics of one K-class model on the test split (K > 2): scikit-learn's figures at the
+    argmax, per class one-vs-rest, the confusion matrix, grouped bootstrap intervals, and why any
+    figure is undefined. With `positive`, that class against the rest under the binary names."""
+    y, P = np.asarray(y).astype(int), multiclass.normalise(P)
+    m = multiclass.point_metrics(y, P, classes, bins, positive)
+    pos = None if positive is None else classes.index(positive)
+    out = {k: m[k] for k in (*multiclass.POINT, *(multiclass.OVR if positive else ()))}
+    out["n_test"] = len(y)
+    out["n_groups"] = int(len(set(groups))) if groups is not None else len(y)
+    out["classes"] = list(classes)
+    out["per_class"] = m["per_class"]
+    out["confusion_matrix"] = m["confusion_matrix"]
+    out["ci"] = multiclass.bootstrap_ci(y, P, groups, reps, seed, confidence, bins, pos)
+    out["ci_level"] = confidence
+    out["undefined"] = multiclass.undefined_reasons(m, classes)
+    return _round(out)
+
+
+def headline_k(full: dict) -> dict:
+    """K classes: the narrow file `dvc metrics show/diff` compares; the same keys for every run
+    of one class set (and one data.positive)."""
+    ovr = multiclass.OVR if "auroc" in full else ()
+    keep = ("arch", "mode", *multiclass.POINT, *ovr, "n_test", "best_epoch", "epochs_run", "train_seconds")
+    out = {k: full[k] for k in keep}
+    for k in ("accuracy", "auroc_macro"):
+        ci = full["ci"].get(k)
+        out[f"{k}_ci_low"], out[f"{k}_ci_high"] = ci if ci else (None, None)
+    cal = full.get("calibration", {})
+    out["temperature"], out["ece_calibrated"] = cal.get("temperature"), cal.get("ece_after")
+    return out
+
+
+def prediction_table_k(test: pd.DataFrame, P, classes: list[str]) -> pd.DataFrame:
+    """Per test image: path, group, true class and label, P(class) for every class (p_<class>)
+    and the predicted class (the argmax)."""
+    P = multiclass.normalise(P)
+    out = test[["path", "group", "class", "label"]].copy()
+    for c, name in enumerate(classes):
+        out[f"p_{name}"] = P[:, c].round(6)
+    out["predicted"] = np.asarray(classes)[P.argmax(1)]
+    return out
+
+
+def curves_k(y, P, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One-vs-rest ROC and precision-recall points of every class, with a `class` column."""
+    y, P = np.asarray(y).astype(int), np.asarray(P, dtype=float)
+    parts = [curves(y == c, P[:, c]) for c in range(len(classes))]
+    return tuple(
+        pd.concat([p[i].assign(**{"class": name}) for p, name in zip(parts, classes, strict=True)])
+        for i in (0, 1)
+    )

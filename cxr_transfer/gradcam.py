@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
-    """(B, H, W) maps in [0, 1] for class `target`: the layer's activations weighted by the
-    spatial mean of their gradients, rectified and upsampled to the input's size."""
+def gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target) -> np.ndarray:
+    """(B, H, W) maps in [0, 1] for class `target` (one class for all, or one per image): the
+    layer's activations weighted by the spatial mean of their gradients, rectified and upsampled
+    to the input's size."""
     acts, grads = [], []
     h1 = layer.register_forward_hook(lambda m, i, o: acts.append(o))
     h2 = layer.register_full_backward_hook(lambda m, gi, go: grads.append(go[0]))
@@ -20,7 +21,8 @@ def gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int) ->
             x = x.detach().clone().requires_grad_(True)
             logits = model(x)
             model.zero_grad(set_to_none=True)
-            logits[:, target].sum().backward()
+            t = torch.as_tensor(target, device=logits.device).long().expand(len(x))
+            logits.gather(1, t[:, None]).sum().backward()
     finally:
         h1.remove()
         h2.remove()
@@ -32,11 +34,13 @@ def gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int) ->
     return ((cam - lo) / (hi - lo).clamp_min(1e-12)).cpu().numpy()
 
 
-def pick_examples(y: np.ndarray, pred: np.ndarray, per_cell: int, seed: int) -> list[tuple[str, list[int]]]:
+def pick_examples(
+    y: np.ndarray, pred: np.ndarray, per_cell: int, seed: int, labels=(1, 0)
+) -> list[tuple[str, list[int]]]:
     """Seeded sample of test indices per (true class, right/wrong) cell, for a fixed grid."""
     rng = np.random.default_rng(seed)
     cells = []
-    for label in (1, 0):
+    for label in labels:
         for right in (True, False):
             idx = np.flatnonzero((y == label) & ((pred == y) == right))
             take = rng.choice(idx, size=min(per_cell, len(idx)), replace=False) if len(idx) else []

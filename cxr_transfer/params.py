@@ -48,12 +48,16 @@ class DataConfig:
     classes: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: {"Normal": ("NORMAL", "Normal"), "Covid": ("COVID", "COVID-19")}
     )
-    positive: str = "Covid"
+    positive: str | None = "Covid"  # two classes: required; more: optional (that class vs the rest)
     bits_stored: int | None = None
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
 
     def __post_init__(self):
-        _check(len(self.classes) == 2, "data.classes", "exactly two classes are supported")
+        _check(
+            len(self.classes) >= 2,
+            "data.classes",
+            f"{len(self.classes)} class(es) given; name at least two, each with its folder names",
+        )
         if self.bits_stored is not None:
             _check(8 <= self.bits_stored <= 16, "data.bits_stored", "must be null or in [8, 16]")
         for f in self.metadata.file or ():
@@ -64,7 +68,15 @@ class DataConfig:
                 f"{f!r}: give the table's path relative to data.root (DVC tracks data.root, so a change "
                 "to the table reruns the index stage)",
             )
-        _choice(self.positive, "data.positive", self.classes)
+        if self.positive is None:
+            _check(
+                len(self.classes) > 2,
+                "data.positive",
+                "two classes need a positive one (recall, specificity and AUROC are about it); "
+                f"set it to one of {sorted(self.classes)}",
+            )
+        else:
+            _choice(self.positive, "data.positive", self.classes)
         seen: dict[str, str] = {}
         for name, aliases in self.classes.items():
             _check(len(aliases) > 0, f"data.classes.{name}", "needs at least one folder alias")
@@ -77,14 +89,25 @@ class DataConfig:
         return [Path(self.root) / f for f in self.metadata.file or ()]
 
 
+SYNTH_CLASSES = ("Normal", "Covid", "Pneumonia")
+
+
 @dataclass(frozen=True)
 class SynthesizeConfig:
     n_per_class: int = 200
     image_size: int = 128
     seed: int = 0
     shortcut: str = "none"
+    classes: tuple[str, ...] = ("Normal", "Covid")
 
     def __post_init__(self):
+        for c in self.classes:
+            _choice(c, "synthesize.classes", SYNTH_CLASSES)
+        _check(
+            len(set(self.classes)) == len(self.classes) >= 2,
+            "synthesize.classes",
+            f"{list(self.classes)}: name at least two different classes",
+        )
         _choice(self.shortcut, "synthesize.shortcut", ("none", "border", "marker", "exposure"))
         _check(self.n_per_class >= 1, "synthesize.n_per_class", "must be >= 1")
         _check(32 <= self.image_size <= 1024, "synthesize.image_size", "must be in [32, 1024]")

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cxr_transfer import multiclass
 from cxr_transfer.acquisition import feature_matrix
 from cxr_transfer.metrics import auroc, bootstrap_ci
 
@@ -25,43 +26,64 @@ def thumbnails(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def logistic_scores(x_train, y_train, x_test, c: float = 1.0) -> np.ndarray:
-    """P(positive) on the test rows from a standardised logistic regression fit on train."""
+    """P(positive) on the test rows from a standardised logistic regression fit on train; with
+    more than two classes a multinomial one, and the (N, K) probabilities."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
     model.fit(x_train, y_train)
-    return model.predict_proba(x_test)[:, 1]
+    p = model.predict_proba(x_test)
+    return p[:, 1] if p.shape[1] == 2 else p
 
 
 def scored(y, p, groups, reps: int, seed: int, confidence: float, flag_auroc: float) -> dict:
-    """Accuracy and AUROC with grouped bootstrap intervals, and whether the AUROC is a flag."""
-    y = np.asarray(y).astype(int)
-    ci = bootstrap_ci(y, p, 0.5, groups, reps, seed, confidence)
-    auc = auroc(y, p)
-    lo, hi = ci.get("auroc") or (None, None)
+    """Accuracy and AUROC with grouped bootstrap intervals, and whether the AUROC is a flag.
+    `p` (N, K) for more than two classes: the macro one-vs-rest AUROC and the argmax."""
+    y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float)
+    if p.ndim == 2:
+        ci = multiclass.bootstrap_ci(y, p, groups, reps, seed, confidence)
+        names = [str(c) for c in range(p.shape[1])]
+        auc, acc = multiclass.point_metrics(y, p, names)["auroc_macro"], float((p.argmax(1) == y).mean())
+        lo, hi = ci.get("auroc_macro") or (None, None)
+    else:
+        ci = bootstrap_ci(y, p, 0.5, groups, reps, seed, confidence)
+        auc, acc = auroc(y, p), float(((p >= 0.5) == y).mean())
+        lo, hi = ci.get("auroc") or (None, None)
     return {
         "auroc": None if auc is None else round(auc, 4),
         "auroc_ci_low": lo,
         "auroc_ci_high": hi,
-        "accuracy": round(float(((np.asarray(p) >= 0.5) == y).mean()), 4),
+        "accuracy": round(acc, 4),
         "flagged": bool(auc is not None and auc >= flag_auroc),
     }
 
 
+def separation(y, x) -> float | None:
+    """How well one score separates the classes, whichever way round: max(AUROC, 1 - AUROC), the
+    mean of its one-vs-rest values over the classes for more than two (0.5 none, 1.0 fully)."""
+    y = np.asarray(y).astype(int)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        return None
+    both = len(classes) == 2
+    aucs = [auroc(y == c, x) for c in (classes[1:] if both else classes)]
+    return float(np.mean([max(a, 1 - a) for a in aucs]))
+
+
 def acquisition_probe(train: pd.DataFrame, test: pd.DataFrame, y_train, y_test, top: int = 3):
     """Scores of a logistic regression on acquisition facts, and the facts that carry most of it
-    (each fact's own test AUROC, oriented so that 0.5 is none and 1.0 separates the classes)."""
+    (each fact's own test `separation`)."""
     x, names = feature_matrix(pd.concat([train, test], ignore_index=True))
     x_tr, x_te = x[: len(train)], x[len(train) :]
     keep = x_tr.std(axis=0) > 0  # a constant column carries nothing and upsets nothing
     p = logistic_scores(x_tr[:, keep], y_train, x_te[:, keep])
     single = {}
     for k, name in enumerate(names):
-        a = auroc(np.asarray(y_test).astype(int), x_te[:, k]) if keep[k] else None
+        a = separation(y_test, x_te[:, k]) if keep[k] else None
         if a is not None:
-            single[name] = round(max(a, 1 - a), 3)
+            single[name] = round(a, 3)
     best = sorted(single.items(), key=lambda kv: -kv[1])[:top]
     return p, best
 

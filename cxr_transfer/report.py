@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from cxr_transfer.errors import CxrError
+from cxr_transfer import multiclass  # noqa: E402
+from cxr_transfer.errors import CxrError  # noqa: E402
 from cxr_transfer.metrics import paired_difference  # noqa: E402
 
 CURVE_FILES = {
@@ -51,19 +52,37 @@ FIGURES = {
     "Train seconds": "train_seconds",
     "Images/s": "images_per_s",
 }
+FIGURES_K = {  # more than two classes: macro averages over the classes, AUROC one-vs-rest
+    "Precision (macro)": "precision_macro",
+    "Recall (macro)": "recall_macro",
+    "F1 (macro)": "f1_macro",
+    "Accuracy": "accuracy",
+    "Balanced accuracy": "balanced_accuracy",
+    "Kappa": "kappa",
+    "AUROC (macro)": "auroc_macro",
+    "Train seconds": "train_seconds",
+    "Images/s": "images_per_s",
+}
+TIMES = ("Train seconds", "Images/s")
 
 
-def summary_table(runs: dict[str, list[dict]]) -> pd.DataFrame:
+def figures_for(n_classes: int) -> tuple[dict[str, str], str]:
+    """The summary table's columns (column -> metric key) and the AUROC key compared."""
+    return (FIGURES, "auroc") if n_classes == 2 else (FIGURES_K, "auroc_macro")
+
+
+def summary_table(runs: dict[str, list[dict]], figures=FIGURES, auroc_key: str = "auroc") -> pd.DataFrame:
     """The seed's results table (NETWORK, Precision, Recall, F1-Score, Accuracy, Specificity),
     extended with AUROC, 95% intervals and training time; the best accuracy row is marked.
 
     `runs` maps each arch-mode to its runs' metrics, one per seed. Each figure is the mean over
     seeds; with several seeds the table adds each figure's standard deviation ("<figure> SD") and
-    the number of seeds, and leaves out the single-run bootstrap intervals."""
+    the number of seeds, and leaves out the single-run bootstrap intervals. More than two classes:
+    `figures_for(K)`."""
     rows = []
     for name, ms in runs.items():
         row = {"NETWORK": name}
-        for col, k in FIGURES.items():
+        for col, k in figures.items():
             vals = [m[k] for m in ms]
             ok = all(v is not None for v in vals)
             row[col] = float(np.mean(vals)) if ok else None
@@ -71,7 +90,7 @@ def summary_table(runs: dict[str, list[dict]]) -> pd.DataFrame:
                 row[f"{col} SD"] = float(np.std(vals, ddof=1)) if ok else None
         one = len(ms) == 1
         row["Accuracy CI"] = ms[0]["ci"]["accuracy"] if one else None
-        row["AUROC CI"] = ms[0]["ci"]["auroc"] if one else None
+        row["AUROC CI"] = ms[0]["ci"][auroc_key] if one else None
         if not one:
             row["Seeds"] = len(ms)
         rows.append(row)
@@ -94,33 +113,35 @@ def summary_markdown(
     notes: list[str] = (),
     probe: dict | None = None,
     answer: list[str] = (),
+    figures=FIGURES,
+    auroc_key: str = "auroc",
 ) -> str:
     seeds = int(df["Seeds"].iloc[0]) if "Seeds" in df else 1
     spread = f"mean ± SD over {seeds} seeds" if seeds > 1 else "95% CI"
-    cols = ["NETWORK", "Precision", "Recall", "F1-Score", f"Accuracy ({spread})", "Specificity"]
-    head = "| " + " | ".join([*cols, f"AUROC ({spread})", "Train s"]) + " |"
+    ci_cols = {"accuracy": "Accuracy CI", auroc_key: "AUROC CI"}
+    shown = [c for c in figures if c not in TIMES]
+    heads = [f"{c} ({spread})" if figures[c] in ci_cols else c for c in shown]
     lines = ["# Results on the test split", "", *answer]
     lines += trust_lines(probe) if probe else []
-    lines += ["## The results", "", head, "|" + " --- |" * 8]
+    lines += ["## The results", "", "| " + " | ".join(["NETWORK", *heads, "Train s"]) + " |"]
+    lines += ["|" + " --- |" * (len(shown) + 2)]
     for r in df.to_dict("records"):
         name = f"**{r['NETWORK']}** (best)" if r["Best"] else r["NETWORK"]
-        lines.append(
-            f"| {name} | {_cell(r, 'Precision')} | {_cell(r, 'Recall')} | {_cell(r, 'F1-Score')} "
-            f"| {_cell(r, 'Accuracy', 'Accuracy CI')} | {_cell(r, 'Specificity')} "
-            f"| {_cell(r, 'AUROC', 'AUROC CI')} | {r['Train seconds']:.1f} |"
-        )
+        cells = [_cell(r, c, ci_cols.get(figures[c])) for c in shown]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['Train seconds']:.1f} |")
     first = ", the first seed's runs" if seeds > 1 else ""
+    auc = "AUROC" if auroc_key == "auroc" else "macro AUROC"
     lines += [
         "",
         f"## Mode against mode (same test images{first})",
         "",
-        "| comparison | accuracy diff (95% CI) | AUROC diff (95% CI) | McNemar p |",
+        f"| comparison | accuracy diff (95% CI) | {auc} diff (95% CI) | McNemar p |",
         "| --- | --- | --- | --- |",
     ]
     for key, c in compare.items():
         lines.append(
             f"| {key} | {_fmt(c['accuracy_diff'], c['accuracy_diff_ci'])} "
-            f"| {_fmt(c['auroc_diff'], c['auroc_diff_ci'])} | {c['mcnemar_p']:.3g} |"
+            f"| {_fmt(c[f'{auroc_key}_diff'], c[f'{auroc_key}_diff_ci'])} | {c['mcnemar_p']:.3g} |"
         )
     lines += ["", "Intervals: percentile bootstrap over patients/groups; differences are paired.", ""]
     lines += [f"Note: {n}" for n in notes] + ([""] if notes else [])
@@ -139,12 +160,22 @@ def comparisons(names: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def compare_modes(preds: dict[str, pd.DataFrame], positive: str, reps: int, seed: int, conf: float) -> dict:
+def compare_modes(
+    preds: dict[str, pd.DataFrame], positive: str | None, reps: int, seed: int, conf: float, classes=()
+) -> dict:
+    """Every pair of `comparisons` on the same test images; more than two `classes`: accuracy
+    and macro AUROC from the p_<class> columns."""
     out = {}
     for a, b in comparisons(list(preds)):
         pa, pb = preds[a], preds[b]
         if list(pa["path"]) != list(pb["path"]):
             raise CxrError(f"{a} and {b} were evaluated on different test images; rerun evaluate")
+        if len(classes) > 2:
+            cols = [f"p_{c}" for c in classes]
+            out[f"{a} vs {b}"] = multiclass.paired_difference(
+                pa["label"].to_numpy(), pa[cols], pb[cols], pa["group"].to_numpy(), reps, seed, conf
+            )
+            continue
         y = (pa["class"] == positive).to_numpy()
         out[f"{a} vs {b}"] = paired_difference(
             y,
@@ -191,36 +222,50 @@ def plot_curves(curves: pd.DataFrame, out_dir: Path) -> None:
 
 
 def plot_roc(roc: pd.DataFrame, metrics: dict[str, dict], out_dir: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
-    for name, g in roc.groupby("model", sort=False):
-        auc = metrics[name]["auroc"]
-        ax.plot(g["fpr"], g["tpr"], label=f"{name} (AUROC {_fmt(auc)})")
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(title="ROC on the test split", xlabel="1 - specificity", ylabel="sensitivity")
-    ax.legend(fontsize=8, loc="lower right")
+    """One panel for two classes; one per class (that class against the rest) for more."""
+    panels = list(roc.groupby("class", sort=False)) if "class" in roc else [(None, roc)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), dpi=110, squeeze=False)
+    for ax, (cls, part) in zip(axes[0], panels, strict=True):
+        for name, g in part.groupby("model", sort=False):
+            auc = metrics[name]["auroc"] if cls is None else metrics[name]["per_class"][cls]["auroc"]
+            ax.plot(g["fpr"], g["tpr"], label=f"{name} (AUROC {_fmt(auc)})")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        title = "ROC on the test split" if cls is None else f"{cls} vs the rest (test split)"
+        ax.set(title=title, xlabel="1 - specificity", ylabel="sensitivity")
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(out_dir / "roc.png")
     plt.close(fig)
 
 
-def plot_confusions(metrics: dict[str, dict], classes: tuple[str, str], out_dir: Path) -> None:
-    """classes = (negative, positive) names."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), dpi=110, squeeze=False)
+def confusion_of(m: dict, classes: list[str], positive: str | None) -> tuple[np.ndarray, list[str]]:
+    """A model's confusion matrix (rows actual, columns predicted) and its class labels."""
+    if "confusion_matrix" in m:
+        return np.array(m["confusion_matrix"]["rows_true_columns_predicted"]), list(classes)
+    c = m["confusion"]
+    neg = next(x for x in classes if x != positive)
+    return np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]]), [neg, positive]
+
+
+def plot_confusions(metrics: dict[str, dict], classes: list[str], positive: str | None, out_dir: Path):
+    """Every model's confusion matrix side by side (2x2, or KxK for K classes)."""
+    k = len(classes)
+    side = 3.2 if k == 2 else 1.1 * k + 1.2
+    fig, axes = plt.subplots(1, len(metrics), figsize=(side * len(metrics), side), dpi=110, squeeze=False)
     for ax, (name, m) in zip(axes[0], metrics.items(), strict=True):
-        c = m["confusion"]
-        mat = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
+        mat, labels = confusion_of(m, classes, positive)
         ax.imshow(mat, cmap="Blues")
         for (i, j), v in np.ndenumerate(mat):
             ax.text(j, i, str(v), ha="center", va="center", color="white" if v > mat.max() / 2 else "black")
         ax.set(
             title=name,
-            xticks=[0, 1],
-            yticks=[0, 1],
-            xticklabels=classes,
-            yticklabels=classes,
+            xticks=range(k),
+            yticks=range(k),
             xlabel="predicted",
             ylabel="actual",
         )
+        ax.set_xticklabels(labels, rotation=30 if k > 2 else 0, ha="right" if k > 2 else "center")
+        ax.set_yticklabels(labels)
     fig.tight_layout()
     fig.savefig(out_dir / "confusion.png")
     plt.close(fig)
@@ -280,6 +325,7 @@ def flagged_probes(probe: dict) -> int:
 def _trust_rows(probe: dict) -> list[tuple]:
     """(probe, figure, threshold, flagged, plain words) per probe."""
     t = probe["flag_auroc"]
+    auc = "macro AUROC" if probe.get("auroc_average") else "AUROC"  # more than two classes: one-vs-rest
     rows = []
     for k in sorted((k for k in probe if k.startswith("pixels_")), key=lambda k: int(k.split("_")[1])):
         r, n = probe[k], k.split("_")[1]
@@ -289,7 +335,7 @@ def _trust_rows(probe: dict) -> list[tuple]:
             if r["flagged"]
             else f"{n}x{n} thumbnails alone do not separate the classes well"
         )
-        rows.append((f"pixels {n}x{n}", f"AUROC {_auc(r)}", f">= {t}", r["flagged"], say))
+        rows.append((f"pixels {n}x{n}", f"{auc} {_auc(r)}", f">= {t}", r["flagged"], say))
     r = probe["acquisition"]
     say = (
         f"image size, format, file size and intensity statistics separate the classes (most: "
@@ -297,7 +343,7 @@ def _trust_rows(probe: dict) -> list[tuple]:
         if r["flagged"]
         else f"acquisition facts do not separate the classes (most: {r['top_features']})"
     )
-    rows.append(("acquisition facts", f"AUROC {_auc(r)}", f">= {t}", r["flagged"], say))
+    rows.append(("acquisition facts", f"{auc} {_auc(r)}", f">= {t}", r["flagged"], say))
     for arch, r in probe.get("outside_lungs", {}).items():
         say = (
             "with the lung fields blacked out, ImageNet features still separate the classes: the "
@@ -307,7 +353,7 @@ def _trust_rows(probe: dict) -> list[tuple]:
             f"images reach AUROC {_fmt(r['centre_only']['auroc'])}: the signal lies in the lungs"
         )
         rows.append(
-            (f"outside the lungs ({arch})", f"AUROC {_auc(r['masked'])}", f">= {t}", r["flagged"], say)
+            (f"outside the lungs ({arch})", f"{auc} {_auc(r['masked'])}", f">= {t}", r["flagged"], say)
         )
     r = probe["near_duplicates"]
     if "skipped" in r:

@@ -14,8 +14,6 @@ import statistics
 
 from scipy.stats import t as student_t
 
-CI_KEYS = ("accuracy_ci_low", "accuracy_ci_high", "auroc_ci_low", "auroc_ci_high")
-
 
 def run_name(arch: str, mode: str, seed: int) -> str:
     """The folder of one training run: models/, dvclive/ and eval/ use it."""
@@ -35,7 +33,7 @@ def aggregate(headlines: list[dict]) -> dict:
         return dict(headlines[0])
     out = {}
     for k, v in headlines[0].items():
-        if k in CI_KEYS:
+        if k.endswith(("_ci_low", "_ci_high")):
             continue
         vals = [h[k] for h in headlines]
         if not _number(v) or any(x is None for x in vals):
@@ -115,10 +113,13 @@ def _claim(key: str, c: dict, seeds: dict | None, n_seeds: int) -> tuple[str, st
     return f"{point:+.3f} {_ci(boot)}", verdict(boot, None, 1)
 
 
-def answer_lines(compare: dict, over_seeds: dict, n_seeds: int, flagged: int | None = None) -> list[str]:
+def answer_lines(
+    compare: dict, over_seeds: dict, n_seeds: int, flagged: int | None = None, auroc_key: str = "auroc"
+) -> list[str]:
     """The comparison the user came for, in plain words: for each pair of modes, which is ahead,
     by how much, with the test-set bootstrap interval and (several seeds) the t-interval over
-    seeds, and whether that is conclusive. Accuracy decides which is called ahead."""
+    seeds, and whether that is conclusive. Accuracy decides which is called ahead. More than two
+    classes: auroc_key "auroc_macro" (one-vs-rest, averaged over the classes)."""
     lines = ["## Which way of training wins?", ""]
     if flagged:
         lines += [
@@ -129,12 +130,12 @@ def answer_lines(compare: dict, over_seeds: dict, n_seeds: int, flagged: int | N
         (arch, _, a), (_, _, b) = (n.rpartition("-") for n in pair.split(" vs "))
         seeds = over_seeds.get(pair)
         acc, acc_verdict = _claim("accuracy", c, seeds, n_seeds)
-        auc, auc_verdict = _claim("auroc", c, seeds, n_seeds)
+        auc, auc_verdict = _claim(auroc_key, c, seeds, n_seeds)
         d = seeds["accuracy"]["mean"] if n_seeds > 1 and seeds else c["accuracy_diff"]
         head = "a tie" if not d else f"{a} ahead" if d > 0 else f"{b} ahead"
         lines.append(
             f"- **{arch}, {a} vs {b}: {head}.** {a} minus {b}: accuracy {acc}, {acc_verdict}; "
-            f"AUROC {auc}, {auc_verdict}."
+            f"{'AUROC' if auroc_key == 'auroc' else 'macro AUROC'} {auc}, {auc_verdict}."
         )
     if n_seeds > 1:
         how = (

@@ -3,7 +3,10 @@
 Both classes share anatomy (body, lungs, heart, spine, ribs, clavicles), acquisition variation
 (exposure, gamma, position, rotation, scale, noise), smooth soft-tissue densities and L/R markers.
 Covid images add patchy, mostly peripheral and lower-zone ground-glass opacities, some faint: a
-texture signal, not a brightness or marker shortcut.
+texture signal, not a brightness or marker shortcut. The optional third class, Pneumonia, adds a
+lobar consolidation instead: one dense, fairly homogeneous opacity in one lobe of one lung, sharp
+where a fissure bounds it and fading elsewhere, with air bronchograms (dark branching airways
+inside it).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-CLASS_DIRS = {"Normal": "NORMAL", "Covid": "COVID"}
+CLASS_DIRS = {"Normal": "NORMAL", "Covid": "COVID", "Pneumonia": "PNEUMONIA"}
 
 # 5x7 bitmaps of the radiographer's side markers
 _GLYPHS = {
@@ -103,6 +106,29 @@ def _densities(x, y, lungs, rng, size, covid: bool):
     return out * lungs
 
 
+def _consolidation(x, y, lungs, rng, size):
+    """A lobar consolidation: one lobe (upper or lower) of one lung, bounded by an oblique fissure
+    with a sharp edge, filled by a focal, saturating density with a mild texture, and two to four
+    air bronchograms running out from the hilum."""
+    side = rng.choice([-1.0, 1.0])
+    fissure = rng.uniform(-0.12, 0.08) + rng.uniform(-0.25, 0.25) * side * x
+    upper = rng.random() < 0.4
+    lobe = _soft(np.where(upper, y - fissure, fissure - y) / 0.02 + 1.0, 0.3) * (side * x > 0.05)
+    cx = side * rng.uniform(0.3, 0.5)
+    cy = rng.uniform(-0.45, -0.15) if upper else rng.uniform(0.1, 0.35)
+    rad = rng.uniform(0.18, 0.32)
+    env = 1.0 - np.exp(-3.0 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * rad**2)))
+    dense = rng.uniform(0.22, 0.40) * (0.85 + 0.15 * _smooth_field(rng, size, 1.5))
+    airways = np.zeros_like(x)
+    hx, hy = side * 0.15, rng.uniform(-0.1, 0.05)
+    for _ in range(rng.integers(2, 5)):
+        ang = np.arctan2(cy - hy, cx - hx) + rng.uniform(-0.5, 0.5)
+        d = np.cos(ang) * (y - hy) - np.sin(ang) * (x - hx)  # distance across the airway
+        t = np.cos(ang) * (x - hx) + np.sin(ang) * (y - hy)  # distance along it from the hilum
+        airways = np.maximum(airways, np.exp(-((d / 0.012) ** 2)) * (t > 0))
+    return dense * env * lobe * lungs * (1.0 - 0.35 * airways)
+
+
 def _marker(img: np.ndarray, rng: np.random.Generator) -> None:
     glyph = np.array([[c == "1" for c in row] for row in _GLYPHS[rng.choice(["L", "R"])]])
     scale = max(1, img.shape[0] // 64)
@@ -135,9 +161,12 @@ def add_shortcut(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.nda
     return img
 
 
-def render_cxr(rng: np.random.Generator, size: int, covid: bool, shortcut: str = "none") -> np.ndarray:
+def render_cxr(
+    rng: np.random.Generator, size: int, covid: bool, shortcut: str = "none", pneumonia: bool = False
+) -> np.ndarray:
     """One synthetic radiograph as a (size, size) uint8 array; `shortcut` adds a source artefact
-    to Covid images only (the demo's lesson: the probes flag it)."""
+    to Covid images only (the demo's lesson: the probes flag it); `pneumonia` (with covid False)
+    adds a lobar consolidation."""
     x, y = _grid(rng, size)
     body = _ellipse(x, y, 0.0, 0.08, rng.uniform(0.8, 0.9), 1.1, 0.03)
     lungs = _lungs(x, y, rng)
@@ -151,6 +180,8 @@ def render_cxr(rng: np.random.Generator, size: int, covid: bool, shortcut: str =
     a += 0.10 * _ribs(x, y, rng) * body + 0.12 * clav * body
     a += 0.03 * _smooth_field(rng, size, size / 10) * body
     a += _densities(x, y, lungs, rng, size, covid)
+    if pneumonia:
+        a += _consolidation(x, y, lungs, rng, size)
     img = np.clip(a * rng.uniform(0.9, 1.5) + rng.uniform(-0.05, 0.12), 0, 1) ** rng.uniform(0.8, 1.25)
     img = gaussian_filter(img, 0.6) + rng.normal(0, rng.uniform(0.01, 0.03), img.shape)
     _marker(img, rng)
@@ -162,16 +193,25 @@ def render_cxr(rng: np.random.Generator, size: int, covid: bool, shortcut: str =
 def _write_one(args: tuple[Path, str, int, int, int, int, str]) -> None:
     folder, cls, label, i, size, seed, shortcut = args
     rng = np.random.default_rng([seed, label, i])  # order-independent per image
-    arr = render_cxr(rng, size, covid=(cls == "Covid"), shortcut=shortcut)
+    arr = render_cxr(rng, size, covid=(cls == "Covid"), shortcut=shortcut, pneumonia=(cls == "Pneumonia"))
     Image.fromarray(arr, mode="L").save(folder / f"{cls}-{i + 1:04d}.png")
 
 
 def synthesize(
-    out_dir: Path, n_per_class: int, size: int, seed: int, workers: int = 0, shortcut: str = "none"
+    out_dir: Path,
+    n_per_class: int,
+    size: int,
+    seed: int,
+    workers: int = 0,
+    shortcut: str = "none",
+    classes=("Normal", "Covid"),
 ) -> dict[str, int]:
-    """Write n_per_class PNGs per class under out_dir/<CLASS>/, in parallel; returns counts per class."""
+    """Write n_per_class PNGs per class under out_dir/<CLASS>/, in parallel; returns counts per
+    class. Each image depends only on (seed, class, number): adding a class changes no other."""
     jobs = []
     for label, (cls, folder) in enumerate(CLASS_DIRS.items()):
+        if cls not in classes:
+            continue
         d = Path(out_dir) / folder
         d.mkdir(parents=True, exist_ok=True)
         jobs += [(d, cls, label, i, size, seed, shortcut) for i in range(n_per_class)]
@@ -182,4 +222,4 @@ def synthesize(
     else:
         with ProcessPoolExecutor(workers) as pool:
             list(pool.map(_write_one, jobs, chunksize=16))
-    return {cls: n_per_class for cls in CLASS_DIRS}
+    return {cls: n_per_class for cls in CLASS_DIRS if cls in classes}

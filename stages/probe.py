@@ -29,9 +29,11 @@ def main() -> None:
     p = load_params(args.params)
     cfg = p.probe
     parts = {s: read_table(args.splits / f"{s}.csv") for s in SPLITS}
-    pos = load_meta(args.prepared, "train")["classes"].index(p.data.positive)
+    classes = load_meta(args.prepared, "train")["classes"]
     (x_tr, y_tr), (x_te, y_te) = load_store(args.prepared, "train"), load_store(args.prepared, "test")
-    y_tr, y_te = (y_tr == pos).astype(int), (y_te == pos).astype(int)
+    if len(classes) == 2:  # the positive class against the other
+        pos = classes.index(p.data.positive)
+        y_tr, y_te = (y_tr == pos).astype(int), (y_te == pos).astype(int)
     groups = parts["test"]["group"].to_numpy()
 
     def score(p_test):
@@ -59,6 +61,8 @@ def main() -> None:
     flags += [f"outside_lungs.{a}" for a, v in out.get("outside_lungs", {}).items() if v["flagged"]]
     out["n_flagged"], out["flagged"] = len(flags), sorted(flags)
     out["flag_auroc"], out["flag_cramers_v"], out["box"] = cfg.flag_auroc, cfg.flag_cramers_v, cfg.box
+    if len(classes) > 2:  # multinomial probes: the AUROCs are one-vs-rest, averaged over the classes
+        out["auroc_average"] = f"macro one-vs-rest over {len(classes)} classes"
     write_json(args.out, out)
     args.details.mkdir(parents=True, exist_ok=True)
     pairs.to_csv(args.details / "near_duplicates.csv", index=False)

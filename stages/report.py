@@ -19,31 +19,40 @@ from cxr_transfer.seeds import aggregate, answer_lines, paired_over_seeds, run_n
 
 
 def gradcam_grid(model_dir: Path, preds: pd.DataFrame, x_test, classes, positive, per_cell, seed, out: Path):
+    """Two classes: maps toward the positive class, per (class, right/wrong) cell. More: maps
+    toward each image's predicted class, titled with its true class."""
     model, meta = load_trained(model_dir)
-    pos = classes.index(positive)
-    y = (preds["class"] == positive).to_numpy().astype(int)
-    pred = (preds["probability"] >= 0.5).to_numpy().astype(int)
-    idx = [i for _, ids in pick_examples(y, pred, per_cell, seed) for i in ids]
+    if len(classes) == 2:
+        y = (preds["class"] == positive).to_numpy().astype(int)
+        pred = (preds["probability"] >= 0.5).to_numpy().astype(int)
+        labels, conf = (1, 0), preds["probability"].to_numpy()
+    else:
+        y = preds["label"].to_numpy()
+        pred = preds["predicted"].map(classes.index).to_numpy()
+        labels, conf = range(len(classes)), preds[[f"p_{c}" for c in classes]].max(axis=1).to_numpy()
+    idx = [i for _, ids in pick_examples(y, pred, per_cell, seed, labels) for i in ids]
     if not idx:
         return
     xb = torch.as_tensor(np.asarray(x_test)[idx])[:, None]
+    targets = classes.index(positive) if len(classes) == 2 else pred[idx]
     cams = gradcam(
         model,
         model.get_submodule(get_spec(meta["arch"]).cam_layer),
         Normalizer(meta["mean"], meta["std"])(xb),
-        pos,
+        targets,
     )
-    titles = [
-        f"{preds['class'].iloc[i]} p={preds['probability'].iloc[i]:.2f} "
-        f"{'right' if pred[i] == y[i] else 'WRONG'}"
-        for i in idx
-    ]
+    right = ["right" if pred[i] == y[i] else "WRONG" for i in idx]
+    if len(classes) == 2:
+        titles = [f"{preds['class'].iloc[i]} p={conf[i]:.2f} {r}" for i, r in zip(idx, right, strict=True)]
+        toward = f"toward {positive}"
+    else:
+        titles = [
+            f"{preds['class'].iloc[i]} -> {classes[pred[i]]} p={conf[i]:.2f} {r}"
+            for i, r in zip(idx, right, strict=True)
+        ]
+        toward = "toward the predicted class (true -> predicted)"
     R.plot_gradcam_grid(
-        np.asarray(x_test)[idx],
-        cams,
-        titles,
-        out,
-        f"Grad-CAM toward {positive}: {meta['arch']}-{meta['mode']}",
+        np.asarray(x_test)[idx], cams, titles, out, f"Grad-CAM {toward}: {meta['arch']}-{meta['mode']}"
     )
 
 
@@ -85,6 +94,8 @@ def main() -> None:
     args = ap.parse_args()
     p = load_params(args.params)
     seeds, cfg = p.train.seeds, p.evaluate
+    classes = list(p.data.classes)
+    figures, auroc_key = R.figures_for(len(classes))
     runs = {f"{a}-{m}": [run_name(a, m, s) for s in seeds] for a in p.archs for m in p.train.modes}
     first = {n: rs[0] for n, rs in runs.items()}  # plots, curves and Grad-CAM show the first seed's run
     full = {
@@ -94,22 +105,23 @@ def main() -> None:
         n: [json.loads((args.eval / r / "headline.json").read_text()) for r in rs] for n, rs in runs.items()
     }
     preds = {n: pd.read_csv(args.eval / r / "predictions.csv") for n, r in first.items()}
-    compare = R.compare_modes(preds, p.data.positive, cfg.bootstrap, cfg.seed, cfg.confidence)
+    compare = R.compare_modes(preds, p.data.positive, cfg.bootstrap, cfg.seed, cfg.confidence, classes)
     over = {}
     if len(seeds) > 1:
         for pair in compare:
             a, b = (dict(zip(seeds, heads[n], strict=True)) for n in pair.split(" vs "))
-            over[pair] = paired_over_seeds(a, b, ("accuracy", "auroc"), cfg.confidence)
+            over[pair] = paired_over_seeds(a, b, ("accuracy", auroc_key), cfg.confidence)
             compare[pair]["over_seeds"] = over[pair]
     args.modes_metrics.mkdir(parents=True, exist_ok=True)
     for n, hs in heads.items():
         write_json(args.modes_metrics / f"{n}.json", aggregate(hs))
-    table = R.summary_table(full)
+    table = R.summary_table(full, figures, auroc_key)
     table.to_csv(args.out_metrics / "summary.csv", index=False)
     notes = same_mode_notes(args.models, first)
     probe = json.loads(args.probe.read_text())
-    answer = answer_lines(compare, over, len(seeds), R.flagged_probes(probe))
-    (args.out_metrics / "summary.md").write_text(R.summary_markdown(table, compare, notes, probe, answer))
+    answer = answer_lines(compare, over, len(seeds), R.flagged_probes(probe), auroc_key)
+    md = R.summary_markdown(table, compare, notes, probe, answer, figures, auroc_key)
+    (args.out_metrics / "summary.md").write_text(md)
     write_json(args.out_metrics / "compare.json", compare)
     write_plots(args, p, runs, first, preds, {n: ms[0] for n, ms in full.items()})
     print((args.out_metrics / "summary.md").read_text())
@@ -128,20 +140,21 @@ def write_plots(args, p, runs, first, preds, metrics) -> None:
     )
     curves.to_csv(args.plots / "curves.csv", index=False)
     R.plot_curves(curves.assign(model=curves["model"].str.replace(r"-s\d+$", "", regex=True)), args.plots)
+    classes = list(p.data.classes)
     for kind in ("roc", "pr"):
-        pd.concat(
-            [pd.read_csv(args.eval / r / f"{kind}.csv").assign(model=n) for n, r in first.items()]
-        ).to_csv(args.plots / f"{kind}.csv", index=False)
+        d = pd.concat([pd.read_csv(args.eval / r / f"{kind}.csv").assign(model=n) for n, r in first.items()])
+        if len(classes) > 2:  # `dvc plots show` draws a line per model: here one per model and class
+            d["model"] = d["model"] + ": " + d["class"] + " vs rest"
+        d.to_csv(args.plots / f"{kind}.csv", index=False)
     pd.concat(
         [
             d[["class", "predicted"]].rename(columns={"class": "actual"}).assign(model=n)
             for n, d in preds.items()
         ]
     ).to_csv(args.plots / "confusion.csv", index=False)
-    R.plot_roc(pd.read_csv(args.plots / "roc.csv"), metrics, args.plots)
-    classes = list(p.data.classes)
-    neg = next(c for c in classes if c != p.data.positive)
-    R.plot_confusions(metrics, (neg, p.data.positive), args.plots)
+    roc = pd.concat([pd.read_csv(args.eval / r / "roc.csv").assign(model=n) for n, r in first.items()])
+    R.plot_roc(roc, metrics, args.plots)
+    R.plot_confusions(metrics, classes, p.data.positive, args.plots)
     x_test, _ = load_store(args.prepared, "test")
     (args.plots / "gradcam").mkdir(exist_ok=True)
     for n, r in first.items():

@@ -16,7 +16,9 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_params(args.params).synthesize
     shutil.rmtree(args.out, ignore_errors=True)
-    counts = synthesize(args.out, cfg.n_per_class, cfg.image_size, cfg.seed, shortcut=cfg.shortcut)
+    counts = synthesize(
+        args.out, cfg.n_per_class, cfg.image_size, cfg.seed, shortcut=cfg.shortcut, classes=cfg.classes
+    )
     print(f"synthesize: wrote {sum(counts.values())} images {counts} to {args.out}")
 
 

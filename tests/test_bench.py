@@ -19,7 +19,9 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
     assert saved["probe"]["images"] == 200
     inp = saved["input"][0]
     assert inp["images"] == 64
-    assert inp["ratio"] == pytest.approx(inp["ours_images_per_s"] / inp["seed_images_per_s"], abs=0.06)
+    assert inp["ratio"] == pytest.approx(
+        inp["ours_images_per_s"] / inp["seed_images_per_s"], abs=0.08
+    )  # ratio to 0.1, rates to 0.1 img/s
     assert saved["fe"]["epochs"] == 2 and 0 <= saved["fe"]["ours_val_acc"] <= 1
     assert saved["fe"]["ours_val_acc"] * 8 == pytest.approx(
         round(saved["fe"]["ours_val_acc"] * 8), abs=0.01
