@@ -81,3 +81,28 @@ def test_pick_examples_is_seeded_and_covers_each_cell():
     assert [len(ids) for _, ids in cells] == [2, 1, 2, 2]
     for (label, right), ids in cells:
         assert all(y[i] == label and (pred[i] == y[i]) == right for i in ids)
+
+
+def test_gradcam_takes_one_target_per_image():
+    """Toward each image's own class: the same maps as one call per image and class."""
+    x = torch.zeros(2, 1, 16, 16)
+    x[0, :, :8, :8], x[1, :, 8:, 8:] = 1.0, 1.0
+    net = QuadrantNet()
+    both = gradcam(net, net.conv, x, target=[1, 0])
+    assert np.allclose(both[0], gradcam(net, net.conv, x[:1], target=1)[0], atol=1e-6)
+    assert np.allclose(both[1], gradcam(net, net.conv, x[1:], target=0)[0], atol=1e-6)
+    assert not np.allclose(both[1], gradcam(net, net.conv, x[1:], target=1)[0], atol=1e-3)
+
+
+def test_pick_examples_covers_every_class_of_k():
+    y = np.array([0, 0, 1, 1, 2, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0, 2])
+    cells = pick_examples(y, pred, 5, seed=0, labels=range(3))
+    assert cells == [
+        ((0, True), [0]),
+        ((0, False), [1]),
+        ((1, True), [2, 3]),
+        ((1, False), []),
+        ((2, True), [4, 6]),
+        ((2, False), [5]),
+    ]

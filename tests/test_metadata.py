@@ -75,3 +75,27 @@ def test_a_source_column_present_in_every_sheet_wins_over_url(tmp_path):
         )
     assert plan(root, CLASSES, [], "FILE NAME", None, "HOSPITAL").source_column == "HOSPITAL"
     assert plan(root, CLASSES, [], "FILE NAME", None, "WARD").source_column == "URL"
+
+
+FOUR = {  # the README's 4-class configuration of the COVID-19 Radiography Database
+    "Normal": ("Normal",),
+    "Covid": ("COVID",),
+    "Viral_Pneumonia": ("Viral Pneumonia",),
+    "Lung_Opacity": ("Lung_Opacity",),
+}
+
+
+def test_the_database_with_three_and_four_classes_configured(tmp_path):
+    root = radiography_db(
+        tmp_path / "COVID-19_Radiography_Dataset", ("COVID", "Normal", "Viral Pneumonia", "Lung_Opacity")
+    )
+    for classes in ({k: FOUR[k] for k in ("Normal", "Covid", "Viral_Pneumonia")}, FOUR):
+        mp = plan(root, classes, [], "FILE NAME", "PATIENT ID", None)
+        assert len(mp.tables) == len(classes) and mp.source_column == "URL"
+        sources = read_columns(mp.tables, "FILE NAME", mp.source_column, "source_column")
+        df, report = build_index(root, classes, 10**6, workers=1, sources=sources)
+        assert report["per_class"] == {c: 3 for c in classes}
+        assert report["skipped_by_reason"]["mask folder"] == 12  # every class's masks/, listed or not
+        assert report["images_without_source"] == 0
+        assert sorted(df["label"].unique()) == list(range(len(classes)))
+        assert (df.loc[df["class"] == "Viral_Pneumonia", "source"] == "https://example.org/other").all()

@@ -93,6 +93,14 @@ def _with(path: str, value):
         ),
         ("train.compile", "yes", "train.compile: expected true or false"),
         ("data.positive", "Pneumonia", "data.positive: 'Pneumonia' is not one of"),
+        ("data.positive", None, "data.positive: two classes need a positive one"),
+        ("data.classes", {"Normal": ["N"]}, "data.classes: 1 class(es) given; name at least two"),
+        ("synthesize.classes", ["Normal", "Flu"], "synthesize.classes: 'Flu' is not one of"),
+        (
+            "synthesize.classes",
+            ["Covid", "Covid"],
+            "synthesize.classes: ['Covid', 'Covid']: name at least two",
+        ),
         (
             "data.classes",
             {"Normal": ["N"], "Covid": ["N"]},
@@ -147,3 +155,12 @@ def test_the_metadata_file_is_one_table_or_several():
         "data/raw/Normal.metadata.xlsx",
     ]
     assert parse_params(BASE).data.metadata_paths() == []
+
+
+def test_more_than_two_classes_and_an_optional_positive():
+    three = {"Normal": ["NORMAL"], "Covid": ["COVID"], "Pneumonia": ["PNEUMONIA", "Viral Pneumonia"]}
+    p = parse_params(_with("data.classes", three))
+    assert list(p.data.classes) == ["Normal", "Covid", "Pneumonia"] and p.data.positive == "Covid"
+    d = _with("data.classes", three)
+    d["data"]["positive"] = None
+    assert parse_params(d).data.positive is None

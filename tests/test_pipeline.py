@@ -169,8 +169,18 @@ def would_run(repo: Path, *args: str) -> set[str]:
 LITE0 = [f"efficientnet_lite0-{m}-0" for m in MODES]  # stage names: arch-mode-seed
 
 
+def _dry_run_with(repo: Path, changes: dict) -> set[str]:
+    """The stages `dvc repro` would run after `changes` to params.yaml (a dry run; the workspace
+    is restored)."""
+    set_params(repo, changes)
+    try:
+        return would_run(repo, "repro", "--dry", "--force-downstream")
+    finally:
+        sh(repo, "git", "checkout", "params.yaml")
+
+
 def test_changing_image_size_reruns_prepare_and_everything_below_it(repo):
-    assert would_run(repo, "exp", "run", "--temp", "-S", "prepare.image_size=40") == {
+    assert _dry_run_with(repo, {("prepare", "image_size"): 40}) == {
         "prepare",
         "probe",
         *(f"{s}@{n}" for s in ("train", "evaluate") for n in LITE0),
@@ -179,9 +189,11 @@ def test_changing_image_size_reruns_prepare_and_everything_below_it(repo):
     assert "up to date" in sh(repo, "dvc", "status")  # the workspace is untouched
 
 
-def test_an_experiment_on_the_ft_lr_reruns_only_the_ft_stages_and_report(repo):
-    ran = would_run(repo, "exp", "run", "--temp", "-S", "modes.ft.lr=0.0005")
+def test_changing_the_ft_lr_reruns_only_the_ft_stages_and_report(repo):
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    ran = _dry_run_with(repo, {("modes", "ft"): {**p["modes"]["ft"], "lr": 0.0005}})
     assert ran == {"train@efficientnet_lite0-ft-0", "evaluate@efficientnet_lite0-ft-0", "report"}
+    assert would_run(repo, "repro", "--dry") == set()
 
 
 def test_another_seed_trains_only_the_new_runs_and_the_report_aggregates_them(repo, tmp_path):
@@ -314,3 +326,53 @@ def test_radiography_database_layout_by_changing_data_root_alone(repo, tmp_path)
     finally:
         sh(repo, "git", "checkout", "params.yaml", "dvc.lock")
         sh(repo, "dvc", "checkout", "--force")
+
+
+THREE_CLASSES = (  # the README's 3-class demo experiment, word for word
+    "-S",
+    "synthesize.classes=[Normal,Covid,Pneumonia]",
+    "-S",
+    "+data.classes.Pneumonia=[PNEUMONIA]",
+)
+
+
+def test_a_three_class_demo_runs_end_to_end_as_an_experiment(repo, tmp_path):
+    """`dvc exp run` with a third class: K-class metrics (the same keys in every file, one
+    `dvc metrics show` row per arch x mode), 3x3 confusions, one-vs-rest curves, multinomial probes."""
+    work = tmp_path / "proj"
+    shutil.copytree(repo, work, symlinks=True)
+    sh(work, "dvc", "exp", "run", *THREE_CLASSES)
+    report = json.loads((work / "metrics" / "index_report.json").read_text())
+    assert report["per_class"] == {"Normal": 14, "Covid": 14, "Pneumonia": 14}
+    heads = {
+        m: json.loads((work / "metrics" / "modes" / f"efficientnet_lite0-{m}.json").read_text())
+        for m in MODES
+    }
+    keys = {frozenset(h) for h in heads.values()}
+    assert len(keys) == 1  # every metrics file of one class set has the same keys
+    assert {"auroc_macro", "f1_macro", "kappa", "log_loss", "recall", "specificity"} <= set(heads["fe"])
+    for m in MODES:
+        run = work / "eval" / f"efficientnet_lite0-{m}-s0"
+        full = json.loads((run / "metrics.json").read_text())
+        pred = pd.read_csv(run / "predictions.csv")
+        assert heads[m]["accuracy"] == pytest.approx((pred["predicted"] == pred["class"]).mean(), abs=1e-6)
+        cm = full["confusion_matrix"]["rows_true_columns_predicted"]
+        assert len(cm) == 3 and sum(map(sum, cm)) == len(pred) == heads[m]["n_test"]
+        recall_covid = ((pred["class"] == "Covid") & (pred["predicted"] == "Covid")).sum() / (
+            pred["class"] == "Covid"
+        ).sum()
+        assert heads[m]["recall"] == pytest.approx(recall_covid, abs=1e-6)  # data.positive vs the rest
+        assert set(pd.read_csv(run / "roc.csv")["class"]) == {"Normal", "Covid", "Pneumonia"}
+    shown = json.loads(sh(work, "dvc", "metrics", "show", "--json"))
+    files = next(iter(shown.values()))["data"]
+    rows = [f for f in files if f.startswith("metrics/modes/")]
+    assert sorted(rows) == sorted(f"metrics/modes/efficientnet_lite0-{m}.json" for m in MODES)
+    compare = json.loads((work / "metrics" / "compare.json").read_text())
+    assert all({"accuracy_diff", "auroc_macro_diff_ci", "mcnemar_p"} <= set(c) for c in compare.values())
+    probe = json.loads((work / "metrics" / "probe.json").read_text())
+    assert probe["auroc_average"] == "macro one-vs-rest over 3 classes"
+    roc = pd.read_csv(work / "plots" / "roc.csv")
+    assert "efficientnet_lite0-fe: Pneumonia vs rest" in set(roc["model"])
+    summary = (work / "metrics" / "summary.md").read_text()
+    assert "| NETWORK | Precision (macro) |" in summary and "macro AUROC" in summary
+    assert (work / "plots" / "gradcam" / "efficientnet_lite0-fe.png").exists()

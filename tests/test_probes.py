@@ -118,3 +118,23 @@ def test_cramers_v_matches_a_hand_computed_case():
 def test_no_source_column_skips_the_source_probe_with_a_reason():
     r = P.source_probe(pd.DataFrame({"source": ["", ""], "class": ["Covid", "Normal"]}), 0.5)
     assert r == {"skipped": "no image has a source (set data.metadata.source_column)", "flagged": False}
+
+
+def test_multinomial_probe_scores_macro_auroc_and_flags_it():
+    """Three classes: the probe is one multinomial regression; its AUROC is the macro one-vs-rest."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y_tr, y_te = rng.integers(0, 3, 300), rng.integers(0, 3, 150)
+    centres = np.array([[0, 0], [3, 0], [0, 3]])
+    x_tr, x_te = centres[y_tr] + rng.normal(size=(300, 2)), centres[y_te] + rng.normal(size=(150, 2))
+    p = P.logistic_scores(x_tr, y_tr, x_te)
+    assert p.shape == (150, 3) and np.allclose(p.sum(1), 1.0)
+    s = P.scored(y_te, p, None, 100, 0, 0.95, 0.8)
+    assert s["auroc"] == pytest.approx(roc_auc_score(y_te, p, multi_class="ovr"), abs=1e-4)
+    assert s["flagged"] and s["auroc_ci_low"] < s["auroc"] < s["auroc_ci_high"]
+    assert s["accuracy"] == pytest.approx((p.argmax(1) == y_te).mean(), abs=1e-4)
+    # one feature: how far it separates the classes, whichever way round, averaged one-vs-rest
+    assert P.separation(y_te, -x_te[:, 0]) == pytest.approx(
+        np.mean([max(a, 1 - a) for a in (roc_auc_score(y_te == c, x_te[:, 0]) for c in range(3))])
+    )

@@ -166,3 +166,74 @@ def test_the_trust_table_says_green_or_names_each_flag():
     text = "\n".join(trust_lines(probe))
     assert "**2 probe(s) flagged**" in text and text.count("**FLAG**") == 2
     assert "need no disease detail" in text and "the signal lies outside the lungs" in text
+
+
+K3 = ["Normal", "Covid", "Pneumonia"]
+
+
+def _k_case(seed=0, n=90, skill=2.0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    z = rng.normal(size=(n, 3)) + skill * np.eye(3)[y]
+    return y, np.exp(z) / np.exp(z).sum(1, keepdims=True)
+
+
+def test_k_class_evaluation_headline_and_predictions_agree():
+    from cxr_transfer.evaluation import evaluate_k, headline_k, prediction_table_k
+
+    y, P = _k_case()
+    test = pd.DataFrame({"path": [f"{i}.png" for i in range(90)], "group": np.arange(90) // 2})
+    test["class"], test["label"] = np.asarray(K3)[y], y
+    full = evaluate_k(y, P, test["group"].to_numpy(), K3, "Covid", 50, 0, 0.95, 10)
+    pred = prediction_table_k(test, P, K3)
+    assert full["accuracy"] == pytest.approx((pred["predicted"] == pred["class"]).mean(), abs=1e-6)
+    assert full["n_groups"] == 45 and full["classes"] == K3
+    cm = np.array(full["confusion_matrix"]["rows_true_columns_predicted"])
+    assert cm.sum() == 90 and np.trace(cm) == (pred["predicted"] == pred["class"]).sum()
+    assert (
+        full["recall"]
+        == full["per_class"]["Covid"]["recall"]
+        == pytest.approx(
+            ((pred["class"] == "Covid") & (pred["predicted"] == "Covid")).sum() / (y == 1).sum(), abs=1e-6
+        )
+    )
+    lo, hi = full["ci"]["auroc_macro"]
+    assert lo < full["auroc_macro"] < hi
+    full.update(best_epoch=2, epochs_run=3, train_seconds=1.0, arch="a", mode="fe")
+    head = headline_k(full)
+    assert (head["auroc_macro_ci_low"], head["auroc_macro_ci_high"]) == (lo, hi)
+    assert {"f1_macro", "kappa", "log_loss", "recall", "specificity"} <= set(head)
+    assert not any(isinstance(v, dict | list) for v in head.values())  # flat: dvc metrics reads it
+    full.pop("recall")  # without data.positive the binary names are absent from every file
+    nopos = evaluate_k(y, P, None, K3, None, 10, 0, 0.95, 10)
+    assert "recall" not in nopos and "recall" not in headline_k(
+        {**nopos, **{k: full[k] for k in ("best_epoch", "epochs_run", "train_seconds", "arch", "mode")}}
+    )
+    assert np.allclose(pred[[f"p_{c}" for c in K3]].sum(1), 1.0, atol=1e-5)
+
+
+def test_k_class_summary_compare_and_confusion_plot(tmp_path):
+    from cxr_transfer.evaluation import evaluate_k, prediction_table_k
+    from cxr_transfer.report import figures_for, plot_confusions
+
+    y, good = _k_case(1, skill=3.0)
+    _, bad = _k_case(2, skill=0.2)
+    test = pd.DataFrame({"path": [f"{i}.png" for i in range(90)], "group": np.arange(90)})
+    test["class"], test["label"] = np.asarray(K3)[y], y
+    preds = {"m-scratch": prediction_table_k(test, bad, K3), "m-fe": prediction_table_k(test, good, K3)}
+    compare = compare_modes(preds, "Covid", 100, 0, 0.95, K3)
+    c = compare["m-fe vs m-scratch"]
+    acc = (good.argmax(1) == y).mean() - (bad.argmax(1) == y).mean()
+    assert c["accuracy_diff"] == pytest.approx(acc) and c["auroc_macro_diff_ci"][0] > 0
+    figures, key = figures_for(3)
+    runs = {
+        n: [{**evaluate_k(y, P, None, K3, None, 20, 0, 0.95, 10), "train_seconds": 1.0, "images_per_s": 9}]
+        for n, P in (("m-scratch", bad), ("m-fe", good))
+    }
+    table = summary_table(runs, figures, key)
+    assert table.set_index("NETWORK").loc["m-fe", "Best"] == "*"
+    assert table.set_index("NETWORK").loc["m-fe", "AUROC (macro)"] == runs["m-fe"][0]["auroc_macro"]
+    md = summary_markdown(table, compare, figures=figures, auroc_key=key)
+    assert "| NETWORK | Precision (macro) |" in md and "macro AUROC diff (95% CI)" in md
+    plot_confusions({n: r[0] for n, r in runs.items()}, K3, None, tmp_path)
+    assert (tmp_path / "confusion.png").stat().st_size > 5000

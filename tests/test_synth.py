@@ -54,3 +54,37 @@ def test_no_brightness_or_marker_shortcut_but_a_real_signal(generated):
     assert brightness < 0.62, brightness  # no exposure shortcut
     assert marker < 0.62, marker  # no L/R-marker shortcut
     assert cnn > lr16 + 0.1, (cnn, lr16)  # clearly below what a CNN reaches
+
+
+def test_a_third_class_adds_files_and_changes_none_of_the_others(tmp_path):
+    two = synthesize(tmp_path / "two", 3, 64, seed=5)
+    three = synthesize(tmp_path / "three", 3, 64, seed=5, classes=("Normal", "Covid", "Pneumonia"))
+    assert two == {"Normal": 3, "Covid": 3} and three == {**two, "Pneumonia": 3}
+    for f in sorted((tmp_path / "two").rglob("*.png")):
+        assert f.read_bytes() == (tmp_path / "three" / f.relative_to(tmp_path / "two")).read_bytes()
+    assert len(list((tmp_path / "three" / "PNEUMONIA").glob("Pneumonia-*.png"))) == 3
+
+
+def test_three_classes_separable_by_a_cnn_not_by_brightness():
+    """Normal, Covid and Pneumonia (lobar consolidation): thumbnails see some of it, a CNN's
+    features clearly more; mean brightness tells none of the three apart (chance is 1/3)."""
+    imgs, y = [], []
+    for label in (0, 1, 2):
+        for i in range(100):
+            rng = np.random.default_rng([3, label, i])
+            imgs.append(render_cxr(rng, 128, covid=label == 1, pneumonia=label == 2))
+            y.append(label)
+    imgs, y = np.stack(imgs), np.array(y)
+    small = np.stack([np.asarray(Image.fromarray(a).resize((16, 16), Image.BILINEAR)) for a in imgs])
+    lr16 = _cv(small.reshape(len(y), -1) / 255.0, y)
+    brightness = _cv(imgs.reshape(len(y), -1).mean(1, keepdims=True) / 255.0, y)
+    model = build_model("efficientnet_lite0", "weights", 3, seed=0).eval()
+    model.classifier = torch.nn.Identity()
+    x96 = np.stack([np.asarray(Image.fromarray(a).resize((96, 96), Image.BILINEAR)) for a in imgs])
+    with torch.no_grad():
+        feats = model(Normalizer(IMAGENET_MEAN, IMAGENET_STD)(torch.as_tensor(x96)[:, None])).numpy()
+    feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
+    cnn = cross_val_score(LogisticRegression(C=0.1, max_iter=5000), feats, y, cv=5).mean()
+    assert 0.45 < lr16 < 0.75, lr16  # 0.59 on 120 per class
+    assert brightness < 0.45, brightness  # 0.36
+    assert cnn > lr16 + 0.1, (cnn, lr16)  # 0.78
