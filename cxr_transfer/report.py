@@ -254,7 +254,7 @@ def plot_confusions(metrics: dict[str, dict], classes: list[str], positive: str 
     fig, axes = plt.subplots(1, len(metrics), figsize=(side * len(metrics), side), dpi=110, squeeze=False)
     for ax, (name, m) in zip(axes[0], metrics.items(), strict=True):
         mat, labels = confusion_of(m, classes, positive)
-        ax.imshow(mat, cmap="Blues")
+        ax.imshow(mat, cmap="Blues", vmin=0)  # the text colour rule below assumes a scale from 0
         for (i, j), v in np.ndenumerate(mat):
             ax.text(j, i, str(v), ha="center", va="center", color="white" if v > mat.max() / 2 else "black")
         ax.set(

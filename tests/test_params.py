@@ -164,3 +164,20 @@ def test_more_than_two_classes_and_an_optional_positive():
     d = _with("data.classes", three)
     d["data"]["positive"] = None
     assert parse_params(d).data.positive is None
+
+
+def test_the_readmes_radiography_database_configurations_load():
+    """The README's 2-, 3- and 4-class params for the COVID-19 Radiography Database parse, and
+    name the folders the database ships (tests/test_metadata.py indexes that layout)."""
+    from tests.test_metadata import FOUR
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("### More than two classes", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    docs = list(yaml.safe_load_all(block))
+    assert [len(d["data"]["classes"]) for d in docs] == [2, 3, 4]
+    for d in docs:
+        base = copy.deepcopy(BASE)
+        base["data"].update(d["data"])
+        p = parse_params(base)
+        assert p.data.positive == "Covid"
+        assert p.data.classes == {k: FOUR[k] for k in p.data.classes}
