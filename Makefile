@@ -7,9 +7,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: venv repro test lint bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps -e .   # the cxr-transfer command (predict)
 	touch $(STAMP)
 
 venv: $(STAMP)

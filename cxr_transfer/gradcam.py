@@ -46,3 +46,13 @@ def pick_examples(
             take = rng.choice(idx, size=min(per_cell, len(idx)), replace=False) if len(idx) else []
             cells.append(((label, right), sorted(int(i) for i in take)))
     return cells
+
+
+def overlay(img: np.ndarray, cam: np.ndarray, alpha: float = 0.35) -> np.ndarray:
+    """An (S, S, 3) uint8 picture: the grayscale image under the map in the jet colours, as the
+    report's grids draw it."""
+    from matplotlib import colormaps
+
+    heat = colormaps["jet"](np.clip(cam, 0, 1))[..., :3]
+    gray = np.repeat(np.asarray(img, dtype=float)[..., None] / 255.0, 3, axis=2)
+    return (((1 - alpha) * gray + alpha * heat) * 255).round().astype(np.uint8)

@@ -7,6 +7,8 @@ import contextlib
 import numpy as np
 from PIL import Image
 
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}  # DICOM: by its preamble too
+OS_FILES = {".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"}
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit containers (old Pillow: 16-bit PNG as I)
 
 
@@ -50,3 +52,61 @@ def resize_gray8(a: np.ndarray, size: int) -> np.ndarray:
     if a.shape == (size, size):
         return a
     return np.asarray(Image.fromarray(a, mode="L").resize((size, size), Image.BILINEAR))
+
+
+class Unreadable(ValueError):
+    """A file that cannot be used as a radiograph: `reason` (one of index's skip reasons) and an
+    optional detail."""
+
+    def __init__(self, reason: str, detail: str | None = None):
+        super().__init__(reason if detail is None else f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def is_colour(im: Image.Image) -> bool:
+    """True when an image's colour channels differ somewhere (a photo or a coloured annotation,
+    not a grayscale radiograph stored as RGB)."""
+    if im.mode not in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        return False
+    a = np.asarray(im.convert("RGB"), dtype=np.int16)
+    return bool((np.abs(a[..., 0] - a[..., 1]) > 2).any() or (np.abs(a[..., 1] - a[..., 2]) > 2).any())
+
+
+def read_gray(path, max_pixels: int | None, bits_stored: int | None = None) -> tuple[np.ndarray, dict]:
+    """Any radiograph file (PNG, JPEG, TIFF..., DICOM) -> its 8-bit grayscale pixels and facts
+    (width, height, mode, format, colour); `Unreadable` with index's reasons otherwise."""
+    import os
+    import warnings
+
+    from PIL import UnidentifiedImageError
+
+    from cxr_transfer.dicom import DicomSkip, is_dicom, read_dicom
+
+    if os.path.getsize(path) == 0:
+        raise Unreadable("empty file")
+    if is_dicom(path):
+        try:
+            gray, facts = read_dicom(path, max_pixels)
+        except DicomSkip as e:
+            raise Unreadable(str(e)) from None
+        return gray, {**facts, "colour": False}
+    try:
+        with warnings.catch_warnings(), pixel_limit(None):  # our own limit applies, before decoding
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                w, h = im.size
+                if max_pixels is not None and w * h > max_pixels:
+                    raise Unreadable("too many pixels", f"{w}x{h} > index.max_pixels={max_pixels}")
+                fmt, mode = im.format, im.mode
+                if mode == "F":
+                    raise Unreadable("floating-point pixels (no declared range)")
+                im.load()
+                colour = is_colour(im)
+                gray = to_gray8(im, bits_stored)
+    except UnidentifiedImageError:
+        raise Unreadable("not a decodable image") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, Unreadable):
+            raise
+        raise Unreadable("corrupt or truncated image", str(e).splitlines()[0][:120]) from None
+    return gray, {"width": w, "height": h, "mode": mode, "format": fmt, "colour": colour}

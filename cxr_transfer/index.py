@@ -8,23 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from cxr_transfer.acquisition import STATS, pixel_facts
-from cxr_transfer.dicom import DicomSkip, is_dicom, read_dicom
+from cxr_transfer.dicom import is_dicom
 from cxr_transfer.errors import CxrError
 from cxr_transfer.groups import group_names
-from cxr_transfer.imageio import pixel_limit, to_gray8
+from cxr_transfer.imageio import IMAGE_EXTS, OS_FILES, Unreadable, read_gray
 from cxr_transfer.neardup import framed_phash, phash
 from cxr_transfer.parallel import chunked_map
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
-OS_FILES = {".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"}
 SKIP_DIRS = {"__macosx", "masks", "mask"}
 COLUMNS = [
     "path",
@@ -100,44 +96,18 @@ def walk(root: Path, aliases: dict[str, str]) -> tuple[list[tuple[str, str]], li
 def inspect_image(path: str, max_pixels: int, bits_stored: int | None = None) -> dict:
     """Decode one file fully: size, mode, format and the hash of its 8-bit grayscale pixels,
     or {'reason': ...} when it cannot be used."""
-    if os.path.getsize(path) == 0:
-        return {"reason": "empty file"}
-    if is_dicom(path):
-        return _inspect_dicom(path, max_pixels)
     try:
-        with warnings.catch_warnings(), pixel_limit(None):  # our own limit applies, before decoding
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    return {"reason": "too many pixels", "detail": f"{w}x{h} > index.max_pixels={max_pixels}"}
-                fmt, mode = im.format, im.mode
-                if mode == "F":
-                    return {"reason": "floating-point pixels (no declared range)"}
-                im.load()
-                gray = to_gray8(im, bits_stored)
-    except UnidentifiedImageError:
-        return {"reason": "not a decodable image"}
-    except (OSError, SyntaxError, ValueError) as e:
-        return {"reason": "corrupt or truncated image", "detail": str(e).splitlines()[0][:120]}
+        gray, facts = read_gray(path, max_pixels, bits_stored)
+    except Unreadable as e:
+        return {"reason": e.reason} if e.detail is None else {"reason": e.reason, "detail": e.detail}
+    w, h = facts["width"], facts["height"]
     digest = hashlib.sha1(gray.tobytes() + f"{w}x{h}".encode()).hexdigest()
-    facts = {"width": w, "height": h, "mode": mode, "format": fmt, "bytes": os.path.getsize(path)}
+    facts = {k: v for k, v in facts.items() if k != "colour"} | {"bytes": os.path.getsize(path)}
     return {"hash": digest, **_hashes(gray), **facts, **pixel_facts(gray)}
 
 
 def _hashes(gray) -> dict:
     return {"phash": phash(gray), "phash_framed": framed_phash(gray)}
-
-
-def _inspect_dicom(path: str, max_pixels: int) -> dict:
-    try:
-        gray, facts = read_dicom(path, max_pixels)
-    except DicomSkip as e:
-        return {"reason": str(e)}
-    w, h = facts["width"], facts["height"]
-    digest = hashlib.sha1(gray.tobytes() + f"{w}x{h}".encode()).hexdigest()
-    facts["bytes"] = os.path.getsize(path)
-    return {"hash": digest, **_hashes(gray), **facts, **pixel_facts(gray)}
 
 
 def _inspect_chunk(args: tuple[list[str], int, int | None]) -> list[dict]:

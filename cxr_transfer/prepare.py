@@ -91,9 +91,27 @@ def prepare_splits(
         digest = store_digest(x, y)
         del x
         meta = {"split": split, "image_size": size, "classes": classes, "n": len(df), "sha1": digest}
+        meta["bits_stored"] = bits_stored  # predict applies the same 8-bit rule to new images
+        meta["source_images"] = source_stats(df)
         (out_dir / split / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         metas[split] = meta
     return metas
+
+
+def source_stats(df: pd.DataFrame) -> dict | None:
+    """What the split's original images looked like (before resizing), from index's columns:
+    predict warns about new images far outside it (much smaller, another shape)."""
+    if df.empty or not {"width", "height"} <= set(df.columns):
+        return None
+    w, h = df["width"].to_numpy(float), df["height"].to_numpy(float)
+    aspect, short = w / h, np.minimum(w, h)
+    return {
+        "n": len(df),
+        "short_side_p05": float(np.percentile(short, 5)),
+        "short_side_median": float(np.median(short)),
+        "aspect_p01": round(float(np.percentile(aspect, 1)), 4),
+        "aspect_p99": round(float(np.percentile(aspect, 99)), 4),
+    }
 
 
 def _split_dir(prepared: Path, split: str) -> Path:

@@ -143,6 +143,9 @@ def main() -> None:
             "seed": args.seed,
             "classes": classes,
             "image_size": metas["train"]["image_size"],
+            "bits_stored": metas["train"].get("bits_stored"),
+            "training_images": metas["train"].get("source_images"),
+            "data_sha1": config["data"],  # the train and val stores' content hashes
             "mean": list(spec.mean),
             "std": list(spec.std),
             "mode_config": asdict(mode),

@@ -36,6 +36,7 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
         "train@efficientnet_lite0-fe-0",
         "evaluate@efficientnet_lite0-fe-0",
         "report",
+        "export@efficientnet_lite0-fe",
     }
     ds = saved["dataset"]
     assert ds["images"] == 60 and set(ds["stages"]) == {"index", "split", "prepare"}

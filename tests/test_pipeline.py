@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -44,9 +45,9 @@ def set_params(repo: Path, changes: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    dst = tmp_path_factory.mktemp("e2e") / "proj"
+def make_project(dst: Path, changes: dict) -> Path:
+    """The project's tracked code and params copied into a fresh git repo at `dst`, params
+    changed by `changes`, committed (DVC experiments need a commit)."""
     files = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
@@ -64,11 +65,17 @@ def repo(tmp_path_factory):
         if f.startswith(keep) and (ROOT / f).exists():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
-    set_params(dst, TINY)
+    set_params(dst, changes)
     sh(dst, "git", "init", "-q")
     sh(dst, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init", "--allow-empty")
     sh(dst, "git", "add", "-A")
     sh(dst, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "project")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    dst = make_project(tmp_path_factory.mktemp("e2e") / "proj", TINY)
     sh(dst, "dvc", "repro")
     sh(dst, "git", "add", "-A")
     sh(dst, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "repro")
@@ -144,6 +151,30 @@ def test_repro_writes_every_output(repo):
     assert not (repo / ".resume").exists() or not any((repo / ".resume").iterdir())  # removed on success
 
 
+def test_predict_reproduces_evaluate_and_the_export_carries_the_same_figures(repo, tmp_path):
+    """`cxr-transfer predict` on the test split's files: the probabilities evaluate wrote, through
+    PyTorch (the model folder) and ONNX Runtime (the export); the card's figures are the headline's
+    and its threshold the one evaluate chose on validation."""
+    pred = pd.read_csv(repo / "eval" / "efficientnet_lite0-ft-s0" / "predictions.csv")
+    files = [f"data/raw/{p}" for p in pred["path"]]
+    for model in ("models/efficientnet_lite0-ft-s0", "exported/efficientnet_lite0-ft"):
+        out = tmp_path / "p.csv"
+        sh(repo, sys.executable, "-m", "cxr_transfer", "predict", *files, "--model", model, "--out", str(out))
+        new = pd.read_csv(out)
+        assert new["path"].tolist() == files
+        assert np.abs(new["p_Covid"].to_numpy() - pred["probability"].to_numpy()).max() < 1e-4, model
+    cardj = json.loads((repo / "exported" / "efficientnet_lite0-ft" / "card.json").read_text())
+    head = json.loads((repo / "metrics" / "modes" / "efficientnet_lite0-ft.json").read_text())
+    full = json.loads((repo / "eval" / "efficientnet_lite0-ft-s0" / "metrics.json").read_text())
+    assert cardj["test_metrics"] == head and cardj["classes"] == ["Normal", "Covid"]
+    assert cardj["decision"]["threshold"] == full["youden"]["threshold"]
+    assert cardj["parity"]["max_abs_diff"] <= 1e-4 and cardj["parity"]["images"] == 6
+    at = (
+        new["p_Covid"] >= cardj["decision"]["threshold"]
+    )  # the exported model decides at the card's threshold
+    assert (new["predicted"] == np.where(at, "Covid", "Normal")).all()
+
+
 def test_metrics_show_lists_every_mode_and_plots_show_writes_html(repo):
     shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json"))
     files = shown[""]["data"]
@@ -185,6 +216,7 @@ def test_changing_image_size_reruns_prepare_and_everything_below_it(repo):
         "probe",
         *(f"{s}@{n}" for s in ("train", "evaluate") for n in LITE0),
         "report",
+        *(f"export@{n[:-2]}" for n in LITE0),
     }
     assert "up to date" in sh(repo, "dvc", "status")  # the workspace is untouched
 
@@ -192,7 +224,8 @@ def test_changing_image_size_reruns_prepare_and_everything_below_it(repo):
 def test_changing_the_ft_lr_reruns_only_the_ft_stages_and_report(repo):
     p = yaml.safe_load((repo / "params.yaml").read_text())
     ran = _dry_run_with(repo, {("modes", "ft"): {**p["modes"]["ft"], "lr": 0.0005}})
-    assert ran == {"train@efficientnet_lite0-ft-0", "evaluate@efficientnet_lite0-ft-0", "report"}
+    ft = "efficientnet_lite0-ft"
+    assert ran == {f"train@{ft}-0", f"evaluate@{ft}-0", "report", f"export@{ft}"}
     assert would_run(repo, "repro", "--dry") == set()
 
 
@@ -244,6 +277,7 @@ TRACED = [
     "train@efficientnet_lite0-fe-0",
     "evaluate@efficientnet_lite0-fe-0",
     "report",
+    "export@efficientnet_lite0-fe",
 ]
 # git's, DVC's and DVCLive's own files, the resume state (tied to a fingerprint), params (compared by key)
 TOOL_FILES = (".git/", ".dvc/", ".gitignore", ".dvcignore", ".resume/", "params.yaml")
@@ -326,53 +360,3 @@ def test_radiography_database_layout_by_changing_data_root_alone(repo, tmp_path)
     finally:
         sh(repo, "git", "checkout", "params.yaml", "dvc.lock")
         sh(repo, "dvc", "checkout", "--force")
-
-
-THREE_CLASSES = (  # the README's 3-class demo experiment, word for word
-    "-S",
-    "synthesize.classes=[Normal,Covid,Pneumonia]",
-    "-S",
-    "+data.classes.Pneumonia=[PNEUMONIA]",
-)
-
-
-def test_a_three_class_demo_runs_end_to_end_as_an_experiment(repo, tmp_path):
-    """`dvc exp run` with a third class: K-class metrics (the same keys in every file, one
-    `dvc metrics show` row per arch x mode), 3x3 confusions, one-vs-rest curves, multinomial probes."""
-    work = tmp_path / "proj"
-    shutil.copytree(repo, work, symlinks=True)
-    sh(work, "dvc", "exp", "run", *THREE_CLASSES)
-    report = json.loads((work / "metrics" / "index_report.json").read_text())
-    assert report["per_class"] == {"Normal": 14, "Covid": 14, "Pneumonia": 14}
-    heads = {
-        m: json.loads((work / "metrics" / "modes" / f"efficientnet_lite0-{m}.json").read_text())
-        for m in MODES
-    }
-    keys = {frozenset(h) for h in heads.values()}
-    assert len(keys) == 1  # every metrics file of one class set has the same keys
-    assert {"auroc_macro", "f1_macro", "kappa", "log_loss", "recall", "specificity"} <= set(heads["fe"])
-    for m in MODES:
-        run = work / "eval" / f"efficientnet_lite0-{m}-s0"
-        full = json.loads((run / "metrics.json").read_text())
-        pred = pd.read_csv(run / "predictions.csv")
-        assert heads[m]["accuracy"] == pytest.approx((pred["predicted"] == pred["class"]).mean(), abs=1e-6)
-        cm = full["confusion_matrix"]["rows_true_columns_predicted"]
-        assert len(cm) == 3 and sum(map(sum, cm)) == len(pred) == heads[m]["n_test"]
-        recall_covid = ((pred["class"] == "Covid") & (pred["predicted"] == "Covid")).sum() / (
-            pred["class"] == "Covid"
-        ).sum()
-        assert heads[m]["recall"] == pytest.approx(recall_covid, abs=1e-6)  # data.positive vs the rest
-        assert set(pd.read_csv(run / "roc.csv")["class"]) == {"Normal", "Covid", "Pneumonia"}
-    shown = json.loads(sh(work, "dvc", "metrics", "show", "--json"))
-    files = next(iter(shown.values()))["data"]
-    rows = [f for f in files if f.startswith("metrics/modes/")]
-    assert sorted(rows) == sorted(f"metrics/modes/efficientnet_lite0-{m}.json" for m in MODES)
-    compare = json.loads((work / "metrics" / "compare.json").read_text())
-    assert all({"accuracy_diff", "auroc_macro_diff_ci", "mcnemar_p"} <= set(c) for c in compare.values())
-    probe = json.loads((work / "metrics" / "probe.json").read_text())
-    assert probe["auroc_average"] == "macro one-vs-rest over 3 classes"
-    roc = pd.read_csv(work / "plots" / "roc.csv")
-    assert "efficientnet_lite0-fe: Pneumonia vs rest" in set(roc["model"])
-    summary = (work / "metrics" / "summary.md").read_text()
-    assert "| NETWORK | Precision (macro) |" in summary and "macro AUROC" in summary
-    assert (work / "plots" / "gradcam" / "efficientnet_lite0-fe.png").exists()

@@ -1,0 +1,99 @@
+"""cxr-transfer's command line: `cxr-transfer predict ...` (or `python -m cxr_transfer predict ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+START = time.perf_counter()
+
+
+def predict(args) -> None:
+    from cxr_transfer.errors import CxrError
+    from cxr_transfer.predict import gather, load_model, predict_files, table
+
+    if args.batch_size < 1:
+        raise CxrError(f"--batch-size {args.batch_size}: must be >= 1")
+    model = load_model(args.model, args.device, args.batch_size)
+    if args.gradcam and model.torch_model_dir is None:
+        raise CxrError("--gradcam needs the PyTorch model folder (models/<arch>-<mode>-s<seed>), not ONNX")
+    files, skipped = gather(args.inputs)
+    loaded = time.perf_counter() - START
+    rows, n = [], 0
+    draw = _gradcam_writer(model, args.gradcam) if args.gradcam else None
+    for chunk, x in predict_files(model, files, args.batch_size, args.max_pixels):
+        rows += chunk
+        if draw:
+            draw([r for r in chunk if "skipped" not in r], x, n)
+        n += len(x)
+    df = table(rows + skipped, model)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out, index=False)
+    bad = df["skipped"] != ""
+    warned = (df["warning"] != "") & ~bad
+    total = time.perf_counter() - START
+    print(
+        f"predict: {int((~bad).sum())} images scored with {model.runtime} "
+        f"({', '.join(model.classes)}), {int(warned.sum())} with a warning, {int(bad.sum())} skipped "
+        f"-> {args.out}; start-up {loaded:.2f} s, total {total:.2f} s"
+    )
+    for reason, k in df.loc[bad, "skipped"].str.split(":").str[0].value_counts().items():
+        print(f"  skipped {k}: {reason}")
+
+
+def _gradcam_writer(model, folder: Path):
+    """A function drawing each scored image's Grad-CAM toward its predicted class."""
+    import torch
+    from PIL import Image
+
+    from cxr_transfer.batches import Normalizer
+    from cxr_transfer.gradcam import gradcam, overlay
+    from cxr_transfer.models import get_spec, load_trained
+
+    net, meta = load_trained(model.torch_model_dir)
+    layer = net.get_submodule(get_spec(meta["arch"]).cam_layer)
+    norm = Normalizer(meta["mean"], meta["std"])
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def draw(rows, x, start):
+        if not len(x):
+            return
+        targets = [model.classes.index(r["predicted"]) for r in rows]
+        cams = gradcam(net, layer, norm(torch.as_tensor(x)[:, None]), targets)
+        for i, (r, img, cam) in enumerate(zip(rows, x, cams, strict=True)):
+            name = f"{start + i:05d}-{Path(r['path']).stem}.png"
+            Image.fromarray(overlay(img, cam)).save(folder / name)
+            r["gradcam"] = str(folder / name)
+
+    return draw
+
+
+def main(argv=None) -> None:
+    from cxr_transfer.cli import run
+
+    ap = argparse.ArgumentParser(prog="cxr-transfer", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    _add_predict(sub)
+    args = ap.parse_args(argv)
+    run(lambda: predict(args), args.command)
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="score new images with a trained or exported model",
+        description="Score images with a trained model folder (models/<arch>-<mode>-s<seed>, PyTorch) or an "
+        "exported one (exported/<arch>-<mode>/ or its model.onnx: ONNX Runtime, no torch).",
+    )
+    p.add_argument("inputs", nargs="+", help="image files and folders (searched recursively)")
+    p.add_argument("--model", required=True, help="a model folder, an export folder or a model.onnx")
+    p.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write (predictions.csv)")
+    p.add_argument("--gradcam", type=Path, help="folder for one Grad-CAM overlay per image (PyTorch models)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (PyTorch models)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-pixels", type=int, default=50_000_000, help="larger images are skipped")
+
+
+if __name__ == "__main__":
+    main()

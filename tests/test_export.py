@@ -1,0 +1,88 @@
+"""ONNX export of each architecture family, parity with PyTorch, and the model card."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cxr_transfer.errors import CxrError
+from cxr_transfer.export import PARITY_LIMIT, Probabilities, card, check_parity, export_onnx, parity
+from cxr_transfer.models import build_model, get_spec
+
+
+def tiny(arch: str, classes: int = 2) -> nn.Module:
+    """The registry's model; VGG with its 4096-wide classifier narrowed to 16 (the family's
+    structure, pooling to 7x7 and three linear layers, at a size a test can write)."""
+    m = build_model(arch, None, classes, 0)
+    if arch.startswith("vgg"):
+        m.classifier[0], m.classifier[3], m.classifier[6] = (
+            nn.Linear(25088, 16),
+            nn.Linear(16, 16),
+            nn.Linear(16, classes),
+        )
+    return m.eval()
+
+
+@pytest.mark.parametrize(
+    "arch, exporter",
+    [
+        ("resnet18", "TorchScript"),
+        ("densenet121", "TorchScript"),
+        ("efficientnet_lite0", "TorchScript"),
+        ("vgg16", "dynamo"),  # 32 px: VGG's pooling to 7x7 does not divide 1x1; the fallback exports it
+    ],
+)
+def test_every_family_exports_with_a_dynamic_batch_and_matches_pytorch(arch, exporter, tmp_path):
+    import onnxruntime as ort
+
+    spec = get_spec(arch)
+    wrapped = Probabilities(tiny(arch, 3), spec.mean, spec.std)
+    how = export_onnx(wrapped, 32, tmp_path / "model.onnx")
+    assert exporter in how
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    assert inp.name == "image" and inp.type == "tensor(uint8)" and inp.shape[1:] == [1, 32, 32]
+    x = np.random.default_rng(0).integers(0, 256, (5, 32, 32), dtype=np.uint8)
+    check = parity(tmp_path / "model.onnx", wrapped, x, batch_size=3)  # batches of 3 and 2
+    assert check["images"] == 5 and check["max_abs_diff"] < 1e-5
+    p = sess.run(None, {"image": x[:, None]})[0]
+    assert p.shape == (5, 3) and np.allclose(p.sum(1), 1, atol=1e-5)
+    with torch.no_grad():
+        assert np.abs(p - wrapped(torch.from_numpy(x[:, None])).numpy()).max() < 1e-5
+
+
+def test_parity_beyond_the_limit_fails_naming_the_figure():
+    check_parity({"max_abs_diff": PARITY_LIMIT / 2}, "m")
+    with pytest.raises(
+        CxrError, match=r"m: ONNX Runtime and PyTorch differ by 2\.00e-04 .* \(limit 0\.0001\)"
+    ):
+        check_parity({"max_abs_diff": 2e-4}, "m")
+
+
+def test_the_card_carries_the_threshold_the_figures_and_the_probe_verdicts():
+    meta = {
+        "arch": "resnet18",
+        "mode": "fe",
+        "seed": 0,
+        "classes": ["Normal", "Covid"],
+        "image_size": 32,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "data_sha1": {"train": "abc", "val": "def"},
+        "training_images": {"n": 10, "short_side_p05": 24.0},
+    }
+    head = {"accuracy": 0.8, "auroc": 0.9, "accuracy_ci_low": 0.7}
+    full = {"youden": {"threshold": 0.31, "recall": 0.9, "specificity": 0.7}}
+    probe = {"flagged": ["pixels_8"], "n_flagged": 1, "pixels_8": {"auroc": 0.85}, "flag_auroc": 0.8}
+    c = card(meta, head, full, probe, "Covid", {"max_abs_diff": 1e-6}, "torch.onnx (TorchScript)")
+    assert c["decision"]["threshold"] == 0.31 and c["decision"]["rule"] == "Covid when P(Covid) >= threshold"
+    assert c["decision"]["test_metrics_at_threshold"] == {"recall": 0.9, "specificity": 0.7}
+    assert c["test_metrics"] == head and c["probes"]["flagged"] == ["pixels_8"]
+    assert c["probes"]["figures"] == {"pixels_8": {"auroc": 0.85}}
+    assert c["training_data"]["store_sha1"] == {"train": "abc", "val": "def"}
+    assert c["input"]["shape"] == ["batch", 1, 32, 32] and c["versions"]["onnxruntime"]
+    json.dumps(c)  # plain JSON
+    three = card({**meta, "classes": ["A", "B", "C"]}, head, {}, None, None, {}, "x")
+    assert three["decision"] == {"rule": "the class of highest probability (argmax)", "threshold": None}

@@ -1,0 +1,187 @@
+"""predict: rows, warnings and skip reasons on a mixed folder; the same probabilities through
+PyTorch and ONNX Runtime; the ONNX path without torch."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from cxr_transfer.__main__ import main
+from cxr_transfer.export import Probabilities, card, export_onnx, parity
+from cxr_transfer.models import build_model, get_spec
+from cxr_transfer.predict import load_model, warnings_for
+from cxr_transfer.synth import render_cxr
+from tests.conftest import ROOT
+
+CLASSES = ["Normal", "Covid"]
+TRAINING = {
+    "n": 100,
+    "short_side_p05": 120.0,
+    "short_side_median": 128.0,
+    "aspect_p01": 0.9,
+    "aspect_p99": 1.1,
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A model folder as train writes it (resnet18, 32 px) and its export with a card."""
+    root = tmp_path_factory.mktemp("models")
+    spec = get_spec("resnet18")
+    net = build_model("resnet18", None, 2, 0).eval()
+    folder = root / "resnet18-fe-s0"
+    folder.mkdir()
+    torch.save(net.state_dict(), folder / "best.pt")
+    meta = {
+        "arch": "resnet18",
+        "mode": "fe",
+        "seed": 0,
+        "classes": CLASSES,
+        "image_size": 32,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "bits_stored": None,
+        "training_images": TRAINING,
+    }
+    (folder / "model.json").write_text(json.dumps(meta))
+    out = root / "exported"
+    wrapped = Probabilities(net, spec.mean, spec.std)
+    how = export_onnx(wrapped, 32, out / "model.onnx")
+    check = parity(out / "model.onnx", wrapped, np.zeros((2, 32, 32), np.uint8))
+    full = {"youden": {"threshold": 0.5}}
+    (out / "card.json").write_text(json.dumps(card(meta, {}, full, None, "Covid", check, how)))
+    return folder, out
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """A folder as users have them: radiographs (PNG, JPEG, in a subfolder), a colour photo, a
+    blank image, a small one, a wide one, a truncated PNG, a text file and an OS file."""
+    d = tmp_path_factory.mktemp("mixed")
+    xr = [render_cxr(np.random.default_rng([1, i]), 128, covid=bool(i % 2)) for i in range(3)]
+    Image.fromarray(xr[0]).save(d / "a.png")
+    Image.fromarray(xr[1]).save(d / "b.jpg", quality=90)
+    (d / "sub").mkdir()
+    Image.fromarray(xr[2]).save(d / "sub" / "c.png")
+    rgb = np.stack([xr[0], xr[0] // 2, 255 - xr[0]], axis=2)
+    Image.fromarray(rgb, "RGB").save(d / "colour.png")
+    Image.fromarray(np.full((128, 128), 7, np.uint8)).save(d / "blank.png")
+    Image.fromarray(xr[0][::4, ::4].copy()).save(d / "small.png")  # 32x32
+    Image.fromarray(np.tile(xr[0], (1, 3))).save(d / "wide.png")  # 384x128
+    good = (d / "a.png").read_bytes()
+    (d / "truncated.png").write_bytes(good[: len(good) // 2])
+    (d / "notes.txt").write_text("not an image")
+    (d / ".DS_Store").write_bytes(b"\0\0")
+    return d
+
+
+EXPECT = {  # file -> (skip reason, warning fragment); None = neither
+    "a.png": (None, None),
+    "b.jpg": (None, None),
+    "sub/c.png": (None, None),
+    "colour.png": (None, "colour image"),
+    "blank.png": (None, "nearly blank image"),
+    "small.png": (None, "much smaller than the training images (32x32"),
+    "wide.png": (None, "aspect ratio 3.00 far from the training images' (0.90-1.10)"),
+    "truncated.png": ("corrupt or truncated image", None),
+    "notes.txt": ("not an image (.txt)", None),
+    ".DS_Store": ("hidden or OS file", None),
+}
+
+
+@pytest.mark.parametrize("which", ["torch", "onnx"])
+def test_a_mixed_folder_gives_the_right_rows_warnings_and_skips(models, mixed, tmp_path, which, capsys):
+    model = models[0] if which == "torch" else models[1]
+    out = tmp_path / "p.csv"
+    main(["predict", str(mixed), "--model", str(model), "--out", str(out), "--batch-size", "4"])
+    df = pd.read_csv(out, keep_default_na=False).set_index("path")
+    df.index = [str(Path(p).relative_to(mixed)) for p in df.index]
+    assert sorted(df.index) == sorted(EXPECT)
+    for f, (skip, warn) in EXPECT.items():
+        row = df.loc[f]
+        assert row["skipped"].startswith(skip) if skip else row["skipped"] == "", f
+        assert warn in row["warning"] if warn else row["warning"] == "", (f, row["warning"])
+        if skip:
+            assert row["p_Covid"] == "" and row["predicted"] == ""
+        else:
+            assert float(row["p_Normal"]) + float(row["p_Covid"]) == pytest.approx(1, abs=1e-5)
+            assert row["predicted"] in CLASSES
+    said = capsys.readouterr().out
+    assert "7 images scored" in said and "4 with a warning, 3 skipped" in said
+
+
+def test_torch_and_onnx_give_the_same_probabilities_and_the_card_threshold_decides(models, mixed):
+    from cxr_transfer.predict import decide, gather, predict_files
+
+    files, _ = gather([str(mixed)])
+    got = {}
+    for name, path in zip(("torch", "onnx"), models, strict=True):
+        m = load_model(path)
+        rows = [r for chunk, _ in predict_files(m, files, 3) for r in chunk if "skipped" not in r]
+        got[name] = np.array([[r["p_Normal"], r["p_Covid"]] for r in rows])
+    assert np.abs(got["torch"] - got["onnx"]).max() < 1e-5
+    onnx = load_model(models[1])
+    assert onnx.threshold == 0.5 and onnx.positive == "Covid"
+    onnx.threshold = 0.0  # every image is then positive
+    assert set(decide(onnx, got["onnx"])) == {"Covid"}
+
+
+def test_the_onnx_path_does_not_import_torch(models, mixed, tmp_path):
+    code = (
+        "import sys; from cxr_transfer.__main__ import main; "
+        f"main(['predict', {str(mixed / 'a.png')!r}, '--model', {str(models[1])!r}, '--out', "
+        f"{str(tmp_path / 'o.csv')!r}]); print('torch' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert r.stdout.strip().endswith("False"), r.stdout
+
+
+def test_bad_model_path_and_gradcam_on_onnx_are_one_line_errors(models, mixed, tmp_path):
+    for args, expect in (
+        (["--model", str(tmp_path)], "neither a trained model folder"),
+        (["--model", str(models[1]), "--gradcam", str(tmp_path / "g")], "--gradcam needs the PyTorch model"),
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "cxr_transfer", "predict", str(mixed / "a.png"), *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 2 and r.stderr.startswith("predict: error: ") and expect in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_gradcam_writes_one_overlay_per_scored_image(models, mixed, tmp_path):
+    out = tmp_path / "p.csv"
+    main(
+        [
+            "predict",
+            str(mixed),
+            "--model",
+            str(models[0]),
+            "--out",
+            str(out),
+            "--gradcam",
+            str(tmp_path / "g"),
+        ]
+    )
+    df = pd.read_csv(out, keep_default_na=False)
+    drawn = df.loc[df["skipped"] == "", "gradcam"]
+    assert len(drawn) == 7 and all(Image.open(p).size == (32, 32) for p in drawn)
+    assert (df.loc[df["skipped"] != "", "gradcam"] == "").all()
+
+
+def test_warnings_follow_the_training_images():
+    flat = np.full((32, 32), 100, np.uint8)
+    assert warnings_for({"width": 128, "height": 128}, flat, TRAINING) == [
+        "nearly blank image (1st-99th percentile 100-100 of 255)"
+    ]
+    noisy = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
+    assert warnings_for({"width": 128, "height": 128}, noisy, TRAINING) == []
+    assert warnings_for({"width": 128, "height": 128}, noisy, None) == []  # nothing to compare with
