@@ -1,4 +1,4 @@
-"""python -m bench [--size tiny|full] [--cases input,fe,index,demo,gpu,neardup,probe,dataset] [--tag T]
+"""python -m bench [--size tiny|full] [--cases input,fe,index,demo,gpu,neardup,probe,dataset,onnx] [--tag T]
 
 Runs the seed's way and ours side by side, writes bench/results/<device>-<date>.json and prints a
 Markdown table. `tiny` checks that everything runs (the test suite uses it); `full` is the measure."""
@@ -35,6 +35,7 @@ SIZES = {
         "neardup": dict(n=2000, copies=20),
         "probe": dict(n=200, size=32),
         "dataset": dict(n=60, prepare_size=32),
+        "onnx": dict(n=16, sizes=(32,), reps=1),
     },
     "full": {
         "input": dict(n=512, sizes=(224, 96), reps=3),
@@ -45,6 +46,7 @@ SIZES = {
         "neardup": dict(n=100_000, copies=1000),
         "probe": dict(n=10_000, size=96),
         "dataset": dict(n=21_000, prepare_size=224),
+        "onnx": dict(n=512, sizes=(96, 224), reps=3),
     },
 }
 
@@ -104,13 +106,26 @@ def table(results: dict) -> str:
                 f"| {o['train_images_per_s']} img/s{mfu}; infer {o['infer_images_per_s']} img/s "
                 f"| {o['ratio_vs_seed']}x | >= 10x, MFU >= 40% |"
             )
+    if "onnx" in results:
+        r = results["onnx"]
+        for q in r["sizes"]:
+            pt, ort = q["pytorch_images_per_s"], q["onnxruntime_images_per_s"]
+            rows.append(
+                f"| {r['arch']} CPU inference {q['size']}px, batch 64 | PyTorch {pt} img/s "
+                f"| ONNX Runtime {ort} img/s (max dP {q['max_abs_diff']:.0e}) | {ort / pt:.1f}x | - |"
+            )
+        pt, ort = r["predict_one_image_seconds_pytorch"], r["predict_one_image_seconds_onnxruntime"]
+        rows.append(
+            f"| `cxr-transfer predict` on one image, interpreter start included | PyTorch {pt} s "
+            f"| ONNX Runtime {ort} s | {pt / ort:.1f}x | - |"
+        )
     return "\n".join(rows)
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", choices=sorted(SIZES), default="full")
-    ap.add_argument("--cases", default="input,fe,index,demo,gpu,neardup,probe,dataset")
+    ap.add_argument("--cases", default="input,fe,index,demo,gpu,neardup,probe,dataset,onnx")
     ap.add_argument("--tag", default="", help="appended to the result file's name (keeps earlier results)")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--device", default="auto")
@@ -137,6 +152,8 @@ def main(argv=None) -> dict:
             results["demo"] = cases.demo(work, cfg["demo"])
         if "dataset" in want:
             results["dataset"] = cases.dataset_scale(work, **cfg["dataset"])
+        if "onnx" in want:
+            results["onnx"] = cases.onnx_inference(work, **cfg["onnx"])
         if "gpu" in want:
             c = cfg["gpu"]
             paths, labels = cases.make_pngs(work / "gpu", c["n"], 299)

@@ -298,3 +298,42 @@ def probe_stage(n: int, size: int, seed: int = 0) -> dict:
     P.scored(y[cut:], p, None, 500, 0, 0.95, 0.8)
     P.near_duplicate_report({"train": table.iloc[:cut], "test": table.iloc[cut:]}, 12, 24)
     return {"images": n, "size": size, "seconds": round(time.perf_counter() - t0, 2), "target_seconds": 60}
+
+
+def onnx_inference(work: Path, n: int, sizes, reps: int = 3, arch: str = "efficientnet_lite0") -> dict:
+    """CPU inference images/s of the exported model in ONNX Runtime against the same model in
+    PyTorch (float32, batch 64, after a warm batch), per image size; and the wall-clock time of
+    `cxr-transfer predict` on one image, interpreter start included, through each runtime (the
+    ONNX path imports no torch): the best of `reps` runs."""
+    from cxr_transfer.export import Probabilities, card, export_onnx, parity
+
+    spec = get_spec(arch)
+    net = build_model(arch, "weights", 2, 0).eval()
+    wrapped = Probabilities(net, spec.mean, spec.std)
+    out = {"arch": arch, "images": n, "threads": torch.get_num_threads(), "sizes": []}
+    rng = np.random.default_rng(0)
+    for size in sizes:
+        folder = work / f"onnx-{size}"
+        how = export_onnx(wrapped, size, folder / "model.onnx")
+        check = parity(folder / "model.onnx", wrapped, rng.integers(0, 256, (n, size, size), dtype=np.uint8))
+        out["sizes"].append({"size": size, "exporter": how, **check})
+    size = sizes[0]
+    model_dir = work / "model"
+    model_dir.mkdir(exist_ok=True)
+    torch.save(net.state_dict(), model_dir / "best.pt")
+    meta = {"arch": arch, "mode": "fe", "classes": ["Normal", "Covid"], "image_size": size}
+    meta |= {"mean": list(spec.mean), "std": list(spec.std)}
+    (model_dir / "model.json").write_text(json.dumps(meta))
+    exported = work / f"onnx-{size}"
+    (exported / "card.json").write_text(json.dumps(card(meta, {}, {}, None, "Covid", {}, "")))
+    img = work / "one.png"
+    Image.fromarray(rng.integers(0, 256, (299, 299), dtype=np.uint8)).save(img)
+    for name, model in (("pytorch", model_dir), ("onnxruntime", exported)):
+        cmd = [sys.executable, "-m", "cxr_transfer", "predict", str(img), "--model", str(model)]
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            subprocess.run([*cmd, "--out", str(work / "p.csv")], check=True, capture_output=True, cwd=ROOT)
+            times.append(time.perf_counter() - t0)
+        out[f"predict_one_image_seconds_{name}"] = round(min(times), 2)
+    return out

@@ -195,7 +195,9 @@ def predict_files(model: Loaded, files: list[str], batch_size: int = 64, max_pix
                 for row in rows:
                     if "skipped" in row:
                         continue
-                    row.update({f"p_{c}": float(v) for c, v in zip(model.classes, p[k], strict=True)})
+                    row.update(
+                        {f"p_{c}": round(float(v), 6) for c, v in zip(model.classes, p[k], strict=True)}
+                    )
                     row["predicted"] = pred[k]
                     k += 1
             else:
@@ -211,7 +213,9 @@ def table(rows: list[dict], model: Loaded):
     cols = ["path", *(f"p_{c}" for c in model.classes), "predicted"]
     df = pd.DataFrame(rows)
     if model.threshold is not None and len(model.classes) == 2:
-        df["threshold"] = model.threshold
+        df["threshold"] = (
+            np.where(df["predicted"].notna(), model.threshold, None) if "predicted" in df else None
+        )
         cols.append("threshold")
     extra = ["gradcam"] if "gradcam" in df else []
     for c in (*cols, "warning", "skipped"):

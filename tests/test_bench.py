@@ -13,7 +13,10 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
     assert len(files) == 1
     saved = json.loads(files[0].read_text())
     assert saved["machine"]["torch"] and saved["size"] == "tiny"
-    assert {"input", "fe", "index", "demo", "gpu", "neardup", "probe", "dataset"} <= set(saved)
+    assert {"input", "fe", "index", "demo", "gpu", "neardup", "probe", "dataset", "onnx"} <= set(saved)
+    onnx = saved["onnx"]
+    assert [q["size"] for q in onnx["sizes"]] == [32] and onnx["sizes"][0]["max_abs_diff"] < 1e-4
+    assert onnx["predict_one_image_seconds_onnxruntime"] > 0 and onnx["predict_one_image_seconds_pytorch"] > 0
     assert saved["neardup"]["hashes"] == 2020 and saved["neardup"]["planted_found"] == 20  # exact search
     assert [q["max_bits"] for q in saved["neardup"]["searches"]] == [12, 24]
     assert saved["probe"]["images"] == 200

@@ -18,6 +18,7 @@ from cxr_transfer.models import build_model, get_spec
 from cxr_transfer.predict import load_model, warnings_for
 from cxr_transfer.synth import render_cxr
 from tests.conftest import ROOT
+from tests.test_dicom import make_dicom
 
 CLASSES = ["Normal", "Covid"]
 TRAINING = {
@@ -77,6 +78,8 @@ def mixed(tmp_path_factory):
     good = (d / "a.png").read_bytes()
     (d / "truncated.png").write_bytes(good[: len(good) // 2])
     (d / "notes.txt").write_text("not an image")
+    scan = (xr[2].astype(np.uint16) * 16)[::-1].copy()  # a 12-bit DICOM, as PACS exports name them
+    make_dicom(d / "sub" / "IM0001", scan, bits=12, WindowCenter=2048, WindowWidth=4096)
     (d / ".DS_Store").write_bytes(b"\0\0")
     return d
 
@@ -85,6 +88,7 @@ EXPECT = {  # file -> (skip reason, warning fragment); None = neither
     "a.png": (None, None),
     "b.jpg": (None, None),
     "sub/c.png": (None, None),
+    "sub/IM0001": (None, None),
     "colour.png": (None, "colour image"),
     "blank.png": (None, "nearly blank image"),
     "small.png": (None, "much smaller than the training images (32x32"),
@@ -113,7 +117,7 @@ def test_a_mixed_folder_gives_the_right_rows_warnings_and_skips(models, mixed, t
             assert float(row["p_Normal"]) + float(row["p_Covid"]) == pytest.approx(1, abs=1e-5)
             assert row["predicted"] in CLASSES
     said = capsys.readouterr().out
-    assert "7 images scored" in said and "4 with a warning, 3 skipped" in said
+    assert "8 images scored" in said and "4 with a warning, 3 skipped" in said
 
 
 def test_torch_and_onnx_give_the_same_probabilities_and_the_card_threshold_decides(models, mixed):
@@ -173,7 +177,7 @@ def test_gradcam_writes_one_overlay_per_scored_image(models, mixed, tmp_path):
     )
     df = pd.read_csv(out, keep_default_na=False)
     drawn = df.loc[df["skipped"] == "", "gradcam"]
-    assert len(drawn) == 7 and all(Image.open(p).size == (32, 32) for p in drawn)
+    assert len(drawn) == 8 and all(Image.open(p).size == (32, 32) for p in drawn)
     assert (df.loc[df["skipped"] != "", "gradcam"] == "").all()
 
 
