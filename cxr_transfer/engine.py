@@ -58,10 +58,21 @@ def image_forward(model: nn.Module, norm: Normalizer, channels_last: bool) -> Ca
 
 
 @torch.no_grad()
-def predict_logits(forward: Callable, batches: ArrayBatches, prec: Precision, device) -> torch.Tensor:
+def _progress(batches, desc: str):
+    """A rate-limited bar over batches (once a second at most; none for a few batches)."""
+    from tqdm import tqdm
+
+    from cxr_transfer.parallel import bar_off
+
+    return tqdm(batches, desc=desc, unit="batch", mininterval=1.0, leave=False, disable=bar_off(len(batches)))
+
+
+def predict_logits(
+    forward: Callable, batches: ArrayBatches, prec: Precision, device, desc: str = "predict"
+) -> torch.Tensor:
     """Logits for every item of `batches`, in order, as float32 on the CPU."""
     out = []
-    for xb, _ in batches:
+    for xb, _ in _progress(batches, desc):
         with prec.autocast(device):
             out.append(forward(xb).float().cpu())
     return torch.cat(out)
@@ -81,7 +92,7 @@ def tail_inputs(model: nn.Module, tail: nn.Module, forward: Callable, batches: A
     was_training = model.training
     model.eval()
     try:
-        for xb, _ in batches:
+        for xb, _ in _progress(batches, "features (frozen backbone, once)"):
             with prec.autocast(device):
                 forward(xb)
     finally:

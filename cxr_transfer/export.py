@@ -159,8 +159,9 @@ def card(meta: dict, head: dict, full: dict, probe: dict | None, positive, check
         },
         "decision": decision,
         "test_metrics": head,
-        "test_metrics_note": "this run's figures on the test split (eval/<run>/headline.json; with one seed "
-        "also metrics/modes/<arch>-<mode>.json); intervals: 95% bootstrap over patients/groups",
+        "test_metrics_note": "this run's figures on the test split (eval/<run>/headline.json; with one "
+        "seed also metrics/modes/<arch>-<mode>.json); intervals: 95% bootstrap over patients, or "
+        "images without a patient table",
         "probes": None
         if probe is None
         else {

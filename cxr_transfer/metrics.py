@@ -22,6 +22,11 @@ POINT = (
     "brier",
     "ece",
 )
+# Figures given without an interval: ECE is biased upward on resamples (a resample's calibration
+# bins are emptier), so its percentile interval sits above the estimate: on the demo every ECE lies
+# in the bottom fifth of its interval (fe: 0.103 in [0.086, 0.208]), and on a real set one missed
+# its own point (0.00589 with [0.00605, 0.0157]). The point estimate stands alone.
+NO_INTERVAL = ("ece",)
 
 
 def _div(a: float, b: float) -> float | None:
@@ -179,12 +184,13 @@ def _interval(values: list, confidence: float) -> list[float] | None:
 
 
 def bootstrap_ci(y, p, threshold, groups, reps, seed, confidence=0.95, bins=10) -> dict:
-    """Percentile intervals of every point metric, resampling groups with replacement."""
+    """Percentile intervals of every point metric but NO_INTERVAL's, resampling groups with replacement."""
     y, p = np.asarray(y), np.asarray(p)
-    vals: dict[str, list] = {k: [] for k in POINT}
+    keys = [k for k in POINT if k not in NO_INTERVAL]
+    vals: dict[str, list] = {k: [] for k in keys}
     for idx in bootstrap_samples(group_indices(groups, len(y)), reps, seed):
         m = point_metrics(y[idx], p[idx], threshold, bins)
-        for k in POINT:
+        for k in keys:
             vals[k].append(m[k])
     return {k: _interval(v, confidence) for k, v in vals.items()}
 

@@ -15,7 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxr_transfer.metrics import _interval, auprc, auroc, bootstrap_samples, group_indices, mcnemar_p
+from cxr_transfer.metrics import (
+    NO_INTERVAL,
+    _interval,
+    auprc,
+    auroc,
+    bootstrap_samples,
+    group_indices,
+    mcnemar_p,
+)
 
 AVERAGED = ("precision", "recall", "f1")
 POINT = (
@@ -198,12 +206,13 @@ def undefined_reasons(m: dict, classes: list[str]) -> dict[str, str]:
 
 
 def bootstrap_ci(y, P, groups, reps, seed, confidence=0.95, bins=10, positive: int | None = None) -> dict:
-    """Percentile intervals of every figure `fast_metrics` gives, resampling groups."""
+    """Percentile intervals of every figure `fast_metrics` gives but NO_INTERVAL's, resampling groups."""
     y, P = np.asarray(y).astype(int), normalise(P)
     vals: dict[str, list] = {}
     for idx in bootstrap_samples(group_indices(groups, len(y)), reps, seed):
         for k, v in fast_metrics(y[idx], P[idx], bins, positive).items():
-            vals.setdefault(k, []).append(v)
+            if k not in NO_INTERVAL:
+                vals.setdefault(k, []).append(v)
     return {k: _interval(v, confidence) for k, v in vals.items()}
 
 

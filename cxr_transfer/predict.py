@@ -179,7 +179,10 @@ def predict_files(model: Loaded, files: list[str], batch_size: int = 64, max_pix
     so a caller can draw Grad-CAM maps without holding every image."""
     from tqdm import tqdm
 
-    with tqdm(total=len(files), unit="img", desc="predict", disable=len(files) < 2 * batch_size) as bar:
+    from cxr_transfer.parallel import bar_off
+
+    off = bar_off(len(files), 2 * batch_size)
+    with tqdm(total=len(files), unit="img", desc="predict", disable=off) as bar:
         for i in range(0, len(files), batch_size):
             rows, imgs = [], []
             for f in files[i : i + batch_size]:

@@ -115,7 +115,9 @@ def summary_markdown(
     answer: list[str] = (),
     figures=FIGURES,
     auroc_key: str = "auroc",
+    unit: str = "patients",
 ) -> str:
+    """The summary page; `unit` names what the bootstrap resamples (`resampling_unit`)."""
     seeds = int(df["Seeds"].iloc[0]) if "Seeds" in df else 1
     spread = f"mean ± SD over {seeds} seeds" if seeds > 1 else "95% CI"
     ci_cols = {"accuracy": "Accuracy CI", auroc_key: "AUROC CI"}
@@ -131,21 +133,41 @@ def summary_markdown(
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['Train seconds']:.1f} |")
     first = ", the first seed's runs" if seeds > 1 else ""
     auc = "AUROC" if auroc_key == "auroc" else "macro AUROC"
+    lines += ["", f"## Mode against mode (same test images{first})", ""]
+    if not compare:
+        lines += ["Nothing to compare: one mode per architecture ran (`train.modes`).", ""]
+    else:
+        lines += [
+            f"| comparison | accuracy diff (95% CI) | {auc} diff (95% CI) | McNemar p |",
+            "| --- | --- | --- | --- |",
+        ]
+        for key, c in compare.items():
+            lines.append(
+                f"| {key} | {_fmt(c['accuracy_diff'], c['accuracy_diff_ci'])} "
+                f"| {_fmt(c[f'{auroc_key}_diff'], c[f'{auroc_key}_diff_ci'])} | {c['mcnemar_p']:.3g} |"
+            )
+        lines.append("")
     lines += [
+        f"Intervals: percentile bootstrap over {unit}; differences are paired. ECE has no interval: it "
+        "is biased upward on resamples, so a percentile interval can miss its own point estimate.",
         "",
-        f"## Mode against mode (same test images{first})",
-        "",
-        f"| comparison | accuracy diff (95% CI) | {auc} diff (95% CI) | McNemar p |",
-        "| --- | --- | --- | --- |",
     ]
-    for key, c in compare.items():
-        lines.append(
-            f"| {key} | {_fmt(c['accuracy_diff'], c['accuracy_diff_ci'])} "
-            f"| {_fmt(c[f'{auroc_key}_diff'], c[f'{auroc_key}_diff_ci'])} | {c['mcnemar_p']:.3g} |"
-        )
-    lines += ["", "Intervals: percentile bootstrap over patients/groups; differences are paired.", ""]
     lines += [f"Note: {n}" for n in notes] + ([""] if notes else [])
     return "\n".join(lines)
+
+
+def resampling_unit(groups) -> str:
+    """What the bootstrap resamples, in words: patients where every test image has a patient id,
+    else images, saying what that means for the split."""
+    g = pd.Series(groups, dtype=str)
+    if len(g) and g.str.startswith("patient:").all():
+        return "patients"
+    if g.str.startswith("patient:").any():
+        return "patients, and images where no patient is known (those may share a patient across splits)"
+    return (
+        "images: there is no patient table, so the split keeps identical and near-identical images "
+        "together but images of one patient may sit in train and test"
+    )
 
 
 def comparisons(names: list[str]) -> list[tuple[str, str]]:

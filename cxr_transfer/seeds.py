@@ -114,7 +114,12 @@ def _claim(key: str, c: dict, seeds: dict | None, n_seeds: int) -> tuple[str, st
 
 
 def answer_lines(
-    compare: dict, over_seeds: dict, n_seeds: int, flagged: int | None = None, auroc_key: str = "auroc"
+    compare: dict,
+    over_seeds: dict,
+    n_seeds: int,
+    flagged: int | None = None,
+    auroc_key: str = "auroc",
+    unit: str = "patients",
 ) -> list[str]:
     """The comparison the user came for, in plain words: for each pair of modes, which is ahead,
     by how much, with the test-set bootstrap interval and (several seeds) the t-interval over
@@ -126,6 +131,8 @@ def answer_lines(
             f"**{flagged} shortcut probe(s) flagged below**: a win may be a shortcut, not disease detection.",
             "",
         ]
+    if not compare:
+        return [*lines, "Only one way of training ran (`train.modes`): nothing to compare.", ""]
     for pair, c in compare.items():
         (arch, _, a), (_, _, b) = (n.rpartition("-") for n in pair.split(" vs "))
         seeds = over_seeds.get(pair)
@@ -140,12 +147,12 @@ def answer_lines(
     if n_seeds > 1:
         how = (
             f"95% intervals: over seeds = Student's t over the {n_seeds} paired per-seed differences; "
-            "test set = paired bootstrap over patients/groups of the first seed's runs."
+            f"test set = paired bootstrap over {unit.split(':')[0]} of the first seed's runs."
         )
     else:
         how = (
-            "95% paired bootstrap intervals over patients/groups, one training run per mode. Suggestive: "
-            "the test-set interval excludes 0, but one run per mode cannot show that the gap survives "
-            "another seed; `dvc exp run -S 'train.seeds=[0,1,2]'` measures that."
+            f"95% paired bootstrap intervals over {unit.split(':')[0]}, one training run per mode. "
+            "Suggestive: the test-set interval excludes 0, but one run per mode cannot show that the gap "
+            "survives another seed; `dvc exp run -S 'train.seeds=[0,1,2]'` measures that."
         )
     return [*lines, "", how, ""]

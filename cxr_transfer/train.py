@@ -19,6 +19,7 @@ from tqdm import tqdm
 from cxr_transfer.batches import ArrayBatches
 from cxr_transfer.engine import Precision
 from cxr_transfer.errors import CxrError
+from cxr_transfer.parallel import bar_off
 from cxr_transfer.params import ModeConfig
 
 
@@ -152,7 +153,7 @@ def _run_epoch(
     n = 0
     training = optimizer is not None
     (loop.set_train if training else loop.set_eval)()
-    bar = tqdm(batches, desc=desc, leave=False, mininterval=1.0, disable=len(batches) < 4)
+    bar = tqdm(batches, desc=desc, leave=False, mininterval=1.0, disable=bar_off(len(batches)))
     for xb, yb in bar:
         if training and loop.augment is not None:
             xb = loop.augment(xb)
@@ -268,6 +269,12 @@ def fit(
     scaler = scaler if scaler is not None else make_scaler(prec, device)
     module = phases[-1].loop.trained
     state = ckpt.load(module, optimizer, scaler, scheduler) or FitState()
+    if state.history:
+        done = len(state.history)
+        tqdm.write(
+            f"resuming a killed run from epoch {done + 1} of {epochs} ({done} done; best so far epoch "
+            f"{state.best_epoch} by validation loss)"
+        )
     for log in state.history:  # replay what a killed run already logged
         on_epoch(log)
     current = None

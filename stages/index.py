@@ -48,7 +48,9 @@ def main() -> None:
         "source_column": mp.source_column,
         "notes": mp.notes,
     }
-    write_json(args.report, {"root": p.data.root, **report})
+    # a committed file: an absolute data.root (a personal or hospital path) is not written, its name is
+    root = p.data.root if not Path(p.data.root).is_absolute() else f"<absolute>/{Path(p.data.root).name}"
+    write_json(args.report, {"root": root, **report})
     print(
         f"index: {report['images']} images {report['per_class']}, {report['skipped']} skipped "
         f"{report['skipped_by_reason']}, {report['duplicate_images']} duplicates -> {args.out}"

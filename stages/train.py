@@ -159,8 +159,9 @@ def main() -> None:
     )
     shutil.rmtree(ckpt.folder, ignore_errors=True)
     print(
-        f"train {args.out.name}: best epoch {state.best_epoch} "
-        f"(val acc {summary['best_val_acc']:.3f}), {summary['train_seconds']:.1f}s -> {args.out}"
+        f"train {args.out.name}: best epoch {state.best_epoch} of {summary['epochs_run']} by validation loss "
+        f"(val loss {summary['best_val_loss']:.4f}, val acc {summary['best_val_acc']:.3f}), "
+        f"{summary['train_seconds']:.1f}s -> {args.out}"
     )
 
 

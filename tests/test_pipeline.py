@@ -346,6 +346,7 @@ def test_radiography_database_layout_by_changing_data_root_alone(repo, tmp_path)
         report = json.loads((repo / "metrics" / "index_report.json").read_text())
         assert report["per_class"] == {"Covid": 5, "Normal": 5}
         assert report["skipped_by_reason"]["mask folder"] == 15
+        assert report["root"] == "<absolute>/COVID-19_Radiography_Dataset"  # no personal path committed
         assert report["metadata"] == {  # the class sheets, read with no setting
             "tables": ["COVID.metadata.xlsx", "Normal.metadata.xlsx"],
             "found": "auto",

@@ -237,3 +237,30 @@ def test_k_class_summary_compare_and_confusion_plot(tmp_path):
     assert "| NETWORK | Precision (macro) |" in md and "macro AUROC diff (95% CI)" in md
     plot_confusions({n: r[0] for n, r in runs.items()}, K3, None, tmp_path)
     assert (tmp_path / "confusion.png").stat().st_size > 5000
+
+
+def _binary_case(n=60):
+    """(y, p, groups, y_val, p_val) of a model with some skill."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, n)
+    p = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.2, n), 0.01, 0.99)
+    return y, p, None, y, p
+
+
+def test_one_mode_says_there_is_nothing_to_compare_and_the_unit_is_named():
+    from cxr_transfer.report import resampling_unit
+    from cxr_transfer.seeds import answer_lines
+
+    runs = {"m-fe": [{**evaluate(*_binary_case(), 20, 0, 0.95, 10), "train_seconds": 1.0, "images_per_s": 9}]}
+    unit = resampling_unit(["img:ab", "img:cd"])
+    md = summary_markdown(summary_table(runs), {}, answer=answer_lines({}, {}, 1, unit=unit), unit=unit)
+    assert "Nothing to compare: one mode per architecture ran" in md and "| comparison |" not in md
+    assert "nothing to compare" in md and "bootstrap over images: there is no patient table" in md
+    assert "images of one patient may sit in train and test" in md
+    assert resampling_unit(["patient:1", "patient:2"]) == "patients"
+    assert resampling_unit(["patient:1", "img:2"]).startswith("patients, and images")
+
+
+def test_ece_has_no_interval_because_resampling_biases_it():
+    m = evaluate(*_binary_case(), 50, 0, 0.95, 10)
+    assert m["ece"] is not None and "ece" not in m["ci"] and m["ci"]["brier"] is not None

@@ -127,7 +127,7 @@ GRADUAL = dataclasses.replace(FT_GRADUAL, lr=1e-2)  # the shipped ft_gradual rec
     [(SGD_ALL, False, False), (ADAM, False, True), (SGD_ALL, True, False), (GRADUAL, False, True)],
     ids=["full-model", "cached-features", "augmented", "gradual-cosine"],
 )
-def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, mode, augment, cached):
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, mode, augment, cached, capsys):
     data = tiny_data()
     ref_scaler = _scaler()
     ref, rs, _, ref_state = run(
@@ -137,7 +137,10 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, mode, augment
     with pytest.raises(KeyboardInterrupt):
         run("resnet18", mode, data, tmp_path / "b", 4, augment, _kill_after(2), scaler=_scaler())
     seen, scaler = [], _scaler()
+    capsys.readouterr()
     resumed, _, _, state = run("resnet18", mode, data, tmp_path / "b", 4, augment, seen.append, scaler=scaler)
+    said = capsys.readouterr().out
+    assert "resuming a killed run from epoch 3 of 4 (2 done; best so far epoch" in said  # one line says so
     assert [h.epoch for h in state.history] == [1, 2, 3, 4]
     assert [log.epoch for log in seen] == [1, 2, 3, 4]  # replayed 1-2 for the logger, trained 3-4
     for (k, v), (k2, v2) in zip(ref.state_dict().items(), resumed.state_dict().items(), strict=True):
