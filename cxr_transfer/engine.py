@@ -57,7 +57,6 @@ def image_forward(model: nn.Module, norm: Normalizer, channels_last: bool) -> Ca
     return forward
 
 
-@torch.no_grad()
 def _progress(batches, desc: str):
     """A rate-limited bar over batches (once a second at most; none for a few batches)."""
     from tqdm import tqdm
@@ -67,6 +66,7 @@ def _progress(batches, desc: str):
     return tqdm(batches, desc=desc, unit="batch", mininterval=1.0, leave=False, disable=bar_off(len(batches)))
 
 
+@torch.no_grad()
 def predict_logits(
     forward: Callable, batches: ArrayBatches, prec: Precision, device, desc: str = "predict"
 ) -> torch.Tensor:

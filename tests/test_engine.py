@@ -40,3 +40,12 @@ def test_evaluation_scores_in_float32_whatever_training_used(monkeypatch):
         low = predict_proba(model, spec.mean, spec.std, x, 16, torch.device("cpu"))
     assert engine.FP32.dtype is None
     assert len(torch.unique(ref[:, 1])) == 64 and not torch.equal(low, ref)
+
+
+def test_predict_proba_needs_no_grad_mode_from_its_caller():
+    """Scoring builds no autograd graph whoever calls it (predict does not switch grad off)."""
+    spec = get_spec("resnet18")
+    x = np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    with torch.enable_grad():
+        p = predict_proba(build_model("resnet18", None, 2, 0), spec.mean, spec.std, x, 2, torch.device("cpu"))
+    assert not p.requires_grad and p.shape == (3, 2)
