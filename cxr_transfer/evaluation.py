@@ -99,8 +99,14 @@ def headline(full: dict) -> dict:
     AUROC intervals as flat numbers (DVC drops lists), the fitted temperature and the ECE after
     temperature scaling, and the run's size and time. Everything
     else (per class, confusion, Youden, every interval) stays in eval/<arch>-<mode>/metrics.json."""
-    out = {k: full[k] for k in ("arch", "mode", *HEADLINE, "best_epoch", "epochs_run", "train_seconds")}
-    for k in ("accuracy", "auroc"):
+    return _narrow(full, HEADLINE, "auroc")
+
+
+def _narrow(full: dict, figures, auroc_key: str) -> dict:
+    """`figures` of a full metrics dict with the run's facts, the accuracy and AUROC intervals as
+    flat numbers, and the calibration's temperature and ECE after it."""
+    out = {k: full[k] for k in ("arch", "mode", *figures, "best_epoch", "epochs_run", "train_seconds")}
+    for k in ("accuracy", auroc_key):
         ci = full["ci"].get(k)
         out[f"{k}_ci_low"], out[f"{k}_ci_high"] = ci if ci else (None, None)
     cal = full.get("calibration", {})
@@ -157,14 +163,7 @@ def headline_k(full: dict) -> dict:
     """K classes: the narrow file `dvc metrics show/diff` compares; the same keys for every run
     of one class set (and one data.positive)."""
     ovr = multiclass.OVR if "auroc" in full else ()
-    keep = ("arch", "mode", *multiclass.POINT, *ovr, "n_test", "best_epoch", "epochs_run", "train_seconds")
-    out = {k: full[k] for k in keep}
-    for k in ("accuracy", "auroc_macro"):
-        ci = full["ci"].get(k)
-        out[f"{k}_ci_low"], out[f"{k}_ci_high"] = ci if ci else (None, None)
-    cal = full.get("calibration", {})
-    out["temperature"], out["ece_calibrated"] = cal.get("temperature"), cal.get("ece_after")
-    return out
+    return _narrow(full, (*multiclass.POINT, *ovr, "n_test"), "auroc_macro")
 
 
 def prediction_table_k(test: pd.DataFrame, P, classes: list[str]) -> pd.DataFrame:

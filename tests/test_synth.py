@@ -35,6 +35,18 @@ def _cv(x, y):
     return cross_val_score(LogisticRegression(C=1.0, max_iter=5000), x, y, cv=5).mean()
 
 
+def _cnn(imgs, y) -> float:
+    """What a CNN reaches: ImageNet EfficientNet-Lite0 features at 96x96, then a logistic regression
+    (5-fold cross-validated accuracy)."""
+    model = build_model("efficientnet_lite0", "weights", 2, seed=0).eval()
+    model.classifier = torch.nn.Identity()
+    x96 = np.stack([np.asarray(Image.fromarray(a).resize((96, 96), Image.BILINEAR)) for a in imgs])
+    with torch.no_grad():
+        feats = model(Normalizer(IMAGENET_MEAN, IMAGENET_STD)(torch.as_tensor(x96)[:, None])).numpy()
+    feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
+    return cross_val_score(LogisticRegression(C=0.1, max_iter=5000), feats, y, cv=5).mean()
+
+
 def test_no_brightness_or_marker_shortcut_but_a_real_signal(generated):
     imgs, y = generated
     small = np.stack([np.asarray(Image.fromarray(a).resize((16, 16), Image.BILINEAR)) for a in imgs])
@@ -42,14 +54,7 @@ def test_no_brightness_or_marker_shortcut_but_a_real_signal(generated):
     brightness = _cv(imgs.reshape(len(y), -1).mean(1, keepdims=True) / 255.0, y)
     corners = np.concatenate([imgs[:, :12, :12], imgs[:, :12, -12:]], axis=2).reshape(len(y), -1) / 255.0
     marker = _cv(corners, y)
-    # what a CNN reaches: ImageNet EfficientNet-Lite0 features at 96x96, then the same classifier
-    model = build_model("efficientnet_lite0", "weights", 2, seed=0).eval()
-    model.classifier = torch.nn.Identity()
-    x96 = np.stack([np.asarray(Image.fromarray(a).resize((96, 96), Image.BILINEAR)) for a in imgs])
-    with torch.no_grad():
-        feats = model(Normalizer(IMAGENET_MEAN, IMAGENET_STD)(torch.as_tensor(x96)[:, None])).numpy()
-    feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
-    cnn = cross_val_score(LogisticRegression(C=0.1, max_iter=5000), feats, y, cv=5).mean()
+    cnn = _cnn(imgs, y)
     assert 0.55 < lr16 < 0.72, lr16  # above chance: the signal is real
     assert brightness < 0.62, brightness  # no exposure shortcut
     assert marker < 0.62, marker  # no L/R-marker shortcut
@@ -78,13 +83,7 @@ def test_three_classes_separable_by_a_cnn_not_by_brightness():
     small = np.stack([np.asarray(Image.fromarray(a).resize((16, 16), Image.BILINEAR)) for a in imgs])
     lr16 = _cv(small.reshape(len(y), -1) / 255.0, y)
     brightness = _cv(imgs.reshape(len(y), -1).mean(1, keepdims=True) / 255.0, y)
-    model = build_model("efficientnet_lite0", "weights", 3, seed=0).eval()
-    model.classifier = torch.nn.Identity()
-    x96 = np.stack([np.asarray(Image.fromarray(a).resize((96, 96), Image.BILINEAR)) for a in imgs])
-    with torch.no_grad():
-        feats = model(Normalizer(IMAGENET_MEAN, IMAGENET_STD)(torch.as_tensor(x96)[:, None])).numpy()
-    feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
-    cnn = cross_val_score(LogisticRegression(C=0.1, max_iter=5000), feats, y, cv=5).mean()
+    cnn = _cnn(imgs, y)
     assert 0.45 < lr16 < 0.75, lr16  # 0.59 on 120 per class
     assert brightness < 0.45, brightness  # 0.36
     assert cnn > lr16 + 0.1, (cnn, lr16)  # 0.78
