@@ -8,10 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target) -> np.ndarray:
-    """(B, H, W) maps in [0, 1] for class `target` (one class for all, or one per image): the
-    layer's activations weighted by the spatial mean of their gradients, rectified and upsampled
-    to the input's size."""
+def gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target, each: bool = True) -> np.ndarray:
+    """(B, H, W) maps for class `target` (one class for all, or one per image): the layer's
+    activations weighted by the spatial mean of their gradients, rectified and upsampled to the
+    input's size. `each`: every map stretched to [0, 1] on its own (one image's picture); else the
+    raw values, for a scale shared by several maps (`shared_scale`)."""
     acts, grads = [], []
     h1 = layer.register_forward_hook(lambda m, i, o: acts.append(o))
     h2 = layer.register_full_backward_hook(lambda m, gi, go: grads.append(go[0]))
@@ -29,6 +30,8 @@ def gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target) -> np.n
     a, g = acts[0].detach(), grads[0].detach()
     cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    if not each:
+        return cam.cpu().numpy()
     lo = cam.flatten(1).min(1).values.view(-1, 1, 1)
     hi = cam.flatten(1).max(1).values.view(-1, 1, 1)
     return ((cam - lo) / (hi - lo).clamp_min(1e-12)).cpu().numpy()
@@ -56,3 +59,10 @@ def overlay(img: np.ndarray, cam: np.ndarray, alpha: float = 0.35) -> np.ndarray
     heat = colormaps["jet"](np.clip(cam, 0, 1))[..., :3]
     gray = np.repeat(np.asarray(img, dtype=float)[..., None] / 255.0, 3, axis=2)
     return (((1 - alpha) * gray + alpha * heat) * 255).round().astype(np.uint8)
+
+
+def shared_scale(cams: np.ndarray) -> np.ndarray:
+    """Raw maps on one scale, 0 to the largest value among them: a weak map stays faint beside a
+    strong one (stretched on its own, a map of an image scored p = 0.00 shows a "hot" blob)."""
+    top = float(np.max(cams)) if np.size(cams) else 0.0
+    return np.clip(np.asarray(cams) / top, 0, 1) if top > 0 else np.zeros_like(cams)

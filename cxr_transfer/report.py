@@ -294,19 +294,25 @@ def plot_confusions(metrics: dict[str, dict], classes: list[str], positive: str 
 
 
 def plot_gradcam_grid(images, cams, titles, out_path: Path, suptitle: str) -> None:
-    """Rows of (image, Grad-CAM overlay) pairs; images (N,S,S) uint8, cams (N,S,S) in [0,1]."""
+    """Rows of Grad-CAM overlays on one colour scale with its colour bar; images (N,S,S) uint8,
+    cams (N,S,S) in [0,1] (`gradcam.shared_scale`), titles of two short lines."""
     n = max(len(images), 1)
     cols = 4
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.4 * cols + 0.8, 2.9 * rows + 0.4), dpi=100, squeeze=False, layout="constrained"
+    )
     for ax in axes.flat:
         ax.axis("off")
+    shown = None
     for ax, img, cam, title in zip(axes.flat, images, cams, titles, strict=False):
         ax.imshow(img, cmap="gray")
-        ax.imshow(cam, cmap="jet", alpha=0.35)
+        shown = ax.imshow(cam, cmap="jet", alpha=0.35, vmin=0, vmax=1)
         ax.set_title(title, fontsize=7)
+    if shown is not None:
+        bar = fig.colorbar(shown, ax=axes, shrink=0.6, pad=0.02)
+        bar.set_label("Grad-CAM, one scale for the grid (1 = its largest value)", fontsize=7)
     fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
     fig.savefig(out_path)
     plt.close(fig)
 

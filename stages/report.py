@@ -11,7 +11,7 @@ import torch
 from cxr_transfer import report as R
 from cxr_transfer.batches import Normalizer
 from cxr_transfer.cli import run, write_json
-from cxr_transfer.gradcam import gradcam, pick_examples
+from cxr_transfer.gradcam import gradcam, pick_examples, shared_scale
 from cxr_transfer.models import equivalent_modes, get_spec, load_trained
 from cxr_transfer.params import ModeConfig, load_params
 from cxr_transfer.prepare import load_store
@@ -35,19 +35,15 @@ def gradcam_grid(model_dir: Path, preds: pd.DataFrame, x_test, classes, positive
         return
     xb = torch.as_tensor(np.asarray(x_test)[idx])[:, None]
     targets = classes.index(positive) if len(classes) == 2 else pred[idx]
-    cams = gradcam(
-        model,
-        model.get_submodule(get_spec(meta["arch"]).cam_layer),
-        Normalizer(meta["mean"], meta["std"])(xb),
-        targets,
-    )
+    layer = model.get_submodule(get_spec(meta["arch"]).cam_layer)
+    cams = shared_scale(gradcam(model, layer, Normalizer(meta["mean"], meta["std"])(xb), targets, each=False))
     right = ["right" if pred[i] == y[i] else "WRONG" for i in idx]
     if len(classes) == 2:
-        titles = [f"{preds['class'].iloc[i]} p={conf[i]:.2f} {r}" for i, r in zip(idx, right, strict=True)]
+        titles = [f"{preds['class'].iloc[i]}\np={conf[i]:.2f} {r}" for i, r in zip(idx, right, strict=True)]
         toward = f"toward {positive}"
     else:
         titles = [
-            f"{preds['class'].iloc[i]} -> {classes[pred[i]]} p={conf[i]:.2f} {r}"
+            f"{preds['class'].iloc[i]} -> {classes[pred[i]]}\np={conf[i]:.2f} {r}"
             for i, r in zip(idx, right, strict=True)
         ]
         toward = "toward the predicted class (true -> predicted)"

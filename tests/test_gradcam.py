@@ -106,3 +106,18 @@ def test_pick_examples_covers_every_class_of_k():
         ((2, True), [4, 6]),
         ((2, False), [5]),
     ]
+
+
+def test_a_shared_scale_keeps_a_weak_map_faint_beside_a_strong_one():
+    """Stretched on its own, a map with a tenth of the evidence looks as hot as the strong one; on
+    the grid's shared scale it stays at a tenth."""
+    from cxr_transfer.gradcam import shared_scale
+
+    x = torch.zeros(2, 1, 16, 16)
+    x[0, :, :8, :8], x[1, :, :8, :8] = 1.0, 0.1
+    net = QuadrantNet()
+    each = gradcam(net, net.conv, x, target=1)
+    assert each[0].max() == pytest.approx(1) and each[1].max() == pytest.approx(1)
+    shared = shared_scale(gradcam(net, net.conv, x, target=1, each=False))
+    assert shared[0].max() == pytest.approx(1) and shared[1].max() == pytest.approx(0.1, abs=0.02)
+    assert shared_scale(np.zeros((2, 4, 4))).max() == 0
