@@ -156,6 +156,20 @@ def summary_markdown(
     return "\n".join(lines)
 
 
+def stale_runs(folders: dict[str, Path], current: set[str]) -> list[str]:
+    """Run folders (eval/<run>, dvclive/<run>) that the params no longer produce: left by an
+    earlier run with more archs, modes or seeds, they would read as current."""
+    out = []
+    for kind, folder in folders.items():
+        if Path(folder).is_dir():
+            out += [
+                f"{kind}/{d.name}"
+                for d in sorted(Path(folder).iterdir())
+                if d.is_dir() and d.name not in current and d.name != "probe"
+            ]
+    return out
+
+
 def resampling_unit(groups) -> str:
     """What the bootstrap resamples, in words: patients where every test image has a patient id,
     else images, saying what that means for the split."""

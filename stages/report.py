@@ -114,6 +114,13 @@ def main() -> None:
     table = R.summary_table(full, figures, auroc_key)
     table.to_csv(args.out_metrics / "summary.csv", index=False)
     notes = same_mode_notes(args.models, first)
+    current = {r for rs in runs.values() for r in rs}
+    stale = R.stale_runs({"eval": args.eval, "dvclive": args.live}, current)
+    if stale:
+        notes.append(
+            f"{', '.join(stale)}: left by an earlier run that params.yaml no longer asks for (archs, "
+            "train.modes or train.seeds); not part of these results (delete them: git rm -r)."
+        )
     probe = json.loads(args.probe.read_text())
     unit = R.resampling_unit(next(iter(preds.values()))["group"])
     answer = answer_lines(compare, over, len(seeds), R.flagged_probes(probe), auroc_key, unit)

@@ -264,3 +264,14 @@ def test_one_mode_says_there_is_nothing_to_compare_and_the_unit_is_named():
 def test_ece_has_no_interval_because_resampling_biases_it():
     m = evaluate(*_binary_case(), 50, 0, 0.95, 10)
     assert m["ece"] is not None and "ece" not in m["ci"] and m["ci"]["brier"] is not None
+
+
+def test_run_folders_the_params_no_longer_produce_are_named(tmp_path):
+    from cxr_transfer.report import stale_runs
+
+    for d in ("eval/a-fe-s0", "eval/a-ft-s0", "eval/probe", "dvclive/a-ft-s0"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "eval" / "note.txt").write_text("")
+    folders = {"eval": tmp_path / "eval", "dvclive": tmp_path / "dvclive"}
+    assert stale_runs(folders, {"a-fe-s0"}) == ["eval/a-ft-s0", "dvclive/a-ft-s0"]
+    assert stale_runs(folders, {"a-fe-s0", "a-ft-s0"}) == []
