@@ -61,6 +61,13 @@ def top_label_ece(y, P, bins: int = 10) -> float:
     return float(gap.sum() / len(conf))
 
 
+def brier(y, P) -> float:
+    """Multi-class Brier score: the mean over images of the squared distance to the one-hot truth
+    (scikit-learn's brier_score_loss for K classes)."""
+    P = np.asarray(P, dtype=float)
+    return float(((P - np.eye(P.shape[1])[np.asarray(y)]) ** 2).sum(1).mean())
+
+
 def _ovr_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
     """Per class one-vs-rest precision, recall, specificity, F1 and NPV from a KxK confusion
     matrix (rows true, columns predicted); NaN where undefined."""
@@ -113,7 +120,7 @@ def fast_metrics(y, P, bins: int = 10, positive: int | None = None, _cache=None)
     out["auprc_macro"] = None if None in aps else float(np.mean(aps))
     py = np.clip(P[np.arange(len(y)), y], np.finfo(float).eps, 1.0)
     out["log_loss"] = float(-np.log(py).mean())
-    out["brier"] = float(((P - np.eye(k)[y]) ** 2).sum(1).mean())
+    out["brier"] = brier(y, P)
     out["ece"] = top_label_ece(y, P, bins)
     out["kappa"] = _kappa(cm)
     if positive is not None:

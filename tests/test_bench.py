@@ -16,7 +16,9 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
     assert {"input", "fe", "index", "demo", "gpu", "neardup", "probe", "dataset", "onnx"} <= set(saved)
     onnx = saved["onnx"]
     assert [q["size"] for q in onnx["sizes"]] == [32] and onnx["sizes"][0]["max_abs_diff"] < 1e-4
-    assert onnx["predict_one_image_seconds_onnxruntime"] > 0 and onnx["predict_one_image_seconds_pytorch"] > 0
+    pt, ort = onnx["predict_one_image_seconds_pytorch"], onnx["predict_one_image_seconds_onnxruntime"]
+    row = f"| PyTorch {pt} s | ONNX Runtime {ort} s | {pt / ort:.1f}x |"
+    assert row in res["table"]  # what was measured is reported
     assert saved["neardup"]["hashes"] == 2020 and saved["neardup"]["planted_found"] == 20  # exact search
     assert [q["max_bits"] for q in saved["neardup"]["searches"]] == [12, 24]
     assert saved["probe"]["images"] == 200
