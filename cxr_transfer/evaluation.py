@@ -85,7 +85,6 @@ HEADLINE = (
     "recall",
     "specificity",
     "f1",
-    "npv",
     "auroc",
     "auprc",
     "brier",
@@ -95,23 +94,14 @@ HEADLINE = (
 
 
 def headline(full: dict) -> dict:
-    """The narrow metrics file `dvc metrics show/diff` compares: point figures, the accuracy and
-    AUROC intervals as flat numbers (DVC drops lists), the fitted temperature and the ECE after
-    temperature scaling, and the run's size and time. Everything
-    else (per class, confusion, Youden, every interval) stays in eval/<arch>-<mode>/metrics.json."""
-    return _narrow(full, HEADLINE, "auroc")
+    """The lean metrics file `dvc metrics show/diff` and `dvc exp show` compare: the point figures
+    a reader compares across modes and experiments, flat. Everything else (intervals, per class,
+    confusion, the Youden block, calibration, timings) stays in eval/<run>/metrics.json."""
+    return _narrow(full, HEADLINE)
 
 
-def _narrow(full: dict, figures, auroc_key: str) -> dict:
-    """`figures` of a full metrics dict with the run's facts, the accuracy and AUROC intervals as
-    flat numbers, and the calibration's temperature and ECE after it."""
-    out = {k: full[k] for k in ("arch", "mode", *figures, "best_epoch", "epochs_run", "train_seconds")}
-    for k in ("accuracy", auroc_key):
-        ci = full["ci"].get(k)
-        out[f"{k}_ci_low"], out[f"{k}_ci_high"] = ci if ci else (None, None)
-    cal = full.get("calibration", {})
-    out["temperature"], out["ece_calibrated"] = cal.get("temperature"), cal.get("ece_after")
-    return out
+def _narrow(full: dict, figures) -> dict:
+    return {k: full[k] for k in figures}
 
 
 def per_source(test: pd.DataFrame, y, p, bins: int = 10) -> dict:
@@ -159,11 +149,27 @@ def evaluate_k(y, P, groups, classes, positive, reps: int, seed: int, confidence
     return _round(out)
 
 
+HEADLINE_K = (
+    "accuracy",
+    "balanced_accuracy",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "auroc_macro",
+    "auprc_macro",
+    "brier",
+    "ece",
+    "kappa",
+)
+HEADLINE_POSITIVE = ("recall", "specificity", "auroc")  # data.positive against the rest
+
+
 def headline_k(full: dict) -> dict:
-    """K classes: the narrow file `dvc metrics show/diff` compares; the same keys for every run
-    of one class set (and one data.positive)."""
-    ovr = multiclass.OVR if "auroc" in full else ()
-    return _narrow(full, (*multiclass.POINT, *ovr, "n_test"), "auroc_macro")
+    """K classes: the lean file `dvc metrics` compares, the macro equivalents of the binary
+    headline (with data.positive also its recall, specificity and AUROC against the rest); the
+    same keys for every run of one class set."""
+    positive = HEADLINE_POSITIVE if "auroc" in full else ()
+    return _narrow(full, (*HEADLINE_K, *positive, "n_test"))
 
 
 def prediction_table_k(test: pd.DataFrame, P, classes: list[str]) -> pd.DataFrame:

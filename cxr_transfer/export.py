@@ -111,9 +111,10 @@ def parity(onnx_path: Path, wrapped: nn.Module, x: np.ndarray, batch_size: int =
     }
 
 
-def versions() -> dict[str, str]:
+def versions(packages=VERSIONED) -> dict[str, str]:
+    """Python's version and each installed package's (None where it is not installed)."""
     out = {"python": platform.python_version()}
-    for pkg in VERSIONED:
+    for pkg in packages:
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -159,9 +160,14 @@ def card(meta: dict, head: dict, full: dict, probe: dict | None, positive, check
         },
         "decision": decision,
         "test_metrics": head,
+        "test_intervals": {k: full["ci"][k] for k in head if full.get("ci", {}).get(k)},
         "test_metrics_note": "this run's figures on the test split (eval/<run>/headline.json; with one "
-        "seed also metrics/modes/<arch>-<mode>.json); intervals: 95% bootstrap over patients, or "
-        "images without a patient table",
+        "seed also metrics/modes/<arch>-<mode>.json); intervals: "
+        f"{round(100 * full.get('ci_level', 0.95))}% bootstrap over patients, or images without a "
+        "patient table (eval/<run>/metrics.json holds every figure)",
+        "calibration": {
+            k: full.get("calibration", {}).get(k) for k in ("temperature", "ece_before", "ece_after")
+        },
         "probes": None
         if probe is None
         else {

@@ -66,3 +66,22 @@ def shared_scale(cams: np.ndarray) -> np.ndarray:
     strong one (stretched on its own, a map of an image scored p = 0.00 shows a "hot" blob)."""
     top = float(np.max(cams)) if np.size(cams) else 0.0
     return np.clip(np.asarray(cams) / top, 0, 1) if top > 0 else np.zeros_like(cams)
+
+
+def lung_box(size: int, box: float) -> slice:
+    """The central box of an image `size` pixels wide, a fraction `box` of each side: the crude
+    lung fields the outside-lungs probe blacks out and the Grad-CAM share measures."""
+    a = int(round(size * (1 - box) / 2))
+    return slice(a, size - a)
+
+
+def mass_inside(cams: np.ndarray, box: float) -> np.ndarray:
+    """Per raw map (N, S, S): the share of its mass inside the central box (a fraction `box` of
+    each side, the probes' crude lung fields); NaN for an all-zero map. A map spread evenly would
+    score box**2."""
+    cams = np.clip(np.asarray(cams, dtype=float), 0, None)
+    c = lung_box(cams.shape[-1], box)
+    total = cams.sum(axis=(1, 2))
+    inside = cams[:, c, c].sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, inside / total, np.nan)

@@ -304,11 +304,17 @@ class ProbeConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    gradcam_per_group: int = 2
+    gradcam_per_group: int = 4
+    gradcam_share_images: int = 256
     seed: int = 0
 
     def __post_init__(self):
         _check(0 <= self.gradcam_per_group <= 8, "report.gradcam_per_group", "must be in [0, 8]")
+        _check(
+            self.gradcam_share_images >= 0,
+            "report.gradcam_share_images",
+            "must be >= 0 (0 skips the Grad-CAM lung share)",
+        )
 
 
 @dataclass(frozen=True)

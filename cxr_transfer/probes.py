@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from cxr_transfer import multiclass
 from cxr_transfer.acquisition import feature_matrix
+from cxr_transfer.gradcam import lung_box
 from cxr_transfer.metrics import auroc, bootstrap_ci
 
 
@@ -92,15 +93,13 @@ def blackout(x: np.ndarray, box: float, keep_centre: bool) -> np.ndarray:
     """A copy of an (N, S, S) store with its central box (a fraction `box` of each side) black,
     or, with keep_centre, everything but that box black (Maguolo & Nanni's lung-free images)."""
     x = np.array(x, copy=True)
-    s = x.shape[-1]
-    a = int(round(s * (1 - box) / 2))
-    b = s - a
+    c = lung_box(x.shape[-1], box)
     if keep_centre:
-        centre = x[:, a:b, a:b].copy()
+        centre = x[:, c, c].copy()
         x[:] = 0
-        x[:, a:b, a:b] = centre
+        x[:, c, c] = centre
     else:
-        x[:, a:b, a:b] = 0
+        x[:, c, c] = 0
     return x
 
 
@@ -198,3 +197,9 @@ def outside_lungs(extract, x_train, y_train, x_test, box: float, score) -> dict:
     row["flagged"] = row["masked"].pop("flagged")
     row["centre_only"].pop("flagged")  # the contrast says where the signal is; it is not a flag
     return row
+
+
+def verdict(probe: dict) -> dict:
+    """The probe figure `dvc metrics show` and `dvc exp show` carry, one column wide: how many
+    probes flagged a shortcut (every figure is in metrics/probe.json)."""
+    return {"shortcut_flags": probe["n_flagged"]}

@@ -3,6 +3,7 @@ combined plot data that `dvc plots show` reads, and static PNGs for readers with
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import matplotlib
@@ -11,10 +12,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cxr_transfer import multiclass  # noqa: E402
 from cxr_transfer.errors import CxrError  # noqa: E402
+from cxr_transfer.gradcam import overlay  # noqa: E402
 from cxr_transfer.metrics import paired_difference  # noqa: E402
 
 CURVE_FILES = {
@@ -313,20 +317,21 @@ def plot_gradcam_grid(images, cams, titles, out_path: Path, suptitle: str) -> No
     n = max(len(images), 1)
     cols = 4
     rows = -(-n // cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(2.4 * cols + 0.8, 2.9 * rows + 0.4), dpi=100, squeeze=False, layout="constrained"
+    w, h = 2.2 * cols + 1.0, 2.6 * rows + 0.8  # inches; a fixed layout (constrained layout is slow)
+    fig, axes = plt.subplots(rows, cols, figsize=(w, h), dpi=100, squeeze=False)
+    fig.subplots_adjust(
+        left=0.1 / w, right=1 - 1.0 / w, bottom=0.1 / h, top=1 - 0.75 / h, wspace=0.04, hspace=0.3
     )
     for ax in axes.flat:
         ax.axis("off")
-    shown = None
     for ax, img, cam, title in zip(axes.flat, images, cams, titles, strict=False):
-        ax.imshow(img, cmap="gray")
-        shown = ax.imshow(cam, cmap="jet", alpha=0.35, vmin=0, vmax=1)
+        ax.imshow(overlay(img, cam), interpolation="nearest")  # the stored pixels, not invented ones
         ax.set_title(title, fontsize=7)
-    if shown is not None:
-        bar = fig.colorbar(shown, ax=axes, shrink=0.6, pad=0.02)
+    if len(images):
+        cax = fig.add_axes((1 - 0.8 / w, 0.2, 0.15 / w, 0.6))
+        bar = fig.colorbar(ScalarMappable(Normalize(0, 1), "jet"), cax=cax, alpha=0.35)
         bar.set_label("Grad-CAM, one scale for the grid (1 = its largest value)", fontsize=7)
-    fig.suptitle(suptitle, fontsize=10)
+    fig.suptitle(suptitle, fontsize=10, y=1 - 0.2 / h)
     fig.savefig(out_path)
     plt.close(fig)
 
@@ -435,3 +440,109 @@ def _trust_rows(probe: dict) -> list[tuple]:
             )
         )
     return rows
+
+
+def gradcam_share_lines(shares: dict, box: float, classes: list[str], positive: str | None) -> str:
+    """The "Where do the models look?" section: per model, the share of its Grad-CAM mass on the
+    central lung box, overall and per true class, beside what a map spread evenly would give."""
+    if not shares:
+        return ""
+    toward = f"toward {positive}" if len(classes) == 2 else "toward each image's predicted class"
+    uniform = next(iter(shares.values()))["uniform_map"]
+    lines = [
+        "",
+        "## Where do the models look?",
+        "",
+        f"Share of each model's Grad-CAM mass ({toward}) inside the central box of {box:.0%} of each "
+        f"side, the crude lung fields of the outside-the-lungs probe; a map spread evenly puts "
+        f"{uniform:.0%} there. A low share means the evidence lies at the borders, labels or devices; a "
+        "high one does not prove the model reads disease (a crude box, no lung segmentation).",
+        "",
+        "| model | images | all | " + " | ".join(f"{c} images" for c in classes) + " |",
+        "|" + " --- |" * (len(classes) + 3),
+    ]
+    for n, s in shares.items():
+        cells = [_pct(s["by_class"].get(c)) for c in classes]
+        lines.append(f"| {n} | {s['images']} | {_pct(s['all'])} | " + " | ".join(cells) + " |")
+    return "\n".join([*lines, ""]) + "\n"
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
+def _kv_table(rows: list[tuple[str, object]]) -> str:
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def data_html(index: dict, split: dict) -> str:
+    """The index report (images, skips by reason, duplicates, metadata) and the split counts."""
+    skips = index.get("skipped_by_reason") or {}
+    rows = [
+        ("data root", index["root"]),
+        ("images indexed", index["images"]),
+        ("per class", ", ".join(f"{c} {n}" for c, n in index["per_class"].items())),
+        (
+            "skipped",
+            f"{index['skipped']}"
+            + (" (" + ", ".join(f"{r}: {n}" for r, n in skips.items()) + ")" if skips else ""),
+        ),
+        ("exact duplicate sets (images)", f"{index['duplicate_sets']} ({index['duplicate_images']})"),
+        ("groups (kept on one side of the split)", index["groups"]),
+        ("patient / source table", index.get("metadata", {}).get("found", "none")),
+    ]
+    counts = pd.DataFrame(split["counts"]).T
+    counts.insert(0, "split", counts.index)
+    counts["total"] = counts.drop(columns="split").sum(axis=1)
+    near = split.get("near_duplicates", {})
+    notes = (
+        f"<p>Split seed {split['seed']}, fractions {split['fractions']}; groups shared by two splits: "
+        f"{split['group_overlap']}; near-duplicate merging joined {near.get('groups_before', '-')} groups "
+        f"into {near.get('groups_after', '-')}.</p>"
+    )
+    skipped = index.get("skipped_files") or []
+    listed = (
+        "<details><summary>skipped files</summary><pre>"
+        + html.escape(
+            "\n".join(
+                f"{f.get('path')}: {f.get('reason')}" if isinstance(f, dict) else str(f)
+                for f in skipped[:200]
+            )
+        )
+        + "</pre></details>"
+        if skipped
+        else ""
+    )
+    return _kv_table(rows) + listed + counts.to_html(index=False, border=0) + notes
+
+
+def environment_html(meta: dict, params, params_path) -> str:
+    """Where the first run trained (device, precision), the library versions and the params."""
+    import os
+    import platform
+
+    from cxr_transfer.export import versions
+
+    v = versions(
+        (
+            "torch",
+            "torchvision",
+            "timm",
+            "numpy",
+            "pandas",
+            "scikit-learn",
+            "dvc",
+            "dvclive",
+            "vl-convert-python",
+        )
+    )
+    rows = [
+        ("device (first run)", f"{meta.get('device')} ({meta.get('precision')})"),
+        ("machine", f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"),
+        *((k, val or "not installed") for k, val in v.items()),
+    ]
+    text = Path(params_path).read_text()
+    return (
+        _kv_table(rows) + f"<details><summary>params.yaml</summary><pre>{html.escape(text)}</pre></details>"
+    )

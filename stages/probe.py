@@ -23,7 +23,8 @@ def main() -> None:
     ap.add_argument(
         "--prepared", type=Path, required=True, help="prepare's folder (train/ and test/ are read)"
     )
-    ap.add_argument("--out", type=Path, required=True, help="probe metrics JSON")
+    ap.add_argument("--out", type=Path, required=True, help="every probe's figures (JSON)")
+    ap.add_argument("--verdict", type=Path, required=True, help="the lean metrics file: flags, top AUROC")
     ap.add_argument("--details", type=Path, required=True, help="folder for the listed pairs and tables")
     args = ap.parse_args()
     p = load_params(args.params)
@@ -64,6 +65,7 @@ def main() -> None:
     if len(classes) > 2:  # multinomial probes: the AUROCs are one-vs-rest, averaged over the classes
         out["auroc_average"] = f"macro one-vs-rest over {len(classes)} classes"
     write_json(args.out, out)
+    write_json(args.verdict, P.verdict(out))
     args.details.mkdir(parents=True, exist_ok=True)
     pairs.to_csv(args.details / "near_duplicates.csv", index=False)
     print(

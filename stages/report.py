@@ -9,47 +9,91 @@ import pandas as pd
 import torch
 
 from cxr_transfer import report as R
+from cxr_transfer import webpage as W
 from cxr_transfer.batches import Normalizer
 from cxr_transfer.cli import run, write_json
-from cxr_transfer.gradcam import gradcam, pick_examples, shared_scale
+from cxr_transfer.gradcam import gradcam, mass_inside, pick_examples, shared_scale
 from cxr_transfer.models import equivalent_modes, get_spec, load_trained
 from cxr_transfer.params import ModeConfig, load_params
 from cxr_transfer.prepare import load_store
 from cxr_transfer.seeds import aggregate, answer_lines, paired_over_seeds, run_name
 
 
-def gradcam_grid(model_dir: Path, preds: pd.DataFrame, x_test, classes, positive, per_cell, seed, out: Path):
-    """Two classes: maps toward the positive class, per (class, right/wrong) cell. More: maps
-    toward each image's predicted class, titled with its true class."""
-    model, meta = load_trained(model_dir)
-    if len(classes) == 2:
-        y = (preds["class"] == positive).to_numpy().astype(int)
-        pred = (preds["probability"] >= 0.5).to_numpy().astype(int)
-        labels, conf = (1, 0), preds["probability"].to_numpy()
-    else:
-        y = preds["label"].to_numpy()
-        pred = preds["predicted"].map(classes.index).to_numpy()
-        labels, conf = range(len(classes)), preds[[f"p_{c}" for c in classes]].max(axis=1).to_numpy()
-    idx = [i for _, ids in pick_examples(y, pred, per_cell, seed, labels) for i in ids]
+class Cams:
+    """A trained run's model ready for Grad-CAM on stored test images, with each image's true
+    and predicted label: two classes, maps toward the positive class; more, toward each image's
+    predicted class."""
+
+    def __init__(self, model_dir: Path, preds: pd.DataFrame, classes: list[str], positive: str):
+        self.model, self.meta = load_trained(model_dir)
+        self.layer = self.model.get_submodule(get_spec(self.meta["arch"]).cam_layer)
+        self.norm = Normalizer(self.meta["mean"], self.meta["std"])
+        self.classes, self.positive, self.preds = classes, positive, preds
+        if len(classes) == 2:
+            self.y = (preds["class"] == positive).to_numpy().astype(int)
+            self.pred = (preds["probability"] >= 0.5).to_numpy().astype(int)
+            self.labels, self.conf = (1, 0), preds["probability"].to_numpy()
+        else:
+            self.y = preds["label"].to_numpy()
+            self.pred = preds["predicted"].map(classes.index).to_numpy()
+            self.labels = range(len(classes))
+            self.conf = preds[[f"p_{c}" for c in classes]].max(axis=1).to_numpy()
+
+        self._maps: dict[int, np.ndarray] = {}
+
+    def raw(self, x_test, idx) -> np.ndarray:
+        """Raw (unscaled) maps of the test images `idx`, in batches; each image's map is computed
+        once (the grid reuses the lung share's)."""
+        todo = [int(i) for i in idx if int(i) not in self._maps]
+        for i in range(0, len(todo), 32):
+            part = todo[i : i + 32]
+            xb = torch.as_tensor(np.asarray(x_test)[part])[:, None]
+            targets = self.classes.index(self.positive) if len(self.classes) == 2 else self.pred[part]
+            maps = gradcam(self.model, self.layer, self.norm(xb), targets, each=False)
+            self._maps.update(zip(part, maps, strict=True))
+        return np.stack([self._maps[int(i)] for i in idx]) if len(idx) else np.zeros((0, 1, 1))
+
+
+def gradcam_grid(cams: Cams, x_test, per_cell: int, seed: int, out: Path) -> None:
+    """A grid of Grad-CAM overlays on one colour scale, `per_cell` images per (true class,
+    right/wrong) cell."""
+    idx = [i for _, ids in pick_examples(cams.y, cams.pred, per_cell, seed, cams.labels) for i in ids]
     if not idx:
         return
-    xb = torch.as_tensor(np.asarray(x_test)[idx])[:, None]
-    targets = classes.index(positive) if len(classes) == 2 else pred[idx]
-    layer = model.get_submodule(get_spec(meta["arch"]).cam_layer)
-    cams = shared_scale(gradcam(model, layer, Normalizer(meta["mean"], meta["std"])(xb), targets, each=False))
-    right = ["right" if pred[i] == y[i] else "WRONG" for i in idx]
+    maps = shared_scale(cams.raw(x_test, idx))
+    right = ["right" if cams.pred[i] == cams.y[i] else "WRONG" for i in idx]
+    cls, classes = cams.preds["class"], cams.classes
     if len(classes) == 2:
-        titles = [f"{preds['class'].iloc[i]}\np={conf[i]:.2f} {r}" for i, r in zip(idx, right, strict=True)]
-        toward = f"toward {positive}"
+        titles = [f"{cls.iloc[i]}\np={cams.conf[i]:.2f} {r}" for i, r in zip(idx, right, strict=True)]
+        toward = f"toward {cams.positive}"
     else:
         titles = [
-            f"{preds['class'].iloc[i]} -> {classes[pred[i]]}\np={conf[i]:.2f} {r}"
+            f"{cls.iloc[i]} -> {classes[cams.pred[i]]}\np={cams.conf[i]:.2f} {r}"
             for i, r in zip(idx, right, strict=True)
         ]
         toward = "toward the predicted class (true -> predicted)"
+    meta = cams.meta
     R.plot_gradcam_grid(
-        np.asarray(x_test)[idx], cams, titles, out, f"Grad-CAM {toward}: {meta['arch']}-{meta['mode']}"
+        np.asarray(x_test)[idx], maps, titles, out, f"Grad-CAM {toward}: {meta['arch']}-{meta['mode']}"
     )
+
+
+def lung_share(cams: Cams, x_test, n: int, seed: int, box: float) -> dict:
+    """The share of Grad-CAM mass on the lung box (the probes' central box), averaged over a
+    seeded sample of at most `n` test images, overall and per true class."""
+    rng = np.random.default_rng(seed)
+    total = len(cams.preds)
+    idx = np.sort(rng.choice(total, size=min(n, total), replace=False))
+    share = mass_inside(cams.raw(x_test, idx), box)
+    cls = cams.preds["class"].to_numpy()[idx]
+    mean = lambda v: None if np.isnan(v).all() else round(float(np.nanmean(v)), 4)  # noqa: E731
+    return {
+        "images": len(idx),
+        "all": mean(share),
+        "by_class": {c: mean(share[cls == c]) for c in cams.classes if (cls == c).any()},
+        "empty_maps": int(np.isnan(share).sum()),
+        "uniform_map": round(box**2, 4),
+    }
 
 
 def same_mode_notes(models: Path, runs: dict[str, str]) -> list[str]:
@@ -86,6 +130,15 @@ def main() -> None:
     ap.add_argument("--models", type=Path, default=Path("models"))
     ap.add_argument(
         "--probe", type=Path, default=Path("metrics/probe.json"), help="the probe stage's figures"
+    )
+    ap.add_argument("--index-report", type=Path, default=Path("metrics/index_report.json"))
+    ap.add_argument("--split-report", type=Path, default=Path("metrics/split.json"))
+    ap.add_argument("--html", type=Path, default=Path("report/index.html"), help="the offline report page")
+    ap.add_argument(
+        "--plots-template",
+        type=Path,
+        default=Path("report/dvc_plots_template.html"),
+        help="offline HTML template for `dvc plots show` (.dvc/config plots.html_template)",
     )
     args = ap.parse_args()
     p = load_params(args.params)
@@ -124,11 +177,15 @@ def main() -> None:
     probe = json.loads(args.probe.read_text())
     unit = R.resampling_unit(next(iter(preds.values()))["group"])
     answer = answer_lines(compare, over, len(seeds), R.flagged_probes(probe), auroc_key, unit)
+    curves = write_plots(args, p, runs, first, preds, {n: ms[0] for n, ms in full.items()})
+    shares = write_gradcam(args, p, first, preds)
     md = R.summary_markdown(table, compare, notes, probe, answer, figures, auroc_key, unit)
+    md += R.gradcam_share_lines(shares, p.probe.box, classes, p.data.positive)
     (args.out_metrics / "summary.md").write_text(md)
     write_json(args.out_metrics / "compare.json", compare)
-    write_plots(args, p, runs, first, preds, {n: ms[0] for n, ms in full.items()})
-    print((args.out_metrics / "summary.md").read_text())
+    write_json(args.out_metrics / "gradcam_share.json", shares)
+    write_pages(args, p, md, curves, first, shares)
+    print(md)
 
 
 def write_plots(args, p, runs, first, preds, metrics) -> None:
@@ -159,19 +216,73 @@ def write_plots(args, p, runs, first, preds, metrics) -> None:
     roc = pd.concat([pd.read_csv(args.eval / r / "roc.csv").assign(model=n) for n, r in first.items()])
     R.plot_roc(roc, metrics, args.plots)
     R.plot_confusions(metrics, classes, p.data.positive, args.plots)
+    return curves
+
+
+def write_gradcam(args, p, first, preds) -> dict:
+    """A Grad-CAM grid per arch x mode (first seed) and the share of its maps' mass on the lungs."""
+    classes = list(p.data.classes)
     x_test, _ = load_store(args.prepared, "test")
     (args.plots / "gradcam").mkdir(exist_ok=True)
+    shares = {}
     for n, r in first.items():
+        cams = Cams(args.models / r, preds[n], classes, p.data.positive)
+        if p.report.gradcam_share_images:
+            shares[n] = lung_share(cams, x_test, p.report.gradcam_share_images, p.report.seed, p.probe.box)
         gradcam_grid(
-            args.models / r,
-            preds[n],
-            x_test,
-            classes,
-            p.data.positive,
-            p.report.gradcam_per_group,
-            p.report.seed,
-            args.plots / "gradcam" / f"{n}.png",
+            cams, x_test, p.report.gradcam_per_group, p.report.seed, args.plots / "gradcam" / f"{n}.png"
         )
+    return shares
+
+
+def write_pages(args, p, md: str, curves: pd.DataFrame, first: dict, shares: dict) -> None:
+    """report/index.html (one self-contained page) and the offline template for `dvc plots show`."""
+    bundle = W.js_bundle()
+    args.html.parent.mkdir(parents=True, exist_ok=True)
+    args.plots_template.write_text(W.dvc_plots_template(bundle))
+    classes = list(p.data.classes)
+    read = lambda name: pd.read_csv(args.plots / name)  # noqa: E731
+    charts = {
+        **W.curve_specs(curves),
+        **W.roc_pr_specs(read("roc.csv"), read("pr.csv")),
+        "confusion": W.confusion_spec(read("confusion.csv"), classes),
+    }
+    grids = "".join(
+        W.image(args.plots / "gradcam" / f"{n}.png", f"Grad-CAM grid of {n}")
+        for n in first
+        if (args.plots / "gradcam" / f"{n}.png").exists()
+    )
+    index = json.loads(args.index_report.read_text())
+    split = json.loads(args.split_report.read_text())
+    meta = json.loads((args.models / next(iter(first.values())) / "model.json").read_text())
+    results, _, rest = md.partition("\n## Where do the models look?")
+    sections = [
+        ("", W.markdown(results.replace("# Results on the test split", "", 1))),
+        (
+            "Training curves",
+            '<div class="charts">' + W.chart_slot("val_accuracy") + W.chart_slot("loss") + "</div>",
+        ),
+        (
+            "ROC, precision-recall and confusion",
+            '<div class="charts">'
+            + W.chart_slot("roc")
+            + W.chart_slot("pr")
+            + "</div>"
+            + W.chart_slot("confusion"),
+        ),
+        ("Where do the models look?", W.markdown(rest) + grids),
+        ("The data", R.data_html(index, split)),
+        ("Environment", R.environment_html(meta, p, args.params)),
+    ]
+    size = meta["image_size"]
+    subtitle = (
+        f"{index['images']} images in {len(classes)} classes ({', '.join(classes)}), {size}x{size} px; "
+        f"archs {', '.join(p.archs)}; modes {', '.join(p.train.modes)}; "
+        f"seeds {', '.join(map(str, p.train.seeds))}"
+    )
+    args.html.write_text(
+        W.page("cxr-transfer: results on the test split", subtitle, sections, charts, bundle)
+    )
 
 
 if __name__ == "__main__":

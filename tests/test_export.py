@@ -73,13 +73,20 @@ def test_the_card_carries_the_threshold_the_figures_and_the_probe_verdicts():
         "data_sha1": {"train": "abc", "val": "def"},
         "training_images": {"n": 10, "short_side_p05": 24.0},
     }
-    head = {"accuracy": 0.8, "auroc": 0.9, "accuracy_ci_low": 0.7}
-    full = {"youden": {"threshold": 0.31, "recall": 0.9, "specificity": 0.7}}
+    head = {"accuracy": 0.8, "auroc": 0.9, "n_test": 20}
+    full = {
+        "youden": {"threshold": 0.31, "recall": 0.9, "specificity": 0.7},
+        "ci": {"accuracy": [0.7, 0.9], "auroc": None},
+        "ci_level": 0.9,
+        "calibration": {"temperature": 1.5, "ece_before": 0.2, "ece_after": 0.1},
+    }
     probe = {"flagged": ["pixels_8"], "n_flagged": 1, "pixels_8": {"auroc": 0.85}, "flag_auroc": 0.8}
     c = card(meta, head, full, probe, "Covid", {"max_abs_diff": 1e-6}, "torch.onnx (TorchScript)")
     assert c["decision"]["threshold"] == 0.31 and c["decision"]["rule"] == "Covid when P(Covid) >= threshold"
     assert c["decision"]["test_metrics_at_threshold"] == {"recall": 0.9, "specificity": 0.7}
     assert c["test_metrics"] == head and c["probes"]["flagged"] == ["pixels_8"]
+    assert c["test_intervals"] == {"accuracy": [0.7, 0.9]} and "90% bootstrap" in c["test_metrics_note"]
+    assert c["calibration"] == {"temperature": 1.5, "ece_before": 0.2, "ece_after": 0.1}
     assert c["probes"]["figures"] == {"pixels_8": {"auroc": 0.85}}
     assert c["training_data"]["store_sha1"] == {"train": "abc", "val": "def"}
     assert c["input"]["shape"] == ["batch", 1, 32, 32] and c["versions"]["onnxruntime"]

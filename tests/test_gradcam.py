@@ -121,3 +121,16 @@ def test_a_shared_scale_keeps_a_weak_map_faint_beside_a_strong_one():
     shared = shared_scale(gradcam(net, net.conv, x, target=1, each=False))
     assert shared[0].max() == pytest.approx(1) and shared[1].max() == pytest.approx(0.1, abs=0.02)
     assert shared_scale(np.zeros((2, 4, 4))).max() == 0
+
+
+def test_lung_share_of_a_map_counts_the_mass_inside_the_central_box():
+    from cxr_transfer.gradcam import lung_box, mass_inside
+
+    assert lung_box(10, 0.6) == slice(2, 8)
+    maps = np.zeros((4, 10, 10))
+    maps[0, 4:6, 4:6] = 1.0  # all in the box
+    maps[1, 0, :] = 2.0  # all on the top border
+    maps[2] = 1.0  # spread evenly: the box's area, 36 of 100 pixels
+    maps[3, 0, 0], maps[3, 5, 5] = 3.0, 1.0  # a quarter inside
+    share = mass_inside(np.concatenate([maps, np.zeros((1, 10, 10))]), 0.6)
+    assert share[:4] == pytest.approx([1.0, 0.0, 0.36, 0.25]) and np.isnan(share[4])  # empty map: no share

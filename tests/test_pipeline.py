@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from cxr_transfer.split import SPLITS
+from tests.browser import charts, dump_dom, find_chromium
 from tests.conftest import ROOT
 from tests.test_metadata import URLS, radiography_db
 
@@ -178,8 +179,17 @@ def test_predict_reproduces_evaluate_and_the_export_carries_the_same_figures(rep
 def test_metrics_show_lists_every_mode_and_plots_show_writes_html(repo):
     shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json"))
     files = shown[""]["data"]
-    for mode in MODES:
-        assert files[f"metrics/modes/efficientnet_lite0-{mode}.json"]["data"]["mode"] == mode
+    modes = [f"metrics/modes/efficientnet_lite0-{mode}.json" for mode in MODES]
+    assert set(files) == {*modes, "metrics/shortcuts.json"}  # probe, split, index: plain outputs
+    for f in modes:
+        head = json.loads(
+            (repo / f.replace("metrics/modes/", "eval/").replace(".json", "-s0/headline.json")).read_text()
+        )
+        assert files[f]["data"] == head and len(head) == 11
+    probe = json.loads((repo / "metrics" / "probe.json").read_text())
+    assert files["metrics/shortcuts.json"]["data"]["shortcut_flags"] == probe["n_flagged"]
+    table = sh(repo, "dvc", "metrics", "show").splitlines()
+    assert len(table) == len(MODES) + 2 and max(map(len, table)) <= 200  # fits a 200-column terminal
     sh(repo, "dvc", "plots", "show", "-o", "dvc_plots")
     html = (repo / "dvc_plots" / "index.html").read_text()
     assert "Validation accuracy vs epoch" in html and "efficientnet_lite0-fe" in html
@@ -361,3 +371,50 @@ def test_radiography_database_layout_by_changing_data_root_alone(repo, tmp_path)
     finally:
         sh(repo, "git", "checkout", "params.yaml", "dvc.lock")
         sh(repo, "dvc", "checkout", "--force")
+
+
+CHROMIUM = find_chromium()
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium; .ci/run does where it can)"
+)
+
+
+@needs_chromium
+def test_the_report_page_renders_every_chart_offline(repo):
+    page = repo / "report" / "index.html"
+    assert page.stat().st_size > 300_000  # the Vega bundle and the Grad-CAM grids are inside it
+    dom, requests = dump_dom(CHROMIUM, page)
+    assert requests == []  # nothing tried to leave the machine
+    found = {c["attrs"]["data-chart"]: c for c in charts(dom, "data-chart")}
+    assert set(found) == {"val_accuracy", "loss", "roc", "pr", "confusion"}
+    for name, c in found.items():
+        assert c["attrs"].get("data-rendered") == "yes" and c["svg"] >= 1 and c["marks"] >= 2, (name, c)
+    assert dom.count('src="data:image/png;base64,') == len(MODES)  # a Grad-CAM grid per mode
+    for heading in (
+        "Can these results be trusted?",
+        "Mode against mode",
+        "Where do the models look?",
+        "The data",
+    ):
+        assert heading in dom
+    assert "efficientnet_lite0-ft_gradual" in dom and "torchvision" in dom
+
+
+@needs_chromium
+def test_dvc_plots_show_renders_offline_with_the_project_template(repo):
+    sh(repo, "dvc", "plots", "show", "-o", "offline_plots")
+    page = repo / "offline_plots" / "index.html"
+    assert "cdn.jsdelivr" not in page.read_text()
+    dom, requests = dump_dom(CHROMIUM, page)
+    assert requests == []
+    vega = len(yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]) - 4  # the 4 PNGs are <img>
+    assert dom.count('class="vega-embed') == vega and dom.count("<svg") >= vega
+    assert dom.count('class="mark-') >= 2 * vega
+
+
+@needs_chromium
+def test_the_browser_check_catches_a_page_that_loads_from_a_cdn(tmp_path):
+    page = tmp_path / "cdn.html"
+    page.write_text('<html><head><script src="https://cdn.jsdelivr.net/npm/vega@5"></script></head></html>')
+    _, requests = dump_dom(CHROMIUM, page, budget_ms=3000)
+    assert any("cdn.jsdelivr.net" in r for r in requests)

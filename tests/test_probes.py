@@ -138,3 +138,9 @@ def test_multinomial_probe_scores_macro_auroc_and_flags_it():
     assert P.separation(y_te, -x_te[:, 0]) == pytest.approx(
         np.mean([max(a, 1 - a) for a in (roc_auc_score(y_te == c, x_te[:, 0]) for c in range(3))])
     )
+
+
+def test_the_verdict_is_the_flag_count_alone():
+    probe = {"pixels_8": {"auroc": 0.91, "flagged": True}, "n_flagged": 1, "flagged": ["pixels_8"]}
+    assert P.verdict(probe) == {"shortcut_flags": 1}
+    assert P.verdict({**probe, "n_flagged": 0}) == {"shortcut_flags": 0}

@@ -1,0 +1,68 @@
+"""The offline report's pieces: valid Vega-Lite specs that draw their data, a DVC template
+without CDN scripts, a page that loads nothing from the network."""
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr_transfer import webpage as W
+
+vlc = pytest.importorskip("vl_convert")
+
+
+def _curves():
+    rows = [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_acc": 0.5 + e / 20, "model": m}
+        for m in ("a-fe", "a-ft")
+        for e in range(1, 4)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_every_chart_spec_compiles_and_draws_its_data():
+    roc = pd.DataFrame({"fpr": [0, 0, 0.5, 1], "tpr": [0, 0.5, 1, 1], "model": "a-fe"})
+    pr = pd.DataFrame({"recall": [0, 0.5, 1], "precision": [1, 0.8, 0.5], "model": "a-fe"})
+    conf = pd.DataFrame(
+        {"actual": ["Covid", "Covid", "Normal"], "predicted": ["Covid", "Normal", "Normal"], "model": "a-fe"}
+    )
+    specs = {
+        **W.curve_specs(_curves()),
+        **W.roc_pr_specs(roc, pr),
+        "confusion": W.confusion_spec(conf, ["Normal", "Covid"]),
+    }
+    assert set(specs) == {"val_accuracy", "loss", "roc", "pr", "confusion"}
+    for name, spec in specs.items():
+        svg = vlc.vegalite_to_svg(spec, vl_version=W.VL_VERSION)
+        assert "<path" in svg or "<rect" in svg, name
+        assert spec["title"] in svg or spec["title"].replace("'", "&#39;") in svg, name
+    loss = specs["loss"]["data"]["values"]
+    assert len(loss) == 12 and {r["split"] for r in loss} == {"train", "val"}  # 2 models x 3 epochs x 2
+    counts = {(r["actual"], r["predicted"]): r["n"] for r in specs["confusion"]["data"]["values"]}
+    assert counts == {("Covid", "Covid"): 1, ("Covid", "Normal"): 1, ("Normal", "Normal"): 1}
+
+
+def test_the_dvc_template_inlines_the_bundle_and_drops_the_cdn_scripts():
+    page = W.dvc_plots_template("window.vegaEmbed = 1;")
+    assert "{plot_divs}" in page and "{scripts}" not in page and "window.vegaEmbed = 1;" in page
+    assert not re.search(r"""src=["']?https?:""", page)
+
+
+def test_the_bundle_defines_vega_embed_and_cannot_close_its_script_early():
+    bundle = W.js_bundle()
+    assert "window.vegaEmbed" in bundle and "</script" not in bundle.lower()
+    assert len(bundle) > 300_000  # vega, vega-lite and vega-embed, not a loader stub
+
+
+def test_the_page_puts_each_chart_in_its_slot_and_loads_nothing_remote(tmp_path):
+    png = tmp_path / "g.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(png)
+    sections = [("Curves", W.chart_slot("val_accuracy")), ("Grad-CAM", W.image(png, "grid <a>"))]
+    page = W.page("T", "sub", sections, W.curve_specs(_curves()), "/* bundle */")
+    assert page.count('data-chart="val_accuracy"') == 1 and '"val_accuracy": {' in page
+    assert 'src="data:image/png;base64,' in page and 'alt="grid &lt;a&gt;"' in page
+    assert '<a href="#s0">Curves</a>' in page and '<h2 id="s1">Grad-CAM</h2>' in page
+    assert not re.search(r"""(src|href)=["']?https?:""", page)
