@@ -75,8 +75,32 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="cxr-transfer", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     _add_predict(sub)
-    args = ap.parse_args(argv)
+    _add_experiments(sub)
+    args, rest = ap.parse_known_args(argv)
+    if args.command == "experiments":
+        from cxr_transfer.experiments import show
+
+        run(lambda: print(show(args.figures, rest)), args.command)
+        return
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     run(lambda: predict(args), args.command)
+
+
+def _add_experiments(sub) -> None:
+    p = sub.add_parser(
+        "experiments",
+        help="the DVC experiment table, narrow: changed params and each mode's headline figures",
+        description="One row per experiment (what `dvc exp show` lists): the params that differ between "
+        "the rows and, per arch x mode, the chosen figures. Other arguments go to `dvc exp show` "
+        "(e.g. -A for every commit, -n 5).",
+    )
+    p.add_argument(
+        "--figures",
+        nargs="+",
+        default=["accuracy", "auroc"],
+        help="headline keys to show per mode (accuracy auroc; auroc_macro for more than two classes)",
+    )
 
 
 def _add_predict(sub) -> None:

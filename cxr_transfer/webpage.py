@@ -62,7 +62,12 @@ def _lines(df: pd.DataFrame, x: str, y: str, title: str, xt: str, yt: str, **ext
     enc = {
         "x": {"field": x, "type": "quantitative", "title": xt, **axis},
         "y": {"field": y, "type": "quantitative", "title": yt, "scale": {"zero": False}},
-        "color": {"field": "model", "type": "nominal", "title": None},
+        "color": {
+            "field": "model",
+            "type": "nominal",
+            "title": None,
+            "legend": {"orient": "bottom", "columns": 2},
+        },
         "tooltip": [{"field": "model"}, {"field": x}, {"field": y, "format": ".3f"}],
         **extra,
     }
