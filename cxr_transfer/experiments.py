@@ -21,7 +21,7 @@ from cxr_transfer.errors import CxrError
 
 SHORT = {"accuracy": "acc", "auroc": "AUROC", "auroc_macro": "AUROC", "balanced_accuracy": "bal acc"}
 MODE_FILE = re.compile(r"^metrics/modes/(?P<name>.+)\.json:(?P<figure>.+)$")
-HASH = r"[0-9a-f]{32}(\.dir)?|"  # a dependency's md5 (or nothing)
+VERDICTS = {"shortcut_flags"}
 FIXED = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}
 
 
@@ -38,9 +38,12 @@ def read_table(dvc_args: list[str]) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(out.stdout), dtype=str, keep_default_na=False)
 
 
-def narrow(table: pd.DataFrame, figures: list[str], arch_names: bool | None = None) -> pd.DataFrame:
-    """One row per experiment: its name, the params whose values differ between rows, and each
-    arch x mode's `figures` (the headline files' columns; a single arch's name is left out)."""
+def narrow(
+    table: pd.DataFrame, figures: list[str], params: set[str], arch_names: bool | None = None
+) -> pd.DataFrame:
+    """One row per experiment: its name, the `params` (dotted keys) whose values differ between
+    rows, and each arch x mode's `figures` (the headline files' columns; a single arch's name is
+    left out)."""
     mode_cols = {c: MODE_FILE.match(c) for c in table.columns}
     mode_cols = {c: m for c, m in mode_cols.items() if m}
     names = sorted({m["name"] for m in mode_cols.values()})
@@ -48,9 +51,9 @@ def narrow(table: pd.DataFrame, figures: list[str], arch_names: bool | None = No
     keep_arch = len(archs) > 1 if arch_names is None else arch_names
     label = table["Experiment"].where(table["Experiment"] != "", table["rev"])
     out = pd.DataFrame({"experiment": label})
-    other = [c for c in table.columns if c not in FIXED and c not in mode_cols]
-    for c in other:  # params and single-file metrics; a dependency column holds hashes
-        if table[c].nunique() > 1 and not table[c].str.fullmatch(HASH).all():
+    other = [c for c in table.columns if c in params or c in VERDICTS]
+    for c in other:  # params and the probes' verdict, where the rows differ
+        if table[c].nunique() > 1:
             out[c] = table[c]
     for n in names:
         short = n if keep_arch else n.rpartition("-")[2]
@@ -68,6 +71,23 @@ def _round(v: str) -> str:
         return v or "-"
 
 
+def param_keys(path: Path = Path("params.yaml")) -> set[str]:
+    """Every dotted key of a params file, inner nodes included (`modes.ft.lr`, `modes.ft`)."""
+    import yaml
+
+    out: set[str] = set()
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            out.add(prefix + str(k))
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+
+    if path.exists():
+        walk(yaml.safe_load(path.read_text()) or {}, "")
+    return out
+
+
 def show(figures: list[str], dvc_args: list[str]) -> str:
-    table = narrow(read_table(dvc_args), figures)
+    table = narrow(read_table(dvc_args), figures, param_keys())
     return table.to_string(index=False)

@@ -1,7 +1,9 @@
 import pandas as pd
 import pytest
 
-from cxr_transfer.experiments import narrow
+from cxr_transfer.experiments import narrow, param_keys
+
+PARAMS = {"prepare", "prepare.image_size", "train", "train.epochs"}
 
 
 def _table(archs=("a",)):
@@ -24,7 +26,7 @@ def _table(archs=("a",)):
 
 
 def test_the_narrow_table_keeps_changed_params_and_names_modes_briefly():
-    t = narrow(_table(), ["accuracy", "auroc"])
+    t = narrow(_table(), ["accuracy", "auroc"], PARAMS)
     assert list(t.columns) == ["experiment", "prepare.image_size", "fe acc", "fe AUROC", "ft acc", "ft AUROC"]
     assert t["experiment"].tolist() == ["workspace", "main", "size64"]
     assert t["fe acc"].tolist() == ["0.775", "0.775", "0.775"] and t["ft acc"].tolist()[2] == "0.750"
@@ -32,7 +34,13 @@ def test_the_narrow_table_keeps_changed_params_and_names_modes_briefly():
 
 
 def test_several_archs_keep_their_names():
-    t = narrow(_table(("a", "b")), ["accuracy"])
+    t = narrow(_table(("a", "b")), ["accuracy"], PARAMS)
     assert [c for c in t.columns if c.endswith(" acc")] == ["a-fe acc", "a-ft acc", "b-fe acc", "b-ft acc"]
     with pytest.raises(KeyError):
         t["fe acc"]
+
+
+def test_param_keys_are_dotted_paths_of_the_params_file(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("prepare:\n  image_size: 96\nmodes:\n  ft:\n    lr: 0.001\narchs: [a]\n")
+    assert param_keys(f) == {"prepare", "prepare.image_size", "modes", "modes.ft", "modes.ft.lr", "archs"}
