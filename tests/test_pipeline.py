@@ -418,3 +418,18 @@ def test_the_browser_check_catches_a_page_that_loads_from_a_cdn(tmp_path):
     page.write_text('<html><head><script src="https://cdn.jsdelivr.net/npm/vega@5"></script></head></html>')
     _, requests = dump_dom(CHROMIUM, page, budget_ms=3000)
     assert any("cdn.jsdelivr.net" in r for r in requests)
+
+
+def test_the_experiments_table_is_narrow_and_reads_the_headline_files(repo):
+    out = sh(repo, sys.executable, "-m", "cxr_transfer", "experiments", "--figures", "accuracy", "auroc")
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:3] == ["experiment", "fe", "acc"] and max(map(len, lines)) < 200
+    fe = json.loads((repo / "metrics" / "modes" / "efficientnet_lite0-fe.json").read_text())
+    row = dict(
+        zip(
+            lines[0].replace(" acc", "_acc").replace(" AUROC", "_AUROC").split(),
+            lines[1].split(),
+            strict=True,
+        )
+    )
+    assert row["experiment"] == "workspace" and row["fe_acc"] == f"{fe['accuracy']:.3f}"
