@@ -185,7 +185,8 @@ def test_metrics_show_lists_every_mode_and_plots_show_writes_html(repo):
         head = json.loads(
             (repo / f.replace("metrics/modes/", "eval/").replace(".json", "-s0/headline.json")).read_text()
         )
-        assert files[f]["data"] == head and len(head) == 11
+        assert len(head) == 11  # DVC leaves out figures that are undefined (null) on the tiny test split
+        assert files[f]["data"] == {k: v for k, v in head.items() if v is not None}
     probe = json.loads((repo / "metrics" / "probe.json").read_text())
     assert files["metrics/shortcuts.json"]["data"]["shortcut_flags"] == probe["n_flagged"]
     table = sh(repo, "dvc", "metrics", "show").splitlines()
