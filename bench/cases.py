@@ -201,7 +201,8 @@ def _sh(cwd: Path, *cmd: str) -> float:
 
 
 def demo(work: Path, params: dict | None = None) -> dict:
-    """A cold `dvc repro` of the demo in a fresh copy of the project, stage by stage, then a no-op."""
+    """A cold `dvc repro` of the demo in a fresh copy of the project (one run, per-stage times from
+    its log), then a no-op."""
     dst = work / "demo"
     shutil.rmtree(dst, ignore_errors=True)
     files = subprocess.run(
@@ -225,19 +226,39 @@ def demo(work: Path, params: dict | None = None) -> dict:
         ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"],
     ):
         _sh(dst, *cmd)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    names = subprocess.run(
-        ["dvc", "stage", "list", "--name-only"], cwd=dst, env=env, capture_output=True, text=True, check=True
-    ).stdout.split()
-    stages = {n: round(_sh(dst, "dvc", "repro", "-s", n), 2) for n in names}
+    stages, total = _timed_repro(dst)
     noop = _sh(dst, "dvc", "repro")
     return {
         "stages": stages,
-        "cold_total_seconds": round(sum(stages.values()), 1),
+        "cold_total_seconds": round(total, 1),
         "noop_seconds": round(noop, 2),
         "target_cold_seconds": 180,
         "target_noop_seconds": 5,
     }
+
+
+def _timed_repro(cwd: Path) -> tuple[dict[str, float], float]:
+    """One `dvc repro`, as a user runs it: its wall time, and each stage's from the moment DVC
+    prints "Running stage '<name>'" to the next such line (the last: to the end; DVC's own
+    bookkeeping between stages falls in the stage before)."""
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONUNBUFFERED": "1",  # each line when it is printed, not when a pipe buffer fills
+    }
+    t0 = time.perf_counter()
+    starts: list[tuple[str, float]] = []
+    with subprocess.Popen(
+        ["dvc", "repro"], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        for line in proc.stdout:
+            if line.startswith("Running stage '"):
+                starts.append((line.split("'")[1], time.perf_counter()))
+    end = time.perf_counter()
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc repro failed in {cwd}")
+    ends = [t for _, t in starts[1:]] + [end]
+    return {n: round(e - t, 2) for (n, t), e in zip(starts, ends, strict=True)}, end - t0
 
 
 def near_duplicates(n: int, copies: int, limits: tuple[int, ...] = (12, 24), seed: int = 0) -> dict:

@@ -11,9 +11,15 @@ from __future__ import annotations
 import base64
 import html
 import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+from cxr_transfer.errors import CxrError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 VL_VERSION = "5.21"  # DVC's plot templates are Vega-Lite 5 specs
 SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"  # an identifier: never fetched
@@ -40,6 +46,27 @@ def js_bundle() -> str:
     import vl_convert
 
     return vl_convert.javascript_bundle(vl_version=VL_VERSION).replace("</script", "<\\/script")
+
+
+class Bundle:
+    """`js_bundle()` built in a child process: vl-convert holds the GIL for its 1.5-2.5 s, so the
+    report stage starts this first and the bundle is built on the other core while it imports
+    torch and draws (`get()` waits for it)."""
+
+    def __init__(self):
+        code = "import sys; from cxr_transfer.webpage import js_bundle; sys.stdout.write(js_bundle())"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def get(self) -> str:
+        out, err = self.proc.communicate()
+        if self.proc.returncode != 0 or "vegaEmbed" not in out:
+            last = (err.strip().splitlines() or ["no output"])[-1]
+            raise CxrError(
+                f"the Vega bundle for the report page failed ({last}): is vl-convert-python installed?"
+            )
+        return out
 
 
 def dvc_plots_template(bundle: str) -> str:
@@ -161,10 +188,6 @@ def confusion_spec(conf: pd.DataFrame, classes: list[str]) -> dict:
         },
         "resolve": {"scale": {"color": "shared"}},
     }
-
-
-def table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, border=0, na_rep="-", escape=True)
 
 
 def image(path: Path, alt: str) -> str:

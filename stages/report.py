@@ -1,5 +1,9 @@
 """Stage report: every arch x mode compared over its seeds (table, statistics, plots, Grad-CAM grids)."""
 
+from cxr_transfer.webpage import Bundle
+
+BUNDLE = Bundle() if __name__ == "__main__" else None  # built on the other core while torch imports
+
 import argparse
 import json
 from pathlib import Path
@@ -237,7 +241,7 @@ def write_gradcam(args, p, first, preds) -> dict:
 
 def write_pages(args, p, md: str, curves: pd.DataFrame, first: dict, shares: dict) -> None:
     """report/index.html (one self-contained page) and the offline template for `dvc plots show`."""
-    bundle = W.js_bundle()
+    bundle = (BUNDLE or Bundle()).get()
     args.html.parent.mkdir(parents=True, exist_ok=True)
     args.plots_template.write_text(W.dvc_plots_template(bundle))
     classes = list(p.data.classes)
