@@ -86,7 +86,7 @@ def parity(onnx_path: Path, wrapped: nn.Module, x: np.ndarray, batch_size: int =
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     wrapped = wrapped.eval().cpu()
-    x = np.ascontiguousarray(np.asarray(x)[:, None])
+    x = np.array(np.asarray(x)[:, None])  # a writable copy: the store is a read-only memory map
 
     def ort_run(b):
         return sess.run(None, {"image": b})[0]

@@ -121,7 +121,13 @@ def curve_specs(curves: pd.DataFrame) -> dict[str, dict]:
         "Loss vs epoch (solid: validation, dashed: train)",
         "epoch",
         "cross-entropy",
-        strokeDash={"field": "split", "type": "nominal", "sort": ["val", "train"], "title": None},
+        strokeDash={
+            "field": "split",
+            "type": "nominal",
+            "sort": ["val", "train"],
+            "title": None,
+            "legend": None,  # the title says which is which
+        },
         detail={"field": "split"},
     )
     return {"val_accuracy": acc, "loss": losses}
