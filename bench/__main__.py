@@ -1,4 +1,5 @@
-"""python -m bench [--size tiny|full] [--cases input,fe,index,demo,gpu,neardup,probe,dataset,onnx] [--tag T]
+"""python -m bench [--size tiny|full] [--cases input,fe,index,demo,gpu,neardup,probe,dataset,onnx,
+cpu-train] [--tag T]
 
 Runs the seed's way and ours side by side, writes bench/results/<device>-<date>.json and prints a
 Markdown table. `tiny` checks that everything runs (the test suite uses it); `full` is the measure."""
@@ -36,6 +37,7 @@ SIZES = {
         "probe": dict(n=200, size=32),
         "dataset": dict(n=60, prepare_size=32),
         "onnx": dict(n=16, sizes=(32,), reps=1),
+        "cpu-train": dict(archs=("efficientnet_lite0",), sizes=(32,), train_batch=4, infer_batch=8, steps=1),
     },
     "full": {
         "input": dict(n=512, sizes=(224, 96), reps=3),
@@ -47,6 +49,13 @@ SIZES = {
         "probe": dict(n=10_000, size=96),
         "dataset": dict(n=21_000, prepare_size=224),
         "onnx": dict(n=512, sizes=(96, 224), reps=3),
+        "cpu-train": dict(
+            archs=("efficientnet_lite0", "resnet18", "densenet121", "vgg19_bn"),
+            sizes=(96, 224),
+            train_batch=16,
+            infer_batch=32,
+            steps=2,
+        ),
     },
 }
 
@@ -119,13 +128,20 @@ def table(results: dict) -> str:
             f"| `cxr-transfer predict` on one image, interpreter start included | PyTorch {pt} s "
             f"| ONNX Runtime {ort} s | {pt / ort:.1f}x | - |"
         )
+    for r in results.get("cpu-train", {}).get("runs", []):
+        rows.append(
+            f"| CPU {r['arch']} {r['size']}px, NCHW -> channels_last | train {r['train_nchw']}, "
+            f"infer {r['infer_nchw']} img/s | train {r['train_channels_last']}, infer "
+            f"{r['infer_channels_last']} img/s (max d logit {r['max_abs_logit_diff']:.0e}) "
+            f"| train {r['train_ratio']}x, infer {r['infer_ratio']}x | - |"
+        )
     return "\n".join(rows)
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", choices=sorted(SIZES), default="full")
-    ap.add_argument("--cases", default="input,fe,index,demo,gpu,neardup,probe,dataset,onnx")
+    ap.add_argument("--cases", default="input,fe,index,demo,gpu,neardup,probe,dataset,onnx,cpu-train")
     ap.add_argument("--tag", default="", help="appended to the result file's name (keeps earlier results)")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--device", default="auto")
@@ -154,6 +170,8 @@ def main(argv=None) -> dict:
             results["dataset"] = cases.dataset_scale(work, **cfg["dataset"])
         if "onnx" in want:
             results["onnx"] = cases.onnx_inference(work, **cfg["onnx"])
+        if "cpu-train" in want:
+            results["cpu-train"] = cases.cpu_train(**cfg["cpu-train"])
         if "gpu" in want:
             c = cfg["gpu"]
             paths, labels = cases.make_pngs(work / "gpu", c["n"], 299)

@@ -22,6 +22,10 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
     assert saved["neardup"]["hashes"] == 2020 and saved["neardup"]["planted_found"] == 20  # exact search
     assert [q["max_bits"] for q in saved["neardup"]["searches"]] == [12, 24]
     assert saved["probe"]["images"] == 200
+    (ct,) = saved["cpu-train"]["runs"]  # both memory formats, one arch at the tiny size
+    assert (ct["arch"], ct["size"]) == ("efficientnet_lite0", 32) and ct["max_abs_logit_diff"] < 1e-4
+    assert ct["infer_ratio"] == pytest.approx(ct["infer_channels_last"] / ct["infer_nchw"], abs=0.01)
+    assert f"| train {ct['train_ratio']}x, infer {ct['infer_ratio']}x |" in res["table"]
     inp = saved["input"][0]
     assert inp["images"] == 64
     assert inp["ratio"] == pytest.approx(

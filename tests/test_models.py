@@ -137,3 +137,22 @@ def test_modes_that_train_the_same_thing_are_named(arch, expect):
     from cxr_transfer.params import SEED_MODES
 
     assert equivalent_modes(get_spec(arch), SEED_MODES) == expect
+
+
+@pytest.mark.parametrize("arch", ["efficientnet_lite0", "resnet18", "densenet121", "vgg16_bn"])
+def test_channels_last_computes_the_same_logits_and_gradients_as_nchw(arch):
+    """One network per family (EfficientNet, ResNet, DenseNet, VGG): the memory format changes
+    the kernels' order of summation, not the function (float32 tolerance)."""
+    torch.manual_seed(0)
+    net = build_model(arch, None, 2, 0).eval()
+    x = torch.randn(2, 3, 64, 64)
+    a = net(x)
+    a.sum().backward()
+    grad_a = net.get_submodule(get_spec(arch).last_layer).weight.grad.clone()
+    net.zero_grad()
+    net = net.to(memory_format=torch.channels_last)
+    b = net(x.contiguous(memory_format=torch.channels_last))
+    b.sum().backward()
+    grad_b = net.get_submodule(get_spec(arch).last_layer).weight.grad
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4) and a.abs().max() > 1e-3  # not all zero
+    assert torch.allclose(grad_a, grad_b, atol=1e-4, rtol=1e-3)
