@@ -363,7 +363,7 @@ def onnx_inference(work: Path, n: int, sizes, reps: int = 3, arch: str = "effici
 def cpu_train(archs, sizes, train_batch: int, infer_batch: int, steps: int) -> dict:
     """CPU images/s per arch and image size in both memory formats (NCHW, channels_last), float32:
     training steps (forward, backward, SGD step, batch `train_batch`) and inference (no_grad,
-    batch `infer_batch`), each timed over `steps` batches after a warm one. Random weights: the
+    batch `infer_batch`), each the median of `steps` timed batches after a warm one. Random weights: the
     speed does not depend on their values. Also the largest |logit| difference between the two
     formats on one batch, as a check that they compute the same function."""
     out = {"threads": torch.get_num_threads(), "steps": steps, "runs": []}
@@ -387,20 +387,14 @@ def cpu_train(archs, sizes, train_batch: int, infer_batch: int, steps: int) -> d
                 net.eval()
                 with torch.no_grad():
                     logits[fmt] = net(x)  # before any step: both formats hold the same weights
-                    row[f"infer_{fmt}"] = round(_rate(lambda net=net, x=x: net(x), infer_batch, steps), 1)
+                    infer = lambda net=net, x=x: net(x)  # noqa: E731
+                    infer()  # warm
+                    row[f"infer_{fmt}"] = round(_median_rate(infer, infer_batch, steps), 1)
                 net.train()
-                row[f"train_{fmt}"] = round(_rate(train_step, train_batch, steps), 1)
+                train_step()  # warm
+                row[f"train_{fmt}"] = round(_median_rate(train_step, train_batch, steps), 1)
             row["infer_ratio"] = round(row["infer_channels_last"] / row["infer_nchw"], 2)
             row["train_ratio"] = round(row["train_channels_last"] / row["train_nchw"], 2)
             row["max_abs_logit_diff"] = float((logits["nchw"] - logits["channels_last"]).abs().max())
             out["runs"].append(row)
     return out
-
-
-def _rate(fn, per_call: int, steps: int) -> float:
-    """Items/s of `fn` (each call `per_call` items) over `steps` calls after a warm one."""
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return per_call * steps / (time.perf_counter() - t0)
