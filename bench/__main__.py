@@ -37,7 +37,15 @@ SIZES = {
         "probe": dict(n=200, size=32),
         "dataset": dict(n=60, prepare_size=32),
         "onnx": dict(n=16, sizes=(32,), reps=1),
-        "cpu-train": dict(archs=("efficientnet_lite0",), sizes=(32,), train_batch=4, infer_batch=8, steps=1),
+        "cpu-train": dict(
+            archs=("efficientnet_lite0",),
+            sizes=(32,),
+            train_batch=4,
+            infer_batch=8,
+            sweep=(4, 8),
+            steps=1,
+            heap=[dict(arch="efficientnet_lite0", size=32, batch=8, n=16)],
+        ),
     },
     "full": {
         "input": dict(n=512, sizes=(224, 96), reps=3),
@@ -54,7 +62,13 @@ SIZES = {
             sizes=(96, 224),
             train_batch=16,
             infer_batch=32,
-            steps=2,
+            sweep=(16, 32, 64),
+            steps=4,
+            heap=[
+                dict(arch="efficientnet_lite0", size=96, batch=64, n=512),
+                dict(arch="efficientnet_lite0", size=224, batch=64, n=256),
+                dict(arch="vgg19_bn", size=224, batch=16, n=64),
+            ],
         ),
     },
 }
@@ -128,6 +142,23 @@ def table(results: dict) -> str:
             f"| `cxr-transfer predict` on one image, interpreter start included | PyTorch {pt} s "
             f"| ONNX Runtime {ort} s | {pt / ort:.1f}x | - |"
         )
+    ct = results.get("cpu-train", {})
+    for h in ct.get("heap", []):
+        d, k = h["default"], h["kept"]
+        rows.append(
+            f"| CPU heap: {h['arch']} {h['size']}px inference, batch {h['batch']}, glibc default -> kept "
+            f"| {d['images_per_s']} img/s, {d['minor_faults']:,} page faults, {d['kernel_s']} s kernel "
+            f"| {k['images_per_s']} img/s, {k['minor_faults']:,} page faults, {k['kernel_s']} s kernel "
+            f"| {h['ratio']}x | - |"
+        )
+    for r in ct.get("runs", []):
+        if "train_bf16" in r:
+            rows.append(
+                f"| CPU {r['arch']} {r['size']}px, float32 -> bf16 autocast ({ct['cpu_bf16']}), NHWC "
+                f"| train {r['train_channels_last']}, infer {r['infer_channels_last']} img/s "
+                f"| train {r['train_bf16']}, infer {r['infer_bf16']} img/s "
+                f"| train {r['bf16_train_ratio']}x, infer {r['bf16_infer_ratio']}x | - |"
+            )
     for r in results.get("cpu-train", {}).get("runs", []):
         rows.append(
             f"| CPU {r['arch']} {r['size']}px, NCHW -> channels_last | train {r['train_nchw']}, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -230,11 +231,22 @@ def demo(work: Path, params: dict | None = None) -> dict:
     noop = _sh(dst, "dvc", "repro")
     return {
         "stages": stages,
+        "training": _training_rates(dst),
         "cold_total_seconds": round(total, 1),
         "noop_seconds": round(noop, 2),
         "target_cold_seconds": 180,
         "target_noop_seconds": 5,
     }
+
+
+def _training_rates(project: Path) -> dict[str, dict]:
+    """Each run's training seconds and images/s as its model.json states them."""
+    keys = ("train_seconds", "feature_seconds", "images_per_s", "precision", "memory_format")
+    out = {}
+    for meta in sorted(project.glob("models/*/model.json")):
+        m = json.loads(meta.read_text())
+        out[meta.parent.name] = {k: m.get(k) for k in keys}
+    return out
 
 
 def _timed_repro(cwd: Path) -> tuple[dict[str, float], float]:
@@ -360,41 +372,130 @@ def onnx_inference(work: Path, n: int, sizes, reps: int = 3, arch: str = "effici
     return out
 
 
-def cpu_train(archs, sizes, train_batch: int, infer_batch: int, steps: int) -> dict:
-    """CPU images/s per arch and image size in both memory formats (NCHW, channels_last), float32:
-    training steps (forward, backward, SGD step, batch `train_batch`) and inference (no_grad,
-    batch `infer_batch`), each the median of `steps` timed batches after a warm one. Random weights: the
-    speed does not depend on their values. Also the largest |logit| difference between the two
-    formats on one batch, as a check that they compute the same function."""
-    out = {"threads": torch.get_num_threads(), "steps": steps, "runs": []}
+def cpu_train(
+    archs, sizes, train_batch: int, infer_batch: int, sweep: tuple[int, ...], steps: int, heap: list[dict]
+) -> dict:
+    """CPU images/s per arch and image size, with the heap kept as the torch stages keep it
+    (cxr_transfer.speed.keep_freed_memory): training steps (forward, backward, SGD step, batch
+    `train_batch`) and inference (no_grad, batch `infer_batch`) in NCHW and channels_last float32;
+    channels_last inference at each batch of `sweep`; channels_last bf16 autocast where the CPU
+    has native bf16. Each figure is the median of `steps` timed batches after a warm one, random
+    weights (the speed does not depend on their values). Also the largest |logit| difference
+    between the two formats on one batch (they compute the same function), and the rules
+    cxr_transfer.speed derives for the row, for comparison. First, `heap_effect` for each of
+    `heap` (in fresh processes, so before this one keeps its heap)."""
+    from cxr_transfer import speed
+
+    heap_rows = [heap_effect(**h) for h in heap]
+    kept = speed.keep_freed_memory()
+    bf16 = speed.cpu_bf16()
+    out = {"threads": torch.get_num_threads(), "steps": steps, "heap_kept": kept, "cpu_bf16": bf16}
+    out |= {"heap": heap_rows, "runs": []}
     for arch in archs:
         for size in sizes:
             row = {"arch": arch, "size": size}
             logits = {}
             for fmt in ("nchw", "channels_last"):
                 mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
-                torch.manual_seed(0)
                 net = build_model(arch, None, 2, 0).to(memory_format=mf)
-                x = torch.randn(infer_batch, 3, size, size).contiguous(memory_format=mf)
-                xt, yt = x[:train_batch], torch.arange(train_batch) % 2
-                opt = torch.optim.SGD(net.parameters(), lr=1e-3)
-
-                def train_step(net=net, xt=xt, yt=yt, opt=opt):
-                    opt.zero_grad(set_to_none=True)
-                    torch.nn.functional.cross_entropy(net(xt), yt).backward()
-                    opt.step()
-
+                g = torch.Generator().manual_seed(0)  # the same images in both formats
+                x = torch.randn(max(infer_batch, *sweep), 3, size, size, generator=g).contiguous(
+                    memory_format=mf
+                )
                 net.eval()
                 with torch.no_grad():
-                    logits[fmt] = net(x)  # before any step: both formats hold the same weights
-                    infer = lambda net=net, x=x: net(x)  # noqa: E731
-                    infer()  # warm
-                    row[f"infer_{fmt}"] = round(_median_rate(infer, infer_batch, steps), 1)
-                net.train()
-                train_step()  # warm
-                row[f"train_{fmt}"] = round(_median_rate(train_step, train_batch, steps), 1)
+                    logits[fmt] = net(x[:infer_batch])  # before any step: both formats hold the same weights
+                row[f"infer_{fmt}"] = _infer_rate(net, x[:infer_batch], steps)
+                row[f"train_{fmt}"] = _train_rate(net, x[:train_batch], steps)
+                if fmt == "channels_last":
+                    net = build_model(arch, None, 2, 0).to(memory_format=mf)
+                    row["infer_by_batch"] = {b: _infer_rate(net, x[:b], steps) for b in sweep}
+                    if bf16:
+                        row["infer_bf16"] = _infer_rate(net, x[:infer_batch], steps, torch.bfloat16)
+                        row["train_bf16"] = _train_rate(net, x[:train_batch], steps, torch.bfloat16)
             row["infer_ratio"] = round(row["infer_channels_last"] / row["infer_nchw"], 2)
             row["train_ratio"] = round(row["train_channels_last"] / row["train_nchw"], 2)
+            if bf16:
+                row["bf16_infer_ratio"] = round(row["infer_bf16"] / row["infer_channels_last"], 2)
+                row["bf16_train_ratio"] = round(row["train_bf16"] / row["train_channels_last"], 2)
             row["max_abs_logit_diff"] = float((logits["nchw"] - logits["channels_last"]).abs().max())
+            row["rule_train_channels_last"] = speed.channels_last(arch, "cpu", training=True)
+            row["rule_infer_batch"] = speed.inference_batch("cpu", size)
             out["runs"].append(row)
     return out
+
+
+def _infer_rate(net, x, steps: int, dtype=None) -> float:
+    net.eval()
+    amp = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
+
+    def infer():
+        with torch.no_grad(), amp:
+            net(x)
+
+    infer()  # warm
+    return round(_median_rate(infer, len(x), steps), 1)
+
+
+def _train_rate(net, x, steps: int, dtype=None) -> float:
+    net.train()
+    y = torch.arange(len(x)) % 2
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext():
+            out = net(x)
+        torch.nn.functional.cross_entropy(out.float(), y).backward()
+        opt.step()
+
+    step()  # warm
+    return round(_median_rate(step, len(x), steps), 1)
+
+
+def heap_effect(arch: str, size: int, batch: int, n: int) -> dict:
+    """The feature pass's inference (channels_last, float32) over n images with glibc's default
+    heap and with the heap kept (cxr_transfer.speed.keep_freed_memory), each in a fresh process:
+    images/s of a second pass, its minor page faults and its user and kernel seconds."""
+    out = {"arch": arch, "size": size, "batch": batch, "images": n}
+    for keep in (False, True):
+        code = f"from bench.cases import _heap_probe; _heap_probe({arch!r}, {size}, {batch}, {n}, {keep})"
+        res = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        out["kept" if keep else "default"] = json.loads(res.stdout.strip().splitlines()[-1])
+    out["ratio"] = round(out["kept"]["images_per_s"] / out["default"]["images_per_s"], 2)
+    return out
+
+
+def _heap_probe(arch: str, size: int, batch: int, n: int, keep: bool) -> None:
+    import resource
+
+    from cxr_transfer import speed
+
+    if keep:
+        assert speed.keep_freed_memory()
+    net = build_model(arch, None, 2, 0).eval().to(memory_format=torch.channels_last)
+    spec = get_spec(arch)
+    norm = Normalizer(spec.mean, spec.std, reuse=True)
+    x = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8)
+
+    def one_pass():
+        with torch.no_grad():
+            for i in range(0, n, batch):
+                net(norm(x[i : i + batch]).contiguous(memory_format=torch.channels_last))
+
+    one_pass()  # warm: the first pass faults in whatever it keeps
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    one_pass()
+    t, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    print(
+        json.dumps(
+            {
+                "images_per_s": round(n / t, 1),
+                "minor_faults": r1.ru_minflt - r0.ru_minflt,
+                "user_s": round(r1.ru_utime - r0.ru_utime, 2),
+                "kernel_s": round(r1.ru_stime - r0.ru_stime, 2),
+            }
+        )
+    )

@@ -101,10 +101,10 @@ def ours_rates(arch, x_store, labels, device, batch, epochs, compile_model=False
     with tempfile.TemporaryDirectory() as tmp:
         state = fit(rs.phases, opt, epochs, epochs + 1, Checkpoints(tmp, "bench"), prec, device)
     train = max(h.images_per_s for h in state.history[1:]) if epochs > 1 else state.history[0].images_per_s
-    predict_proba(model, spec.mean, spec.std, x_store[: batch * 4], batch * 4, device)  # warm-up
+    predict_proba(model, spec.name, spec.mean, spec.std, x_store[: batch * 4], device, batch * 4)  # warm-up
     sync(device)
     t0 = time.perf_counter()
-    predict_proba(model, spec.mean, spec.std, x_store, batch * 4, device)
+    predict_proba(model, spec.name, spec.mean, spec.std, x_store, device, batch * 4)
     sync(device)
     infer = len(x_store) / (time.perf_counter() - t0)
     return {

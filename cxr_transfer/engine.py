@@ -10,7 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxr_transfer import speed
 from cxr_transfer.batches import ArrayBatches, Normalizer
+from cxr_transfer.errors import CxrError
+from cxr_transfer.params import PRECISIONS
 
 
 def pick_device(pref: str = "auto") -> torch.device:
@@ -25,18 +28,37 @@ def pick_device(pref: str = "auto") -> torch.device:
 
 @dataclass(frozen=True)
 class Precision:
-    """Autocast settings: bf16 on CUDA where supported, fp16 with a loss scaler otherwise."""
+    """Autocast settings: `auto` is bf16 on CUDA where native, fp16 with a loss scaler on older
+    GPUs, float32 elsewhere; `fp32` is float32 everywhere; `bf16` asks for bf16 autocast, on a
+    device with native bf16 only.
+
+    On the CPU `auto` stays float32: bf16 autocast was measured slower on a CPU with native
+    AVX512-BF16 (no AMX) for every family (bench --cases cpu-train), and about 10x slower where
+    bf16 is emulated. `bf16` there is for CPUs where the bench shows it pays (AMX)."""
 
     dtype: torch.dtype | None
     scaler: bool
 
     @staticmethod
-    def for_device(device: torch.device) -> Precision:
-        if device.type != "cuda":
+    def for_device(device: torch.device, choice: str = "auto") -> Precision:
+        if choice not in PRECISIONS:
+            raise CxrError(f"train.precision={choice!r}: choose one of {list(PRECISIONS)}")
+        if choice == "fp32" or device.type not in ("cuda", "cpu"):
             return Precision(None, False)
+        if device.type == "cpu":
+            if choice == "auto":
+                return Precision(None, False)
+            if speed.cpu_bf16() is None:
+                raise CxrError(
+                    "train.precision=bf16 but this CPU has no native bf16 (AVX512-BF16 or AMX), "
+                    "where emulated bf16 runs about 10x slower; use auto or fp32"
+                )
+            return Precision(torch.bfloat16, False)
         # native bf16 only (Ampere and later): emulated bf16 on a T4 or V100 is slow, fp16 is not
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return Precision(torch.bfloat16, False)
+        if choice == "bf16":
+            raise CxrError("train.precision=bf16 but this GPU has no native bf16; use auto (fp16) or fp32")
         return Precision(torch.float16, True)
 
     def autocast(self, device: torch.device):
@@ -104,16 +126,20 @@ def tail_inputs(model: nn.Module, tail: nn.Module, forward: Callable, batches: A
 FP32 = Precision(None, False)
 
 
-def predict_proba(model: nn.Module, mean, std, x, batch_size: int, device: torch.device) -> torch.Tensor:
+def predict_proba(
+    model: nn.Module, arch: str, mean, std, x, device: torch.device, batch_size: int | None = None
+) -> torch.Tensor:
     """Softmax probabilities (N, classes) of a model over an (N, S, S) uint8 image store.
 
     Always in float32, whatever training used: bf16 scores have about 3 significant digits, and
-    the ties they make move AUROC and the threshold chosen on validation."""
+    the ties they make move AUROC and the threshold chosen on validation. Memory format and (for
+    None) the batch size follow the device's measured rules (cxr_transfer.speed)."""
     model.to(device).eval()
     norm = Normalizer(mean, std, reuse=device.type == "cpu").to(device)
-    channels_last = device.type == "cuda"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    batches = ArrayBatches(np.asarray(x)[:, None], np.zeros(len(x)), batch_size, device=device)
+    channels_last = speed.channels_last(arch, device.type, training=False)
+    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    x = np.asarray(x)
+    batch_size = batch_size or speed.inference_batch(device.type, x.shape[-1])
+    batches = ArrayBatches(x[:, None], np.zeros(len(x)), batch_size, device=device)
     logits = predict_logits(image_forward(model, norm, channels_last), batches, FP32, device)
     return logits.softmax(1)

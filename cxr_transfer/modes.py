@@ -19,6 +19,7 @@ from cxr_transfer.engine import Precision, image_forward, tail_inputs
 from cxr_transfer.errors import CxrError
 from cxr_transfer.models import freeze_except, get_module, set_train_mode, trainable_path
 from cxr_transfer.registry import ArchSpec
+from cxr_transfer.speed import channels_last, inference_batch
 from cxr_transfer.train import Loop, Phase
 
 
@@ -26,6 +27,7 @@ from cxr_transfer.train import Loop, Phase
 class RunSetup:
     phases: list[Phase]
     cached_features: bool  # the first phase runs on cached features
+    channels_last: bool  # the memory format the full model trains in
     feature_seconds: float = 0.0
     groups: list[dict] = field(default_factory=list)  # optimizer param groups (lr_mult per group)
 
@@ -80,24 +82,26 @@ def setup_run(
     for split in ("train", "val"):
         if len(data[split][1]) == 0:
             raise CxrError(f"the {split} split is empty; check the split stage's output")
-    channels_last = device.type == "cuda"
     model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
     norm = Normalizer(spec.mean, spec.std, reuse=device.type == "cpu").to(device)
     runner = torch.compile(model) if compile_model else model
-    forward = image_forward(runner, norm, channels_last)
+    train_cl = channels_last(spec.name, device.type, training=True)
+    forward = image_forward(runner, norm, train_cl)
+    infer_cl = channels_last(spec.name, device.type, training=False)
+    infer_batch = inference_batch(device.type, data["train"][0].shape[-1], batch_size)
     t0 = time.perf_counter()
     plan = [("head", freeze_epochs), (trainable, None)] if freeze_epochs else [(trainable, None)]
     phases, cached = [], []
     for part, last in plan:
         path = trainable_path(spec, part)
         trained = freeze_except(model, path)
-        if trained is not model and not augment:
+        if trained is not model and not augment:  # the feature pass: inference, its own format and batch
+            _memory_format(model, infer_cl)
             feats = {}
             for split in ("train", "val"):
-                xb = image_batches(*data[split], max(batch_size, 64), device)
-                feats[split] = tail_inputs(model, trained, forward, xb, prec, device).to(device)
+                xb = image_batches(*data[split], infer_batch, device)
+                fwd = image_forward(runner, norm, infer_cl)
+                feats[split] = tail_inputs(model, trained, fwd, xb, prec, device).to(device)
             loop = Loop(trained, trained, trained.train, trained.eval)
             tr = ArrayBatches(feats["train"], data["train"][1], batch_size, True, seed, device, balanced)
             va = ArrayBatches(feats["val"], data["val"][1], batch_size, False, seed, device)
@@ -110,8 +114,14 @@ def setup_run(
             cached.append(False)
         phases.append(Phase(loop, tr, va, last, lambda p=path: freeze_except(model, p)))
     seconds = time.perf_counter() - t0 if any(cached) else 0.0
+    _memory_format(model, train_cl)  # what the full-model phases run in
     groups = param_groups(model, spec, trainable, backbone_lr_mult)
-    return RunSetup(phases, cached[0], seconds, groups)
+    return RunSetup(phases, cached[0], train_cl, seconds, groups)
+
+
+def _memory_format(model: nn.Module, cl: bool) -> None:
+    """Convert the weights in place (the Parameter objects stay, so optimizers keep them)."""
+    model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
 def _augmenter(tr: ArrayBatches, seed: int):

@@ -243,6 +243,7 @@ DEFAULT_MODES = {**SEED_MODES, "ft_gradual": FT_GRADUAL}
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")  # see engine.Precision
 
 
 @dataclass(frozen=True)
@@ -253,6 +254,7 @@ class TrainConfig:
     patience: int = 8
     seeds: tuple[int, ...] = (0,)  # one training run per seed per arch x mode
     device: str = "auto"
+    precision: str = "auto"
     compile: bool = False
     augment: bool = False
 
@@ -266,6 +268,7 @@ class TrainConfig:
         _check(len(set(self.seeds)) == len(self.seeds), "train.seeds", "has a repeated seed")
         _check(all(s >= 0 for s in self.seeds), "train.seeds", "seeds must be >= 0")
         _choice(self.device, "train.device", DEVICES)
+        _choice(self.precision, "train.precision", PRECISIONS)
 
 
 @dataclass(frozen=True)

@@ -77,10 +77,14 @@ def load_torch(model_dir: Path, device: str = "auto", batch_size: int = 64) -> L
 
     model, meta = load_trained(model_dir)
     dev = pick_device(device)
+
+    def proba(x):
+        return predict_proba(model, meta["arch"], meta["mean"], meta["std"], x, dev, batch_size).numpy()
+
     return Loaded(
         classes=meta["classes"],
         image_size=meta["image_size"],
-        proba=lambda x: predict_proba(model, meta["mean"], meta["std"], x, batch_size, dev).numpy(),
+        proba=proba,
         runtime="pytorch",
         bits_stored=meta.get("bits_stored"),
         training_images=meta.get("training_images"),

@@ -172,14 +172,19 @@ def feature_extractor(arch: str, weights_dir: str, device):
     from cxr_transfer.batches import ArrayBatches, Normalizer
     from cxr_transfer.engine import FP32, image_forward, tail_inputs
     from cxr_transfer.models import build_model, get_spec
+    from cxr_transfer.speed import channels_last, inference_batch
 
     spec = get_spec(arch)
     model = build_model(arch, weights_dir, 2, seed=0).to(device).eval()
-    forward = image_forward(model, Normalizer(spec.mean, spec.std).to(device), False)
+    cl = channels_last(arch, device.type, training=False)  # the rules of every inference pass
+    model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    norm = Normalizer(spec.mean, spec.std, reuse=device.type == "cpu").to(device)
+    forward = image_forward(model, norm, cl)
     last = model.get_submodule(spec.last_layer)
 
     def extract(x: np.ndarray) -> np.ndarray:
-        batches = ArrayBatches(np.asarray(x)[:, None], np.zeros(len(x)), 64, device=device)
+        batch = inference_batch(device.type, x.shape[-1])
+        batches = ArrayBatches(np.asarray(x)[:, None], np.zeros(len(x)), batch, device=device)
         with torch.no_grad():
             return tail_inputs(model, last, forward, batches, FP32, device).cpu().numpy()
 

@@ -22,6 +22,7 @@ from cxr_transfer.evaluation import (
 from cxr_transfer.models import load_trained
 from cxr_transfer.params import load_params
 from cxr_transfer.prepare import load_store
+from cxr_transfer.speed import keep_freed_memory
 from cxr_transfer.tables import read_table
 
 
@@ -35,6 +36,7 @@ def main() -> None:
         "--eval-dir", type=Path, required=True, help="headline and full metrics, predictions and curves"
     )
     args = ap.parse_args()
+    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.speed)
     p = load_params(args.params)
     cfg = p.evaluate
     model, meta = load_trained(args.model)
@@ -43,7 +45,7 @@ def main() -> None:
     probs = {}
     for split in ("val", "test"):
         x, _ = load_store(args.prepared, split)
-        probs[split] = predict_proba(model, meta["mean"], meta["std"], x, 64, device).numpy()
+        probs[split] = predict_proba(model, meta["arch"], meta["mean"], meta["std"], x, device).numpy()
     test, val = read_table(args.splits / "test.csv"), read_table(args.splits / "val.csv")
     groups = test["group"].to_numpy()
     if len(classes) == 2:

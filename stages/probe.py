@@ -12,6 +12,7 @@ from cxr_transfer.cli import run, write_json
 from cxr_transfer.engine import pick_device
 from cxr_transfer.params import load_params
 from cxr_transfer.prepare import load_meta, load_store
+from cxr_transfer.speed import keep_freed_memory
 from cxr_transfer.split import SPLITS
 from cxr_transfer.tables import read_table
 
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--verdict", type=Path, required=True, help="the lean metrics file: flags, top AUROC")
     ap.add_argument("--details", type=Path, required=True, help="folder for the listed pairs and tables")
     args = ap.parse_args()
+    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.speed)
     p = load_params(args.params)
     cfg = p.probe
     parts = {s: read_table(args.splits / f"{s}.csv") for s in SPLITS}

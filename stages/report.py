@@ -21,6 +21,7 @@ from cxr_transfer.models import equivalent_modes, get_spec, load_trained
 from cxr_transfer.params import ModeConfig, load_params
 from cxr_transfer.prepare import load_store
 from cxr_transfer.seeds import aggregate, answer_lines, paired_over_seeds, run_name
+from cxr_transfer.speed import keep_freed_memory
 
 
 class Cams:
@@ -145,6 +146,7 @@ def main() -> None:
         help="offline HTML template for `dvc plots show` (.dvc/config plots.html_template)",
     )
     args = ap.parse_args()
+    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.speed)
     p = load_params(args.params)
     seeds, cfg = p.train.seeds, p.evaluate
     classes = list(p.data.classes)

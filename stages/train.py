@@ -15,6 +15,7 @@ from cxr_transfer.models import build_model, get_spec
 from cxr_transfer.modes import setup_run
 from cxr_transfer.params import load_params
 from cxr_transfer.prepare import load_meta, load_store
+from cxr_transfer.speed import keep_freed_memory
 from cxr_transfer.train import (
     Checkpoints,
     Objective,
@@ -28,7 +29,7 @@ from cxr_transfer.train import (
 )
 from dvclive import Live
 
-TRAIN_KEYS = ("epochs", "batch_size", "patience", "device", "compile", "augment")
+TRAIN_KEYS = ("epochs", "batch_size", "patience", "device", "precision", "compile", "augment")
 LIVE_NAMES = {
     "train_loss": "train/loss",
     "train_acc": "train/acc",
@@ -62,6 +63,7 @@ def main() -> None:
     ap.add_argument("--live", type=Path, required=True, help="DVCLive folder")
     ap.add_argument("--resume-dir", type=Path, default=Path(".resume"))
     args = ap.parse_args()
+    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.speed)
     p = load_params(args.params)
     if args.mode not in p.modes:
         raise CxrError(f"unknown mode {args.mode!r}; modes in params.yaml: {sorted(p.modes)}")
@@ -78,7 +80,7 @@ def main() -> None:
     data = {s: load_store(args.prepared, s) for s in ("train", "val")}
     classes = metas["train"]["classes"]
     device = pick_device(tc.device)
-    prec = Precision.for_device(device)
+    prec = Precision.for_device(device, tc.precision)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     weights_dir = p.weights.dir if mode.pretrained and p.weights.source == "imagenet" else None
     model = build_model(args.arch, weights_dir, len(classes), args.seed)
@@ -115,7 +117,8 @@ def main() -> None:
     if len(rs.phases) > 1:
         first = "epoch 1" if mode.freeze_epochs == 1 else f"epochs 1-{mode.freeze_epochs}"
         how = f"{first} on the frozen backbone ({how}), then the full model"
-    print(f"train {args.out.name} (seed {args.seed}): {device}, {prec.dtype or 'fp32'}, {how}")
+    fmt = "channels_last" if rs.channels_last else "NCHW"
+    print(f"train {args.out.name} (seed {args.seed}): {device}, {prec.dtype or 'fp32'}, {fmt}, {how}")
     with Live(str(args.live), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         state = fit(
             rs.phases,
@@ -153,6 +156,7 @@ def main() -> None:
             "weights": config["weights"],
             "device": str(device),
             "precision": str(prec.dtype or "float32"),
+            "memory_format": "channels_last" if rs.channels_last else "nchw",
             "cached_features": rs.cached_features,
             **summary,
         },

@@ -26,6 +26,12 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
     assert (ct["arch"], ct["size"]) == ("efficientnet_lite0", 32) and ct["max_abs_logit_diff"] < 1e-4
     assert ct["infer_ratio"] == pytest.approx(ct["infer_channels_last"] / ct["infer_nchw"], abs=0.01)
     assert f"| train {ct['train_ratio']}x, infer {ct['infer_ratio']}x |" in res["table"]
+    assert set(ct["infer_by_batch"]) == {"4", "8"} and ct["rule_infer_batch"] == 64
+    assert ct["rule_train_channels_last"] is True and saved["cpu-train"]["heap_kept"] is True
+    (heap,) = saved["cpu-train"]["heap"]  # glibc's default heap vs kept, each in a fresh process
+    kept, default = heap["kept"], heap["default"]
+    assert kept["minor_faults"] <= default["minor_faults"] and kept["images_per_s"] > 0
+    assert f"| {heap['ratio']}x |" in res["table"]
     inp = saved["input"][0]
     assert inp["images"] == 64
     assert inp["ratio"] == pytest.approx(

@@ -1,0 +1,123 @@
+"""The per-device speed rules (cxr_transfer.speed): what they choose, that they agree with the
+committed CPU measurements, and that the training setup follows them."""
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxr_transfer import speed
+from cxr_transfer.engine import Precision
+from cxr_transfer.models import build_model, get_spec
+from cxr_transfer.modes import setup_run
+from cxr_transfer.registry import ARCHS
+
+ROOT = Path(__file__).resolve().parents[1]
+MEASURED = ROOT / "bench" / "results" / "cpu-full-2026-11-30-cpu-train.json"
+CPU = torch.device("cpu")
+
+
+def test_every_registered_architecture_has_a_measured_cpu_training_rule():
+    assert {speed.family(a) for a in ARCHS} == set(speed.CPU_TRAIN_CHANNELS_LAST)
+    assert speed.family("vgg19_bn") == "vgg" and speed.family("efficientnet_lite0") == "efficientnet"
+
+
+def test_the_rules_agree_with_the_committed_cpu_measurements():
+    """channels_last for CPU training unless it was slower at either size, for CPU inference
+    everywhere; the inference batch within 10% of the best one measured; float32 on the CPU
+    while bf16 measured slower."""
+    ct = json.loads(MEASURED.read_text())["cpu-train"]
+    ratios: dict[str, list[float]] = {}
+    for r in ct["runs"]:
+        ratios.setdefault(speed.family(r["arch"]), []).append(r["train_ratio"])
+        assert r["infer_ratio"] > 1, r
+        rates = {int(b): v for b, v in r["infer_by_batch"].items()}
+        assert rates[speed.inference_batch("cpu", r["size"])] >= 0.9 * max(rates.values()), r
+        assert r["max_abs_logit_diff"] < 1e-3
+        if ct["cpu_bf16"]:
+            assert r["bf16_train_ratio"] < 1 and r["bf16_infer_ratio"] < 1, r
+    assert {f: min(v) >= 1 - speed.NOISE for f, v in ratios.items()} == speed.CPU_TRAIN_CHANNELS_LAST
+    assert {len(v) for v in ratios.values()} == {2}  # both sizes of every family
+    assert Precision.for_device(CPU) == Precision(None, False)
+
+
+def test_memory_format_per_device_and_use(monkeypatch):
+    monkeypatch.setitem(speed.CPU_TRAIN_CHANNELS_LAST, "vgg", False)  # as if measured slower
+    assert speed.channels_last("vgg19_bn", "cuda", training=True)
+    assert not speed.channels_last("vgg19_bn", "cpu", training=True)
+    assert speed.channels_last("vgg19_bn", "cpu", training=False)
+    assert speed.channels_last("vgg16", "cpu", training=False)
+    assert not speed.channels_last("resnet18", "mps", training=False)  # not measured: the default
+    assert not speed.channels_last("alexnet", "cpu", training=True)  # unregistered: NCHW
+
+
+@pytest.mark.parametrize(
+    "device, size, train_batch, expect",
+    [
+        ("cpu", 96, 32, 64),
+        ("cpu", 128, 32, 64),
+        ("cpu", 160, 32, 32),
+        ("cpu", 224, 32, 16),
+        ("cpu", 512, 32, 8),
+        ("cpu", 28, 32, 64),
+        ("cuda", 224, 32, 64),
+        ("cuda", 224, 128, 128),
+    ],
+)
+def test_inference_batch_for_throughput(device, size, train_batch, expect):
+    assert speed.inference_batch(device, size, train_batch) == expect
+
+
+CHURN = """
+import resource, sys, torch
+from cxr_transfer.speed import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+def churn():  # what each batch of a 224 px pass does: large blocks written, then freed
+    for _ in range(8):
+        torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
+churn()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+churn()
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc heap setting")
+def test_the_kept_heap_reuses_freed_blocks_instead_of_faulting_them_in_again():
+    def faults(arg: str) -> tuple[bool, int]:
+        out = subprocess.run(
+            [sys.executable, "-c", CHURN, arg], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.split()
+        return out[0] == "True", int(out[1])
+
+    applied, kept = faults("keep")
+    _, default = faults("default")
+    # default: every 64 MB block is mmapped and unmapped, its 16,384 pages faulted in each time
+    assert applied and default >= 256 and kept <= default // 20, (default, kept)
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def test_the_feature_pass_runs_channels_last_and_training_the_family_rule(monkeypatch):
+    """fe: the frozen backbone's features in channels_last (inference), then the model in the
+    format its family trains in on the CPU (NCHW when the rule says so)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (8, 32, 32), dtype=np.uint8)
+    data = {s: (x, np.arange(8) % 2) for s in ("train", "val")}
+    seen = []
+    for trains_cl in (False, True):
+        monkeypatch.setitem(speed.CPU_TRAIN_CHANNELS_LAST, "resnet", trains_cl)
+        model = build_model("resnet18", None, 2, 0)
+        hook = model.conv1.register_forward_pre_hook(lambda m, a: seen.append(_is_channels_last(a[0])))
+        rs = setup_run(model, get_spec("resnet18"), "head", data, 4, 0, False, CPU, Precision(None, False))
+        hook.remove()
+        assert rs.cached_features and rs.channels_last is trains_cl
+        assert _is_channels_last(model.conv1.weight) is trains_cl
+    assert seen == [True] * len(seen) and len(seen) == 2 * 2  # 2 splits x 1 batch of 8, twice
