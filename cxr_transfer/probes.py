@@ -174,7 +174,7 @@ def feature_extractor(arch: str, weights_dir: str, device):
     from cxr_transfer.models import build_model, get_spec
     from cxr_transfer.speed import channels_last, inference_batch
 
-    spec = get_spec(arch)
+    spec, device = get_spec(arch), torch.device(device)
     model = build_model(arch, weights_dir, 2, seed=0).to(device).eval()
     cl = channels_last(arch, device.type, training=False)  # the rules of every inference pass
     model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
