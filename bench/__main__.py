@@ -1,5 +1,5 @@
 """python -m bench [--size tiny|full] [--cases input,fe,index,demo,gpu,neardup,probe,dataset,onnx,
-cpu-train] [--tag T]
+cpu-train,stream] [--tag T]
 
 Runs the seed's way and ours side by side, writes bench/results/<device>-<date>.json and prints a
 Markdown table. `tiny` checks that everything runs (the test suite uses it); `full` is the measure."""
@@ -46,6 +46,7 @@ SIZES = {
             steps=1,
             heap=[dict(arch="efficientnet_lite0", size=32, batch=8, n=16)],
         ),
+        "stream": dict(n=64, size=32, epochs=1, prepare=[dict(n=50, size=64)]),
     },
     "full": {
         "input": dict(n=512, sizes=(224, 96), reps=3),
@@ -70,6 +71,7 @@ SIZES = {
                 dict(arch="vgg19_bn", size=224, batch=16, n=64),
             ],
         ),
+        "stream": dict(n=1024, size=96, epochs=1, prepare=[dict(n=2000, size=256), dict(n=8000, size=256)]),
     },
 }
 
@@ -166,13 +168,26 @@ def table(results: dict) -> str:
             f"{r['infer_channels_last']} img/s (max d logit {r['max_abs_logit_diff']:.0e}) "
             f"| train {r['train_ratio']}x, infer {r['infer_ratio']}x | - |"
         )
+    if "stream" in results:
+        r = results["stream"]
+        rows.append(
+            f"| training {r['images']} img at {r['size']}px (CPU), store in memory -> streamed from its map "
+            f"| {r['in_memory_images_per_s']} img/s | {r['streamed_images_per_s']} img/s "
+            f"(same weights: {r['same_weights']}) | {r['ratio']}x | - |"
+        )
+        for q in r["prepare"]:
+            rows.append(
+                f"| prepare {q['images']} img at {q['size']}px: store size vs peak anonymous memory growth "
+                f"| - | {q['store_mib']} MiB store, +{q['peak_anon_growth_mib']} MiB peak ({q['seconds']} s) "
+                f"| - | independent of the store |"
+            )
     return "\n".join(rows)
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", choices=sorted(SIZES), default="full")
-    ap.add_argument("--cases", default="input,fe,index,demo,gpu,neardup,probe,dataset,onnx,cpu-train")
+    ap.add_argument("--cases", default="input,fe,index,demo,gpu,neardup,probe,dataset,onnx,cpu-train,stream")
     ap.add_argument("--tag", default="", help="appended to the result file's name (keeps earlier results)")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--device", default="auto")
@@ -203,6 +218,8 @@ def main(argv=None) -> dict:
             results["onnx"] = cases.onnx_inference(work, **cfg["onnx"])
         if "cpu-train" in want:
             results["cpu-train"] = cases.cpu_train(**cfg["cpu-train"])
+        if "stream" in want:
+            results["stream"] = cases.streaming(work / "stream", **cfg["stream"])
         if "gpu" in want:
             c = cfg["gpu"]
             paths, labels = cases.make_pngs(work / "gpu", c["n"], 299)

@@ -499,3 +499,89 @@ def _heap_probe(arch: str, size: int, batch: int, n: int, keep: bool) -> None:
             }
         )
     )
+
+
+_PEAK_CHILD = """
+import sys, threading, time
+from pathlib import Path
+from cxr_transfer.prepare import prepare_splits
+peak, done = [0], [False]
+def anon():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+def watch():
+    while not done[0]:
+        peak[0] = max(peak[0], anon())
+        time.sleep(0.005)
+work, size = Path(sys.argv[1]), int(sys.argv[2])
+base = anon()
+t = threading.Thread(target=watch)
+t.start()
+t0 = time.perf_counter()
+prepare_splits(work / "split", work / "raw", work / "prep", size, ["Normal", "Covid"], workers=1)
+secs = time.perf_counter() - t0
+done[0] = True
+t.join()
+print(peak[0] - base, (work / "prep" / "train" / "x.npy").stat().st_size, secs)
+"""
+
+
+def prepare_peak(work: Path, n: int, size: int) -> dict:
+    """prepare_splits on an n-image train split (one small PNG listed n times, upscaled to `size`)
+    in a fresh process: how much its anonymous memory (RssAnon, what cannot be paged back to a
+    file) grew at its peak, sampled every 5 ms, against the size of the store it wrote."""
+    import pandas as pd
+
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "raw").mkdir(exist_ok=True)
+    img = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
+    Image.fromarray(img).save(work / "raw" / "a.png")
+    (work / "split").mkdir(exist_ok=True)
+    for s, k in (("train", n), ("val", 4), ("test", 4)):
+        frame = pd.DataFrame({"path": ["a.png"] * k, "label": np.arange(k) % 2})
+        frame.to_csv(work / "split" / f"{s}.csv", index=False)
+    res = subprocess.run(
+        [sys.executable, "-c", _PEAK_CHILD, str(work), str(size)], cwd=ROOT, capture_output=True, text=True
+    )
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr)
+    grew, store, secs = res.stdout.split()
+    return {
+        "images": n,
+        "size": size,
+        "store_mib": round(int(store) / 2**20, 1),
+        "peak_anon_growth_mib": round(int(grew) / 2**20, 1),
+        "seconds": round(float(secs), 2),
+    }
+
+
+def streaming(work: Path, n: int, size: int, epochs: int, prepare: list[dict]) -> dict:
+    """Full-model training (EfficientNet-Lite0, batch 32, SGD) on an n-image memory-mapped store,
+    loaded whole (the fast path) and streamed batch by batch from the map (train.memory_budget
+    below the store): images/s of `epochs` epochs each, and whether the weights came out equal.
+    Then `prepare_peak` for each of `prepare`."""
+    from cxr_transfer.engine import Precision as Prec
+
+    work.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    np.save(work / "x.npy", rng.integers(0, 256, (n, size, size), dtype=np.uint8))
+    x, y = np.load(work / "x.npy", mmap_mode="r"), np.arange(n) % 2
+    data = {"train": (x, y), "val": (x[: n // 4], y[: n // 4])}
+    cpu, prec = torch.device("cpu"), Prec(None, False)
+    mode = ModeConfig(pretrained=False, trainable="all", optimizer="sgd", lr=1e-3, momentum=0.9)
+    out, weights = {"images": n, "size": size, "epochs": epochs}, []
+    for name, budget in (("in_memory", None), ("streamed", 0)):
+        model = build_model("efficientnet_lite0", None, 2, seed=0)
+        t0 = time.perf_counter()
+        rs = setup_run(
+            model, get_spec("efficientnet_lite0"), "all", data, 32, 0, False, cpu, prec, budget=budget
+        )
+        opt = make_optimizer(rs.loop.trained.parameters(), mode)
+        fit(rs.phases, opt, epochs, epochs + 1, Checkpoints(work / f"ck-{name}", "b"), prec, cpu)
+        out[f"{name}_images_per_s"] = round(n * epochs / (time.perf_counter() - t0), 1)
+        weights.append(model.state_dict())
+    out["ratio"] = round(out["streamed_images_per_s"] / out["in_memory_images_per_s"], 2)
+    out["same_weights"] = all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    out["prepare"] = [prepare_peak(work / f"prep{p['n']}", **p) for p in prepare]
+    return out

@@ -22,16 +22,36 @@ class ArrayBatches:
     Shuffling uses a generator seeded from (seed, epoch), so an epoch's order does not depend on
     what ran before it: a resumed run sees the same batches as an uninterrupted one. `balanced`
     (with shuffle) samples with replacement, each class drawn equally often in expectation.
+
+    A numpy store larger than `budget` bytes (None: no limit) is not copied: it stays memory-mapped
+    on disk and each batch is read from it when needed, by a background thread that keeps
+    `prefetch` batches ready (in pinned memory, copied without blocking, on CUDA). Both ways yield
+    the same batches in the same order.
     """
 
     def __init__(
-        self, x, y, batch_size: int, shuffle: bool = False, seed: int = 0, device="cpu", balanced=False
+        self,
+        x,
+        y,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        device="cpu",
+        balanced=False,
+        budget: float | None = None,
+        prefetch: int = 2,
     ):
         if len(x) == 0:
             raise CxrError("empty split: no images to batch")
-        self.x = torch.as_tensor(np.array(x) if isinstance(x, np.ndarray) else x).to(device)
+        self.device = torch.device(device)
+        self.streaming = isinstance(x, np.ndarray) and budget is not None and x.nbytes > budget
+        if self.streaming:
+            self.x = x  # read batch by batch (a memory-mapped .npy is never loaded whole)
+        else:
+            self.x = torch.as_tensor(np.array(x) if isinstance(x, np.ndarray) else x).to(device)
         self.y = torch.as_tensor(np.asarray(y), dtype=torch.long).to(device)
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+        self.prefetch = max(1, prefetch)
         # balanced: each epoch draws n images with replacement, every class equally likely
         self.weights = (1.0 / torch.bincount(self.y.cpu()).double())[self.y.cpu()] if balanced else None
 
@@ -41,20 +61,45 @@ class ArrayBatches:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _order(self) -> torch.Tensor | None:
+        if not self.shuffle:
+            return None
         n = len(self.y)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            if self.weights is None:
-                order = torch.randperm(n, generator=g).to(self.y.device)
-            else:
-                order = torch.multinomial(self.weights, n, replacement=True, generator=g).to(self.y.device)
-        for i in range(0, n, self.batch_size):
-            if self.shuffle:
-                idx = order[i : i + self.batch_size]
-                yield self.x[idx], self.y[idx]
-            else:
-                yield self.x[i : i + self.batch_size], self.y[i : i + self.batch_size]
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is None:
+            return torch.randperm(n, generator=g)
+        return torch.multinomial(self.weights, n, replacement=True, generator=g)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, order = len(self.y), self._order()
+        picks = [
+            order[i : i + self.batch_size] if order is not None else slice(i, i + self.batch_size)
+            for i in range(0, n, self.batch_size)
+        ]
+        if self.streaming:
+            yield from self._stream(picks)
+            return
+        for idx in picks:
+            idx = idx.to(self.y.device) if isinstance(idx, torch.Tensor) else idx
+            yield self.x[idx], self.y[idx]
+
+    def _read(self, idx) -> torch.Tensor:
+        rows = idx.numpy() if isinstance(idx, torch.Tensor) else idx
+        b = self.x[rows]  # a fancy index copies; a slice is a view of the (read-only) map: copy it
+        xb = torch.from_numpy(b if b.flags.writeable and b.flags.c_contiguous else np.array(b))
+        return xb.pin_memory() if self.device.type == "cuda" else xb
+
+    def _stream(self, picks: list) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="batches") as pool:
+            ahead = [pool.submit(self._read, idx) for idx in picks[: self.prefetch]]
+            for k, idx in enumerate(picks):
+                xb = ahead.pop(0).result()
+                if k + self.prefetch < len(picks):
+                    ahead.append(pool.submit(self._read, picks[k + self.prefetch]))
+                yidx = idx.to(self.y.device) if isinstance(idx, torch.Tensor) else idx
+                yield xb.to(self.device, non_blocking=True), self.y[yidx]
 
 
 class Normalizer(torch.nn.Module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,22 @@ def pick_device(pref: str = "auto") -> torch.device:
     if not has.get(pref, False):
         raise RuntimeError(f"train.device={pref} but no {pref} device is available; use auto or cpu")
     return torch.device(pref)
+
+
+def store_budget(device: torch.device, setting: float | str = "auto") -> float | None:
+    """Bytes of prepared image store that may be loaded whole onto `device` (train.memory_budget);
+    larger stores are streamed from their memory-mapped files. A number is GiB; `auto` is half of
+    the device's free memory now (CUDA: the GPU's; otherwise the machine's available RAM). Either
+    way the batches are the same: this decides speed and memory, never results."""
+    if setting != "auto":
+        return float(setting) * 2**30
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free / 2
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2
+    except (ValueError, OSError, AttributeError):  # not on this OS: no limit, as before
+        return None
 
 
 @dataclass(frozen=True)
@@ -127,19 +144,27 @@ FP32 = Precision(None, False)
 
 
 def predict_proba(
-    model: nn.Module, arch: str, mean, std, x, device: torch.device, batch_size: int | None = None
+    model: nn.Module,
+    arch: str,
+    mean,
+    std,
+    x,
+    device: torch.device,
+    batch_size: int | None = None,
+    budget: float | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities (N, classes) of a model over an (N, S, S) uint8 image store.
 
     Always in float32, whatever training used: bf16 scores have about 3 significant digits, and
     the ties they make move AUROC and the threshold chosen on validation. Memory format and (for
-    None) the batch size follow the device's measured rules (cxr_transfer.speed)."""
+    None) the batch size follow the device's measured rules (cxr_transfer.speed); a store larger
+    than `budget` bytes is streamed from disk."""
     model.to(device).eval()
     norm = Normalizer(mean, std, reuse=device.type == "cpu").to(device)
     channels_last = speed.channels_last(arch, device.type, training=False)
     model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     x = np.asarray(x)
     batch_size = batch_size or speed.inference_batch(device.type, x.shape[-1])
-    batches = ArrayBatches(x[:, None], np.zeros(len(x)), batch_size, device=device)
+    batches = ArrayBatches(x[:, None], np.zeros(len(x)), batch_size, device=device, budget=budget)
     logits = predict_logits(image_forward(model, norm, channels_last), batches, FP32, device)
     return logits.softmax(1)

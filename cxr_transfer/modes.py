@@ -28,6 +28,7 @@ class RunSetup:
     phases: list[Phase]
     cached_features: bool  # the first phase runs on cached features
     channels_last: bool  # the memory format the full model trains in
+    streamed: bool  # the image stores are read from disk batch by batch
     feature_seconds: float = 0.0
     groups: list[dict] = field(default_factory=list)  # optimizer param groups (lr_mult per group)
 
@@ -45,10 +46,10 @@ class RunSetup:
 
 
 def image_batches(
-    x: np.ndarray, y: np.ndarray, batch_size: int, device, shuffle=False, seed=0, balanced=False
+    x: np.ndarray, y: np.ndarray, batch_size: int, device, shuffle=False, seed=0, balanced=False, budget=None
 ):
-    """Batches of (B,1,S,S) uint8 images from an (N,S,S) store."""
-    return ArrayBatches(np.asarray(x)[:, None], y, batch_size, shuffle, seed, device, balanced)
+    """Batches of (B,1,S,S) uint8 images from an (N,S,S) store (streamed when over `budget` bytes)."""
+    return ArrayBatches(np.asarray(x)[:, None], y, batch_size, shuffle, seed, device, balanced, budget)
 
 
 def param_groups(model: nn.Module, spec: ArchSpec, trainable: str, backbone_lr_mult: float) -> list[dict]:
@@ -77,8 +78,12 @@ def setup_run(
     freeze_epochs: int = 0,
     balanced: bool = False,
     backbone_lr_mult: float = 1.0,
+    budget: float | None = None,
 ) -> RunSetup:
-    """Move the model to `device` and build the phases: what is frozen, the loop and the batches."""
+    """Move the model to `device` and build the phases: what is frozen, the loop and the batches.
+
+    The train and validation stores go onto the device whole when together they fit `budget`
+    bytes (None: always), and are streamed from their memory maps otherwise."""
     for split in ("train", "val"):
         if len(data[split][1]) == 0:
             raise CxrError(f"the {split} split is empty; check the split stage's output")
@@ -89,6 +94,8 @@ def setup_run(
     forward = image_forward(runner, norm, train_cl)
     infer_cl = channels_last(spec.name, device.type, training=False)
     infer_batch = inference_batch(device.type, data["train"][0].shape[-1], batch_size)
+    streamed = budget is not None and sum(np.asarray(data[s][0]).nbytes for s in ("train", "val")) > budget
+    each = 0 if streamed else None  # the budget of each store
     t0 = time.perf_counter()
     plan = [("head", freeze_epochs), (trainable, None)] if freeze_epochs else [(trainable, None)]
     phases, cached = [], []
@@ -99,7 +106,7 @@ def setup_run(
             _memory_format(model, infer_cl)
             feats = {}
             for split in ("train", "val"):
-                xb = image_batches(*data[split], infer_batch, device)
+                xb = image_batches(*data[split], infer_batch, device, budget=each)
                 fwd = image_forward(runner, norm, infer_cl)
                 feats[split] = tail_inputs(model, trained, fwd, xb, prec, device).to(device)
             loop = Loop(trained, trained, trained.train, trained.eval)
@@ -107,8 +114,8 @@ def setup_run(
             va = ArrayBatches(feats["val"], data["val"][1], batch_size, False, seed, device)
             cached.append(True)
         else:
-            tr = image_batches(*data["train"], batch_size, device, shuffle=True, seed=seed, balanced=balanced)
-            va = image_batches(*data["val"], batch_size, device)
+            tr = image_batches(*data["train"], batch_size, device, True, seed, balanced, each)
+            va = image_batches(*data["val"], batch_size, device, budget=each)
             aug = _augmenter(tr, seed) if augment else None
             loop = Loop(trained, forward, lambda t=trained: set_train_mode(model, t), model.eval, aug)
             cached.append(False)
@@ -116,7 +123,7 @@ def setup_run(
     seconds = time.perf_counter() - t0 if any(cached) else 0.0
     _memory_format(model, train_cl)  # what the full-model phases run in
     groups = param_groups(model, spec, trainable, backbone_lr_mult)
-    return RunSetup(phases, cached[0], train_cl, seconds, groups)
+    return RunSetup(phases, cached[0], train_cl, streamed, seconds, groups)
 
 
 def _memory_format(model: nn.Module, cl: bool) -> None:

@@ -255,6 +255,7 @@ class TrainConfig:
     seeds: tuple[int, ...] = (0,)  # one training run per seed per arch x mode
     device: str = "auto"
     precision: str = "auto"
+    memory_budget: str | float = "auto"  # GiB of image store loaded whole on the device; beyond, streamed
     compile: bool = False
     augment: bool = False
 
@@ -269,6 +270,16 @@ class TrainConfig:
         _check(all(s >= 0 for s in self.seeds), "train.seeds", "seeds must be >= 0")
         _choice(self.device, "train.device", DEVICES)
         _choice(self.precision, "train.precision", PRECISIONS)
+        _check(
+            self.memory_budget == "auto"
+            or (
+                isinstance(self.memory_budget, int | float)
+                and not isinstance(self.memory_budget, bool)
+                and self.memory_budget >= 0
+            ),
+            "train.memory_budget",
+            f"is {self.memory_budget!r}; give auto or a number of GiB >= 0 (0 streams every store)",
+        )
 
 
 @dataclass(frozen=True)
@@ -356,7 +367,10 @@ def _convert(value, tp, key: str):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        return _convert(value, next(a for a in args if a is not type(None)), key)
+        kinds = [a for a in args if a is not type(None)]
+        if isinstance(value, str) and str in kinds:  # e.g. `auto` of a str | float key
+            return value
+        return _convert(value, next((a for a in kinds if a is not str), kinds[0]), key)
     if origin is tuple:
         items = [value] if isinstance(value, str) else value
         _check(isinstance(items, list | tuple), key, f"expected a list, got {value!r}")

@@ -7,7 +7,7 @@ import torch
 
 from cxr_transfer.calibration import calibrate, calibrate_k
 from cxr_transfer.cli import run, write_json
-from cxr_transfer.engine import pick_device, predict_proba
+from cxr_transfer.engine import pick_device, predict_proba, store_budget
 from cxr_transfer.evaluation import (
     curves,
     curves_k,
@@ -45,7 +45,10 @@ def main() -> None:
     probs = {}
     for split in ("val", "test"):
         x, _ = load_store(args.prepared, split)
-        probs[split] = predict_proba(model, meta["arch"], meta["mean"], meta["std"], x, device).numpy()
+        budget = store_budget(device, p.train.memory_budget)
+        probs[split] = predict_proba(
+            model, meta["arch"], meta["mean"], meta["std"], x, device, budget=budget
+        ).numpy()
     test, val = read_table(args.splits / "test.csv"), read_table(args.splits / "val.csv")
     groups = test["group"].to_numpy()
     if len(classes) == 2:

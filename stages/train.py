@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from cxr_transfer.cli import run, write_json
-from cxr_transfer.engine import Precision, pick_device
+from cxr_transfer.engine import Precision, pick_device, store_budget
 from cxr_transfer.errors import CxrError
 from cxr_transfer.models import build_model, get_spec
 from cxr_transfer.modes import setup_run
@@ -29,7 +29,16 @@ from cxr_transfer.train import (
 )
 from dvclive import Live
 
-TRAIN_KEYS = ("epochs", "batch_size", "patience", "device", "precision", "compile", "augment")
+TRAIN_KEYS = (
+    "epochs",
+    "batch_size",
+    "patience",
+    "device",
+    "precision",
+    "memory_budget",
+    "compile",
+    "augment",
+)
 LIVE_NAMES = {
     "train_loss": "train/loss",
     "train_acc": "train/acc",
@@ -98,6 +107,7 @@ def main() -> None:
         mode.freeze_epochs,
         mode.sampler == "balanced",
         mode.backbone_lr_mult,
+        store_budget(device, tc.memory_budget),
     )
     opt = make_optimizer(rs.groups, mode)
     sched = make_scheduler(opt, mode, tc.epochs, len(rs.train))
@@ -118,7 +128,10 @@ def main() -> None:
         first = "epoch 1" if mode.freeze_epochs == 1 else f"epochs 1-{mode.freeze_epochs}"
         how = f"{first} on the frozen backbone ({how}), then the full model"
     fmt = "channels_last" if rs.channels_last else "NCHW"
-    print(f"train {args.out.name} (seed {args.seed}): {device}, {prec.dtype or 'fp32'}, {fmt}, {how}")
+    store = "images streamed from disk" if rs.streamed else "images in memory"
+    print(
+        f"train {args.out.name} (seed {args.seed}): {device}, {prec.dtype or 'fp32'}, {fmt}, {store}, {how}"
+    )
     with Live(str(args.live), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         state = fit(
             rs.phases,
@@ -157,6 +170,7 @@ def main() -> None:
             "device": str(device),
             "precision": str(prec.dtype or "float32"),
             "memory_format": "channels_last" if rs.channels_last else "nchw",
+            "store": "streamed" if rs.streamed else "in memory",
             "cached_features": rs.cached_features,
             **summary,
         },

@@ -32,6 +32,11 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
     kept, default = heap["kept"], heap["default"]
     assert kept["minor_faults"] <= default["minor_faults"] and kept["images_per_s"] > 0
     assert f"| {heap['ratio']}x |" in res["table"]
+    st = saved["stream"]  # in memory vs streamed from the map: the same batches, the same weights
+    assert st["same_weights"] is True and st["images"] == 64 and st["streamed_images_per_s"] > 0
+    (pp,) = st["prepare"]
+    assert pp["store_mib"] == round(50 * 64 * 64 / 2**20, 1) and pp["peak_anon_growth_mib"] < 64
+    assert f"| {st['ratio']}x |" in res["table"]
     inp = saved["input"][0]
     assert inp["images"] == 64
     assert inp["ratio"] == pytest.approx(

@@ -1,11 +1,14 @@
 """End to end: the project copied into a fresh git + DVC repo, `dvc repro` on a tiny dataset."""
 
+import csv
+import io
 import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +40,14 @@ def sh(cwd: Path, *cmd: str) -> str:
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout + r.stderr
+
+
+def stdout(cwd: Path, *cmd: str) -> str:
+    """A command's standard output alone (for JSON and CSV), failing the test if it fails."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}"
+    return r.stdout
 
 
 def set_params(repo: Path, changes: dict) -> None:
@@ -434,3 +445,49 @@ def test_the_experiments_table_is_narrow_and_reads_the_headline_files(repo):
         )
     )
     assert row["experiment"] == "workspace" and row["fe_acc"] == f"{fe['accuracy']:.3f}"
+
+
+def test_a_folder_remote_round_trip_restores_the_results_without_retraining(repo, tmp_path):
+    """Shared storage: `dvc push` from one clone to a remote (a local folder here; S3 or SSH is
+    the same commands with the plugin), `dvc pull` in a fresh clone: then `dvc repro` runs no
+    stage and `dvc metrics show` is identical."""
+    origin, fresh, remote = tmp_path / "origin", tmp_path / "fresh", tmp_path / "remote"
+    shutil.copytree(repo, origin, symlinks=True)
+    sh(origin, "dvc", "remote", "add", "-d", "shared", str(remote))
+    sh(origin, "git", "add", ".dvc/config")
+    sh(origin, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "remote")
+    assert "files pushed" in sh(origin, "dvc", "push")
+    sh(tmp_path, "git", "clone", "-q", str(origin), str(fresh))
+    assert not (fresh / "models").exists() and not (fresh / "data" / "prepared").exists()
+    sh(fresh, "dvc", "pull")
+    out = sh(fresh, "dvc", "repro")
+    assert "Running stage" not in out and "Data and pipelines are up to date." in out, out
+
+    show = ("dvc", "metrics", "show", "--json")
+    assert json.loads(stdout(fresh, *show)) == json.loads(stdout(origin, *show)) != {}
+    for f in ("models/efficientnet_lite0-ft-s0/best.pt", "report/index.html"):
+        assert (fresh / f).read_bytes() == (origin / f).read_bytes()
+
+
+def test_a_queued_grid_runs_two_at_a_time_and_exp_show_compares_it(repo, tmp_path):
+    """`dvc exp run --queue` with a grid, `dvc queue start --jobs 2`: both experiments run at once,
+    each in its own workspace (nothing shared: the resume folder is per workspace), both succeed,
+    and `dvc exp show` lists each with its own parameter and results."""
+    work = tmp_path / "proj"
+    shutil.copytree(repo, work, symlinks=True)
+    queued = sh(work, "dvc", "exp", "run", "--queue", "-S", "modes.ft.lr=0.0003,0.0001")
+    assert queued.count("Queued experiment") == 2, queued
+    sh(work, "dvc", "queue", "start", "--jobs", "2")
+    status, deadline = "", time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = sh(work, "dvc", "queue", "status")
+        if not any(w in status for w in ("Queued", "Running")):
+            break
+        time.sleep(2)
+    assert status.count("Success") == 2 and "Failed" not in status, status
+    rows = list(csv.DictReader(io.StringIO(stdout(work, "dvc", "exp", "show", "--csv"))))
+    assert rows[0]["rev"] == "workspace" and rows[0]["modes.ft.lr"] == "0.001"
+    exps = {r["modes.ft.lr"]: r for r in rows if r["Experiment"]}
+    acc = "metrics/modes/efficientnet_lite0-ft.json:accuracy"
+    assert set(exps) == {"0.0003", "0.0001"}, rows
+    assert all(0 <= float(r[acc]) <= 1 for r in exps.values()), exps

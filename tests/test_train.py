@@ -53,6 +53,7 @@ def run(
     scaler=None,
     patience=8,
     holder=None,
+    budget=None,
 ):
     torch.manual_seed(0)
     model = build_model(arch, None, 2, seed=0)
@@ -73,6 +74,7 @@ def run(
         mode.freeze_epochs,
         mode.sampler == "balanced",
         mode.backbone_lr_mult,
+        budget,
     )
     opt = make_optimizer(rs.groups, mode)
     sched = make_scheduler(opt, mode, epochs, len(rs.train))

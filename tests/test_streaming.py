@@ -1,0 +1,96 @@
+"""Data larger than memory: prepare's peak memory does not grow with the store, and a store over
+the memory budget is streamed from its memory map with exactly the batches of the in-memory path."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxr_transfer.batches import ArrayBatches
+from cxr_transfer.engine import FP32, predict_proba, store_budget
+from cxr_transfer.models import build_model, get_spec
+from cxr_transfer.modes import image_batches
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _store(tmp_path, n=37, size=6) -> np.memmap:
+    x = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.uint8, shape=(n, size, size))
+    x[:] = np.random.default_rng(0).integers(0, 256, x.shape, dtype=np.uint8)
+    x.flush()
+    return np.load(tmp_path / "x.npy", mmap_mode="r")
+
+
+@pytest.mark.parametrize("shuffle, balanced", [(False, False), (True, False), (True, True)])
+def test_streamed_batches_equal_the_in_memory_ones(tmp_path, shuffle, balanced):
+    x = _store(tmp_path)
+    y = (np.arange(len(x)) % 3 == 0).astype(int)  # unbalanced, for the balanced sampler
+    for epoch in (0, 4):
+        mem = image_batches(x, y, 8, "cpu", shuffle, 5, balanced)
+        disk = image_batches(x, y, 8, "cpu", shuffle, 5, balanced, budget=x.nbytes - 1)
+        assert not mem.streaming and disk.streaming and np.shares_memory(disk.x, x)  # never loaded whole
+        mem.set_epoch(epoch)
+        disk.set_epoch(epoch)
+        a, b = list(mem), list(disk)
+        assert len(a) == len(b) == len(mem) == 5
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb) and xb.shape[1:] == (1, 6, 6)
+    assert not image_batches(x, y, 8, "cpu", budget=x.nbytes).streaming  # fits exactly: in memory
+
+
+def test_streaming_prefetch_keeps_the_order_whatever_its_depth(tmp_path):
+    x = _store(tmp_path, n=20)
+    ref = [xb for xb, _ in ArrayBatches(x[:, None], np.zeros(20), 3, True, 1)]
+    for depth in (1, 2, 7, 50):
+        got = [xb for xb, _ in ArrayBatches(x[:, None], np.zeros(20), 3, True, 1, budget=0, prefetch=depth)]
+        assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+
+
+def test_evaluation_scores_the_same_streamed(tmp_path):
+    x = _store(tmp_path, n=12, size=32)
+    spec = get_spec("resnet18")
+    model = build_model("resnet18", None, 2, seed=0)
+    cpu = torch.device("cpu")
+    a = predict_proba(model, "resnet18", spec.mean, spec.std, x, cpu, 5)
+    b = predict_proba(model, "resnet18", spec.mean, spec.std, x, cpu, 5, budget=0)
+    assert torch.equal(a, b) and FP32.dtype is None
+
+
+def test_training_on_a_streamed_store_gives_the_same_weights(tmp_path):
+    """setup_run + fit with the stores on the device and streamed: the same weights, bit for bit
+    (the same batches in the same order, the same arithmetic)."""
+    from tests.test_train import SGD_ALL, run
+
+    rng = np.random.default_rng(0)
+    y = np.arange(24) % 2
+    x = rng.integers(0, 200, (24, 32, 32), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    xm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    data = {"train": (xm, y), "val": (xm[:8], y[:8])}
+    weights = []
+    for budget in (None, 0):
+        model, rs, _, _ = run("resnet18", SGD_ALL, data, tmp_path / f"ck{budget}", epochs=2, budget=budget)
+        assert rs.streamed is (budget == 0)
+        weights.append(model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_the_budget_is_the_param_or_half_the_free_memory():
+    cpu = torch.device("cpu")
+    assert store_budget(cpu, 2) == 2 * 2**30 and store_budget(cpu, 0) == 0
+    auto = store_budget(cpu, "auto")
+    assert auto is None or 0 < auto < 2**50
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssAnon from /proc")
+def test_prepare_peak_memory_does_not_grow_with_the_store(tmp_path):
+    """A 1,200-image train store at 256 px is 75 MiB; prepare writes it through a memory map in
+    chunks, so its anonymous memory (what cannot be paged back to the file) grows far less, and
+    a store 4x larger does not make it grow more (the bench's `stream` case, at a tiny size)."""
+    from bench.cases import prepare_peak
+
+    small, large = prepare_peak(tmp_path / "a", 1200, 256), prepare_peak(tmp_path / "b", 4800, 256)
+    assert small["store_mib"] == pytest.approx(1200 * 256 * 256 / 2**20, abs=0.2) and large["store_mib"] > 290
+    assert small["peak_anon_growth_mib"] < small["store_mib"] / 4, small
+    assert large["peak_anon_growth_mib"] < small["peak_anon_growth_mib"] + 16, (small, large)
