@@ -23,6 +23,10 @@ class ArrayBatches:
     what ran before it: a resumed run sees the same batches as an uninterrupted one. `balanced`
     (with shuffle) samples with replacement, each class drawn equally often in expectation.
 
+    With `shard` (rank, processes), each process gets its share of every global batch of the
+    epoch's seeded order (items rank, rank + processes, ...): together they see the batches one
+    process would, and the global batch size stays `batch_size`.
+
     A numpy store larger than `budget` bytes (None: no limit) is not copied: it stays memory-mapped
     on disk and each batch is read from it when needed, by a background thread that keeps
     `prefetch` batches ready (in pinned memory, copied without blocking, on CUDA). Both ways yield
@@ -40,6 +44,7 @@ class ArrayBatches:
         balanced=False,
         budget: float | None = None,
         prefetch: int = 2,
+        shard: tuple[int, int] | None = None,
     ):
         if len(x) == 0:
             raise CxrError("empty split: no images to batch")
@@ -52,11 +57,18 @@ class ArrayBatches:
         self.y = torch.as_tensor(np.asarray(y), dtype=torch.long).to(device)
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
         self.prefetch = max(1, prefetch)
+        self.shard = shard  # (rank, processes): each batch's items rank, rank + processes, ...
         # balanced: each epoch draws n images with replacement, every class equally likely
         self.weights = (1.0 / torch.bincount(self.y.cpu()).double())[self.y.cpu()] if balanced else None
 
     def __len__(self) -> int:
-        return -(-len(self.y) // self.batch_size)
+        n = len(self.y)
+        full, rest = -(-n // self.batch_size), n % self.batch_size
+        # sharded: a last global batch smaller than the processes would leave one with nothing to
+        # step on, so every process drops it alike (at most processes - 1 images of an epoch)
+        if self.shard is not None and full > 1 and 0 < rest < self.shard[1]:
+            return full - 1
+        return full
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -76,6 +88,10 @@ class ArrayBatches:
             order[i : i + self.batch_size] if order is not None else slice(i, i + self.batch_size)
             for i in range(0, n, self.batch_size)
         ]
+        if self.shard is not None:  # the global batch, dealt out: this process's share of each
+            rank, size = self.shard
+            picks = [(p if isinstance(p, torch.Tensor) else torch.arange(n)[p]) for p in picks]
+            picks = [p[rank::size] for p in picks[: len(self)]]
         if self.streaming:
             yield from self._stream(picks)
             return

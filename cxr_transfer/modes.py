@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cxr_transfer.batches import ArrayBatches, Normalizer, augment_batch
+from cxr_transfer.distributed import World, block, gather_rows, wrap
 from cxr_transfer.engine import Precision, image_forward, tail_inputs
 from cxr_transfer.errors import CxrError
 from cxr_transfer.models import freeze_except, get_module, set_train_mode, trainable_path
@@ -46,10 +47,12 @@ class RunSetup:
 
 
 def image_batches(
-    x: np.ndarray, y: np.ndarray, batch_size: int, device, shuffle=False, seed=0, balanced=False, budget=None
+    x, y, batch_size: int, device, shuffle=False, seed=0, balanced=False, budget=None, shard=None
 ):
-    """Batches of (B,1,S,S) uint8 images from an (N,S,S) store (streamed when over `budget` bytes)."""
-    return ArrayBatches(np.asarray(x)[:, None], y, batch_size, shuffle, seed, device, balanced, budget)
+    """Batches of (B,1,S,S) uint8 images from an (N,S,S) store (streamed when over `budget` bytes;
+    this process's share of each batch with `shard`)."""
+    x = np.asarray(x)[:, None]
+    return ArrayBatches(x, y, batch_size, shuffle, seed, device, balanced, budget, shard=shard)
 
 
 def param_groups(model: nn.Module, spec: ArchSpec, trainable: str, backbone_lr_mult: float) -> list[dict]:
@@ -79,11 +82,16 @@ def setup_run(
     balanced: bool = False,
     backbone_lr_mult: float = 1.0,
     budget: float | None = None,
+    world: World | None = None,
 ) -> RunSetup:
     """Move the model to `device` and build the phases: what is frozen, the loop and the batches.
 
     The train and validation stores go onto the device whole when together they fit `budget`
-    bytes (None: always), and are streamed from their memory maps otherwise."""
+    bytes (None: always), and are streamed from their memory maps otherwise. Under torchrun
+    (`world` of several processes) each process trains on its share of every global batch
+    through DistributedDataParallel, computes the frozen features of its block of images and
+    gathers the rest, and validates on the whole validation split (so all agree on the best epoch)."""
+    world = world or World()
     for split in ("train", "val"):
         if len(data[split][1]) == 0:
             raise CxrError(f"the {split} split is empty; check the split stage's output")
@@ -106,20 +114,27 @@ def setup_run(
             _memory_format(model, infer_cl)
             feats = {}
             for split in ("train", "val"):
-                xb = image_batches(*data[split], infer_batch, device, budget=each)
+                x, y = data[split]
+                rows = block(world, len(y))
+                xb = image_batches(x[rows], y[rows], infer_batch, device, budget=each)
                 fwd = image_forward(runner, norm, infer_cl)
-                feats[split] = tail_inputs(model, trained, fwd, xb, prec, device).to(device)
+                mine = tail_inputs(model, trained, fwd, xb, prec, device).to(device)
+                feats[split] = gather_rows(mine, world, len(y))
             loop = Loop(trained, trained, trained.train, trained.eval)
-            tr = ArrayBatches(feats["train"], data["train"][1], batch_size, True, seed, device, balanced)
+            ddp = (lambda t=trained: wrap(t, device)) if world.size > 1 else None
+            tr = ArrayBatches(
+                feats["train"], data["train"][1], batch_size, True, seed, device, balanced, shard=world.shard
+            )
             va = ArrayBatches(feats["val"], data["val"][1], batch_size, False, seed, device)
             cached.append(True)
         else:
-            tr = image_batches(*data["train"], batch_size, device, True, seed, balanced, each)
+            tr = image_batches(*data["train"], batch_size, device, True, seed, balanced, each, world.shard)
             va = image_batches(*data["val"], batch_size, device, budget=each)
             aug = _augmenter(tr, seed) if augment else None
             loop = Loop(trained, forward, lambda t=trained: set_train_mode(model, t), model.eval, aug)
+            ddp = (lambda: image_forward(wrap(runner, device), norm, train_cl)) if world.size > 1 else None
             cached.append(False)
-        phases.append(Phase(loop, tr, va, last, lambda p=path: freeze_except(model, p)))
+        phases.append(Phase(loop, tr, va, last, lambda p=path: freeze_except(model, p), ddp))
     seconds = time.perf_counter() - t0 if any(cached) else 0.0
     _memory_format(model, train_cl)  # what the full-model phases run in
     groups = param_groups(model, spec, trainable, backbone_lr_mult)

@@ -255,6 +255,7 @@ class TrainConfig:
     seeds: tuple[int, ...] = (0,)  # one training run per seed per arch x mode
     device: str = "auto"
     precision: str = "auto"
+    launcher: str = "python"  # the train stage's command: python, or torchrun --standalone --nproc-per-node N
     memory_budget: str | float = "auto"  # GiB of image store loaded whole on the device; beyond, streamed
     compile: bool = False
     augment: bool = False
@@ -270,6 +271,12 @@ class TrainConfig:
         _check(all(s >= 0 for s in self.seeds), "train.seeds", "seeds must be >= 0")
         _choice(self.device, "train.device", DEVICES)
         _choice(self.precision, "train.precision", PRECISIONS)
+        first = self.launcher.split()[0] if self.launcher.split() else ""
+        _check(
+            first in ("python", "torchrun"),
+            "train.launcher",
+            f"is {self.launcher!r}; give python, or torchrun and its options (--nproc-per-node 2)",
+        )
         _check(
             self.memory_budget == "auto"
             or (

@@ -136,6 +136,7 @@ class Phase:
     val: ArrayBatches
     last_epoch: int | None = None
     enter: Callable[[], object] = lambda: None
+    wrap: Callable[[], Callable] | None = None  # several processes: the DDP-wrapped forward
 
 
 def _run_epoch(
@@ -259,17 +260,20 @@ def fit(
     scaler: torch.amp.GradScaler | None = None,
     scheduler=None,
     objective: Objective | None = None,
+    main: bool = True,
+    processes: int = 1,
 ) -> FitState:
     """Train for up to `epochs`, phase by phase (one phase, or a frozen-backbone phase and then the
     rest), stopping after `patience` epochs without a lower validation loss. Resumes from `ckpt`
     when it holds a run of the same fingerprint. The last phase's module holds every trained
     weight: it is what the checkpoints keep.
 
-    `scaler` defaults to the one `prec` needs; pass one to control it (tests do)."""
+    `scaler` defaults to the one `prec` needs; pass one to control it (tests do). Under torchrun
+    only the `main` process (rank 0) writes checkpoints; every process reads them to resume."""
     scaler = scaler if scaler is not None else make_scaler(prec, device)
     module = phases[-1].loop.trained
     state = ckpt.load(module, optimizer, scaler, scheduler) or FitState()
-    if state.history:
+    if state.history and main:
         done = len(state.history)
         tqdm.write(
             f"resuming a killed run from epoch {done + 1} of {epochs} ({done} done; best so far epoch "
@@ -284,6 +288,8 @@ def fit(
         phase = _phase_at(phases, epoch)
         if phase is not current:
             phase.enter()
+            if phase.wrap is not None:  # DDP over what trains in this phase
+                phase.loop.forward = phase.wrap()
             current = phase
         lr = optimizer.param_groups[0]["lr"]  # the rate at the epoch's first step
         t0 = time.perf_counter()
@@ -304,6 +310,7 @@ def fit(
         t_train = time.perf_counter() - t0
         vl, va, _ = _run_epoch(phase.loop, phase.val, None, prec, device, None, "val")
         secs = time.perf_counter() - t0
+        n *= processes  # images/s of all processes (the loss and accuracy are this process's share)
         log = EpochLog(epoch, tl, ta, vl, va, lr, round(secs, 3), round(n / t_train, 2))
         state.history.append(log)
         is_best = vl < state.best_val_loss  # False for NaN: a NaN epoch is never the best
@@ -312,8 +319,11 @@ def fit(
         else:
             state.bad_epochs += 1
         state.stopped_early = state.bad_epochs >= patience and epoch < epochs
-        ckpt.save(module, optimizer, state, is_best, scaler, scheduler)
+        if main:
+            ckpt.save(module, optimizer, state, is_best, scaler, scheduler)
         on_epoch(log)
+        if not main:
+            continue
         tqdm.write(
             f"epoch {epoch:3d}  train loss {tl:.4f} acc {ta:.3f}  val loss {vl:.4f} acc {va:.3f}"
             f"  lr {lr:.2g}  {secs:.1f}s {n / t_train:.0f} img/s{'  *best' if is_best else ''}"

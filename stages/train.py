@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from cxr_transfer import distributed
 from cxr_transfer.cli import run, write_json
 from cxr_transfer.engine import Precision, pick_device, store_budget
 from cxr_transfer.errors import CxrError
@@ -88,7 +89,8 @@ def main() -> None:
     metas = {s: load_meta(args.prepared, s) for s in ("train", "val")}
     data = {s: load_store(args.prepared, s) for s in ("train", "val")}
     classes = metas["train"]["classes"]
-    device = pick_device(tc.device)
+    world, ranked = distributed.start(tc.device)  # torchrun: this process's rank and device
+    device = ranked or pick_device(tc.device)
     prec = Precision.for_device(device, tc.precision)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     weights_dir = p.weights.dir if mode.pretrained and p.weights.source == "imagenet" else None
@@ -108,6 +110,7 @@ def main() -> None:
         mode.sampler == "balanced",
         mode.backbone_lr_mult,
         store_budget(device, tc.memory_budget),
+        world,
     )
     opt = make_optimizer(rs.groups, mode)
     sched = make_scheduler(opt, mode, tc.epochs, len(rs.train))
@@ -129,9 +132,28 @@ def main() -> None:
         how = f"{first} on the frozen backbone ({how}), then the full model"
     fmt = "channels_last" if rs.channels_last else "NCHW"
     store = "images streamed from disk" if rs.streamed else "images in memory"
-    print(
-        f"train {args.out.name} (seed {args.seed}): {device}, {prec.dtype or 'fp32'}, {fmt}, {store}, {how}"
-    )
+    procs = f", {world.size} processes (torchrun, global batch {tc.batch_size})" if world.size > 1 else ""
+    if world.main:
+        print(
+            f"train {args.out.name} (seed {args.seed}): {device}{procs}, {prec.dtype or 'fp32'}, {fmt}, "
+            f"{store}, {how}"
+        )
+    else:  # every other rank trains its share and leaves the writing to rank 0
+        fit(
+            rs.phases,
+            opt,
+            tc.epochs,
+            tc.patience,
+            ckpt,
+            prec,
+            device,
+            scheduler=sched,
+            objective=objective,
+            main=False,
+            processes=world.size,
+        )
+        distributed.stop(world)
+        return
     with Live(str(args.live), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         state = fit(
             rs.phases,
@@ -144,7 +166,9 @@ def main() -> None:
             on_epoch=lambda log: log_epoch(live, log),
             scheduler=sched,
             objective=objective,
+            processes=world.size,
         )
+        distributed.stop(world)
         summary = summarize(state, rs.feature_seconds, len(data["train"][1]), model)
         live.summary.update(summary)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -170,6 +194,7 @@ def main() -> None:
             "device": str(device),
             "precision": str(prec.dtype or "float32"),
             "memory_format": "channels_last" if rs.channels_last else "nchw",
+            "processes": world.size,
             "store": "streamed" if rs.streamed else "in memory",
             "cached_features": rs.cached_features,
             **summary,

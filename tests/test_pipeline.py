@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from cxr_transfer.split import SPLITS
@@ -491,3 +492,28 @@ def test_a_queued_grid_runs_two_at_a_time_and_exp_show_compares_it(repo, tmp_pat
     acc = "metrics/modes/efficientnet_lite0-ft.json:accuracy"
     assert set(exps) == {"0.0003", "0.0001"}, rows
     assert all(0 <= float(r[acc]) <= 1 for r in exps.values()), exps
+
+
+def test_torchrun_with_two_gloo_processes_trains_what_one_process_trains(repo, tmp_path):
+    """`train.launcher=torchrun ...` runs the train stage as 2 CPU processes (gloo): each takes half
+    of every global batch, DistributedDataParallel averages the gradients, rank 0 alone writes.
+    Feature extraction's weights equal the one-process run's within 1e-6: the same images in the
+    same global batches, and the only difference is the order in which the two halves' gradients
+    are summed (float32 rounding, ~1e-8 per step, carried through a few Adam steps). Fine-tuning
+    runs too but is not compared: BatchNorm normalises each half by its own batch statistics."""
+    work = tmp_path / "proj"
+    shutil.copytree(repo, work, symlinks=True)
+    set_params(work, {("train", "launcher"): "torchrun --standalone --nproc-per-node 2"})
+    out = sh(work, "env", "OMP_NUM_THREADS=1", "dvc", "repro", "train@efficientnet_lite0-fe-0")
+    assert "torchrun --standalone --nproc-per-node 2 -m stages.train" in out
+    assert "2 processes (torchrun, global batch 32)" in out
+    run = work / "models" / "efficientnet_lite0-fe-s0"
+    one = torch.load(repo / "models" / "efficientnet_lite0-fe-s0" / "best.pt", weights_only=True)
+    two = torch.load(run / "best.pt", weights_only=True)
+    assert one.keys() == two.keys() and all(torch.allclose(one[k], two[k], rtol=0, atol=1e-6) for k in one)
+    assert json.loads((run / "model.json").read_text())["processes"] == 2
+    sh(work, "env", "OMP_NUM_THREADS=1", "dvc", "repro", "train@efficientnet_lite0-ft_gradual-0")
+    meta = json.loads((work / "models" / "efficientnet_lite0-ft_gradual-s0" / "model.json").read_text())
+    assert (
+        meta["processes"] == 2 and meta["epochs_run"] == 2 and not list((work / ".resume").glob("*/last.pt"))
+    )

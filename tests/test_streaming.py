@@ -94,3 +94,20 @@ def test_prepare_peak_memory_does_not_grow_with_the_store(tmp_path):
     assert small["store_mib"] == pytest.approx(1200 * 256 * 256 / 2**20, abs=0.2) and large["store_mib"] > 290
     assert small["peak_anon_growth_mib"] < small["store_mib"] / 4, small
     assert large["peak_anon_growth_mib"] < small["peak_anon_growth_mib"] + 16, (small, large)
+
+
+@pytest.mark.parametrize("n, procs, steps", [(20, 2, 3), (17, 2, 2), (19, 3, 3), (18, 3, 2), (5, 2, 1)])
+def test_shards_deal_out_every_global_batch(n, procs, steps):
+    """Under torchrun each process takes items rank, rank + procs, ... of every global batch (8) of
+    the seeded order: together the same batches as one process; a last global batch smaller than
+    the processes (17 = 2 x 8 + 1) is dropped by all alike, so none steps on nothing."""
+    x, y = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1), np.arange(n)
+    one = list(ArrayBatches(x, y, 8, True, 3))
+    shards = [list(ArrayBatches(x, y, 8, True, 3, shard=(r, procs))) for r in range(procs)]
+    assert [len(s) for s in shards] == [steps] * procs
+    assert len(ArrayBatches(x, y, 8, True, 3, shard=(0, procs))) == steps
+    for k in range(steps):
+        parts = [s[k] for s in shards]
+        assert sorted(int(v) for _, yb in parts for v in yb) == sorted(one[k][1].tolist())
+        assert all(torch.equal(yb, one[k][1][r::procs]) for r, (_, yb) in enumerate(parts))
+        assert all(torch.equal(xb.flatten().long(), yb) for xb, yb in parts)  # images travel with labels

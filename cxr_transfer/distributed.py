@@ -1,0 +1,84 @@
+"""Several processes, one per device (torchrun): who this process is, and the few collective steps.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is one process (rank 0 of 1) and
+nothing here communicates. The backend is nccl on CUDA, gloo on the CPU."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from cxr_transfer.errors import CxrError
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes checkpoints, DVCLive and the model."""
+        return self.rank == 0
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        return (self.rank, self.size) if self.size > 1 else None
+
+
+def start(device_pref: str) -> tuple[World, torch.device | None]:
+    """Join the process group torchrun set up (a no-op for one process). Returns this process's
+    place and, with several processes, its device (cuda:LOCAL_RANK, or the CPU); None = pick as usual."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World(), None
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
+    if device_pref == "mps":
+        raise CxrError("train.device=mps cannot run under torchrun; use one process (train.launcher=python)")
+    if cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return World(rank, size, local), torch.device("cuda", local) if cuda else torch.device("cpu")
+
+
+def wrap(module: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel over what trains now (parameters frozen at this point are left out,
+    so each phase wraps anew): gradients are averaged over the processes in backward."""
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def gather_rows(part: torch.Tensor, world: World, n: int) -> torch.Tensor:
+    """The (n, ...) tensor whose rows the processes computed in contiguous blocks (`block`)."""
+    if world.size == 1:
+        return part
+    size = -(-n // world.size)
+    padded = torch.zeros((size, *part.shape[1:]), dtype=part.dtype, device=part.device)
+    padded[: len(part)] = part
+    out = [torch.empty_like(padded) for _ in range(world.size)]
+    dist.all_gather(out, padded)
+    return torch.cat([o[: len(range(n)[block(world, n, r)])] for r, o in enumerate(out)])
+
+
+def block(world: World, n: int, rank: int | None = None) -> slice:
+    """The contiguous block of n rows that `rank` (default: this process) computes."""
+    r = world.rank if rank is None else rank
+    size = -(-n // world.size)
+    return slice(min(n, r * size), min(n, (r + 1) * size))
+
+
+def barrier(world: World) -> None:
+    if world.size > 1:
+        dist.barrier()
+
+
+def stop(world: World) -> None:
+    if world.size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
