@@ -48,9 +48,18 @@ def start(device_pref: str) -> tuple[World, torch.device | None]:
     return World(rank, size, local), torch.device("cuda", local) if cuda else torch.device("cpu")
 
 
-def wrap(module: nn.Module, device: torch.device) -> nn.Module:
+def wrap(module: nn.Module, device: torch.device, sync_batchnorm: bool = False) -> nn.Module:
     """DistributedDataParallel over what trains now (parameters frozen at this point are left out,
-    so each phase wraps anew): gradients are averaged over the processes in backward."""
+    so each phase wraps anew): gradients are averaged over the processes in backward. With
+    `sync_batchnorm`, BatchNorm layers normalise by the statistics of the whole global batch
+    (PyTorch's SyncBatchNorm, CUDA only; the layers keep their parameters and buffers)."""
+    if sync_batchnorm:
+        if device.type != "cuda":
+            raise CxrError(
+                "train.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm runs on GPUs); "
+                "set it false on the CPU"
+            )
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 

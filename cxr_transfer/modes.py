@@ -83,6 +83,7 @@ def setup_run(
     backbone_lr_mult: float = 1.0,
     budget: float | None = None,
     world: World | None = None,
+    sync_batchnorm: bool = False,
 ) -> RunSetup:
     """Move the model to `device` and build the phases: what is frozen, the loop and the batches.
 
@@ -121,7 +122,7 @@ def setup_run(
                 mine = tail_inputs(model, trained, fwd, xb, prec, device).to(device)
                 feats[split] = gather_rows(mine, world, len(y))
             loop = Loop(trained, trained, trained.train, trained.eval)
-            ddp = (lambda t=trained: wrap(t, device)) if world.size > 1 else None
+            ddp = (lambda t=trained: wrap(t, device, sync_batchnorm)) if world.size > 1 else None
             tr = ArrayBatches(
                 feats["train"], data["train"][1], batch_size, True, seed, device, balanced, shard=world.shard
             )
@@ -132,7 +133,11 @@ def setup_run(
             va = image_batches(*data["val"], batch_size, device, budget=each)
             aug = _augmenter(tr, seed) if augment else None
             loop = Loop(trained, forward, lambda t=trained: set_train_mode(model, t), model.eval, aug)
-            ddp = (lambda: image_forward(wrap(runner, device), norm, train_cl)) if world.size > 1 else None
+            ddp = (
+                (lambda: image_forward(wrap(runner, device, sync_batchnorm), norm, train_cl))
+                if world.size > 1
+                else None
+            )
             cached.append(False)
         phases.append(Phase(loop, tr, va, last, lambda p=path: freeze_except(model, p), ddp))
     seconds = time.perf_counter() - t0 if any(cached) else 0.0

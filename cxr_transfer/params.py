@@ -255,7 +255,8 @@ class TrainConfig:
     seeds: tuple[int, ...] = (0,)  # one training run per seed per arch x mode
     device: str = "auto"
     precision: str = "auto"
-    launcher: str = "python"  # the train stage's command: python, or torchrun --standalone --nproc-per-node N
+    launcher: str = "python"  # the train stage's command: python, or torchrun and its options
+    sync_batchnorm: bool = False  # under torchrun on GPUs: BatchNorm over the global batch
     memory_budget: str | float = "auto"  # GiB of image store loaded whole on the device; beyond, streamed
     compile: bool = False
     augment: bool = False

@@ -37,6 +37,7 @@ TRAIN_KEYS = (
     "device",
     "precision",
     "memory_budget",
+    "sync_batchnorm",
     "compile",
     "augment",
 )
@@ -91,6 +92,8 @@ def main() -> None:
     classes = metas["train"]["classes"]
     world, ranked = distributed.start(tc.device)  # torchrun: this process's rank and device
     device = ranked or pick_device(tc.device)
+    if world.size > 1 and tc.sync_batchnorm and device.type != "cuda":
+        raise CxrError("train.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm runs on GPUs); set it false")
     prec = Precision.for_device(device, tc.precision)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     weights_dir = p.weights.dir if mode.pretrained and p.weights.source == "imagenet" else None
@@ -111,6 +114,7 @@ def main() -> None:
         mode.backbone_lr_mult,
         store_budget(device, tc.memory_budget),
         world,
+        tc.sync_batchnorm,
     )
     opt = make_optimizer(rs.groups, mode)
     sched = make_scheduler(opt, mode, tc.epochs, len(rs.train))

@@ -1,5 +1,6 @@
 """End to end: the project copied into a fresh git + DVC repo, `dvc repro` on a tiny dataset."""
 
+import contextlib
 import csv
 import io
 import json
@@ -491,7 +492,10 @@ def test_a_queued_grid_runs_two_at_a_time_and_exp_show_compares_it(repo, tmp_pat
     exps = {r["modes.ft.lr"]: r for r in rows if r["Experiment"]}
     acc = "metrics/modes/efficientnet_lite0-ft.json:accuracy"
     assert set(exps) == {"0.0003", "0.0001"}, rows
-    assert all(0 <= float(r[acc]) <= 1 for r in exps.values()), exps
+    for r in exps.values():  # each reran fine-tuning alone (its own lr), from the shared baseline
+        log = sh(work, "dvc", "queue", "logs", r["Experiment"])
+        assert "Running stage 'train@efficientnet_lite0-ft-0'" in log and r[acc], log
+        assert "Stage 'train@efficientnet_lite0-fe-0' didn't change, skipping" in log
 
 
 def test_torchrun_with_two_gloo_processes_trains_what_one_process_trains(repo, tmp_path):
@@ -517,3 +521,54 @@ def test_torchrun_with_two_gloo_processes_trains_what_one_process_trains(repo, t
     assert (
         meta["processes"] == 2 and meta["epochs_run"] == 2 and not list((work / ".resume").glob("*/last.pt"))
     )
+
+
+def test_a_stopped_torchrun_run_resumes_from_rank_0s_checkpoint(repo, tmp_path):
+    """Two gloo processes stopped (SIGTERM to torchrun, which ends its workers) after their second
+    epoch: the rerun says it resumes from the next epoch
+    (every process reads rank 0's checkpoint, which landed in ft_gradual's second phase, so DDP
+    wraps the unfrozen network anew) and ends with the weights of an uninterrupted 2-process run."""
+    import signal
+
+    work = tmp_path / "proj"
+    shutil.copytree(repo, work, symlinks=True)
+    set_params(work, {("train", "epochs"): 6, ("train", "patience"): 100})
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
+
+    def argv(name: str) -> list[str]:
+        return [
+            *("torchrun", "--standalone", "--nproc-per-node", "2", "-m", "stages.train"),
+            *("--arch", "efficientnet_lite0", "--mode", "ft_gradual", "--seed", "0"),
+            *("--prepared", "data/prepared", "--out", f"models/{name}", "--live", f"dvclive/{name}"),
+        ]
+
+    state = work / ".resume" / "killed" / "state.json"
+    proc = subprocess.Popen(
+        argv("killed"),
+        cwd=work,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            if len(json.loads(state.read_text())["state"]["history"]) >= 2:
+                proc.send_signal(signal.SIGTERM)  # as a scheduler stops a job: torchrun ends its workers
+                break
+        time.sleep(0.02)
+    proc.wait(60)
+    assert proc.returncode != 0, "the run ended before it could be stopped"
+    done = len(json.loads(state.read_text())["state"]["history"])
+    out = subprocess.run(argv("killed"), cwd=work, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"resuming a killed run from epoch {done + 1} of 6" in out.stdout + out.stderr, out.stdout[:600]
+    sh(work, "env", "OMP_NUM_THREADS=1", *argv("whole"))
+    a = torch.load(work / "models" / "killed" / "best.pt", weights_only=True)
+    b = torch.load(work / "models" / "whole" / "best.pt", weights_only=True)
+    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=0, atol=1e-6) for k in a)

@@ -111,3 +111,16 @@ def test_shards_deal_out_every_global_batch(n, procs, steps):
         assert sorted(int(v) for _, yb in parts for v in yb) == sorted(one[k][1].tolist())
         assert all(torch.equal(yb, one[k][1][r::procs]) for r, (_, yb) in enumerate(parts))
         assert all(torch.equal(xb.flatten().long(), yb) for xb, yb in parts)  # images travel with labels
+
+
+def test_sync_batchnorm_is_refused_on_the_cpu_and_keeps_the_parameters_on_conversion():
+    from cxr_transfer.distributed import wrap
+    from cxr_transfer.errors import CxrError
+
+    with pytest.raises(CxrError, match="train.sync_batchnorm needs CUDA"):
+        wrap(torch.nn.BatchNorm2d(3), torch.device("cpu"), sync_batchnorm=True)
+    model = build_model("resnet18", None, 2, 0)  # what wrap converts on CUDA: the optimizer's
+    before = [id(p) for p in model.parameters()]  # parameters must stay the same objects
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert converted is model and [id(p) for p in model.parameters()] == before
+    assert isinstance(model.bn1, torch.nn.SyncBatchNorm)
