@@ -137,13 +137,9 @@ def main() -> None:
     fmt = "channels_last" if rs.channels_last else "NCHW"
     store = "images streamed from disk" if rs.streamed else "images in memory"
     procs = f", {world.size} processes (torchrun, global batch {tc.batch_size})" if world.size > 1 else ""
-    if world.main:
-        print(
-            f"train {args.out.name} (seed {args.seed}): {device}{procs}, {prec.dtype or 'fp32'}, {fmt}, "
-            f"{store}, {how}"
-        )
-    else:  # every other rank trains its share and leaves the writing to rank 0
-        fit(
+
+    def train(on_epoch=lambda log: None):
+        return fit(
             rs.phases,
             opt,
             tc.epochs,
@@ -151,27 +147,23 @@ def main() -> None:
             ckpt,
             prec,
             device,
+            on_epoch=on_epoch,
             scheduler=sched,
             objective=objective,
-            main=False,
+            main=world.main,
             processes=world.size,
         )
+
+    if not world.main:  # every other rank trains its share and leaves the writing to rank 0
+        train()
         distributed.stop(world)
         return
+    print(
+        f"train {args.out.name} (seed {args.seed}): {device}{procs}, {prec.dtype or 'fp32'}, {fmt}, "
+        f"{store}, {how}"
+    )
     with Live(str(args.live), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        state = fit(
-            rs.phases,
-            opt,
-            tc.epochs,
-            tc.patience,
-            ckpt,
-            prec,
-            device,
-            on_epoch=lambda log: log_epoch(live, log),
-            scheduler=sched,
-            objective=objective,
-            processes=world.size,
-        )
+        state = train(lambda log: log_epoch(live, log))
         distributed.stop(world)
         summary = summarize(state, rs.feature_seconds, len(data["train"][1]), model)
         live.summary.update(summary)
