@@ -84,19 +84,21 @@ class ArrayBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, order = len(self.y), self._order()
+        here = torch.device("cpu") if self.streaming else self.y.device  # where the indices live
+        if order is not None:
+            order = order.to(here)  # once per epoch, not once per batch
         picks = [
             order[i : i + self.batch_size] if order is not None else slice(i, i + self.batch_size)
             for i in range(0, n, self.batch_size)
         ]
         if self.shard is not None:  # the global batch, dealt out: this process's share of each
             rank, size = self.shard
-            picks = [(p if isinstance(p, torch.Tensor) else torch.arange(n)[p]) for p in picks]
+            picks = [(p if isinstance(p, torch.Tensor) else torch.arange(n, device=here)[p]) for p in picks]
             picks = [p[rank::size] for p in picks[: len(self)]]
         if self.streaming:
             yield from self._stream(picks)
             return
         for idx in picks:
-            idx = idx.to(self.y.device) if isinstance(idx, torch.Tensor) else idx
             yield self.x[idx], self.y[idx]
 
     def _read(self, idx) -> torch.Tensor:
