@@ -130,8 +130,14 @@ class SplitConfig:
     seed: int = 42
     near_duplicate_bits: int | None = 12  # whole-image pHash: resized and re-encoded copies
     near_duplicate_framed_bits: int | None = 24  # pHash of the body's frame: cropped copies
+    folds: int | None = None  # None: one train/val/test split; k >= 3: grouped, stratified k-fold
 
     def __post_init__(self):
+        _check(
+            self.folds is None or 3 <= self.folds <= 20,
+            "split.folds",
+            f"is {self.folds}; give null (one split) or a number of folds from 3 to 20",
+        )
         for key in ("near_duplicate_bits", "near_duplicate_framed_bits"):
             v = getattr(self, key)
             _check(v is None or 0 <= v <= 64, f"split.{key}", "must be null or in [0, 64]")
@@ -243,6 +249,7 @@ DEFAULT_MODES = {**SEED_MODES, "ft_gradual": FT_GRADUAL}
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+SELECT = ("val_loss", "val_auroc")  # the figure early stopping and the best checkpoint follow
 PRECISIONS = ("auto", "fp32", "bf16")  # see engine.Precision
 
 
@@ -260,8 +267,11 @@ class TrainConfig:
     memory_budget: str | float = "auto"  # GiB of image store loaded whole on the device; beyond, streamed
     compile: bool = False
     augment: bool = False
+    select: str = "val_loss"  # early stopping and the kept checkpoint: lowest val loss, or highest val AUROC
+    deterministic: bool = False  # PyTorch's deterministic algorithms (slower; see the README)
 
     def __post_init__(self):
+        _choice(self.select, "train.select", SELECT)
         _check(len(self.modes) > 0, "train.modes", "name at least one mode of the modes table")
         _check(len(set(self.modes)) == len(self.modes), "train.modes", "has a repeated mode")
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")

@@ -61,6 +61,23 @@ def store_digest(x: np.ndarray, y: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def _write_store(folder: Path, x_fill, df: pd.DataFrame, size: int, split: str, base: dict) -> dict:
+    """One store: x.npy (written in place by `x_fill`, so a split larger than memory still fits),
+    y.npy and meta.json with the content hash and what the source images looked like."""
+    folder.mkdir(parents=True, exist_ok=True)
+    x = np.lib.format.open_memmap(folder / "x.npy", mode="w+", dtype=np.uint8, shape=(len(df), size, size))
+    x_fill(x)
+    x.flush()
+    y = df["label"].to_numpy().astype(np.int64)
+    np.save(folder / "y.npy", y)
+    digest = store_digest(x, y)
+    del x
+    meta = {"split": split, "image_size": size, "classes": base["classes"], "n": len(df), "sha1": digest}
+    meta |= {k: v for k, v in base.items() if k != "classes"} | {"source_images": source_stats(df)}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
 def prepare_splits(
     split_dir: Path,
     root: Path,
@@ -73,29 +90,48 @@ def prepare_splits(
     """Decode every split csv under split_dir into out_dir/<split>/ (x.npy, y.npy, meta.json).
 
     One folder per split, so DVC can give each stage only the splits it reads: training never
-    depends on the test store."""
-    metas = {}
+    depends on the test store. With k folds (split_dir/folds.csv), every image is decoded once
+    into out_dir/folds/ with each fold's train/val/test as index lists (folds.json), and the
+    train/val/test stores are fold 0's parts copied from it (what fold-unaware readers use);
+    otherwise out_dir/folds/ holds only a meta.json saying there are no folds."""
+    base = {"classes": classes, "bits_stored": bits_stored}  # predict applies the same 8-bit rule
+    pool, metas = None, {}
+    (out_dir / "folds").mkdir(parents=True, exist_ok=True)
+    folds_csv = split_dir / "folds.csv"
+    if folds_csv.exists():
+        df = pd.read_csv(folds_csv)
+        paths = [str(root / p) for p in df["path"]]
+        fill = lambda x: decode_into(x, paths, size, workers, "prepare (all folds)", bits_stored)  # noqa: E731
+        cols = sorted((c for c in df.columns if c[:1] == "f" and c[1:].isdigit()), key=lambda c: int(c[1:]))
+        metas["folds"] = _write_store(out_dir / "folds", fill, df, size, "folds", {**base, "k": len(cols)})
+        folds = [{s: np.flatnonzero(df[c] == s).tolist() for s in ("train", "val", "test")} for c in cols]
+        (out_dir / "folds" / "folds.json").write_text(json.dumps({"k": len(cols), "folds": folds}) + "\n")
+        pool = (np.load(out_dir / "folds" / "x.npy", mmap_mode="r"), {p: i for i, p in enumerate(df["path"])})
+    else:
+        (out_dir / "folds" / "meta.json").write_text(json.dumps({"split": "folds", "k": None}) + "\n")
     for split in ("train", "val", "test"):
         df = pd.read_csv(split_dir / f"{split}.csv")
         paths = [str(root / p) for p in df["path"]]
-        folder = out_dir / split
-        folder.mkdir(parents=True, exist_ok=True)
-        # x.npy is written in place as the chunks decode: a split larger than memory still fits
-        x = np.lib.format.open_memmap(
-            folder / "x.npy", mode="w+", dtype=np.uint8, shape=(len(paths), size, size)
-        )
-        decode_into(x, paths, size, workers, f"prepare {split}", bits_stored)
-        x.flush()
-        y = df["label"].to_numpy().astype(np.int64)
-        np.save(folder / "y.npy", y)
-        digest = store_digest(x, y)
-        del x
-        meta = {"split": split, "image_size": size, "classes": classes, "n": len(df), "sha1": digest}
-        meta["bits_stored"] = bits_stored  # predict applies the same 8-bit rule to new images
-        meta["source_images"] = source_stats(df)
-        (out_dir / split / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        metas[split] = meta
+        if pool is None:
+            fill = lambda x, paths=paths, split=split: decode_into(  # noqa: E731
+                x, paths, size, workers, f"prepare {split}", bits_stored
+            )
+        else:  # fold 0's part: copied rows of the decoded pool, not decoded again
+            rows = np.array([pool[1][p] for p in df["path"]], dtype=np.int64)
+            fill = lambda x, rows=rows: x.__setitem__(slice(None), pool[0][rows])  # noqa: E731
+        metas[split] = _write_store(out_dir / split, fill, df, size, split, base)
     return metas
+
+
+def load_folds(prepared: Path) -> dict | None:
+    """k-fold index lists over the folds store ({"k", "folds": [{"train", "val", "test"}]}), or
+    None when the data has one train/val/test split."""
+    folder = Path(prepared) / "folds"
+    if not (folder / "meta.json").exists():
+        raise FileNotFoundError(f"{folder / 'meta.json'} is missing; run `dvc repro prepare` first")
+    if json.loads((folder / "meta.json").read_text()).get("k") is None:
+        return None
+    return json.loads((folder / "folds.json").read_text())
 
 
 def source_stats(df: pd.DataFrame) -> dict | None:

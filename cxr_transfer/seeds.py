@@ -81,8 +81,10 @@ def _excludes_zero(ci) -> int:
     return 1 if ci[0] > 0 else -1 if ci[1] < 0 else 0
 
 
-def verdict(boot_ci, seed_ci, n_seeds: int) -> str:
-    """Plain words on whether a difference is established on this data."""
+def verdict(boot_ci, seed_ci, n_seeds: int, over: str | None = None) -> str:
+    """Plain words on whether a difference is established on this data; `over` names the runs of
+    the second interval (default: "<n> seeds")."""
+    over = over or f"{n_seeds} seeds"
     b, s = _excludes_zero(boot_ci), _excludes_zero(seed_ci)
     if n_seeds < 2:
         return "not conclusive (the interval includes 0)" if b == 0 else "suggestive (one run per mode)"
@@ -92,24 +94,26 @@ def verdict(boot_ci, seed_ci, n_seeds: int) -> str:
         return "not conclusive (the test-set interval includes 0)"
     if s != 0:
         return "not conclusive (the seeds and the test set disagree in sign)"
-    return f"not conclusive (the interval over {n_seeds} seeds includes 0)"
+    return f"not conclusive (the interval over {over} includes 0)"
 
 
 def _ci(ci) -> str:
     return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "[n/a]"
 
 
-def _claim(key: str, c: dict, seeds: dict | None, n_seeds: int) -> tuple[str, str]:
-    """(figure text, verdict) for one headline figure of one pair."""
+def _claim(key: str, c: dict, seeds: dict | None, n_seeds: int, over: str | None = None) -> tuple[str, str]:
+    """(figure text, verdict) for one headline figure of one pair; `over` names the runs behind
+    `seeds` (folds: "5 folds"; default "<n> seeds")."""
     point = c[f"{key}_diff"]
     if point is None:
         return "n/a (undefined on this test set)", "not conclusive"
     boot = c[f"{key}_diff_ci"]
     if n_seeds > 1 and seeds and seeds[key]["mean"] is not None:
         s = seeds[key]
-        first = f"first seed on the test set {point:+.3f} {_ci(boot)}"
-        text = f"{s['mean']:+.3f} over {n_seeds} seeds {_ci(s['ci'])} ({first})"
-        return text, verdict(boot, s["ci"], n_seeds)
+        where = "pooled out of fold" if over else "first seed on the test set"
+        first = f"{where} {point:+.3f} {_ci(boot)}"
+        text = f"{s['mean']:+.3f} over {over or f'{n_seeds} seeds'} {_ci(s['ci'])} ({first})"
+        return text, verdict(boot, s["ci"], n_seeds, over)
     return f"{point:+.3f} {_ci(boot)}", verdict(boot, None, 1)
 
 
@@ -120,11 +124,15 @@ def answer_lines(
     flagged: int | None = None,
     auroc_key: str = "auroc",
     unit: str = "patients",
+    folds: int | None = None,
 ) -> list[str]:
     """The comparison the user came for, in plain words: for each pair of modes, which is ahead,
     by how much, with the test-set bootstrap interval and (several seeds) the t-interval over
     seeds, and whether that is conclusive. Accuracy decides which is called ahead. More than two
-    classes: auroc_key "auroc_macro" (one-vs-rest, averaged over the classes)."""
+    classes: auroc_key "auroc_macro" (one-vs-rest, averaged over the classes). With `folds`,
+    `over_seeds` holds the per-fold (x seed) differences with the Nadeau-Bengio interval."""
+    runs = n_seeds * folds if folds else n_seeds
+    over = f"{folds} folds" + (f" x {n_seeds} seeds" if n_seeds > 1 else "") if folds else None
     lines = ["## Which way of training wins?", ""]
     if flagged:
         lines += [
@@ -136,15 +144,23 @@ def answer_lines(
     for pair, c in compare.items():
         (arch, _, a), (_, _, b) = (n.rpartition("-") for n in pair.split(" vs "))
         seeds = over_seeds.get(pair)
-        acc, acc_verdict = _claim("accuracy", c, seeds, n_seeds)
-        auc, auc_verdict = _claim(auroc_key, c, seeds, n_seeds)
-        d = seeds["accuracy"]["mean"] if n_seeds > 1 and seeds else c["accuracy_diff"]
+        acc, acc_verdict = _claim("accuracy", c, seeds, runs, over)
+        auc, auc_verdict = _claim(auroc_key, c, seeds, runs, over)
+        d = seeds["accuracy"]["mean"] if runs > 1 and seeds else c["accuracy_diff"]
         head = "a tie" if not d else f"{a} ahead" if d > 0 else f"{b} ahead"
         lines.append(
             f"- **{arch}, {a} vs {b}: {head}.** {a} minus {b}: accuracy {acc}, {acc_verdict}; "
             f"{'AUROC' if auroc_key == 'auroc' else 'macro AUROC'} {auc}, {auc_verdict}."
         )
-    if n_seeds > 1:
+    if folds:
+        how = (
+            f"95% intervals: over folds = the Nadeau-Bengio corrected resampled t-interval over the {runs} "
+            "paired per-fold differences (its variance inflated by n_test/n_train, since the folds' training "
+            "sets overlap; the plain t-interval is in compare.json); pooled out of fold = paired bootstrap "
+            f"over {unit.split(':')[0]} of every image's score from the one model that never saw it"
+            + (" (first seed)." if n_seeds > 1 else ".")
+        )
+    elif n_seeds > 1:
         how = (
             f"95% intervals: over seeds = Student's t over the {n_seeds} paired per-seed differences; "
             f"test set = paired bootstrap over {unit.split(':')[0]} of the first seed's runs."

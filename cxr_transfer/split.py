@@ -57,6 +57,74 @@ def grouped_split(df: pd.DataFrame, test_size: float, val_size: float, seed: int
     return df["group"].map(assign)
 
 
+def _group_folds(df: pd.DataFrame, n_splits: int, seed: int, what: str) -> np.ndarray:
+    """Fold number (0..n_splits-1) of every row: scikit-learn's StratifiedGroupKFold, seeded, so no
+    group straddles two folds and each fold keeps the class proportions as well as groups allow."""
+    from sklearn.model_selection import StratifiedGroupKFold  # here: the single split needs no sklearn
+
+    n_groups = df.groupby("label")["group"].nunique()
+    short = n_groups[n_groups < n_splits]
+    if len(short):
+        cls = df.loc[df["label"] == short.index[0], "class"].iloc[0]
+        raise SplitError(
+            f"{what}: class {cls} has {int(short.iloc[0])} independent image group(s), fewer than the "
+            f"{n_splits} folds; lower split.folds or add images of this class"
+        )
+    folds = np.empty(len(df), dtype=np.int64)
+    kf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    for i, (_, test) in enumerate(kf.split(np.zeros(len(df)), df["label"], df["group"])):
+        folds[test] = i
+    return folds
+
+
+def fold_roles(df: pd.DataFrame, k: int, val_size: float, seed: int) -> pd.DataFrame:
+    """k-fold cross-validation: columns f0..f{k-1}, each row's role (train/val/test) in each fold.
+
+    Every row is `test` in exactly one fold (grouped, stratified k-fold); each fold's validation
+    part is carved from its training part the same way, as one of round(1 / val_size) grouped
+    stratified folds of it (0.2 -> a fifth), seeded per fold."""
+    test_fold = _group_folds(df, k, seed, f"split.folds={k}")
+    roles = pd.DataFrame(index=df.index)
+    n_val = max(2, round(1 / val_size))
+    for i in range(k):
+        rest = np.flatnonzero(test_fold != i)
+        inner = _group_folds(df.iloc[rest], n_val, seed + 1 + i, f"fold {i}'s validation part")
+        role = np.full(len(df), "train", dtype=object)
+        role[test_fold == i] = "test"
+        role[rest[inner == 0]] = "val"
+        roles[f"f{i}"] = role
+    return roles
+
+
+def fold_summary(df: pd.DataFrame, roles: pd.DataFrame) -> dict:
+    """Per fold: images per class and groups in each role, and any group in two roles (0 when the
+    folds are sound); over all folds: how often each image is tested (once each)."""
+    folds = {}
+    for f in roles.columns:
+        parts = {s: df[roles[f] == s] for s in SPLITS}
+        folds[f] = {
+            s: {
+                "images": len(p),
+                "groups": int(p["group"].nunique()),
+                "counts": {str(c): int(n) for c, n in p["class"].value_counts().sort_index().items()},
+            }
+            for s, p in parts.items()
+        }
+        folds[f]["group_overlap"] = sum(
+            len(set(parts[a]["group"]) & set(parts[b]["group"]))
+            for i, a in enumerate(SPLITS)
+            for b in SPLITS[i + 1 :]
+        )
+    tested = (roles == "test").sum(axis=1)
+    return {
+        "k": roles.shape[1],
+        "folds": folds,
+        "images_tested_once": int((tested == 1).sum()),
+        "images": len(df),
+        "groups": int(df["group"].nunique()),
+    }
+
+
 def join_near_duplicates(
     df: pd.DataFrame, max_bits: int | None, max_framed_bits: int | None = None
 ) -> tuple[pd.DataFrame, int]:

@@ -1,5 +1,5 @@
-"""The training loop: per-epoch figures, early stopping on validation loss, best and last
-weights, and resume from the last completed epoch after a kill."""
+"""The training loop: per-epoch figures, early stopping on validation loss or AUROC, best and
+last weights, and resume from the last completed epoch after a kill."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -21,6 +22,8 @@ from cxr_transfer.engine import Precision
 from cxr_transfer.errors import CxrError
 from cxr_transfer.parallel import bar_off
 from cxr_transfer.params import ModeConfig
+
+SELECT_WORDS = {"val_loss": "validation loss", "val_auroc": "validation AUROC"}
 
 
 class TrainingError(CxrError):
@@ -102,6 +105,7 @@ class EpochLog:
     lr: float
     seconds: float
     images_per_s: float
+    val_auroc: float = math.nan
 
 
 @dataclass
@@ -109,7 +113,8 @@ class FitState:
     """Everything needed to continue a run: saved after every completed epoch."""
 
     history: list[EpochLog] = field(default_factory=list)
-    best_val_loss: float = math.inf
+    best_val_loss: float = math.inf  # the validation loss at the best epoch
+    best_score: float = -math.inf  # what `select` ranks by: -val_loss, or val_auroc
     best_epoch: int = 0
     bad_epochs: int = 0
     stopped_early: bool = False
@@ -139,10 +144,25 @@ class Phase:
     wrap: Callable[[], Callable] | None = None  # several processes: the DDP-wrapped forward
 
 
+def val_auroc(y: torch.Tensor, probs: torch.Tensor) -> float:
+    """AUROC of the validation scores: two classes, P(second class) (the same figure for either
+    class); more, scikit-learn's macro one-vs-rest. NaN when a class is missing from `y`."""
+    from sklearn.metrics import roc_auc_score
+
+    y, probs = y.cpu().numpy(), probs.float().cpu().numpy()
+    k = probs.shape[1]
+    if len(set(y.tolist())) < k or not np.isfinite(probs).all():
+        return math.nan
+    if k == 2:
+        return float(roc_auc_score(y, probs[:, 1]))
+    return float(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+
+
 def _run_epoch(
     loop: Loop, batches, optimizer, prec: Precision, device, scaler, desc: str, sched=None, obj=None
 ):
-    """One pass over `batches` (training when `optimizer` is given): mean loss, accuracy, count.
+    """One pass over `batches` (training when `optimizer` is given): mean loss, accuracy, count,
+    and (validation) the AUROC of the softmax scores.
 
     Loss and hits are summed on the device and read once at the end: a `.item()` per batch would
     make the host wait for the accelerator every step. `sched` steps after every optimizer step;
@@ -151,7 +171,7 @@ def _run_epoch(
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     total_w = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    n = 0
+    n, scores, labels = 0, [], []
     training = optimizer is not None
     (loop.set_train if training else loop.set_eval)()
     bar = tqdm(batches, desc=desc, leave=False, mininterval=1.0, disable=bar_off(len(batches)))
@@ -177,7 +197,11 @@ def _run_epoch(
         total_w += denom
         correct += (logits.argmax(1) == yb).sum()
         n += len(yb)
-    return float(total_loss / total_w), int(correct) / n, n
+        if not training:
+            scores.append(logits.detach().float().softmax(1))
+            labels.append(yb)
+    auc = val_auroc(torch.cat(labels), torch.cat(scores)) if scores else math.nan
+    return float(total_loss / total_w), int(correct) / n, n, auc
 
 
 def _rng_state() -> dict:
@@ -262,9 +286,11 @@ def fit(
     objective: Objective | None = None,
     main: bool = True,
     processes: int = 1,
+    select: str = "val_loss",
 ) -> FitState:
     """Train for up to `epochs`, phase by phase (one phase, or a frozen-backbone phase and then the
-    rest), stopping after `patience` epochs without a lower validation loss. Resumes from `ckpt`
+    rest), stopping after `patience` epochs without a better `select` figure (a lower validation
+    loss, or a higher validation AUROC); the best epoch's weights are kept. Resumes from `ckpt`
     when it holds a run of the same fingerprint. The last phase's module holds every trained
     weight: it is what the checkpoints keep.
 
@@ -277,7 +303,7 @@ def fit(
         done = len(state.history)
         tqdm.write(
             f"resuming a killed run from epoch {done + 1} of {epochs} ({done} done; best so far epoch "
-            f"{state.best_epoch} by validation loss)"
+            f"{state.best_epoch} by {SELECT_WORDS[select]})"
         )
     for log in state.history:  # replay what a killed run already logged
         on_epoch(log)
@@ -294,7 +320,7 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]  # the rate at the epoch's first step
         t0 = time.perf_counter()
         phase.train.set_epoch(epoch)
-        tl, ta, n = _run_epoch(
+        tl, ta, n, _ = _run_epoch(
             phase.loop,
             phase.train,
             optimizer,
@@ -308,14 +334,15 @@ def fit(
         if not math.isfinite(tl):
             raise TrainingError(f"training loss is {tl} at epoch {epoch} with lr={lr}; lower the mode's lr")
         t_train = time.perf_counter() - t0
-        vl, va, _ = _run_epoch(phase.loop, phase.val, None, prec, device, None, "val")
+        vl, va, _, vauc = _run_epoch(phase.loop, phase.val, None, prec, device, None, "val")
         secs = time.perf_counter() - t0
         n *= processes  # images/s of all processes (the loss and accuracy are this process's share)
-        log = EpochLog(epoch, tl, ta, vl, va, lr, round(secs, 3), round(n / t_train, 2))
+        log = EpochLog(epoch, tl, ta, vl, va, lr, round(secs, 3), round(n / t_train, 2), vauc)
         state.history.append(log)
-        is_best = vl < state.best_val_loss  # False for NaN: a NaN epoch is never the best
+        score = -vl if select == "val_loss" else vauc
+        is_best = score > state.best_score  # False for NaN: a NaN epoch is never the best
         if is_best:
-            state.best_val_loss, state.best_epoch, state.bad_epochs = vl, epoch, 0
+            state.best_score, state.best_val_loss, state.best_epoch, state.bad_epochs = score, vl, epoch, 0
         else:
             state.bad_epochs += 1
         state.stopped_early = state.bad_epochs >= patience and epoch < epochs
@@ -326,13 +353,15 @@ def fit(
             continue
         tqdm.write(
             f"epoch {epoch:3d}  train loss {tl:.4f} acc {ta:.3f}  val loss {vl:.4f} acc {va:.3f}"
+            f" auroc {vauc:.3f}"
             f"  lr {lr:.2g}  {secs:.1f}s {n / t_train:.0f} img/s{'  *best' if is_best else ''}"
         )
     if state.best_epoch == 0:
         lr = optimizer.param_groups[0]["lr"]
         raise TrainingError(
-            f"the validation loss was not finite in any of {len(state.history)} epochs (lr={lr}), so there "
-            "is no best epoch to keep; lower the mode's lr or check the validation images"
+            f"the {SELECT_WORDS[select]} was not finite in any of {len(state.history)} epochs (lr={lr}), so "
+            "there is no best epoch to keep; lower the mode's lr or check the validation images"
+            + (" (AUROC needs every class in the validation split)" if select == "val_auroc" else "")
         )
     return state
 
@@ -356,6 +385,10 @@ def fingerprint(config: dict, code: str) -> str:
     return hashlib.sha1(json.dumps({"config": config, "code": code}, sort_keys=True).encode()).hexdigest()
 
 
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
 def summarize(state: FitState, feature_seconds: float, n_train: int, model: nn.Module) -> dict:
     """The training summary kept in the model's sidecar and DVCLive's metrics.json."""
     seconds = feature_seconds + sum(h.seconds for h in state.history)
@@ -366,6 +399,7 @@ def summarize(state: FitState, feature_seconds: float, n_train: int, model: nn.M
         "stopped_early": state.stopped_early,
         "best_val_loss": state.best_val_loss,
         "best_val_acc": state.history[state.best_epoch - 1].val_acc,
+        "best_val_auroc": _finite(state.history[state.best_epoch - 1].val_auroc),
         "train_seconds": round(seconds, 2),
         "feature_seconds": round(feature_seconds, 2),
         "images_per_s": round(n_train * len(state.history) / max(seconds, 1e-9), 2),

@@ -3,10 +3,12 @@
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cxr_transfer.calibration import calibrate, calibrate_k
 from cxr_transfer.cli import run, write_json
+from cxr_transfer.crossval import fold_figures, spread
 from cxr_transfer.engine import pick_device, predict_proba, store_budget
 from cxr_transfer.evaluation import (
     curves,
@@ -21,7 +23,7 @@ from cxr_transfer.evaluation import (
 )
 from cxr_transfer.models import load_trained
 from cxr_transfer.params import load_params
-from cxr_transfer.prepare import load_store
+from cxr_transfer.prepare import load_folds, load_store
 from cxr_transfer.speed import keep_freed_memory
 from cxr_transfer.tables import read_table
 
@@ -39,17 +41,35 @@ def main() -> None:
     keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.speed)
     p = load_params(args.params)
     cfg = p.evaluate
-    model, meta = load_trained(args.model)
-    classes = meta["classes"]
     device = pick_device(p.train.device)
-    probs = {}
-    for split in ("val", "test"):
-        x, _ = load_store(args.prepared, split)
-        budget = store_budget(device, p.train.memory_budget)
-        probs[split] = predict_proba(
-            model, meta["arch"], meta["mean"], meta["std"], x, device, budget=budget
-        ).numpy()
-    test, val = read_table(args.splits / "test.csv"), read_table(args.splits / "val.csv")
+    budget = store_budget(device, p.train.memory_budget)
+
+    def score(model_dir: Path, stores: dict) -> tuple[dict[str, np.ndarray], dict]:
+        model, meta = load_trained(model_dir)
+        args_ = (meta["arch"], meta["mean"], meta["std"])
+        return {
+            s: predict_proba(model, *args_, x, device, budget=budget).numpy() for s, x in stores.items()
+        }, meta
+
+    folds, fold = load_folds(args.prepared), None
+    if folds is None:
+        probs, meta = score(args.model, {s: load_store(args.prepared, s)[0] for s in ("val", "test")})
+        test, val = read_table(args.splits / "test.csv"), read_table(args.splits / "val.csv")
+        seconds = meta["train_seconds"]
+    else:  # out of fold: each image scored by the one model that never saw it
+        x, _ = load_store(args.prepared, "folds")
+        runs = [
+            score(args.model / f"fold{i}" if i else args.model, {s: x[f[s]] for s in ("val", "test")})
+            for i, f in enumerate(folds["folds"])
+        ]
+        meta = runs[0][1]  # fold 0's model stands for the run (its sidecar); training time is every fold's
+        seconds = sum(m["train_seconds"] for _, m in runs)
+        rows = {s: np.concatenate([f[s] for f in folds["folds"]]).astype(int) for s in ("val", "test")}
+        pool = read_table(args.splits / "folds.csv")
+        test, val = (pool.iloc[rows[s]].reset_index(drop=True) for s in ("test", "val"))
+        probs = {s: np.concatenate([q[s] for q, _ in runs]) for s in ("val", "test")}
+        fold = np.concatenate([np.full(len(f["test"]), i) for i, f in enumerate(folds["folds"])])
+    classes = meta["classes"]
     groups = test["group"].to_numpy()
     if len(classes) == 2:
         pos = classes.index(p.data.positive)
@@ -71,8 +91,15 @@ def main() -> None:
         pred = prediction_table_k(test, p_test, classes)
         roc, pr = curves_k(y, p_test, classes)
         said = f"macro AUROC {m['auroc_macro']} (95% CI {m['ci']['auroc_macro']}), {len(classes)} classes"
-    keep = ("train_seconds", "images_per_s", "best_epoch", "epochs_run", "trainable_params", "total_params")
-    full = {"arch": meta["arch"], "mode": meta["mode"], **m, **{k: meta[k] for k in keep}}
+    keep = ("images_per_s", "best_epoch", "epochs_run", "trainable_params", "total_params")
+    full = {"arch": meta["arch"], "mode": meta["mode"], **m, "train_seconds": round(seconds, 2)}
+    full |= {k: meta[k] for k in keep}
+    if fold is not None:  # each fold's figures on its own test images, and their spread
+        n_train = {i: len(f["train"]) for i, f in enumerate(folds["folds"])}
+        per_fold = fold_figures(y, p_test, fold, n_train, cfg.ece_bins)
+        full["folds"] = {"k": folds["k"], "per_fold": per_fold, "spread": spread(per_fold)}
+        pred.insert(0, "fold", fold)
+        said += f", out of fold over {folds['k']} folds"
     full["per_source"] = per_source(test, y, p_test, cfg.ece_bins)
     full["calibration"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in cal.items()}
     write_json(args.eval_dir / "metrics.json", full)

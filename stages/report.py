@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cxr_transfer import crossval
 from cxr_transfer import report as R
 from cxr_transfer import webpage as W
 from cxr_transfer.batches import Normalizer
@@ -162,7 +163,13 @@ def main() -> None:
     preds = {n: pd.read_csv(args.eval / r / "predictions.csv") for n, r in first.items()}
     compare = R.compare_modes(preds, p.data.positive, cfg.bootstrap, cfg.seed, cfg.confidence, classes)
     over = {}
-    if len(seeds) > 1:
+    folds = full[next(iter(full))][0].get("folds")  # k-fold runs: the per-fold figures of each
+    if folds:
+        for pair in compare:
+            a, b = (crossval.by_run(seeds, full[n]) for n in pair.split(" vs "))
+            over[pair] = crossval.paired_over_folds(a, b, ("accuracy", auroc_key), cfg.confidence)
+            compare[pair]["over_folds"] = over[pair]
+    elif len(seeds) > 1:
         for pair in compare:
             a, b = (dict(zip(seeds, heads[n], strict=True)) for n in pair.split(" vs "))
             over[pair] = paired_over_seeds(a, b, ("accuracy", auroc_key), cfg.confidence)
@@ -182,10 +189,17 @@ def main() -> None:
         )
     probe = json.loads(args.probe.read_text())
     unit = R.resampling_unit(next(iter(preds.values()))["group"])
-    answer = answer_lines(compare, over, len(seeds), R.flagged_probes(probe), auroc_key, unit)
+    k = folds["k"] if folds else None
+    answer = answer_lines(compare, over, len(seeds), R.flagged_probes(probe), auroc_key, unit, k)
     curves = write_plots(args, p, runs, first, preds, {n: ms[0] for n, ms in full.items()})
     shares = write_gradcam(args, p, first, preds)
     md = R.summary_markdown(table, compare, notes, probe, answer, figures, auroc_key, unit)
+    if folds:
+        head, sep, tail = md.partition("## Mode against mode (same test images")
+        md = head + "\n".join(crossval.markdown(full, auroc_key)) + "\n" + sep + ", pooled out of fold" + tail
+        md = md.replace(
+            "# Results on the test split", f"# Results out of fold ({folds['k']}-fold cross-validation)", 1
+        )
     md += R.gradcam_share_lines(shares, p.probe.box, classes, p.data.positive)
     (args.out_metrics / "summary.md").write_text(md)
     write_json(args.out_metrics / "compare.json", compare)
@@ -232,7 +246,9 @@ def write_gradcam(args, p, first, preds) -> dict:
     (args.plots / "gradcam").mkdir(exist_ok=True)
     shares = {}
     for n, r in first.items():
-        cams = Cams(args.models / r, preds[n], classes, p.data.positive)
+        pred = preds[n]  # k folds: the test store is fold 0's test part, scored by fold 0's model
+        pred = pred[pred["fold"] == 0].reset_index(drop=True) if "fold" in pred else pred
+        cams = Cams(args.models / r, pred, classes, p.data.positive)
         if p.report.gradcam_share_images:
             shares[n] = lung_share(cams, x_test, p.report.gradcam_share_images, p.report.seed, p.probe.box)
         gradcam_grid(

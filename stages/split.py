@@ -3,9 +3,18 @@
 import argparse
 from pathlib import Path
 
+import pandas as pd
+
 from cxr_transfer.cli import run, write_json
 from cxr_transfer.params import load_params
-from cxr_transfer.split import SPLITS, grouped_split, join_near_duplicates, split_summary
+from cxr_transfer.split import (
+    SPLITS,
+    fold_roles,
+    fold_summary,
+    grouped_split,
+    join_near_duplicates,
+    split_summary,
+)
 from cxr_transfer.tables import read_table
 
 
@@ -20,8 +29,13 @@ def main() -> None:
     df = read_table(args.data)
     groups_before = df["group"].nunique()
     df, n_near = join_near_duplicates(df, cfg.near_duplicate_bits, cfg.near_duplicate_framed_bits)
-    which = grouped_split(df, cfg.test_size, cfg.val_size, cfg.seed)
     args.out.mkdir(parents=True, exist_ok=True)
+    if cfg.folds:  # every image in one fold's test part; train/val/test.csv are fold 0's parts
+        roles = fold_roles(df, cfg.folds, cfg.val_size, cfg.seed)
+        pd.concat([df, roles], axis=1).to_csv(args.out / "folds.csv", index=False)
+        which = roles["f0"]
+    else:
+        which = grouped_split(df, cfg.test_size, cfg.val_size, cfg.seed)
     parts = {s: df[which == s] for s in SPLITS}
     for s, part in parts.items():
         part.to_csv(args.out / f"{s}.csv", index=False)
@@ -33,7 +47,11 @@ def main() -> None:
         "groups_before": int(groups_before),
         "groups_after": int(df["group"].nunique()),
     }
+    summary["folds"] = fold_summary(df, roles) if cfg.folds else None
     write_json(args.metrics, summary)
+    if cfg.folds:
+        sizes = [v["test"]["images"] for v in summary["folds"]["folds"].values()]
+        print(f"split: {cfg.folds} folds, test images per fold {sizes}; fold 0 is written as train/val/test")
     print(
         f"split: {summary['counts']}, group overlap {summary['group_overlap']}, "
         f"{n_near} near-duplicate pairs joined ({groups_before} -> {df['group'].nunique()} groups)"

@@ -1,7 +1,9 @@
-"""Stage train@<arch>-<mode>-<seed>: train one architecture one way from one seed; write weights, sidecar
-and DVCLive logs."""
+"""Stage train@<arch>-<mode>-<seed>: train one architecture one way from one seed (with k folds,
+one model per fold); write weights, sidecar and DVCLive logs."""
 
 import argparse
+import math
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -15,9 +17,10 @@ from cxr_transfer.errors import CxrError
 from cxr_transfer.models import build_model, get_spec
 from cxr_transfer.modes import setup_run
 from cxr_transfer.params import load_params
-from cxr_transfer.prepare import load_meta, load_store
+from cxr_transfer.prepare import load_folds, load_meta, load_store
 from cxr_transfer.speed import keep_freed_memory
 from cxr_transfer.train import (
+    SELECT_WORDS,
     Checkpoints,
     Objective,
     balanced_class_weights,
@@ -40,12 +43,15 @@ TRAIN_KEYS = (
     "sync_batchnorm",
     "compile",
     "augment",
+    "select",
+    "deterministic",
 )
 LIVE_NAMES = {
     "train_loss": "train/loss",
     "train_acc": "train/acc",
     "val_loss": "val/loss",
     "val_acc": "val/acc",
+    "val_auroc": "val/auroc",
     "lr": "lr",
     "seconds": "seconds",
     "images_per_s": "images_per_s",
@@ -55,7 +61,8 @@ LIVE_NAMES = {
 def log_epoch(live: Live, log) -> None:
     live.step = log.epoch
     for field, name in LIVE_NAMES.items():
-        live.log_metric(name, getattr(log, field))
+        if math.isfinite(v := getattr(log, field)):  # AUROC is undefined when val lacks a class
+            live.log_metric(name, v)
     live.make_summary()
 
 
@@ -78,17 +85,38 @@ def main() -> None:
     p = load_params(args.params)
     if args.mode not in p.modes:
         raise CxrError(f"unknown mode {args.mode!r}; modes in params.yaml: {sorted(p.modes)}")
-    mode, tc, spec = p.modes[args.mode], p.train, get_spec(args.arch)
-    # exactly the keys this stage reads (dvc.yaml declares them; a test traces the reads)
-    train_cfg = {k: getattr(tc, k) for k in TRAIN_KEYS} | {"seed": args.seed}
+    mode, tc = p.modes[args.mode], p.train
     if mode.freeze_epochs >= tc.epochs:
         raise CxrError(
             f"modes.{args.mode}.freeze_epochs ({mode.freeze_epochs}) leaves no epoch of train.epochs "
             f"({tc.epochs}) to train the unfrozen network; lower it or raise train.epochs"
         )
-    torch.manual_seed(args.seed)  # the one place global RNG state is seeded (dropout draws from it)
+    if tc.deterministic:  # before any CUDA work: cuBLAS reads this when it starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     metas = {s: load_meta(args.prepared, s) for s in ("train", "val")}
-    data = {s: load_store(args.prepared, s) for s in ("train", "val")}
+    folds = load_folds(args.prepared)
+    if folds is None:
+        data = {s: load_store(args.prepared, s) for s in ("train", "val")}
+        train_one(p, args, data, metas, args.out, args.live, args.resume_dir / args.out.name)
+        return
+    x, y = load_store(args.prepared, "folds")
+    pool = load_meta(args.prepared, "folds")
+    for i, fold in enumerate(folds["folds"]):  # fold 0 at the top of the run folder, fold i in fold<i>/
+        data = {s: (x[fold[s]], y[fold[s]]) for s in ("train", "val")}
+        out, live = (args.out, args.live) if i == 0 else (args.out / f"fold{i}", args.live / f"fold{i}")
+        cv = {"fold": i, "k": folds["k"], "data": pool["sha1"]}
+        train_one(p, args, data, metas, out, live, args.resume_dir / args.out.name / f"f{i}", cv)
+    shutil.rmtree(args.resume_dir / args.out.name, ignore_errors=True)
+
+
+def train_one(p, args, data, metas, out: Path, live_dir: Path, resume: Path, cv: dict | None = None) -> None:
+    """One training run (one fold's, with `cv`): seeded from args.seed, resumable from `resume`,
+    writing best.pt, last.pt and model.json to `out` and DVCLive's logs to `live_dir`."""
+    mode, tc, spec = p.modes[args.mode], p.train, get_spec(args.arch)
+    # exactly the keys this stage reads (dvc.yaml declares them; a test traces the reads)
+    train_cfg = {k: getattr(tc, k) for k in TRAIN_KEYS} | {"seed": args.seed}
+    torch.manual_seed(args.seed)  # the one place global RNG state is seeded (dropout draws from it)
     classes = metas["train"]["classes"]
     world, ranked = distributed.start(tc.device)  # torchrun: this process's rank and device
     device = ranked or pick_device(tc.device)
@@ -127,9 +155,9 @@ def main() -> None:
         "mode": asdict(mode),
         "train": train_cfg,
         "weights": {"source": p.weights.source, "dir": p.weights.dir},
-        "data": {s: m["sha1"] for s, m in metas.items()},
+        "data": {s: m["sha1"] for s, m in metas.items()} if cv is None else cv,
     }
-    ckpt = Checkpoints(args.resume_dir / args.out.name, fingerprint(config, code_digest()))
+    ckpt = Checkpoints(resume, fingerprint(config, code_digest()))
     how = "features computed once" if rs.cached_features else "full model per epoch"
     if len(rs.phases) > 1:
         first = "epoch 1" if mode.freeze_epochs == 1 else f"epochs 1-{mode.freeze_epochs}"
@@ -152,27 +180,26 @@ def main() -> None:
             objective=objective,
             main=world.main,
             processes=world.size,
+            select=tc.select,
         )
 
     if not world.main:  # every other rank trains its share and leaves the writing to rank 0
         train()
         distributed.stop(world)
         return
-    print(
-        f"train {args.out.name} (seed {args.seed}): {device}{procs}, {prec.dtype or 'fp32'}, {fmt}, "
-        f"{store}, {how}"
-    )
-    with Live(str(args.live), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+    name = args.out.name + (f" fold {cv['fold']} of {cv['k']}" if cv else "")
+    print(f"train {name} (seed {args.seed}): {device}{procs}, {prec.dtype or 'fp32'}, {fmt}, {store}, {how}")
+    with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         state = train(lambda log: log_epoch(live, log))
         distributed.stop(world)
         summary = summarize(state, rs.feature_seconds, len(data["train"][1]), model)
         live.summary.update(summary)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.cpu().state_dict(), args.out / "last.pt")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.cpu().state_dict(), out / "last.pt")
     rs.loop.trained.load_state_dict(ckpt.best())
-    torch.save(model.state_dict(), args.out / "best.pt")
+    torch.save(model.state_dict(), out / "best.pt")
     write_json(
-        args.out / "model.json",
+        out / "model.json",
         {
             "arch": args.arch,
             "mode": args.mode,
@@ -193,14 +220,17 @@ def main() -> None:
             "processes": world.size,
             "store": "streamed" if rs.streamed else "in memory",
             "cached_features": rs.cached_features,
+            **({"fold": cv["fold"], "folds": cv["k"]} if cv else {}),
             **summary,
         },
     )
-    shutil.rmtree(ckpt.folder, ignore_errors=True)
+    if cv is None:  # k folds: every fold's state stays until the last fold is done (a kill resumes there)
+        shutil.rmtree(ckpt.folder, ignore_errors=True)
     print(
-        f"train {args.out.name}: best epoch {state.best_epoch} of {summary['epochs_run']} by validation loss "
+        f"train {name}: best epoch {state.best_epoch} of {summary['epochs_run']} "
+        f"by {SELECT_WORDS[tc.select]} "
         f"(val loss {summary['best_val_loss']:.4f}, val acc {summary['best_val_acc']:.3f}), "
-        f"{summary['train_seconds']:.1f}s -> {args.out}"
+        f"{summary['train_seconds']:.1f}s -> {out}"
     )
 
 

@@ -114,6 +114,10 @@ def _with(path: str, value):
         ("data.bits_stored", 20, "data.bits_stored: must be null or in [8, 16]"),
         ("data.metadata.file", "/elsewhere/meta.csv", "data.metadata.file: '/elsewhere/meta.csv': give"),
         ("data.metadata.file", "../meta.csv", "relative to data.root"),
+        ("split.folds", 2, "split.folds: is 2; give null (one split) or a number of folds from 3 to 20"),
+        ("split.folds", "five", "split.folds: expected an integer"),
+        ("train.select", "val_acc", "train.select: 'val_acc' is not one of ['val_auroc', 'val_loss']"),
+        ("train.deterministic", "yes", "train.deterministic: expected true or false"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(path, value, expect):

@@ -7,10 +7,12 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from cxr_transfer import prepare as prepare_module
 from cxr_transfer.batches import ArrayBatches, Normalizer, augment_batch, warp
 from cxr_transfer.modes import image_batches
-from cxr_transfer.prepare import decode_split, load_meta, load_store, prepare_splits
+from cxr_transfer.prepare import decode_split, load_folds, load_meta, load_store, prepare_splits
 from cxr_transfer.registry import IMAGENET_MEAN, IMAGENET_STD
+from cxr_transfer.split import fold_roles
 
 
 def test_store_equals_the_seeds_transform_exactly(tmp_path, make_image):
@@ -45,13 +47,53 @@ def test_prepare_splits_writes_memory_mappable_stores(tmp_path, seed_layout):
     x, y = load_store(tmp_path / "prep", "train")
     assert isinstance(x, np.memmap) and x.dtype == np.uint8 and x.shape == (8, 16, 16)
     assert y.tolist() == [r["label"] for r in rows[:8]]
-    # one folder per split, so DVC can give training the train and val stores and not the test one
-    assert sorted(p.name for p in (tmp_path / "prep").iterdir()) == ["test", "train", "val"]
+    # one folder per split, so DVC can give training the train and val stores and not the test one;
+    # folds/ says there are no folds
+    assert sorted(p.name for p in (tmp_path / "prep").iterdir()) == ["folds", "test", "train", "val"]
+    assert load_folds(tmp_path / "prep") is None
     meta = load_meta(tmp_path / "prep", "test")
     assert meta == json.loads((tmp_path / "prep" / "test" / "meta.json").read_text())
     assert meta["image_size"] == 16 and meta["n"] == 2 and meta["classes"] == ["Normal", "Covid"]
     with pytest.raises(FileNotFoundError, match="run `dvc repro prepare`"):
         load_store(tmp_path / "nothing", "train")
+
+
+def test_k_folds_decode_each_image_once_and_index_the_folds(tmp_path, seed_layout, monkeypatch):
+    """folds/ holds every image once (decoded once) with each fold's parts as index lists; the
+    train/val/test stores are fold 0's parts, copied from it, identical to decoding them."""
+    files = sorted(seed_layout.rglob("*.png"))
+    df = pd.DataFrame(
+        {
+            "path": [str(f.relative_to(seed_layout)) for f in files],
+            "label": [int("COVID" in str(f)) for f in files],
+            "class": ["Covid" if "COVID" in str(f) else "Normal" for f in files],
+            "group": [f.name for f in files],
+        }
+    )
+    roles = fold_roles(df, 3, 0.5, seed=0)
+    split_dir = tmp_path / "split"
+    split_dir.mkdir()
+    pd.concat([df, roles], axis=1).to_csv(split_dir / "folds.csv", index=False)
+    for s in ("train", "val", "test"):
+        df[roles["f0"] == s].to_csv(split_dir / f"{s}.csv", index=False)
+    decoded = []
+    real = prepare_module.load_resized
+    monkeypatch.setattr(prepare_module, "load_resized", lambda p, *a: decoded.append(p) or real(p, *a))
+    prepare_splits(split_dir, seed_layout, tmp_path / "prep", 16, ["Normal", "Covid"], workers=1)
+    assert sorted(decoded) == sorted(str(seed_layout / p) for p in df["path"])  # each image once
+    folds = load_folds(tmp_path / "prep")
+    assert folds["k"] == 3 and len(folds["folds"]) == 3
+    tested = sorted(i for f in folds["folds"] for i in f["test"])
+    assert tested == list(range(len(df)))  # every image in one fold's test part
+    x, y = load_store(tmp_path / "prep", "folds")
+    assert y.tolist() == df["label"].tolist()
+    for s in ("train", "val", "test"):
+        xs, ys = load_store(tmp_path / "prep", s)
+        idx = folds["folds"][0][s]
+        assert idx == np.flatnonzero(roles["f0"] == s).tolist()
+        assert np.array_equal(xs, x[idx]) and np.array_equal(ys, y[idx])
+        assert np.array_equal(xs, decode_split([str(seed_layout / p) for p in df["path"].iloc[idx]], 16, 1))
+    assert load_meta(tmp_path / "prep", "folds")["n"] == len(df)
 
 
 @pytest.mark.parametrize("n, batch, sizes", [(10, 4, [4, 4, 2]), (3, 32, [3]), (8, 8, [8])])

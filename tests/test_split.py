@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_transfer.split import SPLITS, SplitError, grouped_split, split_summary
+from cxr_transfer.split import SPLITS, SplitError, fold_roles, fold_summary, grouped_split, split_summary
 
 
 def table(n_normal: int, n_covid: int, group_size: int = 1, seed: int = 0) -> pd.DataFrame:
@@ -84,3 +84,48 @@ def test_a_large_patient_and_mixed_class_patients_stay_whole():
         assert abs(len(parts["test"]) - 0.2 * n) <= 40  # off by at most the largest group
         for s in SPLITS:
             assert set(parts[s]["class"]) == {"Normal", "Covid"}, (seed, s)
+
+
+@pytest.mark.parametrize(
+    "n_normal, n_covid, group_size, k",
+    [
+        (100, 100, 1, 5),
+        (300, 90, 3, 5),  # imbalanced, patients with 3 images each
+        (40, 40, 2, 3),
+        (60, 30, 1, 10),
+    ],
+)
+def test_k_folds_test_every_image_once_and_never_split_a_group(n_normal, n_covid, group_size, k):
+    df = table(n_normal, n_covid, group_size)
+    roles = fold_roles(df, k, 0.2, seed=42)
+    assert list(roles.columns) == [f"f{i}" for i in range(k)]
+    assert ((roles == "test").sum(axis=1) == 1).all()  # the union of the test parts is every image, disjoint
+    for f in roles.columns:
+        groups_in = {s: set(df.loc[roles[f] == s, "group"]) for s in SPLITS}
+        assert not groups_in["train"] & groups_in["val"]
+        assert not groups_in["train"] & groups_in["test"] and not groups_in["val"] & groups_in["test"]
+        # the test fold keeps the class mix (within one group of the exact share per class)
+        test = df[roles[f] == "test"]
+        for cls, n in (("Normal", n_normal), ("Covid", n_covid)):
+            assert abs((test["class"] == cls).sum() - n / k) <= group_size + 1
+        # validation: a fifth of the training part (val_size 0.2), by groups
+        rest = (roles[f] != "test").sum()
+        assert abs((roles[f] == "val").sum() - rest / 5) <= 2 * group_size + 1
+    s = fold_summary(df, roles)
+    assert s["images_tested_once"] == len(df) and s["k"] == k
+    assert all(v["group_overlap"] == 0 for v in s["folds"].values())
+    assert sum(v["test"]["images"] for v in s["folds"].values()) == len(df)
+
+
+def test_k_folds_are_seeded():
+    df = table(50, 50, 2)
+    assert fold_roles(df, 5, 0.2, 1).equals(fold_roles(df, 5, 0.2, 1))
+    assert not fold_roles(df, 5, 0.2, 1).equals(fold_roles(df, 5, 0.2, 2))
+
+
+def test_too_few_groups_for_the_folds_names_the_class_and_the_fix():
+    df = table(30, 4, 1)
+    with pytest.raises(
+        SplitError, match=r"split.folds=5: class Covid has 4 independent image group\(s\), fewer than"
+    ):
+        fold_roles(df, 5, 0.2, 0)

@@ -259,7 +259,7 @@ def test_an_epoch_reads_its_totals_from_the_device_once(tmp_path, monkeypatch):
             return _orig(self, *a)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
-    loss, acc, n = _run_epoch(rs.loop, rs.train, opt, PREC, CPU, None, "t")
+    loss, acc, n, _ = _run_epoch(rs.loop, rs.train, opt, PREC, CPU, None, "t")
     assert len(rs.train) == 10 and n == 40
     assert reads == ["__float__", "__int__"]  # one read of the loss and one of the hits, not one per batch
     assert acc * 40 == round(acc * 40)
@@ -398,3 +398,61 @@ def test_the_balanced_sampler_draws_each_class_equally_often():
     plain = ArrayBatches(np.zeros((100, 2)), y, 25, shuffle=True, seed=3)
     plain.set_epoch(1)
     assert sum(int(v) for _, yb in plain for v in yb) == 10  # without it: a permutation
+
+
+# validation figures per epoch, scripted: the loss is lowest at epoch 2, the AUROC highest at epoch 4
+SCRIPT = {
+    1: (0.70, 0.60),
+    2: (0.50, 0.70),
+    3: (0.60, 0.80),
+    4: (0.65, 0.95),
+    5: (0.66, 0.90),
+    6: (0.67, 0.85),
+}
+
+
+@pytest.mark.parametrize("select, best, stopped_after", [("val_loss", 2, 4), ("val_auroc", 4, 6)])
+def test_select_picks_the_epoch_and_stops_on_the_chosen_figure(
+    tmp_path, monkeypatch, select, best, stopped_after
+):
+    """Early stopping (patience 2) and best.pt follow validation loss or validation AUROC, as asked."""
+    data = tiny_data()
+    torch.manual_seed(0)
+    model = build_model("resnet18", None, 2, seed=0)
+    rs = setup_run(model, get_spec("resnet18"), "head", data, 8, 0, False, CPU, PREC)
+    real, epoch = train_module._run_epoch, {"n": 0}
+
+    def scripted(loop, batches, optimizer, *a, **k):
+        tl, ta, n, auc = real(loop, batches, optimizer, *a, **k)
+        if optimizer is not None:
+            epoch["n"] += 1
+            return tl, ta, n, auc
+        vl, vauc = SCRIPT[epoch["n"]]
+        return vl, ta, n, vauc
+
+    snapshots = {}
+    monkeypatch.setattr(train_module, "_run_epoch", scripted)
+    opt = make_optimizer(rs.loop.trained.parameters(), ADAM)
+    ckpt = Checkpoints(tmp_path, "fp")
+    keep = lambda log: snapshots.setdefault(log.epoch, rs.loop.trained.weight.detach().clone())  # noqa: E731
+    state = fit(rs.phases, opt, 6, 2, ckpt, PREC, CPU, keep, select=select)
+    assert state.best_epoch == best and len(state.history) == stopped_after
+    assert state.best_val_loss == SCRIPT[best][0]
+    assert torch.equal(ckpt.best()["weight"], snapshots[best])
+    assert [h.val_auroc for h in state.history] == [SCRIPT[e][1] for e in range(1, stopped_after + 1)]
+
+
+def test_val_auroc_is_scikit_learns_and_nan_without_both_classes():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = torch.as_tensor(rng.integers(0, 3, 50))
+    probs = torch.as_tensor(rng.dirichlet([1, 1, 1], 50), dtype=torch.float32)
+    want = roc_auc_score(y.numpy(), probs.numpy(), multi_class="ovr", average="macro")
+    assert train_module.val_auroc(y, probs) == pytest.approx(want, abs=1e-6)
+    two = torch.stack([1 - probs[:, 0], probs[:, 0]], 1)
+    yb = (y == 0).long()
+    assert train_module.val_auroc(yb, two) == pytest.approx(
+        roc_auc_score(yb.numpy(), probs[:, 0].numpy()), abs=1e-6
+    )
+    assert np.isnan(train_module.val_auroc(torch.zeros(5, dtype=torch.long), two[:5]))
