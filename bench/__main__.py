@@ -1,5 +1,5 @@
 """python -m bench [--size tiny|full] [--cases input,fe,index,demo,gpu,neardup,probe,dataset,onnx,
-cpu-train,stream] [--tag T]
+cpu-train,stream,folds] [--tag T]
 
 Runs the seed's way and ours side by side, writes bench/results/<device>-<date>.json and prints a
 Markdown table. `tiny` checks that everything runs (the test suite uses it); `full` is the measure."""
@@ -47,6 +47,7 @@ SIZES = {
             heap=[dict(arch="efficientnet_lite0", size=32, batch=8, n=16)],
         ),
         "stream": dict(n=64, size=32, epochs=1, prepare=[dict(n=50, size=64)]),
+        "folds": dict(k=3),
     },
     "full": {
         "input": dict(n=512, sizes=(224, 96), reps=3),
@@ -72,6 +73,7 @@ SIZES = {
             ],
         ),
         "stream": dict(n=1024, size=96, epochs=1, prepare=[dict(n=2000, size=256), dict(n=8000, size=256)]),
+        "folds": dict(k=5),
     },
 }
 
@@ -101,6 +103,20 @@ def table(results: dict) -> str:
         r = results["demo"]
         rows.append(f"| demo cold `dvc repro` | - | {r['cold_total_seconds']} s | - | <= 180 s |")
         rows.append(f"| demo no-op `dvc repro` | - | {r['noop_seconds']} s | - | < 5 s |")
+    if "folds" in results:
+        r = results["folds"]
+        one, many = r["single"], r[f"k{r['k']}"]
+        rows.append(
+            f"| demo synthesize + index + split + prepare + probe, one split -> {r['k']} folds "
+            f"| {one['decode_and_probe_seconds']} s | {many['decode_and_probe_seconds']} s "
+            f"| {r['decode_and_probe_ratio']}x | not x{r['k']} |"
+        )
+        rows.append(
+            f"| demo cold `dvc repro`, one split -> {r['k']} folds (training {one['train_seconds']} s -> "
+            f"{many['train_seconds']} s) | {one['cold_total_seconds']} s | {many['cold_total_seconds']} s "
+            f"| fixed part {r['fixed_part_seconds']} s "
+            f"| <= {r['k']} x training + 60 s = {r['bound_seconds']} s |"
+        )
     if "neardup" in results:
         r = results["neardup"]
         per = " + ".join(f"{q['seconds']} s at {q['max_bits']} bits" for q in r["searches"])
@@ -187,7 +203,9 @@ def table(results: dict) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", choices=sorted(SIZES), default="full")
-    ap.add_argument("--cases", default="input,fe,index,demo,gpu,neardup,probe,dataset,onnx,cpu-train,stream")
+    ap.add_argument(
+        "--cases", default="input,fe,index,demo,gpu,neardup,probe,dataset,onnx,cpu-train,stream,folds"
+    )
     ap.add_argument("--tag", default="", help="appended to the result file's name (keeps earlier results)")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--device", default="auto")
@@ -218,6 +236,8 @@ def main(argv=None) -> dict:
             results["onnx"] = cases.onnx_inference(work, **cfg["onnx"])
         if "cpu-train" in want:
             results["cpu-train"] = cases.cpu_train(**cfg["cpu-train"])
+        if "folds" in want:
+            results["folds"] = cases.folds_cost(work, cfg["folds"]["k"], cfg["demo"])
         if "stream" in want:
             results["stream"] = cases.streaming(work / "stream", **cfg["stream"])
         if "gpu" in want:

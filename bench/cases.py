@@ -239,6 +239,38 @@ def demo(work: Path, params: dict | None = None) -> dict:
     }
 
 
+DECODE_STAGES = ("synthesize", "index", "split", "prepare", "probe")
+
+
+def folds_cost(work: Path, k: int, params: dict | None = None) -> dict:
+    """Cold `dvc repro` of the demo with one split and with k folds: the stages that decode and
+    probe (they must not cost k times), the training stages, and the issue's bound on the k-fold
+    run: k x the one-split training time plus a fixed part under a minute."""
+    runs = {}
+    for folds in (None, k):
+        r = demo(work, {**(params or {}), ("split", "folds"): folds})
+        st = r["stages"]
+        runs["single" if folds is None else f"k{k}"] = {
+            "cold_total_seconds": r["cold_total_seconds"],
+            "decode_and_probe_seconds": round(sum(v for n, v in st.items() if n in DECODE_STAGES), 2),
+            "train_seconds": round(sum(v for n, v in st.items() if n.startswith("train@")), 2),
+            "evaluate_seconds": round(sum(v for n, v in st.items() if n.startswith("evaluate@")), 2),
+            "stages": st,
+        }
+    one, many = runs["single"], runs[f"k{k}"]
+    bound = k * one["train_seconds"] + 60
+    return {
+        "k": k,
+        **runs,
+        "decode_and_probe_ratio": round(
+            many["decode_and_probe_seconds"] / one["decode_and_probe_seconds"], 2
+        ),
+        "bound_seconds": round(bound, 1),
+        "within_bound": many["cold_total_seconds"] <= bound,
+        "fixed_part_seconds": round(many["cold_total_seconds"] - k * one["train_seconds"], 1),
+    }
+
+
 def _training_rates(project: Path) -> dict[str, dict]:
     """Each run's training seconds and images/s as its model.json states them."""
     keys = ("train_seconds", "feature_seconds", "images_per_s", "precision", "memory_format")

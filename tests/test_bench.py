@@ -37,6 +37,11 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
     (pp,) = st["prepare"]
     assert pp["store_mib"] == round(50 * 64 * 64 / 2**20, 1) and pp["peak_anon_growth_mib"] < 64
     assert f"| {st['ratio']}x |" in res["table"]
+    fo = saved["folds"]  # one split vs 3 folds, each a cold dvc repro of the tiny demo
+    assert fo["k"] == 3 and {"synthesize", "index", "split", "prepare", "probe"} <= set(fo["k3"]["stages"])
+    assert fo["k3"]["train_seconds"] > 0 and fo["single"]["train_seconds"] > 0
+    assert fo["bound_seconds"] == pytest.approx(3 * fo["single"]["train_seconds"] + 60, abs=0.1)
+    assert f"| {fo['decode_and_probe_ratio']}x | not x3 |" in res["table"]
     inp = saved["input"][0]
     assert inp["images"] == 64
     assert inp["ratio"] == pytest.approx(
