@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from cxr_transfer import multiclass
+from cxr_transfer.calibration import calibrate, calibrate_k
+from cxr_transfer.cli import write_json
 from cxr_transfer.metrics import (
     bootstrap_ci,
     point_metrics,
@@ -191,3 +195,40 @@ def curves_k(y, P, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         pd.concat([p[i].assign(**{"class": name}) for p, name in zip(parts, classes, strict=True)])
         for i in (0, 1)
     )
+
+
+def score_split(test: pd.DataFrame, val: pd.DataFrame, probs: dict, classes: list[str], positive, cfg):
+    """One model's scores on a test set, judged: the metrics (threshold from `val`, never from
+    test), the per-image predictions (with temperature-scaled probabilities, two classes), the
+    ROC and PR points, (y, scores) as the metrics saw them, and the calibration block. `probs`
+    holds the (N, K) probabilities of "test" and "val"; `cfg` is params' evaluate section."""
+    groups = test["group"].to_numpy()
+    reps, seed, conf, bins = cfg.bootstrap, cfg.seed, cfg.confidence, cfg.ece_bins
+    if len(classes) == 2:
+        pos = classes.index(positive)
+        y, y_val = (test["label"] == pos).to_numpy(), (val["label"] == pos).to_numpy()
+        p_test, p_val = probs["test"][:, pos], probs["val"][:, pos]
+        m = evaluate(y, p_test, groups, y_val, p_val, reps, seed, conf, bins)
+        cal, p_cal = calibrate(y_val, p_val, y, p_test, bins)
+        pred = prediction_table(test, p_test, classes, positive)
+        if p_cal is not None:
+            pred["probability_calibrated"] = p_cal.round(6)  # temperature-scaled on validation
+        roc_pr = curves(y, p_test)
+    else:
+        y, y_val, p_test = test["label"].to_numpy(), val["label"].to_numpy(), probs["test"]
+        m = evaluate_k(y, p_test, groups, classes, positive, reps, seed, conf, bins)
+        cal = calibrate_k(y_val, probs["val"], y, p_test, bins)
+        pred = prediction_table_k(test, p_test, classes)
+        roc_pr = curves_k(y, p_test, classes)
+    cal = {k: round(v, 6) if isinstance(v, float) else v for k, v in cal.items()}
+    return m, pred, roc_pr, (y, p_test), cal
+
+
+def write_scored(folder: Path, full: dict, pred: pd.DataFrame, roc: pd.DataFrame, pr: pd.DataFrame) -> None:
+    """metrics.json (everything), headline.json (the lean figures the report averages over seeds),
+    predictions.csv, roc.csv and pr.csv in `folder`."""
+    write_json(folder / "metrics.json", full)
+    write_json(folder / "headline.json", headline(full) if "auroc_macro" not in full else headline_k(full))
+    pred.to_csv(folder / "predictions.csv", index=False)
+    roc.to_csv(folder / "roc.csv", index=False)
+    pr.to_csv(folder / "pr.csv", index=False)

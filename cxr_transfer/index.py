@@ -18,6 +18,7 @@ from cxr_transfer.dicom import is_dicom
 from cxr_transfer.errors import CxrError
 from cxr_transfer.groups import group_names
 from cxr_transfer.imageio import IMAGE_EXTS, OS_FILES, Unreadable, read_gray
+from cxr_transfer.metadata import plan
 from cxr_transfer.neardup import framed_phash, phash
 from cxr_transfer.parallel import chunked_map
 
@@ -200,6 +201,35 @@ def build_index(
     if sources:
         report["images_without_source"] = int((df["source"] == "").sum())
     return df[COLUMNS].sort_values("path").reset_index(drop=True), report
+
+
+def index_folder(
+    root: Path, classes, metadata, metadata_paths, max_pixels: int, workers: int, bits_stored=None
+):
+    """Index one folder of class folders with its metadata tables (patients, sources): the index
+    stage's whole job, shared by the external test sets. Returns (data frame, report)."""
+    mp = plan(
+        Path(root),
+        classes,
+        metadata_paths,
+        metadata.filename_column,
+        metadata.patient_column,
+        metadata.source_column,
+    )
+    groups = sources = None
+    if mp.tables and mp.patient_column:
+        groups = read_columns(mp.tables, metadata.filename_column, mp.patient_column, "patient_column")
+    if mp.tables and mp.source_column:
+        sources = read_columns(mp.tables, metadata.filename_column, mp.source_column, "source_column")
+    df, report = build_index(Path(root), classes, max_pixels, workers, groups, bits_stored, sources)
+    report["metadata"] = {
+        "tables": [t.name for t in mp.tables],
+        "found": mp.found,
+        "patient_column": mp.patient_column,
+        "source_column": mp.source_column,
+        "notes": mp.notes,
+    }
+    return df, report
 
 
 def _drop_label_conflicts(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:

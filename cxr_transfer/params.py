@@ -90,6 +90,7 @@ class DataConfig:
 
 
 SYNTH_CLASSES = ("Normal", "Covid", "Pneumonia")
+SYNTH_SITES = ("none", "site-b")
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,10 @@ class SynthesizeConfig:
     seed: int = 0
     shortcut: str = "none"
     classes: tuple[str, ...] = ("Normal", "Covid")
+    external: str = "site-b"  # a second site's images (another acquisition, no shortcut) in data/site-b
 
     def __post_init__(self):
+        _choice(self.external, "synthesize.external", SYNTH_SITES)
         for c in self.classes:
             _choice(c, "synthesize.classes", SYNTH_CLASSES)
         _check(
@@ -111,6 +114,17 @@ class SynthesizeConfig:
         _choice(self.shortcut, "synthesize.shortcut", ("none", "border", "marker", "exposure"))
         _check(self.n_per_class >= 1, "synthesize.n_per_class", "must be >= 1")
         _check(32 <= self.image_size <= 1024, "synthesize.image_size", "must be in [32, 1024]")
+
+
+@dataclass(frozen=True)
+class ExternalConfig:
+    """An external test set: another site's images, indexed and prepared by the training data's
+    rules and scored by every trained model; never used to train, select or threshold."""
+
+    name: str
+    root: str
+    classes: dict[str, tuple[str, ...]] | None = None  # folder aliases per class; None = data.classes'
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
 
 
 @dataclass(frozen=True)
@@ -363,8 +377,20 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    external: tuple[ExternalConfig, ...] = (ExternalConfig("site-b", "data/site-b"),)
 
     def __post_init__(self):
+        names = [e.name for e in self.external]
+        for i, e in enumerate(self.external):
+            key = f"external[{i}]"
+            ok = e.name != "" and all(c.isalnum() or c in "-_" for c in e.name)
+            _check(
+                ok, f"{key}.name", f"{e.name!r}: use letters, digits, - and _ (it names folders and stages)"
+            )
+            _check(names.count(e.name) == 1, f"{key}.name", f"{e.name!r} names two external sets")
+            _check(e.root.strip() != "", f"{key}.root", "name the folder of the external set's class folders")
+            for c in e.classes or {}:
+                _choice(c, f"{key}.classes", self.data.classes)
         _check(len(self.archs) > 0, "archs", "name at least one architecture")
         for a in self.archs:
             _choice(a, "archs", ARCHS)

@@ -61,7 +61,7 @@ def store_digest(x: np.ndarray, y: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _write_store(folder: Path, x_fill, df: pd.DataFrame, size: int, split: str, base: dict) -> dict:
+def write_store(folder: Path, x_fill, df: pd.DataFrame, size: int, split: str, base: dict) -> dict:
     """One store: x.npy (written in place by `x_fill`, so a split larger than memory still fits),
     y.npy and meta.json with the content hash and what the source images looked like."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,7 @@ def prepare_splits(
         paths = [str(root / p) for p in df["path"]]
         fill = lambda x: decode_into(x, paths, size, workers, "prepare (all folds)", bits_stored)  # noqa: E731
         cols = sorted((c for c in df.columns if c[:1] == "f" and c[1:].isdigit()), key=lambda c: int(c[1:]))
-        metas["folds"] = _write_store(out_dir / "folds", fill, df, size, "folds", {**base, "k": len(cols)})
+        metas["folds"] = write_store(out_dir / "folds", fill, df, size, "folds", {**base, "k": len(cols)})
         folds = [{s: np.flatnonzero(df[c] == s).tolist() for s in ("train", "val", "test")} for c in cols]
         (out_dir / "folds" / "folds.json").write_text(json.dumps({"k": len(cols), "folds": folds}) + "\n")
         pool = (np.load(out_dir / "folds" / "x.npy", mmap_mode="r"), {p: i for i, p in enumerate(df["path"])})
@@ -119,7 +119,7 @@ def prepare_splits(
         else:  # fold 0's part: copied rows of the decoded pool, not decoded again
             rows = np.array([pool[1][p] for p in df["path"]], dtype=np.int64)
             fill = lambda x, rows=rows: x.__setitem__(slice(None), pool[0][rows])  # noqa: E731
-        metas[split] = _write_store(out_dir / split, fill, df, size, split, base)
+        metas[split] = write_store(out_dir / split, fill, df, size, split, base)
     return metas
 
 

@@ -169,7 +169,7 @@ def stale_runs(folders: dict[str, Path], current: set[str]) -> list[str]:
             out += [
                 f"{kind}/{d.name}"
                 for d in sorted(Path(folder).iterdir())
-                if d.is_dir() and d.name not in current and d.name != "probe"
+                if d.is_dir() and d.name not in current and d.name not in ("probe", "external")
             ]
     return out
 

@@ -161,12 +161,31 @@ def add_shortcut(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.nda
     return img
 
 
+def _site_b(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Another hospital's acquisition of the same anatomy and disease: a brighter, flatter
+    exposure (another detector and processing), softer and noisier (lower dose, another
+    resolution), and a burned-in label block along the bottom edge; on every image of both
+    classes, so it is a site difference, not a class shortcut."""
+    s = img.shape[0]
+    img = np.clip(img, 0, 1) ** rng.uniform(0.6, 0.8) * rng.uniform(0.75, 0.85) + rng.uniform(0.10, 0.18)
+    img = gaussian_filter(img, rng.uniform(0.8, 1.2)) + rng.normal(0, rng.uniform(0.03, 0.05), img.shape)
+    h, w = max(3, s // 20), max(8, s // 3)
+    c = int(rng.integers(s // 32, s - w - s // 32))
+    img[s - h - s // 32 : s - s // 32, c : c + w] = np.where(rng.random((h, w)) < 0.4, 0.95, 0.2)
+    return img
+
+
 def render_cxr(
-    rng: np.random.Generator, size: int, covid: bool, shortcut: str = "none", pneumonia: bool = False
+    rng: np.random.Generator,
+    size: int,
+    covid: bool,
+    shortcut: str = "none",
+    pneumonia: bool = False,
+    site: str = "a",
 ) -> np.ndarray:
     """One synthetic radiograph as a (size, size) uint8 array; `shortcut` adds a source artefact
     to Covid images only (the demo's lesson: the probes flag it); `pneumonia` (with covid False)
-    adds a lobar consolidation."""
+    adds a lobar consolidation; site "b" acquires it the way a second hospital does."""
     x, y = _grid(rng, size)
     body = _ellipse(x, y, 0.0, 0.08, rng.uniform(0.8, 0.9), 1.1, 0.03)
     lungs = _lungs(x, y, rng)
@@ -185,16 +204,19 @@ def render_cxr(
     img = np.clip(a * rng.uniform(0.9, 1.5) + rng.uniform(-0.05, 0.12), 0, 1) ** rng.uniform(0.8, 1.25)
     img = gaussian_filter(img, 0.6) + rng.normal(0, rng.uniform(0.01, 0.03), img.shape)
     _marker(img, rng)
+    if site == "b":
+        img = _site_b(img, np.random.default_rng(rng.integers(2**32)))
     if covid and shortcut != "none":
         img = add_shortcut(img, shortcut, np.random.default_rng(rng.integers(2**32)))
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
-def _write_one(args: tuple[Path, str, int, int, int, int, str]) -> None:
-    folder, cls, label, i, size, seed, shortcut = args
-    rng = np.random.default_rng([seed, label, i])  # order-independent per image
-    arr = render_cxr(rng, size, covid=(cls == "Covid"), shortcut=shortcut, pneumonia=(cls == "Pneumonia"))
-    Image.fromarray(arr, mode="L").save(folder / f"{cls}-{i + 1:04d}.png")
+def _write_one(args: tuple[Path, str, int, int, int, int, str, str]) -> None:
+    folder, cls, label, i, size, seed, shortcut, site = args
+    rng = np.random.default_rng([seed, label, i] if site == "a" else [seed, label, i, 2])  # per image
+    arr = render_cxr(rng, size, cls == "Covid", shortcut, cls == "Pneumonia", site)
+    prefix = "" if site == "a" else f"site-{site}-"
+    Image.fromarray(arr, mode="L").save(folder / f"{prefix}{cls}-{i + 1:04d}.png")
 
 
 def synthesize(
@@ -205,16 +227,23 @@ def synthesize(
     workers: int = 0,
     shortcut: str = "none",
     classes=("Normal", "Covid"),
+    site: str = "a",
 ) -> dict[str, int]:
     """Write n_per_class PNGs per class under out_dir/<CLASS>/, in parallel; returns counts per
-    class. Each image depends only on (seed, class, number): adding a class changes no other."""
+    class. Each image depends only on (seed, class, number, site): adding a class changes no other.
+    Site "b" (an external test site) writes half as many Normal and a quarter as many Covid images
+    (another prevalence), 1.5 times the size, never with the shortcut."""
     jobs = []
+    counts = {}
     for label, (cls, folder) in enumerate(CLASS_DIRS.items()):
         if cls not in classes:
             continue
         d = Path(out_dir) / folder
         d.mkdir(parents=True, exist_ok=True)
-        jobs += [(d, cls, label, i, size, seed, shortcut) for i in range(n_per_class)]
+        n = n_per_class if site == "a" else max(2, n_per_class // (2 if cls == "Normal" else 4))
+        s, cut = (size, shortcut) if site == "a" else (size * 3 // 2, "none")
+        jobs += [(d, cls, label, i, s, seed, cut, site) for i in range(n)]
+        counts[cls] = n
     workers = workers or os.cpu_count() or 1
     if workers == 1:
         for job in jobs:
@@ -222,4 +251,4 @@ def synthesize(
     else:
         with ProcessPoolExecutor(workers) as pool:
             list(pool.map(_write_one, jobs, chunksize=16))
-    return {cls: n_per_class for cls in CLASS_DIRS if cls in classes}
+    return counts

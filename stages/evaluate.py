@@ -6,21 +6,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxr_transfer.calibration import calibrate, calibrate_k
-from cxr_transfer.cli import run, write_json
+from cxr_transfer.cli import run
 from cxr_transfer.crossval import fold_figures, spread
 from cxr_transfer.engine import pick_device, predict_proba, store_budget
-from cxr_transfer.evaluation import (
-    curves,
-    curves_k,
-    evaluate,
-    evaluate_k,
-    headline,
-    headline_k,
-    per_source,
-    prediction_table,
-    prediction_table_k,
-)
+from cxr_transfer.evaluation import per_source, score_split, write_scored
 from cxr_transfer.models import load_trained
 from cxr_transfer.params import load_params
 from cxr_transfer.prepare import load_folds, load_store
@@ -70,27 +59,12 @@ def main() -> None:
         probs = {s: np.concatenate([q[s] for q, _ in runs]) for s in ("val", "test")}
         fold = np.concatenate([np.full(len(f["test"]), i) for i, f in enumerate(folds["folds"])])
     classes = meta["classes"]
-    groups = test["group"].to_numpy()
-    if len(classes) == 2:
-        pos = classes.index(p.data.positive)
-        y, y_val = (test["label"] == pos).to_numpy(), (val["label"] == pos).to_numpy()
-        p_test, p_val = probs["test"][:, pos], probs["val"][:, pos]
-        m = evaluate(y, p_test, groups, y_val, p_val, cfg.bootstrap, cfg.seed, cfg.confidence, cfg.ece_bins)
-        cal, p_cal = calibrate(y_val, p_val, y, p_test, cfg.ece_bins)
-        pred = prediction_table(test, p_test, classes, p.data.positive)
-        if p_cal is not None:
-            pred["probability_calibrated"] = p_cal.round(6)  # temperature-scaled on validation
-        roc, pr = curves(y, p_test)
-        said = f"AUROC {m['auroc']} (95% CI {m['ci']['auroc']})"
-    else:
-        y, y_val, p_test = test["label"].to_numpy(), val["label"].to_numpy(), probs["test"]
-        m = evaluate_k(
-            y, p_test, groups, classes, p.data.positive, cfg.bootstrap, cfg.seed, cfg.confidence, cfg.ece_bins
-        )
-        cal = calibrate_k(y_val, probs["val"], y, p_test, cfg.ece_bins)
-        pred = prediction_table_k(test, p_test, classes)
-        roc, pr = curves_k(y, p_test, classes)
-        said = f"macro AUROC {m['auroc_macro']} (95% CI {m['ci']['auroc_macro']}), {len(classes)} classes"
+    m, pred, (roc, pr), (y, p_test), cal = score_split(test, val, probs, classes, p.data.positive, cfg)
+    said = (
+        f"AUROC {m['auroc']} (95% CI {m['ci']['auroc']})"
+        if len(classes) == 2
+        else f"macro AUROC {m['auroc_macro']} (95% CI {m['ci']['auroc_macro']}), {len(classes)} classes"
+    )
     keep = ("images_per_s", "best_epoch", "epochs_run", "trainable_params", "total_params")
     full = {"arch": meta["arch"], "mode": meta["mode"], **m, "train_seconds": round(seconds, 2)}
     full |= {k: meta[k] for k in keep}
@@ -101,13 +75,8 @@ def main() -> None:
         pred.insert(0, "fold", fold)
         said += f", out of fold over {folds['k']} folds"
     full["per_source"] = per_source(test, y, p_test, cfg.ece_bins)
-    full["calibration"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in cal.items()}
-    write_json(args.eval_dir / "metrics.json", full)
-    head = headline(full) if len(classes) == 2 else headline_k(full)
-    write_json(args.eval_dir / "headline.json", head)  # the report averages it over seeds
-    pred.to_csv(args.eval_dir / "predictions.csv", index=False)
-    roc.to_csv(args.eval_dir / "roc.csv", index=False)
-    pr.to_csv(args.eval_dir / "pr.csv", index=False)
+    full["calibration"] = cal
+    write_scored(args.eval_dir, full, pred, roc, pr)
     print(f"evaluate {args.model.name}: accuracy {m['accuracy']}, {said} on {len(y)} test images")
 
 

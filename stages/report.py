@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from cxr_transfer import crossval
+from cxr_transfer import external as EXT
 from cxr_transfer import report as R
 from cxr_transfer import webpage as W
 from cxr_transfer.batches import Normalizer
@@ -191,6 +192,9 @@ def main() -> None:
     unit = R.resampling_unit(next(iter(preds.values()))["group"])
     k = folds["k"] if folds else None
     answer = answer_lines(compare, over, len(seeds), R.flagged_probes(probe), auroc_key, unit, k)
+    sites, shortcut = external_results(args, p, first, preds, probe)
+    if sites:
+        answer += ["**On images from another site:**", "", *EXT.answer_lines(sites)]
     curves = write_plots(args, p, runs, first, preds, {n: ms[0] for n, ms in full.items()})
     shares = write_gradcam(args, p, first, preds)
     md = R.summary_markdown(table, compare, notes, probe, answer, figures, auroc_key, unit)
@@ -200,12 +204,46 @@ def main() -> None:
         md = md.replace(
             "# Results on the test split", f"# Results out of fold ({folds['k']}-fold cross-validation)", 1
         )
+    if sites:
+        head, sep, tail = md.partition("## Mode against mode")
+        md = head + "\n".join(EXT.markdown(sites, shortcut, unit)) + "\n" + sep + tail
+        head, sep, tail = md.partition("## The results")
+        lead = "**At the external sites** (do the shortcut baselines carry over?):"
+        md = head + "\n".join([lead, "", *shortcut, "", ""]) + sep + tail
     md += R.gradcam_share_lines(shares, p.probe.box, classes, p.data.positive)
     (args.out_metrics / "summary.md").write_text(md)
     write_json(args.out_metrics / "compare.json", compare)
     write_json(args.out_metrics / "gradcam_share.json", shares)
+    write_json(args.out_metrics / "external.json", {"sites": sites, "shortcut_baselines": shortcut})
     write_pages(args, p, md, curves, first, shares)
     print(md)
+
+
+def external_results(args, p, first: dict, preds: dict, probe: dict) -> tuple[list[dict], list[str]]:
+    """Each external set against the internal test set (the first seed's runs): figures, drops,
+    rankings, and whether the probes' baselines and the best internal CNN carry over."""
+    sites, lines = [], []
+    classes, cfg = list(p.data.classes), p.evaluate
+    best = max(first, key=lambda n: (preds[n]["predicted"] == preds[n]["class"]).mean())  # internal winner
+    for e in p.external:
+        folder = args.eval / "external" / e.name
+        ext = {n: pd.read_csv(folder / r / "predictions.csv") for n, r in first.items()}
+        site = EXT.compare_sites(
+            e.name,
+            len(next(iter(ext.values()))),
+            preds,
+            ext,
+            classes,
+            p.data.positive,
+            (cfg.bootstrap, cfg.seed, cfg.confidence),
+        )
+        sites.append(site)
+        base = json.loads((folder / "baselines.json").read_text())
+        r = site["runs"][best]
+        lines.append(
+            EXT.shortcut_line(e.name, probe, base, best, r["internal"]["auroc"], r["external"]["auroc"])
+        )
+    return sites, lines
 
 
 def write_plots(args, p, runs, first, preds, metrics) -> None:

@@ -13,6 +13,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", type=Path, required=True, help="folder to write <CLASS>/*.png into")
+    ap.add_argument("--external", type=Path, required=True, help="folder of the second site's images")
     args = ap.parse_args()
     cfg = load_params(args.params).synthesize
     shutil.rmtree(args.out, ignore_errors=True)
@@ -20,6 +21,15 @@ def main() -> None:
         args.out, cfg.n_per_class, cfg.image_size, cfg.seed, shortcut=cfg.shortcut, classes=cfg.classes
     )
     print(f"synthesize: wrote {sum(counts.values())} images {counts} to {args.out}")
+    shutil.rmtree(args.external, ignore_errors=True)
+    args.external.mkdir(parents=True)  # empty when synthesize.external is none
+    if cfg.external == "site-b":
+        counts = synthesize(
+            args.external, cfg.n_per_class, cfg.image_size, cfg.seed, classes=cfg.classes, site="b"
+        )
+        print(
+            f"synthesize: wrote {sum(counts.values())} external images (site b) {counts} to {args.external}"
+        )
 
 
 if __name__ == "__main__":
