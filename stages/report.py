@@ -206,7 +206,7 @@ def main() -> None:
         )
     if sites:
         head, sep, tail = md.partition("## Mode against mode")
-        md = head + "\n".join(EXT.markdown(sites, shortcut, unit)) + "\n" + sep + tail
+        md = head + "\n".join(EXT.markdown(sites, unit)) + "\n" + sep + tail
         head, sep, tail = md.partition("## The results")
         lead = "**At the external sites** (do the shortcut baselines carry over?):"
         md = head + "\n".join([lead, "", *shortcut, "", ""]) + sep + tail

@@ -164,6 +164,29 @@ def test_repro_writes_every_output(repo):
     for png in ("val_accuracy", "loss", "roc", "confusion"):
         assert (repo / "plots" / f"{png}.png").stat().st_size > 5000
     assert not (repo / ".resume").exists() or not any((repo / ".resume").iterdir())  # removed on success
+    ext = json.loads((repo / "metrics" / "external" / "site-b.json").read_text())
+    assert ext["images_kept"] == 10 and ext["per_class_kept"] == {"Covid": 3, "Normal": 7}  # 14 // 2, 14 // 4
+    assert ext["internal_copies"]["dropped"] == 0
+    sites = json.loads((repo / "metrics" / "external.json").read_text())["sites"]
+    (site,) = sites
+    assert site["name"] == "site-b" and set(site["runs"]) == set(names)
+    for n in names:  # each model on the 10 external images, its figures and drop from the files
+        pred = pd.read_csv(repo / "eval" / "external" / "site-b" / f"{n}-s0" / "predictions.csv")
+        assert len(pred) == 10 and set(pred["path"].str.split("/").str[0]) == {"COVID", "NORMAL"}
+        r = site["runs"][n]
+        assert r["external"]["accuracy"] == pytest.approx((pred["predicted"] == pred["class"]).mean())
+        internal = json.loads((repo / "metrics" / "modes" / f"{n}.json").read_text())
+        assert r["internal"]["accuracy"] == pytest.approx(internal["accuracy"])
+        assert r["accuracy_drop"] == pytest.approx(
+            r["external"]["accuracy"] - r["internal"]["accuracy"], abs=1e-6
+        )
+        # the threshold is the one chosen on the internal validation split, as evaluate chose it
+        ext_m = json.loads((repo / "eval" / "external" / "site-b" / f"{n}-s0" / "metrics.json").read_text())
+        int_m = json.loads((repo / "eval" / f"{n}-s0" / "metrics.json").read_text())
+        assert ext_m["youden"].get("threshold") == int_m["youden"].get("threshold")
+    assert "## External test sets" in summary and "**At site-b** (external, 10 images" in summary
+    base = json.loads((repo / "eval" / "external" / "site-b" / "baselines.json").read_text())
+    assert {"pixels_8", "pixels_16", "acquisition"} <= set(base)
 
 
 def test_predict_reproduces_evaluate_and_the_export_carries_the_same_figures(repo, tmp_path):
@@ -242,6 +265,8 @@ def test_changing_image_size_reruns_prepare_and_everything_below_it(repo):
         *(f"{s}@{n}" for s in ("train", "evaluate") for n in LITE0),
         "report",
         *(f"export@{n[:-2]}" for n in LITE0),
+        "external@0",  # prepared at the new size too
+        "external_eval@0",
     }
     assert "up to date" in sh(repo, "dvc", "status")  # the workspace is untouched
 
@@ -250,7 +275,7 @@ def test_changing_the_ft_lr_reruns_only_the_ft_stages_and_report(repo):
     p = yaml.safe_load((repo / "params.yaml").read_text())
     ran = _dry_run_with(repo, {("modes", "ft"): {**p["modes"]["ft"], "lr": 0.0005}})
     ft = "efficientnet_lite0-ft"
-    assert ran == {f"train@{ft}-0", f"evaluate@{ft}-0", "report", f"export@{ft}"}
+    assert ran == {f"train@{ft}-0", f"evaluate@{ft}-0", "report", f"export@{ft}", "external_eval@0"}
     assert would_run(repo, "repro", "--dry") == set()
 
 
@@ -263,7 +288,11 @@ def test_another_seed_trains_only_the_new_runs_and_the_report_aggregates_them(re
     p["train"]["seeds"] = [0, 1]
     (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     ran = would_run(work, "repro")
-    assert ran == {*(f"{s}@{n[:-2]}-1" for s in ("train", "evaluate") for n in LITE0), "report"}
+    assert ran == {
+        *(f"{s}@{n[:-2]}-1" for s in ("train", "evaluate") for n in LITE0),
+        "report",
+        "external_eval@0",
+    }
     h = {
         (m, s): json.loads((work / "eval" / f"efficientnet_lite0-{m}-s{s}" / "headline.json").read_text())
         for m in MODES
@@ -308,6 +337,7 @@ def test_k_fold_cross_validation_by_one_setting_tests_every_image_once(repo, tmp
         *(f"{s}@{n}-0" for s in ("train", "evaluate") for n in runs),
         "report",
         *(f"export@{n}" for n in runs),
+        "external_eval@0",  # the external set scored by the new runs (its preparation is unchanged)
     }
     table = pd.read_csv(work / "data" / "split" / "folds.csv", dtype={"group": str})
     folds = json.loads((work / "data" / "prepared" / "folds" / "folds.json").read_text())["folds"]
@@ -364,6 +394,8 @@ TRACED = [
     "evaluate@efficientnet_lite0-fe-0",
     "report",
     "export@efficientnet_lite0-fe",
+    "external@0",
+    "external_eval@0",
 ]
 # git's, DVC's and DVCLive's own files, the resume state (tied to a fingerprint), params (compared by key)
 TOOL_FILES = (".git/", ".dvc/", ".gitignore", ".dvcignore", ".resume/", "params.yaml")
