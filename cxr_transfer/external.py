@@ -143,15 +143,25 @@ def compare_sites(
     boot: tuple[int, int, float],
 ) -> dict:
     """One external set against the internal test set: each run's figures, drop and interval, and
-    per arch the modes ranked by accuracy in both (`reversed`: a different mode is best)."""
+    per arch the modes ranked by accuracy in both (`reversed`: the internal winner is beaten at this
+    site; a tie is not a reversal)."""
     runs = {n: drop(internal[n], external[n], classes, positive, *boot) for n in internal}
     ranks = {}
     for arch in dict.fromkeys(n.rpartition("-")[0] for n in runs):
         mine = {n.rpartition("-")[2]: r for n, r in runs.items() if n.rpartition("-")[0] == arch}
-        inside = ranking({m: r["internal"]["accuracy"] for m, r in mine.items()})
-        outside = ranking({m: r["external"]["accuracy"] for m, r in mine.items()})
-        ranks[arch] = {"internal": inside, "external": outside, "reversed": inside[0] != outside[0]}
+        acc = {w: {m: r[w]["accuracy"] for m, r in mine.items()} for w in ("internal", "external")}
+        inside, outside = ranking(acc["internal"]), ranking(acc["external"])
+        beaten = acc["external"][inside[0]] < acc["external"][outside[0]]
+        ranks[arch] = {"internal": inside, "external": outside, "accuracy": acc, "reversed": beaten}
     return {"name": name, "images": n_images, "runs": runs, "ranking": ranks}
+
+
+def _order(modes: list[str], figure: dict[str, float]) -> str:
+    """'ft > fe = ft_gradual > scratch': modes best first, ties (equal to 3 decimals) with '='."""
+    out = modes[0]
+    for a, b in zip(modes, modes[1:], strict=False):
+        out += (" = " if round(figure[a], 3) == round(figure[b], 3) else " > ") + b
+    return out
 
 
 def answer_lines(sites: list[dict]) -> list[str]:
@@ -160,19 +170,24 @@ def answer_lines(sites: list[dict]) -> list[str]:
     lines = []
     for s in sites:
         for arch, r in s["ranking"].items():
-            order = lambda ms: " > ".join(ms)  # noqa: E731
+            outside, inside = (
+                _order(r["external"], r["accuracy"]["external"]),
+                _order(r["internal"], r["accuracy"]["internal"]),
+            )
             line = (
                 f"- **At {s['name']}** (external, {s['images']} images, never used to train, select or "
-                f"threshold), {arch} ranks {order(r['external'])} by accuracy "
-                f"(internal: {order(r['internal'])})."
+                f"threshold), {arch} ranks {outside} by accuracy (internal: {inside})."
             )
+            best = r["internal"][0]
             if r["reversed"]:
                 line += (
-                    f" **The ranking reverses: internally {r['internal'][0]} wins, at {s['name']} "
+                    f" **The ranking reverses: internally {best} wins, at {s['name']} "
                     f"{r['external'][0]} does**; an internal-only verdict would name the wrong winner here."
                 )
+            elif sum(v == r["accuracy"]["external"][best] for v in r["accuracy"]["external"].values()) > 1:
+                line += f" The internal winner, {best}, is no longer ahead: it ties at this site."
             else:
-                line += f" The internal winner, {r['internal'][0]}, holds."
+                line += f" The internal winner, {best}, holds."
             lines.append(line)
     return [*lines, ""] if lines else []
 

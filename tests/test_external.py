@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr_transfer.external import compare_sites, drop, internal_copies, ranking, shortcut_line
+from cxr_transfer.external import answer_lines, compare_sites, drop, internal_copies, ranking, shortcut_line
 from cxr_transfer.index import build_index
 from cxr_transfer.metrics import auroc
 from cxr_transfer.synth import render_cxr, synthesize
@@ -68,13 +68,18 @@ def test_a_reversed_ranking_is_called_and_a_kept_one_is_not():
     internal = {"a-ft": _pred(y, good), "a-scratch": _pred(y, bad)}
     flipped = {"a-ft": _pred(y, bad), "a-scratch": _pred(y, good)}
     site = compare_sites("b", 100, internal, flipped, ["Normal", "Covid"], "Covid", (20, 0, 0.95))
-    assert site["ranking"]["a"] == {
-        "internal": ["ft", "scratch"],
-        "external": ["scratch", "ft"],
-        "reversed": True,
-    }
+    r = site["ranking"]["a"]
+    assert (r["internal"], r["external"], r["reversed"]) == (["ft", "scratch"], ["scratch", "ft"], True)
+    assert "**The ranking reverses: internally ft wins, at b scratch does**" in answer_lines([site])[0]
     same = compare_sites("b", 100, internal, internal, ["Normal", "Covid"], "Covid", (20, 0, 0.95))
     assert same["ranking"]["a"]["reversed"] is False
+    said = answer_lines([same])[0]
+    assert "ranks ft > scratch by accuracy (internal: ft > scratch). The internal winner, ft, holds." in said
+    both_good = {"a-ft": _pred(y, good), "a-scratch": _pred(y, good)}
+    tied = compare_sites("b", 100, internal, both_good, ["Normal", "Covid"], "Covid", (20, 0, 0.95))
+    assert tied["ranking"]["a"]["reversed"] is False  # a tie at the site is not a reversal
+    said = answer_lines([tied])[0]
+    assert "ranks ft = scratch" in said and "it ties at this site" in said
     assert ranking({"x": None, "y": 0.2, "z": 0.9}) == ["z", "y", "x"]
 
 
