@@ -31,6 +31,8 @@ TINY = {
     ("train", "epochs"): 2,
     ("evaluate", "bootstrap"): 20,
     ("report", "gradcam_per_group"): 1,
+    ("synthesize", "external"): "none",  # the external site has its own test, which adds it
+    ("external", None): [],
 }
 
 
@@ -54,9 +56,13 @@ def stdout(cwd: Path, *cmd: str) -> str:
 
 
 def set_params(repo: Path, changes: dict) -> None:
+    """Change params.yaml: {(section, key): value}, or {(key, None): value} for a top-level key."""
     p = yaml.safe_load((repo / "params.yaml").read_text())
     for (section, key), value in changes.items():
-        p[section][key] = value
+        if key is None:
+            p[section] = value
+        else:
+            p[section][key] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
 
@@ -164,29 +170,6 @@ def test_repro_writes_every_output(repo):
     for png in ("val_accuracy", "loss", "roc", "confusion"):
         assert (repo / "plots" / f"{png}.png").stat().st_size > 5000
     assert not (repo / ".resume").exists() or not any((repo / ".resume").iterdir())  # removed on success
-    ext = json.loads((repo / "metrics" / "external" / "site-b.json").read_text())
-    assert ext["images_kept"] == 10 and ext["per_class_kept"] == {"Covid": 3, "Normal": 7}  # 14 // 2, 14 // 4
-    assert ext["internal_copies"]["dropped"] == 0
-    sites = json.loads((repo / "metrics" / "external.json").read_text())["sites"]
-    (site,) = sites
-    assert site["name"] == "site-b" and set(site["runs"]) == set(names)
-    for n in names:  # each model on the 10 external images, its figures and drop from the files
-        pred = pd.read_csv(repo / "eval" / "external" / "site-b" / f"{n}-s0" / "predictions.csv")
-        assert len(pred) == 10 and set(pred["path"].str.split("/").str[0]) == {"COVID", "NORMAL"}
-        r = site["runs"][n]
-        assert r["external"]["accuracy"] == pytest.approx((pred["predicted"] == pred["class"]).mean())
-        internal = json.loads((repo / "metrics" / "modes" / f"{n}.json").read_text())
-        assert r["internal"]["accuracy"] == pytest.approx(internal["accuracy"])
-        assert r["accuracy_drop"] == pytest.approx(
-            r["external"]["accuracy"] - r["internal"]["accuracy"], abs=1e-6
-        )
-        # the threshold is the one chosen on the internal validation split, as evaluate chose it
-        ext_m = json.loads((repo / "eval" / "external" / "site-b" / f"{n}-s0" / "metrics.json").read_text())
-        int_m = json.loads((repo / "eval" / f"{n}-s0" / "metrics.json").read_text())
-        assert ext_m["youden"].get("threshold") == int_m["youden"].get("threshold")
-    assert "## External test sets" in summary and "**At site-b** (external, 10 images" in summary
-    base = json.loads((repo / "eval" / "external" / "site-b" / "baselines.json").read_text())
-    assert {"pixels_8", "pixels_16", "acquisition"} <= set(base)
 
 
 def test_predict_reproduces_evaluate_and_the_export_carries_the_same_figures(repo, tmp_path):
@@ -265,8 +248,6 @@ def test_changing_image_size_reruns_prepare_and_everything_below_it(repo):
         *(f"{s}@{n}" for s in ("train", "evaluate") for n in LITE0),
         "report",
         *(f"export@{n[:-2]}" for n in LITE0),
-        "external@0",  # prepared at the new size too
-        "external_eval@0",
     }
     assert "up to date" in sh(repo, "dvc", "status")  # the workspace is untouched
 
@@ -275,7 +256,7 @@ def test_changing_the_ft_lr_reruns_only_the_ft_stages_and_report(repo):
     p = yaml.safe_load((repo / "params.yaml").read_text())
     ran = _dry_run_with(repo, {("modes", "ft"): {**p["modes"]["ft"], "lr": 0.0005}})
     ft = "efficientnet_lite0-ft"
-    assert ran == {f"train@{ft}-0", f"evaluate@{ft}-0", "report", f"export@{ft}", "external_eval@0"}
+    assert ran == {f"train@{ft}-0", f"evaluate@{ft}-0", "report", f"export@{ft}"}
     assert would_run(repo, "repro", "--dry") == set()
 
 
@@ -288,11 +269,7 @@ def test_another_seed_trains_only_the_new_runs_and_the_report_aggregates_them(re
     p["train"]["seeds"] = [0, 1]
     (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     ran = would_run(work, "repro")
-    assert ran == {
-        *(f"{s}@{n[:-2]}-1" for s in ("train", "evaluate") for n in LITE0),
-        "report",
-        "external_eval@0",
-    }
+    assert ran == {*(f"{s}@{n[:-2]}-1" for s in ("train", "evaluate") for n in LITE0), "report"}
     h = {
         (m, s): json.loads((work / "eval" / f"efficientnet_lite0-{m}-s{s}" / "headline.json").read_text())
         for m in MODES
@@ -328,7 +305,8 @@ def test_k_fold_cross_validation_by_one_setting_tests_every_image_once(repo, tmp
     fold's model (pooled out of fold); per-fold figures and the corrected interval recomputed here."""
     work = tmp_path / "proj"
     shutil.copytree(repo, work, symlinks=True)
-    ran = would_run(work, "exp", "run", "-S", "split.folds=3", "-S", "train.modes=[fe,ft]")
+    # `report` as the target: the exports (fold 0's models, unchanged code) are left out for time
+    ran = would_run(work, "exp", "run", "report", "-S", "split.folds=3", "-S", "train.modes=[fe,ft]")
     runs = ["efficientnet_lite0-fe", "efficientnet_lite0-ft"]
     assert ran == {
         "split",
@@ -336,8 +314,6 @@ def test_k_fold_cross_validation_by_one_setting_tests_every_image_once(repo, tmp
         "probe",
         *(f"{s}@{n}-0" for s in ("train", "evaluate") for n in runs),
         "report",
-        *(f"export@{n}" for n in runs),
-        "external_eval@0",  # the external set scored by the new runs (its preparation is unchanged)
     }
     table = pd.read_csv(work / "data" / "split" / "folds.csv", dtype={"group": str})
     folds = json.loads((work / "data" / "prepared" / "folds" / "folds.json").read_text())["folds"]
@@ -384,6 +360,57 @@ def test_k_fold_cross_validation_by_one_setting_tests_every_image_once(repo, tmp
     assert "## Cross-validation: 3 folds" in summary and "over 3 folds [" in summary
 
 
+def test_an_external_site_is_prepared_scored_and_compared(repo, tmp_path):
+    """Turning on the demo's external site reruns only what it feeds: its images are indexed and
+    prepared by the training data's rules, every model is scored on them with the internal
+    validation threshold, and the report puts internal and external side by side; the external
+    stages read exactly what dvc.yaml declares."""
+    work = tmp_path / "proj"
+    shutil.copytree(repo, work, symlinks=True)
+    set_params(
+        work,
+        {
+            ("synthesize", "external"): "site-b",
+            ("external", None): [{"name": "site-b", "root": "data/site-b"}],
+        },
+    )
+    sh(work, "git", "add", "-A")
+    sh(work, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "site b")
+    ran = would_run(work, "repro")
+    assert ran == {
+        "synthesize",
+        "external@0",
+        "external_eval@0",
+        "report",
+    }  # the internal images are unchanged
+    repo, names = work, [f"efficientnet_lite0-{m}" for m in MODES]
+    summary = (repo / "metrics" / "summary.md").read_text()
+    ext = json.loads((repo / "metrics" / "external" / "site-b.json").read_text())
+    assert ext["images_kept"] == 10 and ext["per_class_kept"] == {"Covid": 3, "Normal": 7}  # 14 // 2, 14 // 4
+    assert ext["internal_copies"]["dropped"] == 0
+    sites = json.loads((repo / "metrics" / "external.json").read_text())["sites"]
+    (site,) = sites
+    assert site["name"] == "site-b" and set(site["runs"]) == set(names)
+    for n in names:  # each model on the 10 external images, its figures and drop from the files
+        pred = pd.read_csv(repo / "eval" / "external" / "site-b" / f"{n}-s0" / "predictions.csv")
+        assert len(pred) == 10 and set(pred["path"].str.split("/").str[0]) == {"COVID", "NORMAL"}
+        r = site["runs"][n]
+        assert r["external"]["accuracy"] == pytest.approx((pred["predicted"] == pred["class"]).mean())
+        internal = json.loads((repo / "metrics" / "modes" / f"{n}.json").read_text())
+        assert r["internal"]["accuracy"] == pytest.approx(internal["accuracy"])
+        assert r["accuracy_drop"] == pytest.approx(
+            r["external"]["accuracy"] - r["internal"]["accuracy"], abs=1e-6
+        )
+        # the threshold is the one chosen on the internal validation split, as evaluate chose it
+        ext_m = json.loads((repo / "eval" / "external" / "site-b" / f"{n}-s0" / "metrics.json").read_text())
+        int_m = json.loads((repo / "eval" / f"{n}-s0" / "metrics.json").read_text())
+        assert ext_m["youden"].get("threshold") == int_m["youden"].get("threshold")
+    assert "## External test sets" in summary and "**At site-b** (external, 10 images" in summary
+    base = json.loads((repo / "eval" / "external" / "site-b" / "baselines.json").read_text())
+    assert {"pixels_8", "pixels_16", "acquisition"} <= set(base)
+    assert traced_problems(work, ["external@0", "external_eval@0"], tmp_path) == {}
+
+
 TRACED = [
     "synthesize",
     "index",
@@ -394,8 +421,6 @@ TRACED = [
     "evaluate@efficientnet_lite0-fe-0",
     "report",
     "export@efficientnet_lite0-fe",
-    "external@0",
-    "external_eval@0",
 ]
 # git's, DVC's and DVCLive's own files, the resume state (tied to a fingerprint), params (compared by key)
 TOOL_FILES = (".git/", ".dvc/", ".gitignore", ".dvcignore", ".resume/", "params.yaml")
@@ -438,10 +463,16 @@ def test_every_stage_reads_exactly_what_dvc_yaml_declares(repo, tmp_path):
     rerun the stage; a declaration that is never read means reruns for nothing."""
     work = tmp_path / "proj"
     shutil.copytree(repo, work, symlinks=True)
+    assert traced_problems(work, TRACED, tmp_path) == {}
+
+
+def traced_problems(work: Path, names, tmp_path: Path) -> dict:
+    """Each stage of `names` run with its reads traced, compared with its dvc.lock entry: what was
+    read but not declared, or declared but never read (empty when they agree)."""
     set_params(work, {("index", "workers"): 1, ("prepare", "workers"): 1})  # audit hooks see one process
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
     problems = {}
-    for name in TRACED:
+    for name in names:
         argv = shlex.split(lock[name]["cmd"])
         assert argv[:2] == ["python", "-m"], argv
         out = tmp_path / f"{name}.json"
@@ -451,7 +482,8 @@ def test_every_stage_reads_exactly_what_dvc_yaml_declares(repo, tmp_path):
         found = {k: sorted(v) for k, v in _declared_vs_read(lock[name], trace, work).items() if v}
         if found:
             problems[name] = found
-    assert problems == {}, json.dumps(problems, indent=1)
+    print(json.dumps(problems, indent=1))
+    return problems
 
 
 def test_radiography_database_layout_by_changing_data_root_alone(repo, tmp_path):
