@@ -186,6 +186,23 @@ def card(meta: dict, head: dict, full: dict, probe: dict | None, positive, check
         "versions": versions(),
         "exported_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         "intended_use": "research on chest radiographs like the training data; not a medical device",
+        "cross_validation": _cv_block(meta, full),
+    }
+
+
+def _cv_block(meta: dict, full: dict) -> dict | None:
+    """With k folds, what the card's figures are: pooled out of fold over the k models (this file
+    is fold 0's, trained on fold 0's training part), with fold 0's own figures beside them."""
+    folds = full.get("folds")
+    if not folds:
+        return None
+    return {
+        "k": folds["k"],
+        "this_model": f"fold {meta.get('fold', 0)} of {folds['k']}",
+        "note": "test_metrics and intervals are pooled out of fold (each image scored by the one fold model "
+        "that never saw it); the threshold and temperature were chosen on the folds' validation parts",
+        "this_fold": folds["per_fold"][meta.get("fold", 0)],
+        "spread": folds["spread"],
     }
 
 

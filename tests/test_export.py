@@ -93,3 +93,12 @@ def test_the_card_carries_the_threshold_the_figures_and_the_probe_verdicts():
     json.dumps(c)  # plain JSON
     three = card({**meta, "classes": ["A", "B", "C"]}, head, {}, None, None, {}, "x")
     assert three["decision"] == {"rule": "the class of highest probability (argmax)", "threshold": None}
+    assert c["cross_validation"] is None  # one split
+    per_fold = [{"fold": i, "accuracy": 0.7 + 0.05 * i} for i in range(3)]
+    folds = {"k": 3, "per_fold": per_fold, "spread": {"accuracy": {"mean": 0.75, "sd": 0.05}}}
+    cv = card({**meta, "fold": 0}, head, {**full, "folds": folds}, None, "Covid", {}, "x")["cross_validation"]
+    assert (
+        cv["this_model"] == "fold 0 of 3"
+        and cv["this_fold"] == per_fold[0]
+        and "pooled out of fold" in cv["note"]
+    )
