@@ -168,18 +168,20 @@ def build_index(
     groups: dict[str, str] | None = None,
     bits_stored: int | None = None,
     sources: dict[str, str] | None = None,
+    key: str = "data.root",
 ) -> tuple[pd.DataFrame, dict]:
     """Walk, decode and tabulate; returns (data frame, report dict). `groups` and `sources` map
-    file names to patient ids and to image sources (hospital, archive), from the metadata table."""
+    file names to patient ids and to image sources (hospital, archive), from the metadata table;
+    `key` names the params key the folder came from in messages (an external set's root)."""
     root = Path(root)
     if not root.is_dir():
-        raise IndexError_(f"data.root {root} does not exist or is not a folder; set data.root in params.yaml")
+        raise IndexError_(f"{key} {root} does not exist or is not a folder; set {key} in params.yaml")
     aliases = {a.lower(): c for c, al in classes.items() for a in (c, *al)}
     found, skipped = walk(root, aliases)
     if not found:
         raise IndexError_(
             f"no images found under {root} in folders named {sorted(aliases)}; "
-            f"check data.root and data.classes ({len(skipped)} files skipped)"
+            f"check {key} and data.classes ({len(skipped)} files skipped)"
         )
     infos = decode_all([str(root / p) for p, _ in found], max_pixels, workers, bits_stored)
     labels = {c: i for i, c in enumerate(classes)}
@@ -204,7 +206,14 @@ def build_index(
 
 
 def index_folder(
-    root: Path, classes, metadata, metadata_paths, max_pixels: int, workers: int, bits_stored=None
+    root: Path,
+    classes,
+    metadata,
+    metadata_paths,
+    max_pixels: int,
+    workers: int,
+    bits_stored=None,
+    key="data.root",
 ):
     """Index one folder of class folders with its metadata tables (patients, sources): the index
     stage's whole job, shared by the external test sets. Returns (data frame, report)."""
@@ -221,7 +230,7 @@ def index_folder(
         groups = read_columns(mp.tables, metadata.filename_column, mp.patient_column, "patient_column")
     if mp.tables and mp.source_column:
         sources = read_columns(mp.tables, metadata.filename_column, mp.source_column, "source_column")
-    df, report = build_index(Path(root), classes, max_pixels, workers, groups, bits_stored, sources)
+    df, report = build_index(Path(root), classes, max_pixels, workers, groups, bits_stored, sources, key)
     report["metadata"] = {
         "tables": [t.name for t in mp.tables],
         "found": mp.found,

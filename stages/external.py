@@ -31,8 +31,16 @@ def main() -> None:
     classes = {c: (ext.classes or p.data.classes)[c] for c in (ext.classes or p.data.classes)}
     root = Path(ext.root)
     metadata_paths = [root / f for f in ext.metadata.file or ()]
+    key = f"external[{[e.name for e in p.external].index(ext.name)}].root"
     df, report = index_folder(
-        root, classes, ext.metadata, metadata_paths, p.index.max_pixels, p.index.workers, p.data.bits_stored
+        root,
+        classes,
+        ext.metadata,
+        metadata_paths,
+        p.index.max_pixels,
+        p.index.workers,
+        p.data.bits_stored,
+        key,
     )
     df = relabel(df, list(p.data.classes))
     limits = {"phash": p.split.near_duplicate_bits, "phash_framed": p.split.near_duplicate_framed_bits}

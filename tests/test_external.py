@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cxr_transfer.errors import CxrError
 from cxr_transfer.external import answer_lines, compare_sites, drop, internal_copies, ranking, shortcut_line
 from cxr_transfer.index import build_index
 from cxr_transfer.metrics import auroc
@@ -115,3 +116,25 @@ def test_site_b_is_another_acquisition_of_the_same_anatomy():
     assert b.mean() > a.mean() + 15 and b.std() < a.std()  # brighter and flatter
     noise = lambda im: np.abs(np.diff(im, axis=1)).mean()  # noqa: E731
     assert noise(b) > noise(a)
+
+
+@pytest.mark.parametrize(
+    "root, expect",
+    [
+        (
+            "missing",
+            "external[0].root {root} does not exist or is not a folder; set external[0].root in params.yaml",
+        ),
+        (
+            "empty",
+            "no images found under {root} in folders named ['covid', 'normal']; check external[0].root",
+        ),
+    ],
+)
+def test_an_unusable_external_folder_is_one_line_naming_its_key(tmp_path, root, expect):
+    folder = tmp_path / root
+    if root == "empty":
+        folder.mkdir()
+    with pytest.raises(CxrError) as e:
+        build_index(folder, CLASSES, 10**8, workers=1, key="external[0].root")
+    assert str(e.value).startswith(expect.format(root=folder)) and "\n" not in str(e.value)
