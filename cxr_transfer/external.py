@@ -19,11 +19,11 @@ def internal_copies(
     resized, re-encoded, cropped) of an internal image: one row each, with the internal image it
     copies and how (`exact` or the hash column and its distance)."""
     exact = external["hash"].isin(set(internal["hash"]))
-    rows = []
-    first = dict(zip(internal["hash"], internal["path"], strict=False))
-    for path in external.loc[exact, "path"]:
-        h = external.loc[external["path"] == path, "hash"].iloc[0]
-        rows.append({"path": path, "internal_path": first[h], "how": "exact", "distance": 0})
+    first = dict(zip(internal["hash"], internal["path"], strict=True))
+    rows = [
+        {"path": path, "internal_path": first[h], "how": "exact", "distance": 0}
+        for path, h in zip(external.loc[exact, "path"], external.loc[exact, "hash"], strict=True)
+    ]
     both = pd.concat([internal, external[~exact]], ignore_index=True)
     n = len(internal)
     i, j, d, col = near_pairs_of(both, limits)

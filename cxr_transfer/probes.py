@@ -89,6 +89,21 @@ def acquisition_probe(train: pd.DataFrame, test: pd.DataFrame, y_train, y_test, 
     return p, best
 
 
+def baselines(
+    x_train, y_train, x_test, y_test, train: pd.DataFrame, test: pd.DataFrame, sizes, score
+) -> dict:
+    """The shortcut baselines fit on the training images and scored on the test ones: logistic
+    regression on each thumbnail size (`pixels_<size>`) and on the acquisition facts, each result
+    through `score` (test scores -> figures)."""
+    out = {}
+    for size in sizes:
+        p = logistic_scores(thumbnails(x_train, size), y_train, thumbnails(x_test, size))
+        out[f"pixels_{size}"] = score(p)
+    p_acq, top = acquisition_probe(train, test, y_train, y_test)
+    out["acquisition"] = {**score(p_acq), "top_features": ", ".join(f"{n} {a:.2f}" for n, a in top)}
+    return out
+
+
 def blackout(x: np.ndarray, box: float, keep_centre: bool) -> np.ndarray:
     """A copy of an (N, S, S) store with its central box (a fraction `box` of each side) black,
     or, with keep_centre, everything but that box black (Maguolo & Nanni's lung-free images)."""

@@ -33,13 +33,9 @@ def baselines(p, prepared: Path, splits: Path, x_ext, ext_table) -> dict:
     def score(scores):
         return P.scored(y_ext, scores, groups, cfg.bootstrap, cfg.seed, cfg.confidence, cfg.flag_auroc)
 
-    out = {}
-    for size in cfg.thumbnails:
-        fit_on = P.thumbnails(x_tr, size)
-        out[f"pixels_{size}"] = score(P.logistic_scores(fit_on, y_tr, P.thumbnails(x_ext, size)))
-    p_acq, top = P.acquisition_probe(read_table(splits / "train.csv"), ext_table, y_tr, y_ext)
-    out["acquisition"] = {**score(p_acq), "top_features": ", ".join(f"{n} {a:.2f}" for n, a in top)}
-    return out
+    return P.baselines(
+        x_tr, y_tr, x_ext, y_ext, read_table(splits / "train.csv"), ext_table, cfg.thumbnails, score
+    )
 
 
 def main() -> None:

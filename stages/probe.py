@@ -42,13 +42,7 @@ def main() -> None:
     def score(p_test):
         return P.scored(y_te, p_test, groups, cfg.bootstrap, cfg.seed, cfg.confidence, cfg.flag_auroc)
 
-    out = {}
-    for size in cfg.thumbnails:
-        out[f"pixels_{size}"] = score(
-            P.logistic_scores(P.thumbnails(x_tr, size), y_tr, P.thumbnails(x_te, size))
-        )
-    p_acq, top = P.acquisition_probe(parts["train"], parts["test"], y_tr, y_te)
-    out["acquisition"] = {**score(p_acq), "top_features": ", ".join(f"{n} {a:.2f}" for n, a in top)}
+    out = P.baselines(x_tr, y_tr, x_te, y_te, parts["train"], parts["test"], cfg.thumbnails, score)
     device = pick_device(p.train.device)
     if p.weights.source == "imagenet":
         out["outside_lungs"] = {}
