@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ class ParamError(CxrError):
 
 def _check(ok: bool, key: str, msg: str) -> None:
     if not ok:
-        raise ParamError(f"params: {key}: {msg}")
+        raise ParamError(f"params.yaml: {key}: {msg}")
 
 
 def _choice(value: str, key: str, allowed) -> None:
@@ -58,6 +60,14 @@ class DataConfig:
             "data.classes",
             f"{len(self.classes)} class(es) given; name at least two, each with its folder names",
         )
+        for name in self.classes:
+            bad = name != name.strip() or name == "" or any(c in "/\\|" or not c.isprintable() for c in name)
+            _check(
+                not bad,
+                f"data.classes.{name!r}",
+                "a class name names files, columns and table cells: no /, \\, |, control characters "
+                "or surrounding spaces",
+            )
         if self.bits_stored is not None:
             _check(8 <= self.bits_stored <= 16, "data.bits_stored", "must be null or in [8, 16]")
         for f in self.metadata.file or ():
@@ -296,12 +306,7 @@ class TrainConfig:
         _check(all(s >= 0 for s in self.seeds), "train.seeds", "seeds must be >= 0")
         _choice(self.device, "train.device", DEVICES)
         _choice(self.precision, "train.precision", PRECISIONS)
-        first = self.launcher.split()[0] if self.launcher.split() else ""
-        _check(
-            first in ("python", "torchrun"),
-            "train.launcher",
-            f"is {self.launcher!r}; give python, or torchrun and its options (--nproc-per-node 2)",
-        )
+        _check_launcher(self.launcher)
         _check(
             self.memory_budget == "auto"
             or (
@@ -312,6 +317,27 @@ class TrainConfig:
             "train.memory_budget",
             f"is {self.memory_budget!r}; give auto or a number of GiB >= 0 (0 streams every store)",
         )
+
+
+LAUNCHER_WORD = re.compile(r"--?[A-Za-z][A-Za-z0-9_-]*(=[A-Za-z0-9_.:/-]+)?|[A-Za-z0-9_.:/-]+")
+
+
+def _check_launcher(launcher: str) -> None:
+    """train.launcher is pasted into the train stage's shell command by DVC, so it must be words
+    a shell cannot read as anything else: `python`, or `torchrun` and options of letters, digits
+    and . _ : / - (no ; & | $ ` quotes, redirections or spaces inside a word)."""
+    words = launcher.split(" ")
+    ok = (
+        words[0] in ("python", "torchrun")
+        and (words[0] == "torchrun" or len(words) == 1)
+        and all(LAUNCHER_WORD.fullmatch(w) for w in words if w != "")
+    )
+    _check(
+        ok,
+        "train.launcher",
+        f"is {launcher!r}; give python, or torchrun and its options (--nproc-per-node 2), "
+        "in words of letters, digits and . _ : / - (DVC pastes it into a shell command)",
+    )
 
 
 @dataclass(frozen=True)
@@ -399,6 +425,12 @@ class Params:
             mode.validate(f"modes.{name}")
         for m in self.train.modes:
             _choice(m, "train.modes", self.modes)
+            _check(
+                self.modes[m].freeze_epochs < self.train.epochs,
+                f"modes.{m}.freeze_epochs",
+                f"({self.modes[m].freeze_epochs}) leaves no epoch of train.epochs ({self.train.epochs}) "
+                "to train the unfrozen network; lower it or raise train.epochs",
+            )
 
 
 def _convert(value, tp, key: str):
@@ -448,7 +480,15 @@ def _build(cls, mapping: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in mapping:
-        _check(k in names, f"{prefix}{'.' if prefix else ''}{k}", f"unknown key; allowed: {sorted(names)}")
+        if k not in names:
+            key = f"{prefix}{'.' if prefix else ''}{k}"
+            near = difflib.get_close_matches(str(k), sorted(names), n=1, cutoff=0.6)
+            hint = (
+                f"did you mean {prefix}{'.' if prefix else ''}{near[0]}?"
+                if near
+                else f"the settings here are {sorted(names)}"
+            )
+            raise ParamError(f"params.yaml: {key} is not a setting; {hint}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         key = f"{prefix}{'.' if prefix else ''}{f.name}"
@@ -470,9 +510,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; raise ParamError with a one-line message on bad input."""
     path = Path(path)
     if not path.exists():
-        raise ParamError(f"params: {path} not found; run from the project root")
+        raise ParamError(f"{path} not found; run from the project root")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ParamError(f"params: {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+        raise ParamError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
     return parse_params(raw)

@@ -15,9 +15,12 @@ def stage(*args, cwd=ROOT):
 @pytest.mark.parametrize(
     "params, expect",
     [
-        ("train:\n  epochs: many\n", "index: error: params: train.epochs: expected an integer, got 'many'"),
+        (
+            "train:\n  epochs: many\n",
+            "index: error: params.yaml: train.epochs: expected an integer, got 'many'",
+        ),
         ("data:\n  root: /no/such/folder\n", "index: error: data.root /no/such/folder does not exist"),
-        ("archs: [alexnet]\n", "index: error: params: archs: 'alexnet' is not one of"),
+        ("archs: [alexnet]\n", "index: error: params.yaml: archs: 'alexnet' is not one of"),
     ],
 )
 def test_bad_input_is_one_line_with_exit_code_2(tmp_path, params, expect):

@@ -20,6 +20,7 @@ def test_k_fold_cross_validation_by_one_setting_tests_every_image_once(tmp_path)
     ran = would_run(work, "exp", "run", "report", "-S", "split.folds=3", "-S", "train.modes=[fe,ft]")
     runs = ["efficientnet_lite0-fe", "efficientnet_lite0-ft"]
     assert ran == {
+        "check_params",
         "synthesize",
         "index",
         "split",

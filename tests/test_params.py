@@ -50,7 +50,7 @@ def _with(path: str, value):
     [
         ("train.epochs", "ten", "train.epochs: expected an integer"),
         ("train.epochs", 0, "train.epochs: must be >= 1"),
-        ("train.lr", 0.1, "train.lr: unknown key; allowed:"),
+        ("train.lr", 0.1, "params.yaml: train.lr is not a setting; the settings here are ["),
         ("split.test_size", 1.5, "split.test_size: 1.5 must be in (0, 1)"),
         ("archs", ["vgg19_bn", "alexnet"], "archs: 'alexnet' is not one of"),
         ("train.modes", ["scratch", "transfer"], "train.modes: 'transfer' is not one of"),
@@ -72,7 +72,10 @@ def _with(path: str, value):
         ("train.memory_budget", True, "train.memory_budget: expected a number, got True"),
         ("train.seeds", [0, 1, 0], "train.seeds: has a repeated seed"),
         ("train.seeds", [], "train.seeds: name at least one seed"),
-        ("train.seed", 3, "train.seed: unknown key; allowed:"),
+        ("train.seed", 3, "params.yaml: train.seed is not a setting; did you mean train.seeds?"),
+        ("train.epoch", 3, "params.yaml: train.epoch is not a setting; did you mean train.epochs?"),
+        ("modes.ft.learning_rate", 0.1, "modes.ft.learning_rate is not a setting; the settings here are"),
+        ("evaluate.boostrap", 10, "evaluate.boostrap is not a setting; did you mean evaluate.bootstrap?"),
         (
             "modes.ft.schedule",
             "onecycle",
@@ -110,6 +113,8 @@ def _with(path: str, value):
             {"Normal": ["N"], "Covid": ["N"]},
             "data.classes.Covid: alias 'N' also names Normal",
         ),
+        ("data.classes", {"Normal": ["N"], "Covid|Flu": ["C"]}, "data.classes.'Covid|Flu': a class name"),
+        ("data.classes", {"Normal": ["N"], "Covid/19": ["C"]}, "data.classes.'Covid/19': a class name"),
         ("weights.source", "imagnet", "weights.source: 'imagnet' is not one of ['imagenet', 'none']"),
         ("data.bits_stored", 20, "data.bits_stored: must be null or in [8, 16]"),
         ("data.metadata.file", "/elsewhere/meta.csv", "data.metadata.file: '/elsewhere/meta.csv': give"),
@@ -118,6 +123,17 @@ def _with(path: str, value):
         ("split.folds", "five", "split.folds: expected an integer"),
         ("train.select", "val_acc", "train.select: 'val_acc' is not one of ['val_auroc', 'val_loss']"),
         ("train.deterministic", "yes", "train.deterministic: expected true or false"),
+        ("train.launcher", "touch /tmp/X; python", "train.launcher: is 'touch /tmp/X; python'; give python"),
+        ("train.launcher", "python && touch /tmp/X", "train.launcher: is 'python && touch /tmp/X'"),
+        ("train.launcher", "python; touch /tmp/X", "train.launcher: is 'python; touch /tmp/X'"),
+        (
+            "train.launcher",
+            "torchrun --nproc-per-node $(id)",
+            "train.launcher: is 'torchrun --nproc-per-node $(id)'",
+        ),
+        ("train.launcher", "torchrun\t--standalone", "train.launcher: is"),
+        ("train.launcher", "torchrun --rdzv-endpoint=host:29400 `id`", "train.launcher: is"),
+        ("train.epochs", 1, "modes.ft_gradual.freeze_epochs: (1) leaves no epoch of train.epochs (1)"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(path, value, expect):

@@ -174,7 +174,7 @@ def test_repro_writes_every_output(repo):
 def test_predict_reproduces_evaluate_and_the_export_carries_the_same_figures(repo, tmp_path):
     """`cxr-transfer predict` on the test split's files: the probabilities evaluate wrote, through
     PyTorch (the model folder) and ONNX Runtime (the export); the card's figures are the headline's
-    and its threshold the one evaluate chose on validation."""
+    its decision rule the argmax (the headline's), with evaluate's validation threshold stated beside it."""
     pred = pd.read_csv(repo / "eval" / "efficientnet_lite0-ft-s0" / "predictions.csv")
     files = [f"data/raw/{p}" for p in pred["path"]]
     for model in ("models/efficientnet_lite0-ft-s0", "exported/efficientnet_lite0-ft"):
@@ -187,12 +187,11 @@ def test_predict_reproduces_evaluate_and_the_export_carries_the_same_figures(rep
     head = json.loads((repo / "metrics" / "modes" / "efficientnet_lite0-ft.json").read_text())
     full = json.loads((repo / "eval" / "efficientnet_lite0-ft-s0" / "metrics.json").read_text())
     assert cardj["test_metrics"] == head and cardj["classes"] == ["Normal", "Covid"]
-    assert cardj["decision"]["threshold"] == full["youden"]["threshold"]
+    assert cardj["decision"]["alternative"]["threshold"] == full["youden"]["threshold"]
     assert cardj["parity"]["max_abs_diff"] <= 1e-4 and cardj["parity"]["images"] == 6
-    at = (
-        new["p_Covid"] >= cardj["decision"]["threshold"]
-    )  # the exported model decides at the card's threshold
-    assert (new["predicted"] == np.where(at, "Covid", "Normal")).all()
+    # the exported model decides by the card's rule, the argmax, as evaluate's predictions do
+    assert (new["predicted"] == np.where(new["p_Covid"] >= 0.5, "Covid", "Normal")).all()
+    assert (new["predicted"].to_numpy() == pred["predicted"].to_numpy()).all()
 
 
 def test_metrics_show_lists_every_mode_and_plots_show_writes_html(repo):
@@ -235,9 +234,55 @@ def _dry_run_with(repo: Path, changes: dict) -> set[str]:
     is restored)."""
     set_params(repo, changes)
     try:
+        # check_params runs for real (its output is the same bytes for every valid file); a dry run
+        # cannot know that and --force-downstream would then name every stage below it
+        assert would_run(repo, "repro", "check_params") == {"check_params"}
         return would_run(repo, "repro", "--dry", "--force-downstream")
     finally:
+        sh(repo, "git", "checkout", "params.yaml", "dvc.lock")
+
+
+def test_a_misspelled_or_bad_key_stops_repro_and_exp_run_before_anything_runs(repo):
+    """No stage reads `train.epoch`, so only the whole-file check can see it: dvc repro and dvc exp
+    run stop at check_params with one line naming the key and the nearest valid one."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for key, value, line in [
+        ("epoch", 3, "params.yaml: train.epoch is not a setting; did you mean train.epochs?"),
+        ("epochs", "three", "params.yaml: train.epochs: expected an integer, got 'three'"),
+        ("patience", 0, "params.yaml: train.patience: must be >= 1"),
+    ]:
+        set_params(repo, {("train", key): value})
+        try:
+            for cmd in (["dvc", "repro"], ["dvc", "exp", "run", "--temp"]):
+                r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+                out = r.stdout + r.stderr
+                assert r.returncode != 0, out
+                assert f"check_params: error: {line}" in out.splitlines(), out
+                assert "Traceback" not in out
+                ran = {s.split("'")[1] for s in out.splitlines() if s.startswith("Running stage '")}
+                assert ran == {"check_params"}, out
+        finally:
+            sh(repo, "git", "checkout", "params.yaml", "dvc.lock")
+    assert would_run(repo, "repro", "--dry") == set()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_train_device_cuda_without_cuda_is_one_line(repo):
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    set_params(repo, {("train", "device"): "cuda"})
+    try:
+        r = subprocess.run(
+            [sys.executable, *shlex.split(lock["train@efficientnet_lite0-fe-0"]["cmd"])[1:]],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+        )
+    finally:
         sh(repo, "git", "checkout", "params.yaml")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        "train: error: train.device is cuda but no cuda device is available here; use auto or cpu"
+    )
 
 
 def test_changing_image_size_reruns_prepare_and_everything_below_it(repo):
@@ -268,7 +313,11 @@ def test_another_seed_trains_only_the_new_runs_and_the_report_aggregates_them(re
     p["train"]["seeds"] = [0, 1]
     (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     ran = would_run(work, "repro")
-    assert ran == {*(f"{s}@{n[:-2]}-1" for s in ("train", "evaluate") for n in LITE0), "report"}
+    assert ran == {
+        "check_params",
+        *(f"{s}@{n[:-2]}-1" for s in ("train", "evaluate") for n in LITE0),
+        "report",
+    }
     h = {
         (m, s): json.loads((work / "eval" / f"efficientnet_lite0-{m}-s{s}" / "headline.json").read_text())
         for m in MODES
@@ -316,6 +365,7 @@ def test_an_external_site_is_prepared_scored_and_compared(repo, tmp_path):
     sh(work, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "site b")
     ran = would_run(work, "repro")
     assert ran == {
+        "check_params",
         "synthesize",
         "external@0",
         "external_eval@0",
@@ -350,6 +400,7 @@ def test_an_external_site_is_prepared_scored_and_compared(repo, tmp_path):
 
 
 TRACED = [
+    "check_params",
     "synthesize",
     "index",
     "split",
