@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ START = time.perf_counter()
 
 
 def predict(args) -> None:
+    from cxr_transfer.cli import write_csv
     from cxr_transfer.errors import CxrError
     from cxr_transfer.predict import gather, load_model, predict_files, table
 
@@ -29,7 +31,7 @@ def predict(args) -> None:
         n += len(x)
     df = table(rows + skipped, model)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out, index=False)
+    write_csv(df, args.out)
     bad = df["skipped"] != ""
     warned = (df["warning"] != "") & ~bad
     total = time.perf_counter() - START
@@ -39,7 +41,10 @@ def predict(args) -> None:
         f"-> {args.out}; start-up {loaded:.2f} s, total {total:.2f} s"
     )
     for reason, k in df.loc[bad, "skipped"].str.split(":").str[0].value_counts().items():
-        print(f"  skipped {k}: {reason}")
+        print(f"  skipped {k}: {reason}", file=sys.stderr)
+    if not (~bad).any():
+        what = f"all {len(df)} files were skipped (reasons in {args.out})" if len(df) else "no files found"
+        raise CxrError(f"no image could be scored: {what}")
 
 
 def _gradcam_writer(model, folder: Path):

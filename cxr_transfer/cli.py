@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cxr_transfer.errors import CxrError
@@ -19,8 +22,46 @@ def run(main: Callable[[], None], stage: str) -> None:
         sys.exit(2)
 
 
-def write_json(path: Path, obj) -> None:
-    """Pretty JSON with a trailing newline, creating the folder."""
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename, so a
+    kill or an error mid-write leaves the old file (or none), never a half-written one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+    # the same suffix: writers that pick a format by it (or append theirs, as np.save) keep working
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # what open() would give, not mkstemp's 0600
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically, creating the folder."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_csv(df, path: Path) -> None:
+    """A data frame as CSV (no index column) atomically, creating the folder."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def save_figure(fig, path: Path) -> None:
+    """A matplotlib figure as PNG atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def write_json(path: Path, obj) -> None:
+    """Pretty JSON with a trailing newline, creating the folder; atomic."""
+    write_text(path, json.dumps(obj, indent=2) + "\n")

@@ -9,7 +9,7 @@ import pandas as pd
 
 from cxr_transfer import multiclass
 from cxr_transfer.calibration import calibrate, calibrate_k
-from cxr_transfer.cli import write_json
+from cxr_transfer.cli import write_csv, write_json
 from cxr_transfer.metrics import (
     bootstrap_ci,
     point_metrics,
@@ -229,6 +229,6 @@ def write_scored(folder: Path, full: dict, pred: pd.DataFrame, roc: pd.DataFrame
     predictions.csv, roc.csv and pr.csv in `folder`."""
     write_json(folder / "metrics.json", full)
     write_json(folder / "headline.json", headline(full) if "auroc_macro" not in full else headline_k(full))
-    pred.to_csv(folder / "predictions.csv", index=False)
-    roc.to_csv(folder / "roc.csv", index=False)
-    pr.to_csv(folder / "pr.csv", index=False)
+    write_csv(pred, folder / "predictions.csv")
+    write_csv(roc, folder / "roc.csv")
+    write_csv(pr, folder / "pr.csv")

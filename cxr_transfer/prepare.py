@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from cxr_transfer.cli import atomic_path, write_json, write_text
 from cxr_transfer.imageio import pixel_limit, resize_gray8, to_gray8
 from cxr_transfer.parallel import chunked_map
 
@@ -69,12 +70,13 @@ def write_store(folder: Path, x_fill, df: pd.DataFrame, size: int, split: str, b
     x_fill(x)
     x.flush()
     y = df["label"].to_numpy().astype(np.int64)
-    np.save(folder / "y.npy", y)
+    with atomic_path(folder / "y.npy") as tmp, open(tmp, "wb") as f:  # a path would get .npy appended
+        np.save(f, y)
     digest = store_digest(x, y)
     del x
     meta = {"split": split, "image_size": size, "classes": base["classes"], "n": len(df), "sha1": digest}
     meta |= {k: v for k, v in base.items() if k != "classes"} | {"source_images": source_stats(df)}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(folder / "meta.json", meta)
     return meta
 
 
@@ -105,10 +107,10 @@ def prepare_splits(
         cols = sorted((c for c in df.columns if c[:1] == "f" and c[1:].isdigit()), key=lambda c: int(c[1:]))
         metas["folds"] = write_store(out_dir / "folds", fill, df, size, "folds", {**base, "k": len(cols)})
         folds = [{s: np.flatnonzero(df[c] == s).tolist() for s in ("train", "val", "test")} for c in cols]
-        (out_dir / "folds" / "folds.json").write_text(json.dumps({"k": len(cols), "folds": folds}) + "\n")
+        write_text(out_dir / "folds" / "folds.json", json.dumps({"k": len(cols), "folds": folds}) + "\n")
         pool = (np.load(out_dir / "folds" / "x.npy", mmap_mode="r"), {p: i for i, p in enumerate(df["path"])})
     else:
-        (out_dir / "folds" / "meta.json").write_text(json.dumps({"split": "folds", "k": None}) + "\n")
+        write_json(out_dir / "folds" / "meta.json", {"split": "folds", "k": None})
     for split in ("train", "val", "test"):
         df = pd.read_csv(split_dir / f"{split}.csv")
         paths = [str(root / p) for p in df["path"]]

@@ -17,6 +17,7 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cxr_transfer import multiclass  # noqa: E402
+from cxr_transfer.cli import save_figure  # noqa: E402
 from cxr_transfer.errors import CxrError  # noqa: E402
 from cxr_transfer.gradcam import overlay  # noqa: E402
 from cxr_transfer.metrics import paired_difference  # noqa: E402
@@ -252,12 +253,12 @@ def plot_curves(curves: pd.DataFrame, out_dir: Path) -> None:
         ax, curves, "epoch", "val_acc", "Validation accuracy: pretrained vs scratch", "validation accuracy"
     )
     fig.tight_layout()
-    fig.savefig(out_dir / "val_accuracy.png")
+    save_figure(fig, out_dir / "val_accuracy.png")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110, sharey=True)
     _lines(axes[0], curves, "epoch", "train_loss", "Training loss", "cross-entropy")
     _lines(axes[1], curves, "epoch", "val_loss", "Validation loss", "cross-entropy")
     fig.tight_layout()
-    fig.savefig(out_dir / "loss.png")
+    save_figure(fig, out_dir / "loss.png")
     plt.close("all")
 
 
@@ -274,7 +275,7 @@ def plot_roc(roc: pd.DataFrame, metrics: dict[str, dict], out_dir: Path) -> None
         ax.set(title=title, xlabel="1 - specificity", ylabel="sensitivity")
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(out_dir / "roc.png")
+    save_figure(fig, out_dir / "roc.png")
     plt.close(fig)
 
 
@@ -307,7 +308,7 @@ def plot_confusions(metrics: dict[str, dict], classes: list[str], positive: str 
         ax.set_xticklabels(labels, rotation=30 if k > 2 else 0, ha="right" if k > 2 else "center")
         ax.set_yticklabels(labels)
     fig.tight_layout()
-    fig.savefig(out_dir / "confusion.png")
+    save_figure(fig, out_dir / "confusion.png")
     plt.close(fig)
 
 
@@ -332,7 +333,7 @@ def plot_gradcam_grid(images, cams, titles, out_path: Path, suptitle: str) -> No
         bar = fig.colorbar(ScalarMappable(Normalize(0, 1), "jet"), cax=cax, alpha=0.35)
         bar.set_label("Grad-CAM, one scale for the grid (1 = its largest value)", fontsize=7)
     fig.suptitle(suptitle, fontsize=10, y=1 - 0.2 / h)
-    fig.savefig(out_path)
+    save_figure(fig, out_path)
     plt.close(fig)
 
 

@@ -4,7 +4,7 @@ data's rules; its exact and near copies of internal images are dropped and count
 import argparse
 from pathlib import Path
 
-from cxr_transfer.cli import run, write_json
+from cxr_transfer.cli import run, write_csv, write_json
 from cxr_transfer.errors import CxrError
 from cxr_transfer.external import internal_copies, relabel
 from cxr_transfer.index import index_folder
@@ -51,7 +51,7 @@ def main() -> None:
             f"external set {ext.name}: every image is a copy of an internal one; nothing is left to test"
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    kept.to_csv(args.out / "data.csv", index=False)
+    write_csv(kept, args.out / "data.csv")
     size, paths = p.prepare.image_size, [str(root / q) for q in kept["path"]]
     fill = lambda x: decode_into(x, paths, size, p.prepare.workers, f"prepare {ext.name}", p.data.bits_stored)  # noqa: E731
     write_store(

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from cxr_transfer.cli import run, write_json
+from cxr_transfer.cli import run, write_csv, write_json
 from cxr_transfer.index import index_folder
 from cxr_transfer.params import load_params
 
@@ -24,8 +24,7 @@ def main() -> None:
         p.index.workers,
         p.data.bits_stored,
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out, index=False)
+    write_csv(df, args.out)
     # a committed file: an absolute data.root (a personal or hospital path) is not written, its name is
     root = p.data.root if not Path(p.data.root).is_absolute() else f"<absolute>/{Path(p.data.root).name}"
     write_json(args.report, {"root": root, **report})

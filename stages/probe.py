@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from cxr_transfer import probes as P
-from cxr_transfer.cli import run, write_json
+from cxr_transfer.cli import run, write_csv, write_json
 from cxr_transfer.engine import pick_device
 from cxr_transfer.params import load_params
 from cxr_transfer.prepare import load_meta, load_store
@@ -63,7 +63,7 @@ def main() -> None:
     write_json(args.out, out)
     write_json(args.verdict, P.verdict(out))
     args.details.mkdir(parents=True, exist_ok=True)
-    pairs.to_csv(args.details / "near_duplicates.csv", index=False)
+    write_csv(pairs, args.details / "near_duplicates.csv")
     print(
         f"probe: flagged {out['flagged'] or 'nothing'}; "
         + ", ".join(f"{k} AUROC {v['auroc']}" for k, v in out.items() if isinstance(v, dict) and "auroc" in v)

@@ -17,7 +17,7 @@ from cxr_transfer import external as EXT
 from cxr_transfer import report as R
 from cxr_transfer import webpage as W
 from cxr_transfer.batches import Normalizer
-from cxr_transfer.cli import run, write_json
+from cxr_transfer.cli import run, write_csv, write_json, write_text
 from cxr_transfer.gradcam import gradcam, mass_inside, pick_examples, shared_scale
 from cxr_transfer.models import equivalent_modes, get_spec, load_trained
 from cxr_transfer.params import ModeConfig, load_params
@@ -179,7 +179,7 @@ def main() -> None:
     for n, hs in heads.items():
         write_json(args.modes_metrics / f"{n}.json", aggregate(hs))
     table = R.summary_table(full, figures, auroc_key)
-    table.to_csv(args.out_metrics / "summary.csv", index=False)
+    write_csv(table, args.out_metrics / "summary.csv")
     notes = same_mode_notes(args.models, first)
     current = {r for rs in runs.values() for r in rs}
     stale = R.stale_runs({"eval": args.eval, "dvclive": args.live}, current)
@@ -211,7 +211,7 @@ def main() -> None:
         lead = "**At the external sites** (do the shortcut baselines carry over?):"
         md = head + "\n".join([lead, "", *shortcut, "", ""]) + sep + tail
     md += R.gradcam_share_lines(shares, p.probe.box, classes, p.data.positive)
-    (args.out_metrics / "summary.md").write_text(md)
+    write_text(args.out_metrics / "summary.md", md)
     write_json(args.out_metrics / "compare.json", compare)
     write_json(args.out_metrics / "gradcam_share.json", shares)
     write_json(args.out_metrics / "external.json", {"sites": sites, "shortcut_baselines": shortcut})
@@ -257,14 +257,14 @@ def write_plots(args, p, runs, first, preds, metrics) -> None:
             for r, s in zip(rs, p.train.seeds, strict=True)
         ]
     )
-    curves.to_csv(args.plots / "curves.csv", index=False)
+    write_csv(curves, args.plots / "curves.csv")
     R.plot_curves(curves.assign(model=curves["model"].str.replace(r"-s\d+$", "", regex=True)), args.plots)
     classes = list(p.data.classes)
     for kind in ("roc", "pr"):
         d = pd.concat([pd.read_csv(args.eval / r / f"{kind}.csv").assign(model=n) for n, r in first.items()])
         if len(classes) > 2:  # `dvc plots show` draws a line per model: here one per model and class
             d["model"] = d["model"] + ": " + d["class"] + " vs rest"
-        d.to_csv(args.plots / f"{kind}.csv", index=False)
+        write_csv(d, args.plots / f"{kind}.csv")
     pd.concat(
         [
             d[["class", "predicted"]].rename(columns={"class": "actual"}).assign(model=n)
@@ -299,7 +299,7 @@ def write_pages(args, p, md: str, curves: pd.DataFrame, first: dict, shares: dic
     """report/index.html (one self-contained page) and the offline template for `dvc plots show`."""
     bundle = (BUNDLE or Bundle()).get()
     args.html.parent.mkdir(parents=True, exist_ok=True)
-    args.plots_template.write_text(W.dvc_plots_template(bundle))
+    write_text(args.plots_template, W.dvc_plots_template(bundle))
     classes = list(p.data.classes)
     read = lambda name: pd.read_csv(args.plots / name)  # noqa: E731
     charts = {
@@ -340,8 +340,8 @@ def write_pages(args, p, md: str, curves: pd.DataFrame, first: dict, shares: dic
         f"archs {', '.join(p.archs)}; modes {', '.join(p.train.modes)}; "
         f"seeds {', '.join(map(str, p.train.seeds))}"
     )
-    args.html.write_text(
-        W.page("cxr-transfer: results on the test split", subtitle, sections, charts, bundle)
+    write_text(
+        args.html, W.page("cxr-transfer: results on the test split", subtitle, sections, charts, bundle)
     )
 
 

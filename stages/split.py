@@ -1,11 +1,12 @@
 """Stage split: data.csv -> train/val/test csv (grouped, stratified, seeded) and split.json."""
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from cxr_transfer.cli import run, write_json
+from cxr_transfer.cli import run, write_csv, write_json
 from cxr_transfer.params import load_params
 from cxr_transfer.split import (
     SPLITS,
@@ -13,6 +14,7 @@ from cxr_transfer.split import (
     fold_summary,
     grouped_split,
     join_near_duplicates,
+    largest_group,
     split_summary,
 )
 from cxr_transfer.tables import read_table
@@ -32,13 +34,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if cfg.folds:  # every image in one fold's test part; train/val/test.csv are fold 0's parts
         roles = fold_roles(df, cfg.folds, cfg.val_size, cfg.seed)
-        pd.concat([df, roles], axis=1).to_csv(args.out / "folds.csv", index=False)
+        write_csv(pd.concat([df, roles], axis=1), args.out / "folds.csv")
         which = roles["f0"]
     else:
         which = grouped_split(df, cfg.test_size, cfg.val_size, cfg.seed)
     parts = {s: df[which == s] for s in SPLITS}
     for s, part in parts.items():
-        part.to_csv(args.out / f"{s}.csv", index=False)
+        write_csv(part, args.out / f"{s}.csv")
     summary = split_summary(parts, cfg.seed, cfg.test_size, cfg.val_size)
     summary["near_duplicates"] = {
         "max_bits": cfg.near_duplicate_bits,
@@ -47,8 +49,11 @@ def main() -> None:
         "groups_before": int(groups_before),
         "groups_after": int(df["group"].nunique()),
     }
+    summary["largest_group"] = big = largest_group(df, cfg.test_size)
     summary["folds"] = fold_summary(df, roles) if cfg.folds else None
     write_json(args.metrics, summary)
+    if big["warning"]:
+        print(f"split: warning: {big['warning']}", file=sys.stderr)
     if cfg.folds:
         sizes = [v["test"]["images"] for v in summary["folds"]["folds"].values()]
         print(f"split: {cfg.folds} folds, test images per fold {sizes}; fold 0 is written as train/val/test")
