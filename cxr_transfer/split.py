@@ -139,6 +139,36 @@ def join_near_duplicates(
     return df.assign(group=merged), len(i)
 
 
+GROUP_WARN_SHARE = 0.05  # one group above 5% of the images is a quarter of a 20% test split
+
+
+def largest_group(df: pd.DataFrame, test_size: float) -> dict:
+    """The largest split group (images, share, classes) and, above GROUP_WARN_SHARE, a warning.
+
+    Near-duplicate joining is single-linkage: on real radiographs, whose hashes cluster, it can
+    chain thousands of different images into one group, which the grouped split then deals whole
+    to one part (test, often), distorting the proportions and what the test split measures."""
+    sizes = df["group"].value_counts()
+    name, n = str(sizes.index[0]), int(sizes.iloc[0])
+    share = n / len(df)
+    rows = df[df["group"] == name]
+    out = {
+        "images": n,
+        "share": round(share, 4),
+        "classes": {str(k): int(v) for k, v in rows["class"].value_counts().sort_index().items()},
+        "warn_above": GROUP_WARN_SHARE,
+        "warning": None,
+    }
+    if share > GROUP_WARN_SHARE:
+        out["warning"] = (
+            f"one split group holds {n} images ({share:.0%} of {len(df)}); it goes whole into one part, so "
+            f"the {1 - test_size:.0%}/{test_size:.0%} proportions and that part's figures are distorted. If "
+            "it comes from near-duplicate joining (single-linkage chains), lower split.near_duplicate_bits "
+            "and split.near_duplicate_framed_bits or set them to null; if from the patient table, check it"
+        )
+    return out
+
+
 def split_summary(parts: dict[str, pd.DataFrame], seed: int, test_size: float, val_size: float) -> dict:
     """Counts per class per split and the group overlap between splits, computed from the output."""
     overlap = 0

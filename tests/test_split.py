@@ -129,3 +129,28 @@ def test_too_few_groups_for_the_folds_names_the_class_and_the_fix():
         SplitError, match=r"split.folds=5: class Covid has 4 independent image group\(s\), fewer than"
     ):
         fold_roles(df, 5, 0.2, 0)
+
+
+def test_a_single_linkage_chain_is_reported_as_the_largest_group_with_a_warning():
+    """30 images whose pHashes each differ from the next by 8 bits (<= 12: joined) but from the
+    chain's far end by 232: single-linkage makes them one group, 30% of the data, which the split
+    must deal whole; split.json names it and warns. Distinct images stay below the warning."""
+    from cxr_transfer.split import GROUP_WARN_SHARE, join_near_duplicates, largest_group
+
+    df = table(50, 50)
+    rng = np.random.default_rng(1)
+    far = [int.from_bytes(rng.bytes(32), "big") for _ in range(len(df))]  # unrelated images
+    chain = [((1 << (8 * i)) - 1) for i in range(30)]  # i * 8 low bits set: neighbours 8 bits apart
+    hashes = [f"{h:064x}" for h in chain + far[30:]]
+    df = df.assign(phash=hashes, phash_framed=[f"{h:064x}" for h in far])
+    alone = largest_group(df, 0.2)
+    assert alone["images"] == 1 and alone["warning"] is None
+    joined, pairs = join_near_duplicates(df, 12, None)
+    assert pairs >= 29
+    big = largest_group(joined, 0.2)
+    assert big["images"] == 30 and big["share"] == 0.3 and big["share"] > GROUP_WARN_SHARE
+    assert sum(big["classes"].values()) == 30
+    assert big["warning"].startswith(
+        "one split group holds 30 images (30% of 100); it goes whole into one part"
+    )
+    assert "split.near_duplicate_bits" in big["warning"]
