@@ -17,28 +17,32 @@ from cxr_transfer.errors import CxrError
 from cxr_transfer.params import PRECISIONS
 
 
-def pick_device(pref: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu for 'auto'; an explicit choice that is absent fails clearly."""
+def pick_device(pref: str = "auto", key: str = "train.device") -> torch.device:
+    """cuda, then mps, then cpu for 'auto'; an explicit choice that is absent fails with one line
+    naming `key` (the param or the option that asked for it)."""
     has = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     if pref == "auto":
         return torch.device(next(d for d in ("cuda", "mps", "cpu") if has[d]))
     if not has.get(pref, False):
-        raise RuntimeError(f"train.device={pref} but no {pref} device is available; use auto or cpu")
+        raise CxrError(f"{key} is {pref} but no {pref} device is available here; use auto or cpu")
     return torch.device(pref)
 
 
 def store_budget(device: torch.device, setting: float | str = "auto") -> float | None:
     """Bytes of prepared image store that may be loaded whole onto `device` (train.memory_budget);
     larger stores are streamed from their memory-mapped files. A number is GiB; `auto` is half of
-    the device's free memory now (CUDA: the GPU's; otherwise the machine's available RAM). Either
-    way the batches are the same: this decides speed and memory, never results."""
+    the device's free memory now (CUDA: the GPU's; otherwise the machine's available RAM), shared
+    by the processes torchrun started on this machine that use it (LOCAL_WORLD_SIZE: each CPU
+    process a share of the RAM; one process per GPU has its GPU). Either way the batches are the
+    same: this decides speed and memory, never results."""
     if setting != "auto":
         return float(setting) * 2**30
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free / 2
+    here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2 / here
     except (ValueError, OSError, AttributeError):  # not on this OS: no limit, as before
         return None
 

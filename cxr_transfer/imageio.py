@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import stat
 
 import numpy as np
 from PIL import Image
@@ -54,6 +57,39 @@ def resize_gray8(a: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(a, mode="L").resize((size, size), Image.BILINEAR))
 
 
+def shown(path) -> str:
+    """A path as text for reports and CSVs: bytes that are not UTF-8 written as \\xNN escapes (a
+    name Python holds with surrogates cannot be encoded into UTF-8 files at all)."""
+    return os.fsencode(os.fspath(path)).decode("utf-8", "backslashreplace")
+
+
+def file_problem(path, name: str | None = None) -> str | None:
+    """Why a listed file cannot be read as one (a skip reason), or None: a name that is not UTF-8
+    (`name`, default the path: it could not be written to data.csv and read back), a symbolic
+    link loop, a dangling link, a folder/FIFO/device, or no permission to read it."""
+    text = os.fspath(path) if name is None else name
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8 (rename the file)"
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if e.errno == errno.ENOENT:
+            link = os.path.islink(path)
+            return "dangling symbolic link (its target is missing)" if link else "file vanished"
+        if e.errno == errno.EACCES:
+            return "permission denied"
+        return f"unreadable file ({e.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a FIFO, socket or device)"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    return None
+
+
 class Unreadable(ValueError):
     """A file that cannot be used as a radiograph: `reason` (one of index's skip reasons) and an
     optional detail."""
@@ -75,13 +111,15 @@ def is_colour(im: Image.Image) -> bool:
 def read_gray(path, max_pixels: int | None, bits_stored: int | None = None) -> tuple[np.ndarray, dict]:
     """Any radiograph file (PNG, JPEG, TIFF..., DICOM) -> its 8-bit grayscale pixels and facts
     (width, height, mode, format, colour); `Unreadable` with index's reasons otherwise."""
-    import os
     import warnings
 
     from PIL import UnidentifiedImageError
 
     from cxr_transfer.dicom import DicomSkip, is_dicom, read_dicom
 
+    problem = file_problem(path)
+    if problem:
+        raise Unreadable(problem)
     if os.path.getsize(path) == 0:
         raise Unreadable("empty file")
     if is_dicom(path):

@@ -17,7 +17,7 @@ from cxr_transfer.acquisition import STATS, pixel_facts
 from cxr_transfer.dicom import is_dicom
 from cxr_transfer.errors import CxrError
 from cxr_transfer.groups import group_names
-from cxr_transfer.imageio import IMAGE_EXTS, OS_FILES, Unreadable, read_gray
+from cxr_transfer.imageio import IMAGE_EXTS, OS_FILES, Unreadable, file_problem, read_gray, shown
 from cxr_transfer.metadata import plan
 from cxr_transfer.neardup import framed_phash, phash
 from cxr_transfer.parallel import chunked_map
@@ -82,6 +82,8 @@ def walk(root: Path, aliases: dict[str, str]) -> tuple[list[tuple[str, str]], li
             reason = None
             if f.startswith(".") or f.lower() in OS_FILES:
                 reason = "hidden or OS file"
+            elif problem := file_problem(Path(dirpath) / f, str(rel)):
+                reason = problem
             elif Path(f).suffix.lower() not in IMAGE_EXTS and not is_dicom(Path(dirpath) / f):
                 reason = f"not an image ({Path(f).suffix or 'no extension'})"
             cls = class_of(rel.parts[:-1], aliases)
@@ -277,7 +279,7 @@ def _report(df: pd.DataFrame, skipped: list[dict], no_meta: int) -> dict:
         "per_class": {str(k): int(v) for k, v in Counter(df["class"]).items()},
         "skipped": len(skipped),
         "skipped_by_reason": dict(Counter(s["reason"] for s in skipped).most_common()),
-        "skipped_files": sorted(skipped, key=lambda s: s["path"]),
+        "skipped_files": sorted(({**s, "path": shown(s["path"])} for s in skipped), key=lambda s: s["path"]),
         "duplicate_sets": len(dups),
         "duplicate_images": sum(len(d) - 1 for d in dups),
         "duplicates": dups,

@@ -82,10 +82,23 @@ def load_trained(model_dir) -> tuple[nn.Module, dict]:
     import json
     from pathlib import Path
 
+    from cxr_transfer.errors import CxrError
+
     model_dir = Path(model_dir)
-    meta = json.loads((model_dir / "model.json").read_text())
-    model = build_model(meta["arch"], None, len(meta["classes"]), 0)
-    model.load_state_dict(torch.load(model_dir / "best.pt", map_location="cpu", weights_only=True))
+    sidecar, weights = model_dir / "model.json", model_dir / "best.pt"
+    try:
+        meta = json.loads(sidecar.read_text())
+        model = build_model(meta["arch"], None, len(meta["classes"]), 0)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CxrError(f"{sidecar}: unusable ({type(e).__name__}: {e}); re-run the train stage") from None
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as e:  # truncated zip, pickle, a state dict of another network: torch's own classes
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CxrError(
+            f"{weights}: cannot be loaded as {meta['arch']} weights ({why}); re-run the train stage"
+        ) from None
     return model.eval(), meta
 
 

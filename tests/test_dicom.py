@@ -184,3 +184,93 @@ def test_is_dicom_needs_the_extension_or_the_magic(tmp_path):
     assert not is_dicom(tmp_path / "plain") and is_dicom(tmp_path / "x.DCM")
     make_dicom(tmp_path / "IM1", RAMP)
     assert is_dicom(tmp_path / "IM1")
+
+
+def _patched(path, header, field=None, new=None, drop=()):
+    """A radiograph whose header `field` is then overwritten at the byte level with `new` (pydicom
+    refuses to write a non-numeric DS/IS value, but files in the wild carry them)."""
+    import struct
+
+    import pydicom
+
+    make_dicom(path, RAMP, **header)
+    if drop:
+        ds = pydicom.dcmread(path)
+        for k in drop:
+            delattr(ds, k)
+        ds.save_as(path, enforce_file_format=True)
+    if field:
+        tag = pydicom.datadict.tag_for_keyword(field)
+        b = path.read_bytes()
+        at = b.index(struct.pack("<HH", tag >> 16, tag & 0xFFFF), 132)  # explicit VR little endian
+        (n,) = struct.unpack("<H", b[at + 6 : at + 8])
+        assert len(new) == n
+        path.write_bytes(b[: at + 8] + new + b[at + 8 + n :])
+    return path
+
+
+@pytest.mark.parametrize(
+    "header, field, new, drop, reason",
+    [
+        ({}, None, None, ("Rows", "Columns"), "DICOM header has no Columns"),
+        (
+            {"WindowCenter": "1234", "WindowWidth": "400"},
+            "WindowCenter",
+            b"abcd",
+            (),
+            "DICOM header WindowCenter is not a number ('abcd')",
+        ),
+        (
+            {"RescaleSlope": "1.25"},
+            "RescaleSlope",
+            b"x1.5",
+            (),
+            "DICOM header RescaleSlope is not a number ('x1.5')",
+        ),
+        (
+            {"NumberOfFrames": 97},
+            "NumberOfFrames",
+            b"ab",
+            (),
+            "DICOM header NumberOfFrames is not a number ('ab')",
+        ),
+        (
+            {"WindowCenter": "2000", "WindowWidth": "0", "VOILUTFunction": "SIGMOID"},
+            None,
+            None,
+            (),
+            "DICOM header WindowWidth is 0 with VOILUTFunction SIGMOID (must be > 0)",
+        ),
+    ],
+    ids=["no-rows-columns", "text-window-centre", "text-rescale-slope", "text-frames", "sigmoid-width-0"],
+)
+def test_a_broken_header_is_a_skip_naming_the_field(tmp_path, header, field, new, drop, reason):
+    import warnings
+
+    path = _patched(tmp_path / "x.dcm", header, field, new, drop)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no divide-by-zero garbage either
+        with pytest.raises(DicomSkip) as e:
+            read_dicom(path)
+    assert str(e.value) == reason
+
+
+def test_pacs_exports_named_by_uid_are_found_by_the_preamble(tmp_path):
+    """`1.2.840....320`: the last UID component looks like a suffix; the DICM magic decides."""
+    root = tmp_path / "raw"
+    rng = np.random.default_rng(1)
+    for cls in ("NORMAL", "COVID"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            make_dicom(
+                root / cls / f"1.2.840.113619.2.55.3.604688119.971.1.{320 + i}",
+                rng.integers(0, 4096, (16, 16)),
+            )
+        (root / cls / "1.2.3.txt").write_text("a note, not DICOM")
+    _patched(root / "COVID" / "broken.dcm", {"RescaleSlope": "1.25"}, "RescaleSlope", b"x1.5")
+    df, report = build_index(root, {"Normal": ("NORMAL",), "Covid": ("COVID",)}, 10**6, workers=1)
+    assert len(df) == 4 and set(df["format"]) == {"DICOM"}
+    assert report["skipped_by_reason"] == {
+        "not an image (.txt)": 2,
+        "DICOM header RescaleSlope is not a number ('x1.5')": 1,
+    }

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -253,3 +255,77 @@ def test_several_metadata_tables_are_merged_and_conflicts_name_both(tmp_path):
         IndexError_, match=r"'covid-1' has URL 'https://a' in .*COVID.metadata.csv and 'https://c'"
     ):
         read_columns([a, b], "FILE NAME", "URL", "source_column")
+
+
+def test_link_loops_dangling_links_and_non_utf8_names_are_skipped_and_listed(seed_layout, tmp_path):
+    """Each is one skip with its reason; the good files all remain; data.csv (written by the
+    stage) holds only names it can write and read back."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, write_image
+
+    covid = seed_layout / "COVID"
+    os.symlink("b.png", covid / "a.png")
+    os.symlink("a.png", covid / "b.png")
+    os.symlink("/nonexistent/x.png", covid / "x.png")
+    os.mkfifo(covid / "pipe.png")  # opening it would block the decode forever
+    latin = os.fsdecode(os.fsencode(seed_layout / "NORMAL") + b"/latin\xe9\xff.png")
+    write_image(Path(latin), seed=77)
+    df, rep = index(seed_layout)
+    assert rep["skipped_by_reason"] == {
+        "symbolic link loop": 2,
+        "dangling symbolic link (its target is missing)": 1,
+        "not a regular file (a FIFO, socket or device)": 1,
+        "file name is not valid UTF-8 (rename the file)": 1,
+    }
+    listed = {s["path"]: s["reason"] for s in rep["skipped_files"]}
+    assert listed["NORMAL/latin\\xe9\\xff.png"].startswith("file name is not valid UTF-8")
+    assert rep["per_class"] == {"Normal": 6, "Covid": 6}
+    # the stage end to end: exit 0, a CSV that reads back, a report JSON with the escaped name
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  root: {seed_layout}\nindex:\n  workers: 1\n")
+    out, report = tmp_path / "d.csv", tmp_path / "r.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stages.index",
+            "--params",
+            str(params),
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert len(pd.read_csv(out)) == 12 and "latin\\\\xe9\\\\xff.png" in report.read_text()
+
+
+def test_the_index_stage_writes_data_csv_atomically(seed_layout, tmp_path, monkeypatch):
+    """A failure mid-write (here: the CSV writer raising half-way) leaves the previous data.csv
+    whole and no temporary file behind."""
+    from cxr_transfer import cli
+
+    out = tmp_path / "data" / "data.csv"
+    out.parent.mkdir()
+    out.write_text("path\nold.png\n")
+    df, _ = index(seed_layout)
+
+    class Boom(Exception):
+        pass
+
+    def half(self, path, **kw):
+        Path(path).write_text("path,image_n")  # the first bytes, then the kill
+        raise Boom
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half)
+    with pytest.raises(Boom):
+        cli.write_csv(df, out)
+    assert out.read_text() == "path\nold.png\n"
+    assert [p.name for p in out.parent.iterdir()] == ["data.csv"]
