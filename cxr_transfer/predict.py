@@ -19,7 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from cxr_transfer.errors import CxrError
-from cxr_transfer.imageio import IMAGE_EXTS, OS_FILES, Unreadable, read_gray, resize_gray8
+from cxr_transfer.imageio import (
+    IMAGE_EXTS,
+    OS_FILES,
+    Unreadable,
+    file_problem,
+    read_gray,
+    resize_gray8,
+    shown,
+)
 
 
 @dataclass
@@ -31,7 +39,6 @@ class Loaded:
     proba: Callable[[np.ndarray], np.ndarray]  # (N, S, S) uint8 -> (N, K) probabilities
     runtime: str
     positive: str | None = None
-    threshold: float | None = None  # two classes: P(positive) >= threshold; None = argmax
     bits_stored: int | None = None
     training_images: dict | None = None
     torch_model_dir: Path | None = None
@@ -44,39 +51,95 @@ def _batched(fn, batch_size: int):
     return proba
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def read_json_file(path: Path, what: str) -> dict:
+    """A JSON object from `path`, or a one-line CxrError saying what is wrong with it."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        why = _first_line(e)
+        raise CxrError(f"{path}: not a readable {what} ({why}); re-run the stage that writes it") from None
+    if not isinstance(obj, dict):
+        raise CxrError(f"{path}: a {what} is a JSON object, not {type(obj).__name__}")
+    return obj
+
+
+def _card_fields(card: dict, card_path: Path) -> tuple[list[str], int]:
+    """The classes and image size a card must state, checked."""
+    try:
+        classes, size = card["classes"], card["preprocessing"]["image_size"]
+    except (KeyError, TypeError) as e:
+        raise CxrError(
+            f"{card_path}: no {e} in it; a card states classes and preprocessing.image_size "
+            "(re-run the export stage)"
+        ) from None
+    ok = isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)
+    if not ok or not isinstance(size, int) or size < 8:
+        raise CxrError(
+            f"{card_path}: classes {classes!r} or image_size {size!r} unusable (re-run the export stage)"
+        )
+    return classes, size
+
+
 def load_onnx(onnx_path: Path, batch_size: int = 64) -> Loaded:
-    """An exported model: model.onnx and its card.json side by side."""
+    """An exported model: model.onnx and its card.json side by side; every way either can be
+    broken (truncated graph, empty card, a card that disagrees with the graph) is one line."""
     card_path = onnx_path.parent / "card.json"
     if not card_path.exists():
         raise CxrError(f"--model {onnx_path}: no card.json beside it (the export stage writes both)")
-    card = json.loads(card_path.read_text())
+    card = read_json_file(card_path, "model card")
+    classes, size = _card_fields(card, card_path)
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    decision = card.get("decision", {})
+    try:
+        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own classes (InvalidProtobuf, Fail, ...) for a bad file
+        raise CxrError(
+            f"{onnx_path}: not a loadable ONNX model ({_first_line(e)}); re-run the export stage"
+        ) from None
+    inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
+    shape = [d if isinstance(d, int) else None for d in inp.shape]
+    if len(shape) != 4 or shape[1] not in (1, None) or any(d not in (size, None) for d in shape[2:]):
+        raise CxrError(
+            f"{onnx_path}: the graph takes {inp.shape}, but {card_path.name} says image_size {size} "
+            "(a card from another export?); re-run the export stage"
+        )
+    if isinstance(out.shape[-1], int) and out.shape[-1] != len(classes):
+        raise CxrError(
+            f"{onnx_path}: the graph gives {out.shape[-1]} outputs, {card_path.name} names "
+            f"{len(classes)} classes; re-run the export stage"
+        )
+
+    def run(x):
+        try:
+            return sess.run(None, {inp.name: np.ascontiguousarray(x[:, None])})[0]
+        except Exception as e:
+            raise CxrError(f"{onnx_path}: ONNX Runtime failed ({_first_line(e)})") from None
+
+    pre = card["preprocessing"]
     return Loaded(
-        classes=card["classes"],
-        image_size=card["preprocessing"]["image_size"],
-        proba=_batched(lambda x: sess.run(None, {name: np.ascontiguousarray(x[:, None])})[0], batch_size),
+        classes=classes,
+        image_size=size,
+        proba=_batched(run, batch_size),
         runtime="onnxruntime",
         positive=card.get("positive"),
-        threshold=decision.get("threshold"),
-        bits_stored=card["preprocessing"].get("bits_stored"),
-        training_images=card.get("training_data", {}).get("training_images"),
+        bits_stored=pre.get("bits_stored"),
+        training_images=(card.get("training_data") or {}).get("training_images"),
     )
 
 
 def load_torch(model_dir: Path, device: str = "auto", batch_size: int = 64) -> Loaded:
-    """A train stage's folder (model.json, best.pt): argmax decisions (the threshold chosen on
-    validation travels with the exported model's card)."""
+    """A train stage's folder (model.json, best.pt); decisions by the argmax, as the export's."""
     from cxr_transfer.engine import pick_device, predict_proba
     from cxr_transfer.models import load_trained
 
+    dev = pick_device(device, "--device")
     model, meta = load_trained(model_dir)
-    dev = pick_device(device)
 
     def proba(x):
         return predict_proba(model, meta["arch"], meta["mean"], meta["std"], x, dev, batch_size).numpy()
@@ -116,9 +179,11 @@ def gather(inputs: list[str]) -> tuple[list[str], list[dict]]:
     def consider(p: Path) -> None:
         name = p.name.lower()
         if name.startswith(".") or name in OS_FILES:
-            skipped.append({"path": str(p), "skipped": "hidden or OS file"})
+            skipped.append({"path": shown(p), "skipped": "hidden or OS file"})
+        elif problem := file_problem(p):
+            skipped.append({"path": shown(p), "skipped": problem})
         elif p.suffix.lower() not in IMAGE_EXTS and not is_dicom(p):
-            skipped.append({"path": str(p), "skipped": f"not an image ({p.suffix or 'no extension'})"})
+            skipped.append({"path": shown(p), "skipped": f"not an image ({p.suffix or 'no extension'})"})
         else:
             files.append(str(p))
 
@@ -129,7 +194,7 @@ def gather(inputs: list[str]) -> tuple[list[str], list[dict]]:
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for n in sorted(names):
                     consider(Path(dirpath) / n)
-        elif p.is_file():
+        elif p.is_file() or os.path.lexists(p):  # a broken link given by name is listed as skipped
             consider(p)
         else:
             raise CxrError(f"{arg}: no such file or folder")
@@ -169,13 +234,9 @@ def read_one(path: str, model: Loaded, max_pixels: int) -> tuple[np.ndarray | No
 
 
 def decide(model: Loaded, p: np.ndarray) -> np.ndarray:
-    """The predicted class per row: P(positive) >= the card's threshold for two classes when
-    there is one, the argmax otherwise."""
-    classes = np.asarray(model.classes)
-    if model.threshold is not None and len(classes) == 2 and model.positive in model.classes:
-        pos = model.classes.index(model.positive)
-        return np.where(p[:, pos] >= model.threshold, classes[pos], classes[1 - pos])
-    return classes[p.argmax(1)]
+    """The predicted class per row: the argmax, the model's one rule (its card says so, and its
+    test figures are at it), whichever runtime computed `p`."""
+    return np.asarray(model.classes)[p.argmax(1)]
 
 
 def predict_files(model: Loaded, files: list[str], batch_size: int = 64, max_pixels: int = 50_000_000):
@@ -214,16 +275,11 @@ def predict_files(model: Loaded, files: list[str], batch_size: int = 64, max_pix
 
 
 def table(rows: list[dict], model: Loaded):
-    """The output CSV's frame: path, p_<class> per class, predicted, (threshold), warning, skipped."""
+    """The output CSV's frame: path, p_<class> per class, predicted, warning, skipped."""
     import pandas as pd
 
     cols = ["path", *(f"p_{c}" for c in model.classes), "predicted"]
     df = pd.DataFrame(rows)
-    if model.threshold is not None and len(model.classes) == 2:
-        df["threshold"] = (
-            np.where(df["predicted"].notna(), model.threshold, None) if "predicted" in df else None
-        )
-        cols.append("threshold")
     extra = ["gradcam"] if "gradcam" in df else []
     for c in (*cols, "warning", "skipped"):
         if c not in df:

@@ -42,7 +42,9 @@ def main() -> None:
     mb = onnx_path.stat().st_size / 2**20
     print(
         f"export {name}: {onnx_path} ({mb:.1f} MiB, {how}); parity on {check['images']} test images: "
-        f"max |dP| {check['max_abs_diff']:.1e} (limit {check['limit']:g}); CPU inference "
+        f"max |dP| {check['max_abs_diff']:.1e}, max |dlogit| {check['max_logit_diff']:.1e} "
+        f"({check['max_logit_excess']:.2g}x the tolerance), {check['decisions_differ']} decisions differ; "
+        "CPU inference "
         f"{check['onnxruntime_images_per_s']:.0f} img/s ONNX Runtime, "
         f"{check['pytorch_images_per_s']:.0f} img/s PyTorch"
     )

@@ -55,7 +55,7 @@ def models(tmp_path_factory):
     wrapped = Probabilities(net, spec.mean, spec.std)
     how = export_onnx(wrapped, 32, out / "model.onnx")
     check = parity(out / "model.onnx", wrapped, np.zeros((2, 32, 32), np.uint8))
-    full = {"youden": {"threshold": 0.5}}
+    full = {"youden": {"threshold": 0.9}}  # a validation threshold far from 0.5: never applied
     (out / "card.json").write_text(json.dumps(card(meta, {}, full, None, "Covid", check, how)))
     return folder, out
 
@@ -120,20 +120,23 @@ def test_a_mixed_folder_gives_the_right_rows_warnings_and_skips(models, mixed, t
     assert "8 images scored" in said and "4 with a warning, 3 skipped" in said
 
 
-def test_torch_and_onnx_give_the_same_probabilities_and_the_card_threshold_decides(models, mixed):
-    from cxr_transfer.predict import decide, gather, predict_files
+def test_torch_and_onnx_give_the_same_probabilities_and_the_same_decisions(models, mixed):
+    """One rule per model (the argmax, the card's), whatever the runtime: the same label for the
+    same image, even with a validation threshold in the card (an alternative it states)."""
+    from cxr_transfer.predict import gather, predict_files
 
     files, _ = gather([str(mixed)])
-    got = {}
+    got, labels = {}, {}
     for name, path in zip(("torch", "onnx"), models, strict=True):
         m = load_model(path)
         rows = [r for chunk, _ in predict_files(m, files, 3) for r in chunk if "skipped" not in r]
         got[name] = np.array([[r["p_Normal"], r["p_Covid"]] for r in rows])
+        labels[name] = [r["predicted"] for r in rows]
     assert np.abs(got["torch"] - got["onnx"]).max() < 1e-5
-    onnx = load_model(models[1])
-    assert onnx.threshold == 0.5 and onnx.positive == "Covid"
-    onnx.threshold = 0.0  # every image is then positive
-    assert set(decide(onnx, got["onnx"])) == {"Covid"}
+    assert labels["torch"] == labels["onnx"] == list(np.array(CLASSES)[got["onnx"].argmax(1)])
+    card_ = json.loads((models[1] / "card.json").read_text())
+    assert card_["decision"]["rule"].startswith("the class of highest probability (argmax")
+    assert card_["decision"]["alternative"]["threshold"] == 0.9  # stated, not applied
 
 
 def test_the_onnx_path_does_not_import_torch(models, mixed, tmp_path):
@@ -189,3 +192,97 @@ def test_warnings_follow_the_training_images():
     noisy = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
     assert warnings_for({"width": 128, "height": 128}, noisy, TRAINING) == []
     assert warnings_for({"width": 128, "height": 128}, noisy, None) == []  # nothing to compare with
+
+
+def _broken_copy(models, tmp_path, which: str) -> Path:
+    """A copy of the exported model or the model folder with one file broken as `which` says."""
+    import shutil
+
+    folder, exported = models
+    src = exported if which.startswith("onnx") or which.startswith("card") else folder
+    dst = tmp_path / which
+    shutil.copytree(src, dst)
+    if which == "onnx-truncated":
+        data = (dst / "model.onnx").read_bytes()
+        (dst / "model.onnx").write_bytes(data[: len(data) // 3])
+    elif which == "onnx-garbage":
+        (dst / "model.onnx").write_bytes(b"not a protobuf at all\n" * 10)
+    elif which == "card-size":
+        c = json.loads((dst / "card.json").read_text())
+        c["preprocessing"]["image_size"] = 64  # the graph takes 32
+        (dst / "card.json").write_text(json.dumps(c))
+    elif which == "card-empty":
+        (dst / "card.json").write_text("{}")
+    elif which == "card-not-json":
+        (dst / "card.json").write_text('{"classes": [')
+    elif which == "pt-truncated":
+        data = (dst / "best.pt").read_bytes()
+        (dst / "best.pt").write_bytes(data[: len(data) // 2])
+    elif which == "json-empty":
+        (dst / "model.json").write_text("{}")
+    return dst
+
+
+@pytest.mark.parametrize(
+    "which, expect",
+    [
+        ("onnx-truncated", "model.onnx: not a loadable ONNX model"),
+        ("onnx-garbage", "model.onnx: not a loadable ONNX model"),
+        ("card-size", "model.onnx: the graph takes ['batch', 1, 32, 32], but card.json says image_size 64"),
+        ("card-empty", "card.json: no 'classes' in it"),
+        ("card-not-json", "card.json: not a readable model card"),
+        ("pt-truncated", "best.pt: cannot be loaded as resnet18 weights"),
+        ("json-empty", "model.json: unusable (KeyError: 'arch')"),
+    ],
+)
+def test_a_broken_model_file_is_one_line_and_a_non_zero_exit(models, mixed, tmp_path, which, expect):
+    model = _broken_copy(models, tmp_path, which)
+    r = subprocess.run(
+        [sys.executable, "-m", "cxr_transfer", "predict", str(mixed / "a.png"), "--model", str(model)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("predict: error: ") and expect in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_links_and_odd_names_are_skipped_rows_and_every_input_skipped_exits_non_zero(models, tmp_path):
+    import os
+
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(render_cxr(np.random.default_rng(5), 64, covid=True)).save(d / "good.png")
+    os.symlink("/nonexistent/x.png", d / "gone.png")
+    os.symlink("l2.png", d / "l1.png")
+    os.symlink("l1.png", d / "l2.png")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(os.fsencode(d) + b"/caf\xe9.png")
+    out = tmp_path / "p.csv"
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxr_transfer",
+        "predict",
+        str(d),
+        "--model",
+        str(models[1]),
+        "--out",
+        str(out),
+    ]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    df = pd.read_csv(out, keep_default_na=False).set_index("path")
+    df.index = [Path(p).name for p in df.index]
+    assert df.loc["good.png", "predicted"] in CLASSES
+    assert df.loc["gone.png", "skipped"] == "dangling symbolic link (its target is missing)"
+    assert df.loc["l1.png", "skipped"] == df.loc["l2.png", "skipped"] == "symbolic link loop"
+    assert df.loc["caf\\xe9.png", "skipped"] == "file name is not valid UTF-8 (rename the file)"
+    assert "skipped 2: symbolic link loop" in r.stderr
+    (d / "good.png").unlink()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"predict: error: no image could be scored: all 4 files were skipped (reasons in {out})"
+    )
+    assert len(pd.read_csv(out)) == 4  # the reasons are still written
