@@ -203,10 +203,18 @@ def image(path: Path, alt: str) -> str:
 
 
 def markdown(text: str) -> str:
-    """The report's Markdown (summary.md) as HTML: headings, tables, lists, emphasis."""
+    """The report's Markdown (summary.md) as HTML: headings, tables, lists, emphasis, and nothing
+    else. summary.md carries class, run and folder names from data and params; Python-Markdown
+    passes raw HTML through and turns [x](javascript:...) into a link, so both are switched off:
+    such text is shown as text (escaped), never run, on a page that is meant to be shared."""
     import markdown as md
 
-    return md.markdown(text, extensions=["tables"])
+    m = md.Markdown(extensions=["tables"])
+    m.preprocessors.deregister("html_block")
+    for name in ("html", "reference", "link", "image_link", "image_reference", "short_reference",
+                 "short_image_ref", "autolink", "automail"):  # fmt: skip
+        m.inlinePatterns.deregister(name)
+    return m.convert(text)
 
 
 def page(
@@ -219,7 +227,8 @@ def page(
         (f'<h2 id="s{i}">{html.escape(h)}</h2>\n' if h else "") + content
         for i, (h, content) in enumerate(sections)
     )
-    specs = json.dumps(charts).replace("</", "<\\/")
+    # every < as \u003c: no name in the data can close this script or open another
+    specs = json.dumps(charts).replace("<", "\\u003c")
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

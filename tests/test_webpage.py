@@ -66,3 +66,44 @@ def test_the_page_puts_each_chart_in_its_slot_and_loads_nothing_remote(tmp_path)
     assert 'src="data:image/png;base64,' in page and 'alt="grid &lt;a&gt;"' in page
     assert '<a href="#s0">Curves</a>' in page and '<h2 id="s1">Grad-CAM</h2>' in page
     assert not re.search(r"""(src|href)=["']?https?:""", page)
+
+
+HOSTILE = 'Covid<script>alert("cls")</script>'
+
+
+def test_names_from_data_params_and_folders_are_text_on_the_page_never_markup():
+    """A class name, a stray run folder and a Markdown link in summary.md reach the page as text:
+    no element, no handler, no javascript: link is created from them."""
+    from cxr_transfer import report as R
+
+    stale = "eval/<img src=x onerror=alert(1)>"
+    md = (
+        f"| NETWORK | {HOSTILE} images |\n| --- | --- |\n| a-ft | 10 |\n\n"
+        f"{stale}: left by an earlier run. [click](javascript:alert(2)) <javascript:alert(3)>\n"
+    )
+    conf = pd.DataFrame(
+        {"model": ["m"] * 4, "actual": [0, 0, 1, 1], "predicted": [0, 1, 0, 1], "n": [3, 1, 2, 4]}
+    )
+    charts = {"confusion": W.confusion_spec(conf, ["Normal", HOSTILE])}
+    data = R.data_html(
+        {
+            "root": "data/<b>raw</b>",
+            "images": 3,
+            "per_class": {HOSTILE: 2, "Normal": 1},
+            "skipped": 1,
+            "skipped_by_reason": {"not an image (.txt)": 1},
+            "skipped_files": [{"path": "<script>x</script>.txt", "reason": "not an image (.txt)"}],
+            "duplicate_sets": 0,
+            "duplicate_images": 0,
+            "groups": 3,
+        },
+        {"counts": {"train": {HOSTILE: 1}}, "seed": 42, "fractions": [0.64], "group_overlap": 0},
+    )
+    page = W.page("T", HOSTILE, [("", W.markdown(md)), (HOSTILE, data)], charts, "/* bundle */")
+    assert page.count("<script") == 2  # the bundle's and the chart specs'
+    assert "<img" not in page and "<b>" not in page and 'href="javascript' not in page
+    assert "javascript:alert(2)" in page  # shown as the text it is
+    assert "Covid&lt;script&gt;alert(&quot;cls&quot;)&lt;/script&gt;" in page or (
+        'Covid&lt;script&gt;alert("cls")&lt;/script&gt;' in page
+    )
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
