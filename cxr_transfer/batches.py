@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from cxr_transfer.errors import CxrError
 
+IGNORE = -100  # the label of a stand-in row: cross-entropy, accuracy and counts leave it out
+
 
 class ArrayBatches:
     """Iterate (uint8 images (B,1,S,S), int64 labels (B,)) over arrays already in memory or on a device.
@@ -25,7 +27,11 @@ class ArrayBatches:
 
     With `shard` (rank, processes), each process gets its share of every global batch of the
     epoch's seeded order (items rank, rank + processes, ...): together they see the batches one
-    process would, and the global batch size stays `batch_size`.
+    process would, and the global batch size stays `batch_size`. A process whose share of a
+    (last, small) global batch is empty gets one stand-in row labelled IGNORE, so every process
+    steps together and no image is dropped. `current` is (global batch size, this process's first
+    row in it, the step between its rows) of the batch last yielded: augmentation draws for the
+    whole global batch and takes these rows, as one process would.
 
     A numpy store larger than `budget` bytes (None: no limit) is not copied: it stays memory-mapped
     on disk and each batch is read from it when needed, by a background thread that keeps
@@ -62,13 +68,7 @@ class ArrayBatches:
         self.weights = (1.0 / torch.bincount(self.y.cpu()).double())[self.y.cpu()] if balanced else None
 
     def __len__(self) -> int:
-        n = len(self.y)
-        full, rest = -(-n // self.batch_size), n % self.batch_size
-        # sharded: a last global batch smaller than the processes would leave one with nothing to
-        # step on, so every process drops it alike (at most processes - 1 images of an epoch)
-        if self.shard is not None and full > 1 and 0 < rest < self.shard[1]:
-            return full - 1
-        return full
+        return -(-len(self.y) // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -91,15 +91,17 @@ class ArrayBatches:
             order[i : i + self.batch_size] if order is not None else slice(i, i + self.batch_size)
             for i in range(0, n, self.batch_size)
         ]
+        sizes = [min(self.batch_size, n - i) for i in range(0, n, self.batch_size)]
+        rank, size = self.shard or (0, 1)
+        stand_in = [False] * len(picks)
         if self.shard is not None:  # the global batch, dealt out: this process's share of each
-            rank, size = self.shard
             picks = [(p if isinstance(p, torch.Tensor) else torch.arange(n, device=here)[p]) for p in picks]
-            picks = [p[rank::size] for p in picks[: len(self)]]
-        if self.streaming:
-            yield from self._stream(picks)
-            return
-        for idx in picks:
-            yield self.x[idx], self.y[idx]
+            stand_in = [len(p) <= rank for p in picks]
+            picks = [p[:1] if empty else p[rank::size] for p, empty in zip(picks, stand_in, strict=True)]
+        batches = self._stream(picks) if self.streaming else ((self.x[i], self.y[i]) for i in picks)
+        for k, (xb, yb) in enumerate(batches):
+            self.current = (sizes[k], rank, size)
+            yield xb, (torch.full_like(yb, IGNORE) if stand_in[k] else yb)
 
     def _read(self, idx) -> torch.Tensor:
         rows = idx.numpy() if isinstance(idx, torch.Tensor) else idx
@@ -169,13 +171,19 @@ def augment_batch(
     max_gamma: float = 0.25,
     max_contrast: float = 0.1,
     max_brightness: float = 0.05,
+    rows: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """Per-image random translation (a fraction of the size) and zoom, then gamma, contrast and
     brightness jitter, of a uint8 batch (B, 1, H, W), on its device. No flips: anatomy is sided.
 
-    The draws come from the CPU generator `gen`, so a run is reproducible on any device."""
+    The draws come from the CPU generator `gen`, so a run is reproducible on any device. `rows`
+    (global batch size, first row, step): `x` is these rows of a larger batch (one process's
+    share under torchrun), and gets the draws that batch's rows get in one process."""
     b, _, h, w = x.shape
-    r = (torch.rand(b, 6, generator=gen) * 2 - 1).to(x.device)  # uniform in [-1, 1)
+    total, first, step = rows or (b, 0, 1)
+    r = torch.rand(total, 6, generator=gen)[first::step][:b]
+    r = torch.cat([r, torch.full((b - len(r), 6), 0.5)]) if len(r) < b else r  # a stand-in: no change
+    r = (r * 2 - 1).to(x.device)  # uniform in [-1, 1)
     shift = r[:, :2] * max_shift * torch.tensor([w, h], device=x.device)
     y = warp(x.float(), shift, 1.0 + r[:, 2] * max_scale) / 255.0
     gamma = torch.exp(r[:, 3] * math.log1p(max_gamma)).view(b, 1, 1, 1)

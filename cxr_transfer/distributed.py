@@ -65,7 +65,8 @@ def wrap(module: nn.Module, device: torch.device, sync_batchnorm: bool = False) 
 
 
 def gather_rows(part: torch.Tensor, world: World, n: int) -> torch.Tensor:
-    """The (n, ...) tensor whose rows the processes computed in contiguous blocks (`block`)."""
+    """The (n, ...) tensor whose rows the processes computed in contiguous blocks (`block`); a
+    process with no rows (n < processes) passes a (0, ...) `part` of the rows' shape."""
     if world.size == 1:
         return part
     size = -(-n // world.size)
@@ -77,10 +78,11 @@ def gather_rows(part: torch.Tensor, world: World, n: int) -> torch.Tensor:
 
 
 def block(world: World, n: int, rank: int | None = None) -> slice:
-    """The contiguous block of n rows that `rank` (default: this process) computes."""
+    """The contiguous block of n rows that `rank` (default: this process) computes: sizes differ
+    by at most one, so a block is empty only when there are fewer rows than processes (ceil-sized
+    blocks left the last processes nothing from n <= (processes - 1)^2 on)."""
     r = world.rank if rank is None else rank
-    size = -(-n // world.size)
-    return slice(min(n, r * size), min(n, (r + 1) * size))
+    return slice(r * n // world.size, (r + 1) * n // world.size)
 
 
 def barrier(world: World) -> None:

@@ -117,10 +117,12 @@ def setup_run(
             for split in ("train", "val"):
                 x, y = data[split]
                 rows = block(world, len(y))
+                none = rows.start == rows.stop  # fewer images than processes: one, for the shape
+                rows = slice(0, 1) if none else rows
                 xb = image_batches(x[rows], y[rows], infer_batch, device, budget=each)
                 fwd = image_forward(runner, norm, infer_cl)
                 mine = tail_inputs(model, trained, fwd, xb, prec, device).to(device)
-                feats[split] = gather_rows(mine, world, len(y))
+                feats[split] = gather_rows(mine[:0] if none else mine, world, len(y))
             loop = Loop(trained, trained, trained.train, trained.eval)
             ddp = (lambda t=trained: wrap(t, device, sync_batchnorm)) if world.size > 1 else None
             tr = ArrayBatches(
@@ -157,6 +159,6 @@ def _augmenter(tr: ArrayBatches, seed: int):
     def augment_fn(xb):  # one generator per epoch, seeded by (seed, epoch): a resumed run matches
         if tr.epoch not in gens:
             gens[tr.epoch] = torch.Generator().manual_seed(seed * 7919 + tr.epoch)
-        return augment_batch(xb, gens[tr.epoch])
+        return augment_batch(xb, gens[tr.epoch], rows=tr.current)
 
     return augment_fn

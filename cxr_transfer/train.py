@@ -14,14 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from cxr_transfer.batches import ArrayBatches
+from cxr_transfer.batches import IGNORE, ArrayBatches
 from cxr_transfer.engine import Precision
 from cxr_transfer.errors import CxrError
 from cxr_transfer.parallel import bar_off
 from cxr_transfer.params import ModeConfig
+from cxr_transfer.speed import release_freed_memory
 
 SELECT_WORDS = {"val_loss": "validation loss", "val_auroc": "validation AUROC"}
 
@@ -86,13 +88,21 @@ class Objective:
     weight: torch.Tensor | None = None
     label_smoothing: float = 0.0
 
-    def terms(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | int]:
-        """(summed loss, its normaliser): the batch loss is their ratio, as in torch's 'mean'."""
+    def terms(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed loss, its normaliser): the batch loss is their ratio, as in torch's 'mean'.
+        Rows labelled IGNORE (a process's stand-in under torchrun) count in neither."""
         w = None if self.weight is None else self.weight.to(logits.device)
         loss = nn.functional.cross_entropy(
-            logits.float(), y, weight=w, label_smoothing=self.label_smoothing, reduction="sum"
+            logits.float(),
+            y,
+            weight=w,
+            label_smoothing=self.label_smoothing,
+            reduction="sum",
+            ignore_index=IGNORE,
         )
-        return loss, (len(y) if w is None else w[y].sum())
+        valid = y != IGNORE
+        denom = valid.sum() if w is None else (w[y.clamp(min=0)] * valid).sum()
+        return loss, denom.to(torch.float64)
 
 
 @dataclass
@@ -159,19 +169,34 @@ def val_auroc(y: torch.Tensor, probs: torch.Tensor) -> float:
 
 
 def _run_epoch(
-    loop: Loop, batches, optimizer, prec: Precision, device, scaler, desc: str, sched=None, obj=None
+    loop: Loop,
+    batches,
+    optimizer,
+    prec: Precision,
+    device,
+    scaler,
+    desc: str,
+    sched=None,
+    obj=None,
+    processes=1,
 ):
     """One pass over `batches` (training when `optimizer` is given): mean loss, accuracy, count,
     and (validation) the AUROC of the softmax scores.
 
     Loss and hits are summed on the device and read once at the end: a `.item()` per batch would
     make the host wait for the accelerator every step. `sched` steps after every optimizer step;
-    `obj` is the training loss (validation: plain cross-entropy)."""
+    `obj` is the training loss (validation: plain cross-entropy).
+
+    Under torchrun (`processes` > 1) each step's loss is divided by the whole global batch's
+    normaliser (summed over the processes), times the processes that DistributedDataParallel's
+    gradient average divides by: the objective of one process on the same global batch, whatever
+    the share sizes or class weights. The returned figures are this process's share."""
     obj = obj if obj is not None and optimizer is not None else Objective()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     total_w = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    n, scores, labels = 0, [], []
+    count = torch.zeros((), dtype=torch.int64, device=device)
+    scores, labels = [], []
     training = optimizer is not None
     (loop.set_train if training else loop.set_eval)()
     bar = tqdm(batches, desc=desc, leave=False, mininterval=1.0, disable=bar_off(len(batches)))
@@ -183,7 +208,12 @@ def _run_epoch(
             loss, denom = obj.terms(logits, yb)
         if training:
             optimizer.zero_grad(set_to_none=True)
-            scaled = loss / denom
+            if processes > 1:
+                whole = denom.detach().clone()
+                dist.all_reduce(whole)  # the global batch's normaliser
+                scaled = loss * processes / whole
+            else:
+                scaled = loss / denom
             if scaler is not None:
                 scaler.scale(scaled).backward()
                 scaler.step(optimizer)
@@ -195,12 +225,13 @@ def _run_epoch(
                 sched.step()
         total_loss += loss.detach()
         total_w += denom
-        correct += (logits.argmax(1) == yb).sum()
-        n += len(yb)
+        correct += (logits.argmax(1) == yb).sum()  # a stand-in's IGNORE label never matches
+        count += (yb != IGNORE).sum()
         if not training:
             scores.append(logits.detach().float().softmax(1))
             labels.append(yb)
     auc = val_auroc(torch.cat(labels), torch.cat(scores)) if scores else math.nan
+    n = int(count)
     return float(total_loss / total_w), int(correct) / n, n, auc
 
 
@@ -217,47 +248,79 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class Checkpoints:
-    """best.pt / last.pt (state_dicts) and state.json in a run folder that survives a kill.
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file, then one rename: a kill mid-write leaves the old file."""
+    from cxr_transfer.cli import atomic_path
 
-    `fingerprint` ties the folder to one configuration (params, data and code): a different one
-    starts afresh. last.pt holds everything a resumed run needs to match an uninterrupted one:
-    weights, optimizer, learning-rate scheduler, loss scaler and the CPU and CUDA random states."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+class Checkpoints:
+    """best.pt and last.pt in a run folder that survives a kill at any instant.
+
+    last.pt is the one commit point: weights, optimizer, learning-rate scheduler, loss scaler, the
+    CPU and CUDA random states, the fit state (epochs done, history, best) and the fingerprint, in
+    one file replaced atomically. A kill before its rename resumes from the previous epoch with
+    that epoch's weights (never an epoch counted twice); best.pt is written (atomically) before
+    it, so a best epoch that is retrained rewrites the same weights. `fingerprint` ties the folder
+    to one configuration (params, data and code): a different one starts afresh."""
 
     def __init__(self, folder: Path, fingerprint: str):
         self.folder, self.fingerprint = Path(folder), fingerprint
 
-    def load(self, module: nn.Module, optimizer, scaler=None, scheduler=None) -> FitState | None:
-        meta = self.folder / "state.json"
-        if not meta.exists() or json.loads(meta.read_text()).get("fingerprint") != self.fingerprint:
+    def saved(self) -> dict | None:
+        """The last checkpoint of this fingerprint, or None (none, another run's, unreadable)."""
+        path = self.folder / "last.pt"
+        if not path.exists():
             return None
-        ck = torch.load(self.folder / "last.pt", map_location="cpu", weights_only=True)
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a checkpoint from an older layout or a damaged disk: start afresh
+            print(f"train: {path} unreadable ({type(e).__name__}); starting afresh")
+            return None
+        return ck if isinstance(ck, dict) and ck.get("fingerprint") == self.fingerprint else None
+
+    def load(
+        self, module: nn.Module, optimizer, scaler=None, scheduler=None, rank: int = 0
+    ) -> FitState | None:
+        ck = self.saved()
+        if ck is None:
+            return None
         module.load_state_dict(ck["module"])
         optimizer.load_state_dict(ck["optimizer"])
         if scaler is not None and ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
         if scheduler is not None and ck.get("scheduler"):
             scheduler.load_state_dict(ck["scheduler"])
-        _set_rng_state(ck["rng"])
-        raw = json.loads(meta.read_text())["state"]
+        rng = ck["rng"]  # one process's, or a list of every process's (torchrun)
+        _set_rng_state(rng[rank] if isinstance(rng, list) else rng)
+        raw = ck["state"]
         return FitState(**{**raw, "history": [EpochLog(**h) for h in raw["history"]]})
 
-    def save(self, module: nn.Module, optimizer, state: FitState, is_best: bool, scaler=None, scheduler=None):
+    def save(
+        self,
+        module: nn.Module,
+        optimizer,
+        state: FitState,
+        is_best: bool,
+        scaler=None,
+        scheduler=None,
+        rng=None,
+    ):
         self.folder.mkdir(parents=True, exist_ok=True)
         ck = {
             "module": module.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {},
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "rng": _rng_state(),
+            "rng": _rng_state() if rng is None else rng,
+            "fingerprint": self.fingerprint,
+            "state": asdict(state),
         }
-        torch.save(ck, self.folder / "last.tmp")
         if is_best:
-            torch.save(module.state_dict(), self.folder / "best.pt")
-        (self.folder / "last.tmp").replace(self.folder / "last.pt")
-        meta = {"fingerprint": self.fingerprint, "state": asdict(state)}
-        (self.folder / "state.tmp").write_text(json.dumps(meta))
-        (self.folder / "state.tmp").replace(self.folder / "state.json")
+            save_atomic(module.state_dict(), self.folder / "best.pt")
+        save_atomic(ck, self.folder / "last.pt")
 
     def best(self) -> dict[str, torch.Tensor]:
         return torch.load(self.folder / "best.pt", map_location="cpu", weights_only=True)
@@ -298,7 +361,8 @@ def fit(
     only the `main` process (rank 0) writes checkpoints; every process reads them to resume."""
     scaler = scaler if scaler is not None else make_scaler(prec, device)
     module = phases[-1].loop.trained
-    state = ckpt.load(module, optimizer, scaler, scheduler) or FitState()
+    rank = dist.get_rank() if processes > 1 else 0
+    state = ckpt.load(module, optimizer, scaler, scheduler, rank) or FitState()
     if state.history and main:
         done = len(state.history)
         tqdm.write(
@@ -330,11 +394,13 @@ def fit(
             f"epoch {epoch}/{epochs}",
             scheduler,
             objective,
+            processes,
         )
         if not math.isfinite(tl):
             raise TrainingError(f"training loss is {tl} at epoch {epoch} with lr={lr}; lower the mode's lr")
         t_train = time.perf_counter() - t0
         vl, va, _, vauc = _run_epoch(phase.loop, phase.val, None, prec, device, None, "val")
+        release_freed_memory()  # what the epoch's batches freed goes back to the system
         secs = time.perf_counter() - t0
         n *= processes  # images/s of all processes (the loss and accuracy are this process's share)
         log = EpochLog(epoch, tl, ta, vl, va, lr, round(secs, 3), round(n / t_train, 2), vauc)
@@ -346,8 +412,13 @@ def fit(
         else:
             state.bad_epochs += 1
         state.stopped_early = state.bad_epochs >= patience and epoch < epochs
+        rng = _rng_state()
+        if processes > 1:  # every process's own random state (dropout draws differ by rank)
+            every: list = [None] * processes
+            dist.all_gather_object(every, rng)
+            rng = every
         if main:
-            ckpt.save(module, optimizer, state, is_best, scaler, scheduler)
+            ckpt.save(module, optimizer, state, is_best, scaler, scheduler, rng)
         on_epoch(log)
         if not main:
             continue
@@ -371,12 +442,16 @@ def code_digest(prefixes: tuple[str, ...] = ("cxr_transfer", "stages")) -> str:
 
     Part of the resume fingerprint, so weights left by a killed run are never continued by
     changed code (DVC reruns the stage after a code change; resuming would mix the two)."""
-    h = hashlib.sha1()
-    for name in sorted(sys.modules):
-        mod = sys.modules[name]
+    files = {}
+    for name, mod in list(sys.modules.items()):
+        # `python -m stages.train` runs the stage as __main__: its spec still says stages.train
+        real = getattr(getattr(mod, "__spec__", None), "name", None) or name
         path = getattr(mod, "__file__", None)
-        if path and name.split(".")[0] in prefixes and Path(path).exists():
-            h.update(name.encode() + b"\0" + Path(path).read_bytes())
+        if path and real.split(".")[0] in prefixes and Path(path).exists():
+            files[real] = Path(path)
+    h = hashlib.sha1()
+    for real in sorted(files):
+        h.update(real.encode() + b"\0" + files[real].read_bytes())
     return h.hexdigest()
 
 

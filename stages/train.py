@@ -29,6 +29,7 @@ from cxr_transfer.train import (
     fit,
     make_optimizer,
     make_scheduler,
+    save_atomic,
     summarize,
 )
 from dvclive import Live
@@ -195,9 +196,9 @@ def train_one(p, args, data, metas, out: Path, live_dir: Path, resume: Path, cv:
         summary = summarize(state, rs.feature_seconds, len(data["train"][1]), model)
         live.summary.update(summary)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.cpu().state_dict(), out / "last.pt")
+    save_atomic(model.cpu().state_dict(), out / "last.pt")
     rs.loop.trained.load_state_dict(ckpt.best())
-    torch.save(model.state_dict(), out / "best.pt")
+    save_atomic(model.state_dict(), out / "best.pt")
     write_json(
         out / "model.json",
         {

@@ -74,31 +74,39 @@ def test_inference_batch_for_throughput(device, size, train_batch, expect):
 
 
 CHURN = """
-import resource, sys, torch
-from cxr_transfer.speed import keep_freed_memory
-applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+import re, resource, torch
+from cxr_transfer.speed import keep_freed_memory, release_freed_memory
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def anon_mib():
+    return int(re.search(r"RssAnon:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
 def churn():  # what each batch of a 224 px pass does: large blocks written, then freed
+    before = faults()
     for _ in range(8):
         torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
-churn()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-churn()
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return faults() - before
+applied = keep_freed_memory()
+base = anon_mib()
+first, second = churn(), churn()
+kept = anon_mib() - base
+released = release_freed_memory()
+print(applied, first, second, kept, released, anon_mib() - base)
 """
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc heap setting")
-def test_the_kept_heap_reuses_freed_blocks_instead_of_faulting_them_in_again():
-    def faults(arg: str) -> tuple[bool, int]:
-        out = subprocess.run(
-            [sys.executable, "-c", CHURN, arg], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.split()
-        return out[0] == "True", int(out[1])
-
-    applied, kept = faults("keep")
-    _, default = faults("default")
-    # default: every 64 MB block is mmapped and unmapped, its 16,384 pages faulted in each time
-    assert applied and default >= 256 and kept <= default // 20, (default, kept)
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssAnon from /proc")
+def test_the_kept_heap_reuses_freed_blocks_and_hands_them_back_when_released():
+    """What the mechanism guarantees, in one process (no timing, no comparison with another
+    process that a busy machine could upset): the setting applies; the first churn faults its
+    64 MB block in, the second reuses it; release_freed_memory() returns it to the system. The
+    fault counts against glibc's default heap are the bench's (`--cases cpu-train`, heap)."""
+    out = subprocess.run([sys.executable, "-c", CHURN], cwd=ROOT, capture_output=True, text=True, check=True)
+    applied, first, second, kept, released, after = out.stdout.split()
+    first, second, kept, after = int(first), int(second), float(kept), float(after)
+    assert applied == "True" and released == "True"
+    assert first >= 16384 // 2 and second <= first // 4, (first, second)  # 16,384 pages per block
+    assert kept >= 48 and after <= kept - 48, (kept, after)  # the kept block, then handed back
 
 
 def _is_channels_last(t: torch.Tensor) -> bool:

@@ -153,6 +153,55 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, mode, augment
     assert scaler.get_scale() == ref_scaler.get_scale() == 2.0 ** (4 + steps)  # the scaler's state resumed
 
 
+def test_a_kill_at_any_rename_of_a_checkpoint_save_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch):
+    """The saves of epoch 3 are cut before each of their file renames in turn (as a kill would
+    cut them); every resumed run must end with the uninterrupted run's weights and history: the
+    checkpoint is one commit, never weights of one epoch with the state of another."""
+    import os
+
+    data = tiny_data()
+    ref, _, _, ref_state = run("resnet18", SGD_ALL, data, tmp_path / "ref", epochs=4)
+    real_replace, renames = os.replace, []
+    epoch = {"n": 0}
+
+    def recording(src, dst, **kw):
+        if epoch["n"] == 3:
+            renames.append(os.path.basename(dst))
+        return real_replace(src, dst, **kw)
+
+    monkeypatch.setattr(os, "replace", recording)
+    real_save = Checkpoints.save
+
+    def save(self, module, optimizer, state, *a, **k):  # which epoch's save is running
+        epoch["n"] = len(state.history)
+        return real_save(self, module, optimizer, state, *a, **k)
+
+    monkeypatch.setattr(Checkpoints, "save", save)
+    run("resnet18", SGD_ALL, data, tmp_path / "probe", epochs=4)
+    assert renames and renames[-1] == "last.pt", renames  # the last rename commits the epoch
+    for cut in range(len(renames)):
+        calls = {"n": 0}
+
+        def cutting(src, dst, cut=cut, calls=calls, **kw):
+            if epoch["n"] == 3:
+                if calls["n"] == cut:
+                    raise KeyboardInterrupt  # the kill, before this rename
+                calls["n"] += 1
+            return real_replace(src, dst, **kw)
+
+        monkeypatch.setattr(os, "replace", cutting)
+        folder = tmp_path / f"cut{cut}"
+        with pytest.raises(KeyboardInterrupt):
+            run("resnet18", SGD_ALL, data, folder, epochs=4)
+        monkeypatch.setattr(os, "replace", real_replace)
+        resumed, _, _, state = run("resnet18", SGD_ALL, data, folder, epochs=4)
+        assert [h.epoch for h in state.history] == [1, 2, 3, 4]
+        assert [h.val_loss for h in state.history] == [h.val_loss for h in ref_state.history], cut
+        for (k, v), (k2, v2) in zip(ref.state_dict().items(), resumed.state_dict().items(), strict=True):
+            assert k == k2 and torch.equal(v, v2), (cut, k)
+        assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "last.pt"]  # no temporary left
+
+
 def test_cuda_random_state_is_saved_and_restored(tmp_path, monkeypatch):
     """On a GPU, dropout and augmentation draw from the CUDA generators: a resume restores them."""
     saved = [torch.tensor([1, 2, 3], dtype=torch.uint8)]
@@ -261,7 +310,8 @@ def test_an_epoch_reads_its_totals_from_the_device_once(tmp_path, monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, counted)
     loss, acc, n, _ = _run_epoch(rs.loop, rs.train, opt, PREC, CPU, None, "t")
     assert len(rs.train) == 10 and n == 40
-    assert reads == ["__float__", "__int__"]  # one read of the loss and one of the hits, not one per batch
+    # one read each of the image count, the loss and the hits, not one per batch
+    assert sorted(reads) == ["__float__", "__int__", "__int__"]
     assert acc * 40 == round(acc * 40)
 
 
