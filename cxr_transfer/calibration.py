@@ -12,6 +12,8 @@ import numpy as np
 
 from cxr_transfer.metrics import ece
 
+LO, HI = 1e-3, 100.0  # the search's bounds on T
+
 
 def logit(p, eps: float = 1e-7) -> np.ndarray:
     """Log-odds of P(positive): for two classes, the difference of the softmax's logits."""
@@ -27,7 +29,7 @@ def _nll(z: np.ndarray, y: np.ndarray, beta: float) -> float:
     return float(np.mean(np.logaddexp.reduce(s, axis=1) - s[np.arange(len(y)), y]))
 
 
-def fit_temperature(z: np.ndarray, y: np.ndarray, lo: float = 1e-3, hi: float = 100.0) -> float | None:
+def fit_temperature(z: np.ndarray, y: np.ndarray, lo: float = LO, hi: float = HI) -> float | None:
     """The T minimising the validation log-loss of sigmoid(z / T) (z: log-odds, two classes) or
     softmax(z / T) (z: (N, K) logits); None when validation has one class. The loss is convex in
     1/T, so a golden-section search on 1/T finds the minimum."""
@@ -46,14 +48,28 @@ def fit_temperature(z: np.ndarray, y: np.ndarray, lo: float = 1e-3, hi: float = 
     return 1.0 / ((a + b) / 2)
 
 
+def unusable(t: float | None) -> str | None:
+    """Why a fitted temperature must not be applied, or None. A fit at its bound (within 1%) is
+    no estimate: on a validation split the model separates perfectly, the log-loss falls as T
+    falls without a minimum, and T = 0.001 would turn every test probability into 0 or 1."""
+    if t is None:
+        return "the validation split has one class"
+    if t <= LO * 1.01 or t >= HI / 1.01:
+        return (
+            f"the fit ran to its bound (T = {t:.3g}): the validation split is separated perfectly (or "
+            "not at all), so no temperature is estimable; not applied"
+        )
+    return None
+
+
 def calibrate(y_val, p_val, y_test, p_test, bins: int = 10) -> tuple[dict, np.ndarray | None]:
     """Fit T on validation, apply it to test: the figures before and after, and the calibrated
-    test probabilities (None when T cannot be fitted)."""
+    test probabilities (None when T cannot be fitted, or ran to its bound: flagged, not applied)."""
     t = fit_temperature(logit(p_val), y_val)
     y_test = np.asarray(y_test).astype(int)
     before = {"ece_before": ece(y_test, p_test, bins), "brier_before": float(np.mean((p_test - y_test) ** 2))}
-    if t is None:
-        return {"temperature": None, "reason": "the validation split has one class", **before}, None
+    if reason := unusable(t):
+        return {"temperature": None, "temperature_fit": t, "reason": reason, **before}, None
     p_cal = 1.0 / (1.0 + np.exp(-logit(p_test) / t))
     after = {"ece_after": ece(y_test, p_cal, bins), "brier_after": float(np.mean((p_cal - y_test) ** 2))}
     return {"temperature": t, **before, **after}, p_cal
@@ -69,8 +85,8 @@ def calibrate_k(y_val, P_val, y_test, P_test, bins: int = 10) -> dict:
     y_test = np.asarray(y_test).astype(int)
     out = {"ece_before": top_label_ece(y_test, P_test, bins), "brier_before": brier(y_test, P_test)}
     t = fit_temperature(np.log(P_val + eps), y_val)
-    if t is None:
-        return {"temperature": None, "reason": "the validation split has one class", **out}
+    if reason := unusable(t):
+        return {"temperature": None, "temperature_fit": t, "reason": reason, **out}
     s = np.log(P_test + eps) / t
     P_cal = np.exp(s - np.logaddexp.reduce(s, axis=1, keepdims=True))
     after = {"ece_after": top_label_ece(y_test, P_cal, bins), "brier_after": brier(y_test, P_cal)}

@@ -63,6 +63,8 @@ def corrected_t_interval(diffs: list[float], test_over_train: float, confidence:
     if n < 2:
         return None
     m, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    if sd <= 1e-12 * max(1.0, abs(m)):  # identical differences: no spread, no interval (never width 0)
+        return None
     half = student_t.ppf((1 + confidence) / 2, n - 1) * math.sqrt((1 / n + test_over_train) * sd**2)
     return [m - half, m + half]
 

@@ -49,11 +49,15 @@ def aggregate(headlines: list[dict]) -> dict:
 
 
 def t_interval(values: list[float], confidence: float) -> list[float] | None:
-    """Student's t interval for the mean of `values` (None with fewer than two)."""
+    """Student's t interval for the mean of `values`; None with fewer than two, or when they are
+    all equal: a zero spread (common: accuracy moves in steps of 1/n_test) estimates no
+    interval, and a zero-width one would read as certainty."""
     n = len(values)
     if n < 2:
         return None
     m, sd = statistics.fmean(values), statistics.stdev(values)
+    if sd <= 1e-12 * max(1.0, abs(m)):
+        return None
     half = student_t.ppf((1 + confidence) / 2, n - 1) * sd / math.sqrt(n)
     return [m - half, m + half]
 
@@ -88,6 +92,10 @@ def verdict(boot_ci, seed_ci, n_seeds: int, over: str | None = None) -> str:
     b, s = _excludes_zero(boot_ci), _excludes_zero(seed_ci)
     if n_seeds < 2:
         return "not conclusive (the interval includes 0)" if b == 0 else "suggestive (one run per mode)"
+    if not seed_ci:
+        return (
+            f"not conclusive (no interval over {over}: their differences are identical, no spread to measure)"
+        )
     if b != 0 and s == b:
         return "conclusive (both intervals exclude 0)"
     if s != 0 and b == 0:

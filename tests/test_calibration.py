@@ -30,3 +30,22 @@ def test_a_calibrated_model_keeps_a_temperature_near_one_and_one_class_is_said()
     assert (
         out["temperature"] is None and out["reason"] == "the validation split has one class" and p_cal is None
     )
+
+
+def test_a_fit_at_its_bound_on_a_separated_validation_split_is_flagged_and_not_applied():
+    """Validation separated perfectly: the log-loss keeps falling as T falls, the search stops at
+    T = 0.001, and applying it would turn the test probabilities into 0 and 1."""
+    from cxr_transfer.calibration import calibrate_k
+
+    y_val = np.array([0] * 20 + [1] * 20)
+    p_val = np.r_[np.linspace(0.05, 0.45, 20), np.linspace(0.55, 0.95, 20)]
+    assert fit_temperature(logit(p_val), y_val) == pytest.approx(1e-3, rel=0.01)
+    y, p = overconfident(200, 3, 1.0)
+    out, p_cal = calibrate(y_val, p_val, y, p)
+    assert p_cal is None and out["temperature"] is None
+    assert out["temperature_fit"] == pytest.approx(1e-3, rel=0.01)
+    assert out["reason"].startswith("the fit ran to its bound (T = 0.001)") and "not applied" in out["reason"]
+    assert "ece_after" not in out and out["ece_before"] > 0
+    P_val = np.c_[1 - p_val, p_val]
+    k = calibrate_k(y_val, P_val, y, np.c_[1 - p, p])
+    assert k["temperature"] is None and k["reason"].startswith("the fit ran to its bound")

@@ -80,6 +80,23 @@ def test_the_verdict_needs_both_intervals_to_exclude_zero(boot, seeds, n, expect
     assert verdict(boot, seeds, n) == expect
 
 
+def test_identical_differences_give_no_interval_and_are_never_conclusive():
+    """Accuracy moves in steps of 1/n_test: three seeds can differ by exactly +0.025 each. Their
+    SD is 0, a t-interval of width 0 would exclude 0 and read "conclusive"; it must not."""
+    from cxr_transfer.crossval import corrected_t_interval
+
+    a = {s: {"accuracy": 0.9} for s in (0, 1, 2)}
+    b = {s: {"accuracy": 0.875} for s in (0, 1, 2)}
+    over = paired_over_seeds(a, b, ("accuracy",), 0.95)["accuracy"]
+    assert over["per_seed"] == pytest.approx([0.025] * 3) and over["std"] == 0 and over["ci"] is None
+    said = verdict([0.01, 0.04], over["ci"], 3)
+    assert said.startswith("not conclusive (no interval over 3 seeds: their differences are identical")
+    assert corrected_t_interval([0.025] * 5, 0.25, 0.95) is None
+    compare = {"m-ft vs m-fe": _pair(0.025, [0.01, 0.04], 0.01, [0.005, 0.02])}
+    text = "\n".join(answer_lines(compare, {"m-ft vs m-fe": {"accuracy": over, "auroc": over}}, 3))
+    assert "conclusive (both" not in text and "+0.025 over 3 seeds [n/a]" in text
+
+
 def _pair(acc, acc_ci, auc, auc_ci):
     return {"accuracy_diff": acc, "accuracy_diff_ci": acc_ci, "auroc_diff": auc, "auroc_diff_ci": auc_ci}
 
