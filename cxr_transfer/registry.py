@@ -20,6 +20,8 @@ class ArchSpec:
     last_layer: str  # the Linear the modes replace with a 2-class one
     classifier: str  # the whole classifier block (VGG fc6-fc8); a tail module of the network
     cam_layer: str  # last convolutional block, for Grad-CAM
+    # the normalisation the pretrained weights were trained with (their library's own
+    # configuration; tests/test_models.py checks every entry against it)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -37,7 +39,8 @@ ARCHS: dict[str, ArchSpec] = {
     "densenet121": _tv("densenet121", "classifier", "classifier", "features"),
     "efficientnet_b0": _tv("efficientnet_b0", "classifier.1", "classifier", "features"),
     # timm's EfficientNet head is conv_head + bn2 + pool + classifier; only `classifier` is a
-    # tail module, so the classifier block and the last layer coincide here.
+    # tail module, so the classifier block and the last layer coincide here. Its weights are ports
+    # of the TF-Lite model, trained on (x - 127) / 128: mean = std = 0.5 (timm's pretrained_cfg).
     "efficientnet_lite0": ArchSpec(
         "efficientnet_lite0",
         "timm",
@@ -45,5 +48,7 @@ ARCHS: dict[str, ArchSpec] = {
         "classifier",
         "classifier",
         "bn2",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
     ),
 }

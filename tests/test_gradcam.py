@@ -6,7 +6,6 @@ from skimage import data
 
 from cxr_transfer.gradcam import gradcam, pick_examples
 from cxr_transfer.models import build_model, get_spec
-from cxr_transfer.registry import IMAGENET_MEAN, IMAGENET_STD
 
 
 def test_gradcam_on_a_real_model_has_the_input_size_and_is_not_constant():
@@ -18,9 +17,9 @@ def test_gradcam_on_a_real_model_has_the_input_size_and_is_not_constant():
     model = timm.create_model(spec.builder, pretrained=False).eval()
     load_imagenet(model, spec, "weights")
     img = np.asarray(Image.fromarray(data.chelsea()).resize((128, 128)), np.float32) / 255
-    x = (
-        torch.tensor(img).permute(2, 0, 1)[None] - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    ) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x = (torch.tensor(img).permute(2, 0, 1)[None] - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(
+        spec.std
+    ).view(1, 3, 1, 1)
     cam = gradcam(model, model.get_submodule(spec.cam_layer), x, target=285)
     assert cam.shape == (1, 128, 128) and np.isfinite(cam).all()
     other = gradcam(model, model.get_submodule(spec.cam_layer), x, target=407)  # "ambulance"

@@ -6,7 +6,7 @@ from skimage import data
 
 from cxr_transfer import weights as W
 from cxr_transfer.models import build_model, freeze_except, get_spec, trainable_path
-from cxr_transfer.registry import ARCHS, IMAGENET_MEAN, IMAGENET_STD
+from cxr_transfer.registry import ARCHS
 from cxr_transfer.weights import WeightsError, load_imagenet
 
 
@@ -20,6 +20,25 @@ def test_every_registry_entry_builds_with_its_named_layers(arch):
     model.get_submodule(spec.cam_layer)
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 2)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_each_architecture_normalises_as_its_pretrained_weights_were_trained(arch):
+    """The mean and std are the weights' own configuration: torchvision's IMAGENET1K_V1
+    transforms, timm's pretrained_cfg (EfficientNet-Lite0's TF-Lite weights: (x - 127) / 128,
+    mean = std = 0.5, not ImageNet's)."""
+    spec = get_spec(arch)
+    if spec.source == "timm":
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(spec.builder)
+        mean, std = cfg.mean, cfg.std
+    else:
+        from torchvision.models import get_model_weights
+
+        t = get_model_weights(spec.builder)["IMAGENET1K_V1"].transforms()
+        mean, std = t.mean, t.std
+    assert tuple(spec.mean) == pytest.approx(tuple(mean)) and tuple(spec.std) == pytest.approx(tuple(std))
 
 
 def test_unknown_arch_lists_choices():
@@ -43,9 +62,10 @@ def test_lite0_package_weights_are_real_imagenet_weights():
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
     load_imagenet(model, ARCHS["efficientnet_lite0"], "weights")
     img = np.asarray(Image.fromarray(data.chelsea()).resize((224, 224), Image.BILINEAR), np.float32) / 255
-    x = (
-        torch.tensor(img).permute(2, 0, 1)[None] - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    ) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    spec = ARCHS["efficientnet_lite0"]
+    x = (torch.tensor(img).permute(2, 0, 1)[None] - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(
+        spec.std
+    ).view(1, 3, 1, 1)
     with torch.no_grad():
         top = int(model(x).argmax())
     assert 281 <= top <= 285

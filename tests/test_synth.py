@@ -6,8 +6,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
 from cxr_transfer.batches import Normalizer
-from cxr_transfer.models import build_model
-from cxr_transfer.registry import IMAGENET_MEAN, IMAGENET_STD
+from cxr_transfer.models import build_model, get_spec
 from cxr_transfer.synth import render_cxr, synthesize
 
 
@@ -42,7 +41,8 @@ def _cnn(imgs, y) -> float:
     model.classifier = torch.nn.Identity()
     x96 = np.stack([np.asarray(Image.fromarray(a).resize((96, 96), Image.BILINEAR)) for a in imgs])
     with torch.no_grad():
-        feats = model(Normalizer(IMAGENET_MEAN, IMAGENET_STD)(torch.as_tensor(x96)[:, None])).numpy()
+        spec = get_spec("efficientnet_lite0")
+        feats = model(Normalizer(spec.mean, spec.std)(torch.as_tensor(x96)[:, None])).numpy()
     feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
     return cross_val_score(LogisticRegression(C=0.1, max_iter=5000), feats, y, cv=5).mean()
 
