@@ -102,7 +102,7 @@ class Objective:
         )
         valid = y != IGNORE
         denom = valid.sum() if w is None else (w[y.clamp(min=0)] * valid).sum()
-        return loss, denom.to(torch.float64)
+        return loss, denom.to(torch.float32)  # float32: loss / denom rounds as loss / len(y) did
 
 
 @dataclass

@@ -1,5 +1,6 @@
 import dataclasses
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,6 +236,34 @@ def test_the_fingerprint_covers_the_code(tmp_path, monkeypatch):
     assert fingerprint(config, before) != fingerprint(config, after)
     assert fingerprint(config, before) == fingerprint(dict(config), before)
     assert len(code_digest()) == 40 and code_digest() != code_digest(prefixes)
+
+
+def test_the_fingerprint_covers_the_stage_run_as_main(tmp_path):
+    """`python -m stages.train` runs the stage as __main__: an edit of the stage after a kill must
+    change the fingerprint as an edit of any imported module does."""
+    import subprocess
+
+    pkg = tmp_path / "cxr_transfer_stage"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    code = "from cxr_transfer.train import code_digest\nprint(code_digest(('cxr_transfer_stage',)))\n"
+    (pkg / "main.py").write_text(code)
+    env = {"PYTHONPATH": f"{tmp_path}:{Path(train_module.__file__).parents[1]}", "PATH": ""}
+
+    def digest() -> str:
+        r = subprocess.run(
+            [sys.executable, "-m", "cxr_transfer_stage.main"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    before = digest()
+    (pkg / "main.py").write_text(code + "# an edit after the kill\n")
+    assert digest() != before
 
 
 def test_a_different_fingerprint_starts_afresh(tmp_path):
