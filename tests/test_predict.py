@@ -235,17 +235,16 @@ def _broken_copy(models, tmp_path, which: str) -> Path:
         ("json-empty", "model.json: unusable (KeyError: 'arch')"),
     ],
 )
-def test_a_broken_model_file_is_one_line_and_a_non_zero_exit(models, mixed, tmp_path, which, expect):
+def test_a_broken_model_file_is_one_line_and_a_non_zero_exit(models, mixed, tmp_path, which, expect, capsys):
+    """In process (the command's main, as the console script calls it): the exit code and stderr."""
     model = _broken_copy(models, tmp_path, which)
-    r = subprocess.run(
-        [sys.executable, "-m", "cxr_transfer", "predict", str(mixed / "a.png"), "--model", str(model)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.startswith("predict: error: ") and expect in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    out = tmp_path / "p.csv"
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(mixed / "a.png"), "--model", str(model), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert err.startswith("predict: error: ") and expect in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and not out.exists()
 
 
 def test_links_and_odd_names_are_skipped_rows_and_every_input_skipped_exits_non_zero(models, tmp_path):
