@@ -10,6 +10,7 @@ from bench import cases
 from bench.__main__ import main, table
 
 
+@pytest.mark.slow  # every bench case at the tiny size, a demo repro included
 def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
     res = main(["--size", "tiny", "--out", str(tmp_path)])
     files = list(tmp_path.glob("cpu-tiny-*.json"))

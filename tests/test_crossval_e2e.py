@@ -10,6 +10,8 @@ import pytest
 from cxr_transfer.crossval import corrected_t_interval
 from tests.test_pipeline import TINY, make_project, would_run
 
+pytestmark = pytest.mark.slow  # end to end: the fast tier (pytest -m "not slow") leaves it out
+
 
 def test_k_fold_cross_validation_by_one_setting_tests_every_image_once(tmp_path):
     """`dvc exp run -S split.folds=3`: no dvc.yaml edit; every image in exactly one fold's test part,

@@ -96,6 +96,7 @@ def spawn(tmp_path, job: str, size: int = 2, **kw) -> list:
     [{"n": 17}, {"n": 17, "weights": True}, {"n": 17, "augment": True}],
     ids=["odd-images", "balanced-weights", "augmented"],
 )
+@pytest.mark.slow  # two processes per case
 def test_two_processes_train_what_one_process_trains(tmp_path, kw):
     """17 images in global batches of 8: shares 4+4, 4+4, 1+stand-in. Each step's loss is divided
     by the global batch's normaliser (summed over the processes), so uneven shares and class
@@ -121,6 +122,7 @@ def test_feature_blocks_differ_by_at_most_one_row(n, size):
 
 
 @pytest.mark.parametrize("n, size", [(4, 3), (1, 2)])
+@pytest.mark.slow
 def test_feature_rows_gather_whatever_the_count(tmp_path, n, size):
     """The processes' blocks gather into every row in order, an empty block (fewer rows than
     processes) included."""
@@ -128,5 +130,6 @@ def test_feature_rows_gather_whatever_the_count(tmp_path, n, size):
         assert torch.equal(out[:, 0], torch.arange(n, dtype=torch.float32))
 
 
+@pytest.mark.slow
 def test_each_process_resumes_with_its_own_random_state(tmp_path):
     assert spawn(tmp_path, "rng") == [True, True]

@@ -23,6 +23,8 @@ from tests.browser import charts, dump_dom, find_chromium
 from tests.conftest import ROOT
 from tests.test_metadata import URLS, radiography_db
 
+pytestmark = pytest.mark.slow  # end to end: the fast tier (pytest -m "not slow") leaves it out
+
 TINY = {
     ("synthesize", "n_per_class"): 14,
     ("synthesize", "image_size"): 64,
@@ -489,30 +491,29 @@ def traced_problems(work: Path, names, tmp_path: Path) -> dict:
 
 
 def test_radiography_database_layout_by_changing_data_root_alone(repo, tmp_path):
+    """In its own copy of the project: it reruns index and prepare on another folder, which must
+    not change the shared fixture the other tests read."""
     db = radiography_db(tmp_path / "COVID-19_Radiography_Dataset", ("COVID", "Normal", "Lung_Opacity"), n=5)
-    p = yaml.safe_load((repo / "params.yaml").read_text())
-    p["data"]["root"] = str(db)
-    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    try:
-        sh(repo, "dvc", "repro", "prepare")
-        report = json.loads((repo / "metrics" / "index_report.json").read_text())
-        assert report["per_class"] == {"Covid": 5, "Normal": 5}
-        assert report["skipped_by_reason"]["mask folder"] == 15
-        assert report["root"] == "<absolute>/COVID-19_Radiography_Dataset"  # no personal path committed
-        assert report["metadata"] == {  # the class sheets, read with no setting
-            "tables": ["COVID.metadata.xlsx", "Normal.metadata.xlsx"],
-            "found": "auto",
-            "patient_column": None,
-            "source_column": "URL",
-            "notes": [],
-        }
-        data = pd.read_csv(repo / "data" / "data.csv")
-        assert sorted(data["source"].unique()) == sorted(URLS.values())
-        n = [json.loads((repo / "data" / "prepared" / s / "meta.json").read_text())["n"] for s in SPLITS]
-        assert sum(n) == 10
-    finally:
-        sh(repo, "git", "checkout", "params.yaml", "dvc.lock")
-        sh(repo, "dvc", "checkout", "--force")
+    work = tmp_path / "proj"
+    shutil.copytree(repo, work, symlinks=True)
+    set_params(work, {("data", "root"): str(db)})
+    sh(work, "dvc", "repro", "prepare")
+    report = json.loads((work / "metrics" / "index_report.json").read_text())
+    assert report["per_class"] == {"Covid": 5, "Normal": 5}
+    assert report["skipped_by_reason"]["mask folder"] == 15
+    assert report["root"] == "<absolute>/COVID-19_Radiography_Dataset"  # no personal path committed
+    assert report["metadata"] == {  # the class sheets, read with no setting
+        "tables": ["COVID.metadata.xlsx", "Normal.metadata.xlsx"],
+        "found": "auto",
+        "patient_column": None,
+        "source_column": "URL",
+        "notes": [],
+    }
+    data = pd.read_csv(work / "data" / "data.csv")
+    assert sorted(data["source"].unique()) == sorted(URLS.values())
+    n = [json.loads((work / "data" / "prepared" / s / "meta.json").read_text())["n"] for s in SPLITS]
+    assert sum(n) == 10
+    assert "up to date" in sh(repo, "dvc", "status")  # the shared project is untouched
 
 
 CHROMIUM = find_chromium()

@@ -10,6 +10,8 @@ import pytest
 
 from tests.test_pipeline import TINY, make_project, sh
 
+pytestmark = pytest.mark.slow  # end to end: the fast tier (pytest -m "not slow") leaves it out
+
 THREE_CLASSES = (  # the README's 3-class demo experiment, word for word
     "-S",
     "synthesize.classes=[Normal,Covid,Pneumonia]",

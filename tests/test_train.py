@@ -127,7 +127,12 @@ GRADUAL = dataclasses.replace(FT_GRADUAL, lr=1e-2)  # the shipped ft_gradual rec
 
 @pytest.mark.parametrize(
     "mode, augment, cached",
-    [(SGD_ALL, False, False), (ADAM, False, True), (SGD_ALL, True, False), (GRADUAL, False, True)],
+    [
+        (SGD_ALL, False, False),
+        (ADAM, False, True),
+        pytest.param(SGD_ALL, True, False, marks=pytest.mark.slow),
+        pytest.param(GRADUAL, False, True, marks=pytest.mark.slow),
+    ],
     ids=["full-model", "cached-features", "augmented", "gradual-cosine"],
 )
 def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, mode, augment, cached, capsys):
@@ -154,6 +159,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, mode, augment
     assert scaler.get_scale() == ref_scaler.get_scale() == 2.0 ** (4 + steps)  # the scaler's state resumed
 
 
+@pytest.mark.slow  # a reference run, a probe run and a killed + resumed run per rename
 def test_a_kill_at_any_rename_of_a_checkpoint_save_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch):
     """The saves of epoch 3 are cut before each of their file renames in turn (as a kill would
     cut them); every resumed run must end with the uninterrupted run's weights and history: the
