@@ -82,7 +82,7 @@ def load_trained(model_dir) -> tuple[nn.Module, dict]:
     import json
     from pathlib import Path
 
-    from cxr_transfer.errors import CxrError
+    from cxr_transfer.errors import CxrError, first_line
 
     model_dir = Path(model_dir)
     sidecar, weights = model_dir / "model.json", model_dir / "best.pt"
@@ -95,7 +95,7 @@ def load_trained(model_dir) -> tuple[nn.Module, dict]:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as e:  # truncated zip, pickle, a state dict of another network: torch's own classes
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        why = first_line(e, 160)
         raise CxrError(
             f"{weights}: cannot be loaded as {meta['arch']} weights ({why}); re-run the train stage"
         ) from None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_transfer.errors import CxrError
+from cxr_transfer.errors import CxrError, first_line
 from cxr_transfer.imageio import (
     IMAGE_EXTS,
     OS_FILES,
@@ -51,16 +51,12 @@ def _batched(fn, batch_size: int):
     return proba
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
-
 def read_json_file(path: Path, what: str) -> dict:
     """A JSON object from `path`, or a one-line CxrError saying what is wrong with it."""
     try:
         obj = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        why = _first_line(e)
+        why = first_line(e)
         raise CxrError(f"{path}: not a readable {what} ({why}); re-run the stage that writes it") from None
     if not isinstance(obj, dict):
         raise CxrError(f"{path}: a {what} is a JSON object, not {type(obj).__name__}")
@@ -100,7 +96,7 @@ def load_onnx(onnx_path: Path, batch_size: int = 64) -> Loaded:
         sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own classes (InvalidProtobuf, Fail, ...) for a bad file
         raise CxrError(
-            f"{onnx_path}: not a loadable ONNX model ({_first_line(e)}); re-run the export stage"
+            f"{onnx_path}: not a loadable ONNX model ({first_line(e)}); re-run the export stage"
         ) from None
     inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
     shape = [d if isinstance(d, int) else None for d in inp.shape]
@@ -119,7 +115,7 @@ def load_onnx(onnx_path: Path, batch_size: int = 64) -> Loaded:
         try:
             return sess.run(None, {inp.name: np.ascontiguousarray(x[:, None])})[0]
         except Exception as e:
-            raise CxrError(f"{onnx_path}: ONNX Runtime failed ({_first_line(e)})") from None
+            raise CxrError(f"{onnx_path}: ONNX Runtime failed ({first_line(e)})") from None
 
     pre = card["preprocessing"]
     return Loaded(

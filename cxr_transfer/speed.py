@@ -62,6 +62,16 @@ def cpu_bf16() -> str | None:
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's <malloc.h>
 
 
+def _glibc(name: str):
+    """glibc's function `name`, or None on another platform or C library."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL("libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def keep_freed_memory() -> bool:
     """On glibc: serve large blocks from the heap and keep freed memory for the next batch.
 
@@ -70,12 +80,8 @@ def keep_freed_memory() -> bool:
     224 px feature pass spent more time in the kernel than in the model. This makes the second
     batch reuse the first one's memory. Process-wide, for the torch stages; returns whether it
     applied (False on other C libraries, where it does nothing)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     # mallopt returns 1 on success; the trim threshold is an int, so 2 GiB - 1 is its ceiling
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
@@ -89,9 +95,8 @@ def release_freed_memory() -> bool:
     process. fit() calls this after every epoch, so what is kept is bounded by one epoch's peak
     and handed back between epochs (one re-fault of the next epoch's first batch, ~0.1 s at 224
     px, against an epoch of minutes). Returns whether it ran (glibc only)."""
-    if not sys.platform.startswith("linux"):
+    trim = _glibc("malloc_trim")
+    if trim is None:
         return False
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0)) or True
-    except (OSError, AttributeError):
-        return False
+    trim(0)  # returns whether memory was released; nothing may be free to release
+    return True
