@@ -502,7 +502,11 @@ def _build(cls, mapping: dict, prefix: str = ""):
 
 def parse_params(mapping: dict) -> Params:
     """Build validated Params from a plain mapping (the parsed YAML)."""
-    _check(isinstance(mapping, dict), "params.yaml", "top level must be a mapping")
+    if not isinstance(mapping, dict):
+        what = f"not {mapping!r}"[:80]
+        raise ParamError(
+            f"params.yaml: the top level must be a mapping of sections (data:, train:, ...), {what}"
+        )
     return _build(Params, mapping)
 
 

@@ -144,6 +144,14 @@ def test_bad_values_fail_with_one_line_naming_the_key(path, value, expect):
     assert "\n" not in msg
 
 
+def test_a_top_level_that_is_not_a_mapping_is_one_line_naming_the_file_once():
+    with pytest.raises(ParamError) as e:
+        parse_params(["a list"])
+    assert str(e.value) == (
+        "params.yaml: the top level must be a mapping of sections (data:, train:, ...), not ['a list']"
+    )
+
+
 def test_missing_required_mode_field_is_named():
     d = _with("modes.fe", {"pretrained": True, "trainable": "head", "optimizer": "adam"})
     with pytest.raises(ParamError, match="modes.fe.lr: is required"):
