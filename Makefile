@@ -21,6 +21,7 @@ repro: venv
 lint: venv
 	ruff check .
 	ruff format --check .
+	lint-imports   # the layering contracts in pyproject.toml
 
 test: lint
 	pytest

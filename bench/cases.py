@@ -19,15 +19,15 @@ import yaml
 from PIL import Image
 
 from bench.seed import seed_fe_train, seed_loader
-from cxr_transfer.batches import Normalizer
-from cxr_transfer.engine import Precision
-from cxr_transfer.index import build_index
-from cxr_transfer.models import build_model, get_spec
-from cxr_transfer.modes import image_batches, setup_run
-from cxr_transfer.params import ModeConfig
-from cxr_transfer.prepare import decode_split
-from cxr_transfer.synth import render_cxr
-from cxr_transfer.train import Checkpoints, fit, make_optimizer
+from cxr_transfer.core.params import ModeConfig
+from cxr_transfer.data.index import build_index
+from cxr_transfer.data.prepare import decode_split
+from cxr_transfer.data.synth import render_cxr
+from cxr_transfer.train.batches import Normalizer
+from cxr_transfer.train.engine import Precision
+from cxr_transfer.train.loop import Checkpoints, fit, make_optimizer
+from cxr_transfer.train.models import build_model, get_spec
+from cxr_transfer.train.modes import image_batches, setup_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {"Normal": ("NORMAL",), "Covid": ("COVID",)}
@@ -313,7 +313,7 @@ def near_duplicates(n: int, copies: int, limits: tuple[int, ...] = (12, 24), see
     """Seconds to find every pair within each hash's limit (the split stage's two searches: the
     whole-image pHash at 12 bits, the framed one at 24) among n random 256-bit hashes plus
     `copies` planted near copies (0..limit bits flipped), and how many planted pairs were found."""
-    from cxr_transfer.neardup import near_pairs
+    from cxr_transfer.data.neardup import near_pairs
 
     out = {"hashes": n + copies, "planted": copies, "searches": []}
     for k, max_bits in enumerate(limits):
@@ -341,8 +341,8 @@ def probe_stage(n: int, size: int, seed: int = 0) -> dict:
     search (train 80%, test 20%)."""
     import pandas as pd
 
-    from cxr_transfer import probes as P
-    from cxr_transfer.acquisition import pixel_facts
+    from cxr_transfer.audit import probes as P
+    from cxr_transfer.data.acquisition import pixel_facts
 
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
@@ -374,7 +374,7 @@ def onnx_inference(work: Path, n: int, sizes, reps: int = 3, arch: str = "effici
     PyTorch (float32, batch 64, after a warm batch), per image size; and the wall-clock time of
     `cxr-transfer predict` on one image, interpreter start included, through each runtime (the
     ONNX path imports no torch): the best of `reps` runs."""
-    from cxr_transfer.export import Probabilities, card, export_onnx, parity
+    from cxr_transfer.serve.export import Probabilities, card, export_onnx, parity
 
     spec = get_spec(arch)
     net = build_model(arch, "weights", 2, 0).eval()
@@ -412,15 +412,15 @@ def cpu_train(
     archs, sizes, train_batch: int, infer_batch: int, sweep: tuple[int, ...], steps: int, heap: list[dict]
 ) -> dict:
     """CPU images/s per arch and image size, with the heap kept as the torch stages keep it
-    (cxr_transfer.speed.keep_freed_memory): training steps (forward, backward, SGD step, batch
+    (cxr_transfer.train.speed.keep_freed_memory): training steps (forward, backward, SGD step, batch
     `train_batch`) and inference (no_grad, batch `infer_batch`) in NCHW and channels_last float32;
     channels_last inference at each batch of `sweep`; channels_last bf16 autocast where the CPU
     has native bf16. Each figure is the median of `steps` timed batches after a warm one, random
     weights (the speed does not depend on their values). Also the largest |logit| difference
     between the two formats on one batch (they compute the same function), and the rules
-    cxr_transfer.speed derives for the row, for comparison. First, `heap_effect` for each of
+    cxr_transfer.train.speed derives for the row, for comparison. First, `heap_effect` for each of
     `heap` (in fresh processes, so before this one keeps its heap)."""
-    from cxr_transfer import speed
+    from cxr_transfer.train import speed
 
     heap_rows = [heap_effect(**h) for h in heap]
     kept = speed.keep_freed_memory()
@@ -491,7 +491,7 @@ def _train_rate(net, x, steps: int, dtype=None) -> float:
 
 def heap_effect(arch: str, size: int, batch: int, n: int) -> dict:
     """The feature pass's inference (channels_last, float32) over n images with glibc's default
-    heap and with the heap kept (cxr_transfer.speed.keep_freed_memory), each in a fresh process:
+    heap and with the heap kept (cxr_transfer.train.speed.keep_freed_memory), each in a fresh process:
     images/s of a second pass, its minor page faults and its user and kernel seconds."""
     out = {"arch": arch, "size": size, "batch": batch, "images": n}
     for keep in (False, True):
@@ -507,7 +507,7 @@ def heap_effect(arch: str, size: int, batch: int, n: int) -> dict:
 def _heap_probe(arch: str, size: int, batch: int, n: int, keep: bool) -> None:
     import resource
 
-    from cxr_transfer import speed
+    from cxr_transfer.train import speed
 
     if keep:
         assert speed.keep_freed_memory()
@@ -540,7 +540,7 @@ def _heap_probe(arch: str, size: int, batch: int, n: int, keep: bool) -> None:
 _PEAK_CHILD = """
 import sys, threading, time
 from pathlib import Path
-from cxr_transfer.prepare import prepare_splits
+from cxr_transfer.data.prepare import prepare_splits
 peak, done = [0], [False]
 def anon():
     for line in open("/proc/self/status"):
@@ -597,7 +597,7 @@ def streaming(work: Path, n: int, size: int, epochs: int, prepare: list[dict]) -
     loaded whole (the fast path) and streamed batch by batch from the map (train.memory_budget
     below the store): images/s of `epochs` epochs each, and whether the weights came out equal.
     Then `prepare_peak` for each of `prepare`."""
-    from cxr_transfer.engine import Precision as Prec
+    from cxr_transfer.train.engine import Precision as Prec
 
     work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from bench.seed import seed_loader
-from cxr_transfer.engine import Precision, predict_proba
-from cxr_transfer.models import build_model, get_spec
-from cxr_transfer.modes import setup_run
-from cxr_transfer.params import SEED_MODES
-from cxr_transfer.train import Checkpoints, fit, make_optimizer
+from cxr_transfer.core.params import SEED_MODES
+from cxr_transfer.train.engine import Precision, predict_proba
+from cxr_transfer.train.loop import Checkpoints, fit, make_optimizer
+from cxr_transfer.train.models import build_model, get_spec
+from cxr_transfer.train.modes import setup_run
 
 VGG19_GFLOPS_224 = 39.3  # one 224x224 forward pass; a training step is about 3x
 
@@ -163,7 +163,7 @@ def gpu_case(
     compile_model: bool,
     device: torch.device,
 ) -> dict:
-    from cxr_transfer.prepare import decode_split
+    from cxr_transfer.data.prepare import decode_split
 
     x = decode_split(paths, size, workers=0)
     y = np.array(labels)

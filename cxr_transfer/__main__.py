@@ -11,9 +11,9 @@ START = time.perf_counter()
 
 
 def predict(args) -> None:
-    from cxr_transfer.cli import write_csv
-    from cxr_transfer.errors import CxrError
-    from cxr_transfer.predict import gather, load_model, predict_files, table
+    from cxr_transfer.core.cli import write_csv
+    from cxr_transfer.core.errors import CxrError
+    from cxr_transfer.serve.predict import gather, load_model, predict_files, table
 
     if args.batch_size < 1:
         raise CxrError(f"--batch-size {args.batch_size}: must be >= 1")
@@ -52,9 +52,9 @@ def _gradcam_writer(model, folder: Path):
     import torch
     from PIL import Image
 
-    from cxr_transfer.batches import Normalizer
-    from cxr_transfer.gradcam import gradcam, overlay
-    from cxr_transfer.models import get_spec, load_trained
+    from cxr_transfer.audit.gradcam import gradcam, overlay
+    from cxr_transfer.train.batches import Normalizer
+    from cxr_transfer.train.models import get_spec, load_trained
 
     net, meta = load_trained(model.torch_model_dir)
     layer = net.get_submodule(get_spec(meta["arch"]).cam_layer)
@@ -75,7 +75,7 @@ def _gradcam_writer(model, folder: Path):
 
 
 def main(argv=None) -> None:
-    from cxr_transfer.cli import run
+    from cxr_transfer.core.cli import run
 
     ap = argparse.ArgumentParser(prog="cxr-transfer", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -83,7 +83,7 @@ def main(argv=None) -> None:
     _add_experiments(sub)
     args, rest = ap.parse_known_args(argv)
     if args.command == "experiments":
-        from cxr_transfer.experiments import show
+        from cxr_transfer.report.experiments import show
 
         run(lambda: print(show(args.figures, rest)), args.command)
         return

@@ -10,8 +10,8 @@ check and what depends on that key.
 import argparse
 from pathlib import Path
 
-from cxr_transfer.cli import run, write_text
-from cxr_transfer.params import load_params
+from cxr_transfer.core.cli import run, write_text
+from cxr_transfer.core.params import load_params
 
 OK = "params.yaml is valid\n"
 

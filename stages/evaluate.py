@@ -6,15 +6,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxr_transfer.cli import run
-from cxr_transfer.crossval import fold_figures, spread
-from cxr_transfer.engine import pick_device, predict_proba, store_budget
-from cxr_transfer.evaluation import per_source, score_split, write_scored
-from cxr_transfer.models import load_trained
-from cxr_transfer.params import load_params
-from cxr_transfer.prepare import load_folds, load_store
-from cxr_transfer.speed import keep_freed_memory
-from cxr_transfer.tables import read_table
+from cxr_transfer.core.cli import run
+from cxr_transfer.core.params import load_params
+from cxr_transfer.core.tables import read_table
+from cxr_transfer.data.prepare import load_folds, load_store
+from cxr_transfer.evaluate.crossval import fold_figures, spread
+from cxr_transfer.evaluate.evaluation import per_source, score_split, write_scored
+from cxr_transfer.train.engine import pick_device, predict_proba, store_budget
+from cxr_transfer.train.models import load_trained
+from cxr_transfer.train.speed import keep_freed_memory
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
         "--eval-dir", type=Path, required=True, help="headline and full metrics, predictions and curves"
     )
     args = ap.parse_args()
-    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.speed)
+    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.train.speed)
     p = load_params(args.params)
     cfg = p.evaluate
     device = pick_device(p.train.device)

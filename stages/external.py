@@ -4,13 +4,13 @@ data's rules; its exact and near copies of internal images are dropped and count
 import argparse
 from pathlib import Path
 
-from cxr_transfer.cli import run, write_csv, write_json
-from cxr_transfer.errors import CxrError
-from cxr_transfer.external import internal_copies, relabel
-from cxr_transfer.index import index_folder
-from cxr_transfer.params import load_params
-from cxr_transfer.prepare import decode_into, write_store
-from cxr_transfer.tables import read_table
+from cxr_transfer.core.cli import run, write_csv, write_json
+from cxr_transfer.core.errors import CxrError
+from cxr_transfer.core.params import load_params
+from cxr_transfer.core.tables import read_table
+from cxr_transfer.data.index import index_folder
+from cxr_transfer.data.prepare import decode_into, write_store
+from cxr_transfer.evaluate.external import internal_copies, relabel
 
 
 def main() -> None:

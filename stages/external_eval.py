@@ -7,16 +7,16 @@ from pathlib import Path
 
 import torch
 
-from cxr_transfer import probes as P
-from cxr_transfer.cli import run, write_json
-from cxr_transfer.engine import pick_device, predict_proba, store_budget
-from cxr_transfer.evaluation import per_source, score_split, write_scored
-from cxr_transfer.models import load_trained
-from cxr_transfer.params import load_params
-from cxr_transfer.prepare import load_store
-from cxr_transfer.seeds import run_name
-from cxr_transfer.speed import keep_freed_memory
-from cxr_transfer.tables import read_table
+from cxr_transfer.audit import probes as P
+from cxr_transfer.core.cli import run, write_json
+from cxr_transfer.core.params import load_params
+from cxr_transfer.core.tables import read_table
+from cxr_transfer.data.prepare import load_store
+from cxr_transfer.evaluate.evaluation import per_source, score_split, write_scored
+from cxr_transfer.evaluate.seeds import run_name
+from cxr_transfer.train.engine import pick_device, predict_proba, store_budget
+from cxr_transfer.train.models import load_trained
+from cxr_transfer.train.speed import keep_freed_memory
 
 
 def baselines(p, prepared: Path, splits: Path, x_ext, ext_table) -> dict:
@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--splits", type=Path, required=True, help="train.csv: the acquisition baseline's facts")
     ap.add_argument("--out", type=Path, required=True, help="folder: one subfolder per run, baselines.json")
     args = ap.parse_args()
-    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.speed)
+    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.train.speed)
     p = load_params(args.params)
     cfg, classes = p.evaluate, list(p.data.classes)
     x_ext, _ = load_store(args.external.parent, args.external.name)

@@ -3,9 +3,9 @@
 import argparse
 from pathlib import Path
 
-from cxr_transfer.cli import run, write_csv, write_json
-from cxr_transfer.index import index_folder
-from cxr_transfer.params import load_params
+from cxr_transfer.core.cli import run, write_csv, write_json
+from cxr_transfer.core.params import load_params
+from cxr_transfer.data.index import index_folder
 
 
 def main() -> None:

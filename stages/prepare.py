@@ -3,9 +3,9 @@
 import argparse
 from pathlib import Path
 
-from cxr_transfer.cli import run
-from cxr_transfer.params import load_params
-from cxr_transfer.prepare import prepare_splits
+from cxr_transfer.core.cli import run
+from cxr_transfer.core.params import load_params
+from cxr_transfer.data.prepare import prepare_splits
 
 
 def main() -> None:

@@ -7,14 +7,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from cxr_transfer import probes as P
-from cxr_transfer.cli import run, write_csv, write_json
-from cxr_transfer.engine import pick_device
-from cxr_transfer.params import load_params
-from cxr_transfer.prepare import load_meta, load_store
-from cxr_transfer.speed import keep_freed_memory
-from cxr_transfer.split import SPLITS
-from cxr_transfer.tables import read_table
+from cxr_transfer.audit import probes as P
+from cxr_transfer.core.cli import run, write_csv, write_json
+from cxr_transfer.core.params import load_params
+from cxr_transfer.core.tables import read_table
+from cxr_transfer.data.prepare import load_meta, load_store
+from cxr_transfer.data.split import SPLITS
+from cxr_transfer.train.engine import pick_device
+from cxr_transfer.train.speed import keep_freed_memory
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--verdict", type=Path, required=True, help="the lean metrics file: flags, top AUROC")
     ap.add_argument("--details", type=Path, required=True, help="folder for the listed pairs and tables")
     args = ap.parse_args()
-    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.speed)
+    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.train.speed)
     p = load_params(args.params)
     cfg = p.probe
     parts = {s: read_table(args.splits / f"{s}.csv") for s in SPLITS}

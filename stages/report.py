@@ -1,6 +1,6 @@
 """Stage report: every arch x mode compared over its seeds (table, statistics, plots, Grad-CAM grids)."""
 
-from cxr_transfer.webpage import Bundle
+from cxr_transfer.report.webpage import Bundle
 
 BUNDLE = Bundle() if __name__ == "__main__" else None  # built on the other core while torch imports
 
@@ -12,18 +12,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxr_transfer import crossval
-from cxr_transfer import external as EXT
-from cxr_transfer import report as R
-from cxr_transfer import webpage as W
-from cxr_transfer.batches import Normalizer
-from cxr_transfer.cli import run, write_csv, write_json, write_text
-from cxr_transfer.gradcam import gradcam, mass_inside, pick_examples, shared_scale
-from cxr_transfer.models import equivalent_modes, get_spec, load_trained
-from cxr_transfer.params import ModeConfig, load_params
-from cxr_transfer.prepare import load_store
-from cxr_transfer.seeds import aggregate, answer_lines, paired_over_seeds, run_name
-from cxr_transfer.speed import keep_freed_memory
+from cxr_transfer.audit.gradcam import gradcam, mass_inside, pick_examples, shared_scale
+from cxr_transfer.core.cli import run, write_csv, write_json, write_text
+from cxr_transfer.core.params import ModeConfig, load_params
+from cxr_transfer.data.prepare import load_store
+from cxr_transfer.evaluate import crossval
+from cxr_transfer.evaluate import external as EXT
+from cxr_transfer.evaluate.seeds import aggregate, answer_lines, paired_over_seeds, run_name
+from cxr_transfer.report import summary as R
+from cxr_transfer.report import webpage as W
+from cxr_transfer.train.batches import Normalizer
+from cxr_transfer.train.models import equivalent_modes, get_spec, load_trained
+from cxr_transfer.train.speed import keep_freed_memory
 
 
 class Cams:
@@ -148,7 +148,7 @@ def main() -> None:
         help="offline HTML template for `dvc plots show` (.dvc/config plots.html_template)",
     )
     args = ap.parse_args()
-    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.speed)
+    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.train.speed)
     p = load_params(args.params)
     seeds, cfg = p.train.seeds, p.evaluate
     classes = list(p.data.classes)

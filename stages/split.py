@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr_transfer.cli import run, write_csv, write_json
-from cxr_transfer.params import load_params
-from cxr_transfer.split import (
+from cxr_transfer.core.cli import run, write_csv, write_json
+from cxr_transfer.core.params import load_params
+from cxr_transfer.core.tables import read_table
+from cxr_transfer.data.split import (
     SPLITS,
     fold_roles,
     fold_summary,
@@ -17,7 +18,6 @@ from cxr_transfer.split import (
     largest_group,
     split_summary,
 )
-from cxr_transfer.tables import read_table
 
 
 def main() -> None:

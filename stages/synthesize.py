@@ -4,9 +4,9 @@ import argparse
 import shutil
 from pathlib import Path
 
-from cxr_transfer.cli import run
-from cxr_transfer.params import load_params
-from cxr_transfer.synth import synthesize
+from cxr_transfer.core.cli import run
+from cxr_transfer.core.params import load_params
+from cxr_transfer.data.synth import synthesize
 
 
 def main() -> None:

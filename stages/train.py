@@ -10,21 +10,18 @@ from pathlib import Path
 
 import torch
 
-from cxr_transfer import distributed
-from cxr_transfer.cli import run, write_json
-from cxr_transfer.engine import Precision, pick_device, store_budget
-from cxr_transfer.errors import CxrError
-from cxr_transfer.models import build_model, get_spec
-from cxr_transfer.modes import setup_run
-from cxr_transfer.params import load_params
-from cxr_transfer.prepare import load_folds, load_meta, load_store
-from cxr_transfer.speed import keep_freed_memory
-from cxr_transfer.train import (
+from cxr_transfer.core.cli import run, write_json
+from cxr_transfer.core.errors import CxrError
+from cxr_transfer.core.params import load_params
+from cxr_transfer.data.prepare import load_folds, load_meta, load_store
+from cxr_transfer.train.engine import Precision, pick_device, store_budget
+from cxr_transfer.train.loop import (
     SELECT_WORDS,
     Checkpoints,
     Objective,
     balanced_class_weights,
     code_digest,
+    distributed,
     fingerprint,
     fit,
     make_optimizer,
@@ -32,6 +29,9 @@ from cxr_transfer.train import (
     save_atomic,
     summarize,
 )
+from cxr_transfer.train.models import build_model, get_spec
+from cxr_transfer.train.modes import setup_run
+from cxr_transfer.train.speed import keep_freed_memory
 from dvclive import Live
 
 TRAIN_KEYS = (
@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--live", type=Path, required=True, help="DVCLive folder")
     ap.add_argument("--resume-dir", type=Path, default=Path(".resume"))
     args = ap.parse_args()
-    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.speed)
+    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.train.speed)
     p = load_params(args.params)
     if args.mode not in p.modes:
         raise CxrError(f"unknown mode {args.mode!r}; modes in params.yaml: {sorted(p.modes)}")

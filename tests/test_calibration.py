@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cxr_transfer.calibration import calibrate, fit_temperature, logit
+from cxr_transfer.evaluate.calibration import calibrate, fit_temperature, logit
 
 
 def overconfident(n: int, seed: int, factor: float):
@@ -35,7 +35,7 @@ def test_a_calibrated_model_keeps_a_temperature_near_one_and_one_class_is_said()
 def test_a_fit_at_its_bound_on_a_separated_validation_split_is_flagged_and_not_applied():
     """Validation separated perfectly: the log-loss keeps falling as T falls, the search stops at
     T = 0.001, and applying it would turn the test probabilities into 0 and 1."""
-    from cxr_transfer.calibration import calibrate_k
+    from cxr_transfer.evaluate.calibration import calibrate_k
 
     y_val = np.array([0] * 20 + [1] * 20)
     p_val = np.r_[np.linspace(0.05, 0.45, 20), np.linspace(0.55, 0.95, 20)]

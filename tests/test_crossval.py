@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import t as student_t
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from cxr_transfer.crossval import corrected_t_interval, fold_figures, paired_over_folds, spread
+from cxr_transfer.evaluate.crossval import corrected_t_interval, fold_figures, paired_over_folds, spread
 
 
 def test_the_corrected_interval_is_nadeau_bengios_by_hand():

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_transfer.crossval import corrected_t_interval
+from cxr_transfer.evaluate.crossval import corrected_t_interval
 from tests.test_pipeline import TINY, make_project, would_run
 
 pytestmark = pytest.mark.slow  # end to end: the fast tier (pytest -m "not slow") leaves it out

@@ -3,9 +3,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
-from cxr_transfer.dicom import DicomSkip, is_dicom, patient_key, read_dicom, window
-from cxr_transfer.index import build_index
-from cxr_transfer.prepare import load_resized
+from cxr_transfer.data.dicom import DicomSkip, is_dicom, patient_key, read_dicom, window
+from cxr_transfer.data.index import build_index
+from cxr_transfer.data.prepare import load_resized
 
 CR = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
 

@@ -12,12 +12,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cxr_transfer.distributed import World, block, gather_rows
-from cxr_transfer.engine import Precision
-from cxr_transfer.models import build_model, get_spec
-from cxr_transfer.modes import setup_run
-from cxr_transfer.params import ModeConfig
-from cxr_transfer.train import Checkpoints, Objective, balanced_class_weights, fit, make_optimizer
+from cxr_transfer.core.params import ModeConfig
+from cxr_transfer.train.distributed import World, block, gather_rows
+from cxr_transfer.train.engine import Precision
+from cxr_transfer.train.loop import Checkpoints, Objective, balanced_class_weights, fit, make_optimizer
+from cxr_transfer.train.models import build_model, get_spec
+from cxr_transfer.train.modes import setup_run
 
 CPU = torch.device("cpu")
 PREC = Precision.for_device(CPU)
@@ -63,7 +63,7 @@ def _worker(rank: int, size: int, port: int, folder, job: str, kw: dict):
             part = torch.arange(n, dtype=torch.float32)[rows].view(-1, 1).repeat(1, 3)
             torch.save(gather_rows(part, w, n), folder / f"out{rank}.pt")
         elif job == "rng":  # each process draws differently, saves, scrambles, resumes
-            from cxr_transfer.train import FitState
+            from cxr_transfer.train.loop import FitState
 
             torch.manual_seed(100 + rank)
             torch.rand(5 + 3 * rank)  # unequal draws: the states differ by rank

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_transfer import engine
-from cxr_transfer.engine import Precision, predict_proba
-from cxr_transfer.errors import CxrError
-from cxr_transfer.models import build_model, get_spec
+from cxr_transfer.core.errors import CxrError
+from cxr_transfer.train import engine
+from cxr_transfer.train.engine import Precision, predict_proba
+from cxr_transfer.train.models import build_model, get_spec
 
 CUDA = torch.device("cuda")
 

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from cxr_transfer.experiments import narrow, param_keys
+from cxr_transfer.report.experiments import narrow, param_keys
 
 PARAMS = {"prepare", "prepare.image_size", "train", "train.epochs"}
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from cxr_transfer.errors import CxrError
-from cxr_transfer.export import Probabilities, card, check_parity, export_onnx, parity, parity_figures
-from cxr_transfer.models import build_model, get_spec
+from cxr_transfer.core.errors import CxrError
+from cxr_transfer.serve.export import Probabilities, card, check_parity, export_onnx, parity, parity_figures
+from cxr_transfer.train.models import build_model, get_spec
 
 
 def tiny(arch: str, classes: int = 2) -> nn.Module:

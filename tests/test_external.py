@@ -5,11 +5,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr_transfer.errors import CxrError
-from cxr_transfer.external import answer_lines, compare_sites, drop, internal_copies, ranking, shortcut_line
-from cxr_transfer.index import build_index
-from cxr_transfer.metrics import auroc
-from cxr_transfer.synth import render_cxr, synthesize
+from cxr_transfer.core.errors import CxrError
+from cxr_transfer.data.index import build_index
+from cxr_transfer.data.synth import render_cxr, synthesize
+from cxr_transfer.evaluate.external import (
+    answer_lines,
+    compare_sites,
+    drop,
+    internal_copies,
+    ranking,
+    shortcut_line,
+)
+from cxr_transfer.evaluate.metrics import auroc
 
 CLASSES = {"Normal": ("NORMAL",), "Covid": ("COVID",)}
 

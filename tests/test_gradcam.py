@@ -4,14 +4,14 @@ import torch
 from PIL import Image
 from skimage import data
 
-from cxr_transfer.gradcam import gradcam, pick_examples
-from cxr_transfer.models import build_model, get_spec
+from cxr_transfer.audit.gradcam import gradcam, pick_examples
+from cxr_transfer.train.models import build_model, get_spec
 
 
 def test_gradcam_on_a_real_model_has_the_input_size_and_is_not_constant():
     import timm
 
-    from cxr_transfer.weights import load_imagenet
+    from cxr_transfer.train.weights import load_imagenet
 
     spec = get_spec("efficientnet_lite0")
     model = timm.create_model(spec.builder, pretrained=False).eval()
@@ -110,7 +110,7 @@ def test_pick_examples_covers_every_class_of_k():
 def test_a_shared_scale_keeps_a_weak_map_faint_beside_a_strong_one():
     """Stretched on its own, a map with a tenth of the evidence looks as hot as the strong one; on
     the grid's shared scale it stays at a tenth."""
-    from cxr_transfer.gradcam import shared_scale
+    from cxr_transfer.audit.gradcam import shared_scale
 
     x = torch.zeros(2, 1, 16, 16)
     x[0, :, :8, :8], x[1, :, :8, :8] = 1.0, 0.1
@@ -123,7 +123,7 @@ def test_a_shared_scale_keeps_a_weak_map_faint_beside_a_strong_one():
 
 
 def test_lung_share_of_a_map_counts_the_mass_inside_the_central_box():
-    from cxr_transfer.gradcam import lung_box, mass_inside
+    from cxr_transfer.audit.gradcam import lung_box, mass_inside
 
     assert lung_box(10, 0.6) == slice(2, 8)
     maps = np.zeros((4, 10, 10))

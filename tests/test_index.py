@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr_transfer.imageio import pixel_limit, to_gray8
-from cxr_transfer.index import IndexError_, build_index, inspect_image, read_column
-from cxr_transfer.prepare import load_resized
-from cxr_transfer.split import grouped_split
+from cxr_transfer.data.imageio import pixel_limit, to_gray8
+from cxr_transfer.data.index import IndexError_, build_index, inspect_image, read_column
+from cxr_transfer.data.prepare import load_resized
+from cxr_transfer.data.split import grouped_split
 
 CLASSES = {"Normal": ("NORMAL", "Normal"), "Covid": ("COVID", "COVID-19")}
 
@@ -216,7 +216,7 @@ def test_parallel_decode_matches_serial(seed_layout):
 
 
 def test_pixel_facts_from_the_histogram():
-    from cxr_transfer.acquisition import pixel_facts
+    from cxr_transfer.data.acquisition import pixel_facts
 
     a = np.zeros((10, 10), np.uint8)
     a[:, 5:] = 255  # half black, half white
@@ -228,7 +228,7 @@ def test_pixel_facts_from_the_histogram():
 
 
 def test_metadata_sources_become_a_column(seed_layout, tmp_path):
-    from cxr_transfer.index import read_column
+    from cxr_transfer.data.index import read_column
 
     meta = tmp_path / "meta.csv"
     pd.DataFrame({"FILE NAME": ["covid-0", "normal-1.png"], "URL": ["siteA", "siteB"]}).to_csv(
@@ -243,7 +243,7 @@ def test_metadata_sources_become_a_column(seed_layout, tmp_path):
 
 
 def test_several_metadata_tables_are_merged_and_conflicts_name_both(tmp_path):
-    from cxr_transfer.index import read_columns
+    from cxr_transfer.data.index import read_columns
 
     a, b = tmp_path / "COVID.metadata.csv", tmp_path / "Normal.metadata.csv"
     pd.DataFrame({"FILE NAME": ["COVID-1"], "URL": ["https://a"]}).to_csv(a, index=False)
@@ -310,7 +310,7 @@ def test_link_loops_dangling_links_and_non_utf8_names_are_skipped_and_listed(see
 def test_the_index_stage_writes_data_csv_atomically(seed_layout, tmp_path, monkeypatch):
     """A failure mid-write (here: the CSV writer raising half-way) leaves the previous data.csv
     whole and no temporary file behind."""
-    from cxr_transfer import cli
+    from cxr_transfer.core import cli
 
     out = tmp_path / "data" / "data.csv"
     out.parent.mkdir()

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr_transfer.index import build_index, read_columns
-from cxr_transfer.metadata import class_sheets, plan
+from cxr_transfer.data.index import build_index, read_columns
+from cxr_transfer.data.metadata import class_sheets, plan
 from tests.conftest import write_image
 
 CLASSES = {"Normal": ("NORMAL", "Normal"), "Covid": ("COVID", "COVID-19")}

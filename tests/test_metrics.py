@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from cxr_transfer.evaluation import evaluate
-from cxr_transfer.metrics import (
+from cxr_transfer.evaluate.evaluation import evaluate
+from cxr_transfer.evaluate.metrics import (
     auprc,
     auroc,
     bootstrap_ci,
@@ -125,8 +125,8 @@ def test_auc_edge_cases():
 def test_ranks_mcnemar_and_curves_match_scipy_and_scikit_learn():
     from scipy.stats import binomtest, rankdata
 
-    from cxr_transfer.evaluation import curves
-    from cxr_transfer.metrics import average_ranks
+    from cxr_transfer.evaluate.evaluation import curves
+    from cxr_transfer.evaluate.metrics import average_ranks
 
     assert np.array_equal(average_ranks(P), rankdata(P))
     for b, c in [(3, 9), (0, 5), (7, 7), (40, 25)]:

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from cxr_transfer import multiclass as M
-from cxr_transfer.calibration import calibrate_k, fit_temperature
-from cxr_transfer.metrics import ece
+from cxr_transfer.evaluate import multiclass as M
+from cxr_transfer.evaluate.calibration import calibrate_k, fit_temperature
+from cxr_transfer.evaluate.metrics import ece
 
 CLASSES = ["Normal", "Covid", "Pneumonia"]
 

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr_transfer.index import build_index
-from cxr_transfer.neardup import framed_phash, near_pairs, phash, to_bits
-from cxr_transfer.split import grouped_split, join_near_duplicates
-from cxr_transfer.synth import render_cxr
+from cxr_transfer.data.index import build_index
+from cxr_transfer.data.neardup import framed_phash, near_pairs, phash, to_bits
+from cxr_transfer.data.split import grouped_split, join_near_duplicates
+from cxr_transfer.data.synth import render_cxr
 
 CLASSES = {"Normal": ("NORMAL",), "Covid": ("COVID",)}
 

@@ -3,7 +3,7 @@ import copy
 import pytest
 import yaml
 
-from cxr_transfer.params import FT_GRADUAL, SEED_MODES, ParamError, Params, load_params, parse_params
+from cxr_transfer.core.params import FT_GRADUAL, SEED_MODES, ParamError, Params, load_params, parse_params
 from tests.conftest import ROOT
 
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from cxr_transfer.split import SPLITS
+from cxr_transfer.data.split import SPLITS
 from tests.browser import charts, dump_dom, find_chromium
 from tests.conftest import ROOT
 from tests.test_metadata import URLS, radiography_db

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from cxr_transfer.__main__ import main
-from cxr_transfer.export import Probabilities, card, export_onnx, parity
-from cxr_transfer.models import build_model, get_spec
-from cxr_transfer.predict import load_model, warnings_for
-from cxr_transfer.synth import render_cxr
+from cxr_transfer.data.synth import render_cxr
+from cxr_transfer.serve.export import Probabilities, card, export_onnx, parity
+from cxr_transfer.serve.predict import load_model, warnings_for
+from cxr_transfer.train.models import build_model, get_spec
 from tests.conftest import ROOT
 from tests.test_dicom import make_dicom
 
@@ -123,7 +123,7 @@ def test_a_mixed_folder_gives_the_right_rows_warnings_and_skips(models, mixed, t
 def test_torch_and_onnx_give_the_same_probabilities_and_the_same_decisions(models, mixed):
     """One rule per model (the argmax, the card's), whatever the runtime: the same label for the
     same image, even with a validation threshold in the card (an alternative it states)."""
-    from cxr_transfer.predict import gather, predict_files
+    from cxr_transfer.serve.predict import gather, predict_files
 
     files, _ = gather([str(mixed)])
     got, labels = {}, {}

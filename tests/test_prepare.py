@@ -7,12 +7,12 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from cxr_transfer import prepare as prepare_module
-from cxr_transfer.batches import ArrayBatches, Normalizer, augment_batch, warp
-from cxr_transfer.modes import image_batches
-from cxr_transfer.prepare import decode_split, load_folds, load_meta, load_store, prepare_splits
-from cxr_transfer.registry import IMAGENET_MEAN, IMAGENET_STD
-from cxr_transfer.split import fold_roles
+from cxr_transfer.core.registry import IMAGENET_MEAN, IMAGENET_STD
+from cxr_transfer.data import prepare as prepare_module
+from cxr_transfer.data.prepare import decode_split, load_folds, load_meta, load_store, prepare_splits
+from cxr_transfer.data.split import fold_roles
+from cxr_transfer.train.batches import ArrayBatches, Normalizer, augment_batch, warp
+from cxr_transfer.train.modes import image_batches
 
 
 def test_store_equals_the_seeds_transform_exactly(tmp_path, make_image):
@@ -166,7 +166,7 @@ def test_augmentation_is_per_image_seeded_and_keeps_the_range():
 def test_the_store_digest_is_the_sha1_of_pixels_then_labels_read_in_slices():
     import hashlib
 
-    from cxr_transfer.prepare import store_digest
+    from cxr_transfer.data.prepare import store_digest
 
     x = np.random.default_rng(0).integers(0, 256, (2500, 6, 6), dtype=np.uint8)  # three slices of 1024
     y = np.arange(2500) % 3

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cxr_transfer import probes as P
-from cxr_transfer.acquisition import pixel_facts
-from cxr_transfer.synth import render_cxr
+from cxr_transfer.audit import probes as P
+from cxr_transfer.data.acquisition import pixel_facts
+from cxr_transfer.data.synth import render_cxr
 
 N, TRAIN, SIZE = 60, 40, 64  # per class; the first 40 of each class train, the last 20 test
 

@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_transfer.evaluation import HEADLINE, evaluate, headline, prediction_table
-from cxr_transfer.metrics import mcnemar_p
-from cxr_transfer.report import compare_modes, comparisons, summary_markdown, summary_table
+from cxr_transfer.evaluate.evaluation import HEADLINE, evaluate, headline, prediction_table
+from cxr_transfer.evaluate.metrics import mcnemar_p
+from cxr_transfer.report.summary import compare_modes, comparisons, summary_markdown, summary_table
 
 NAMES = ["vgg16-scratch", "vgg16-fe", "vgg16-ft", "vgg16-ft_classifier", "resnet18-ft", "resnet18-fe"]
 
@@ -119,7 +119,7 @@ def test_the_headline_is_lean_and_flat():
 
 
 def test_per_source_metrics_only_where_a_source_has_both_classes():
-    from cxr_transfer.evaluation import per_source
+    from cxr_transfer.evaluate.evaluation import per_source
 
     test = pd.DataFrame(
         {
@@ -136,7 +136,7 @@ def test_per_source_metrics_only_where_a_source_has_both_classes():
 
 
 def test_the_trust_table_says_green_or_names_each_flag():
-    from cxr_transfer.report import trust_lines
+    from cxr_transfer.report.summary import trust_lines
 
     def r(auc, flagged):
         return {
@@ -179,7 +179,7 @@ def _k_case(seed=0, n=90, skill=2.0):
 
 
 def test_k_class_evaluation_headline_and_predictions_agree():
-    from cxr_transfer.evaluation import evaluate_k, headline_k, prediction_table_k
+    from cxr_transfer.evaluate.evaluation import evaluate_k, headline_k, prediction_table_k
 
     y, P = _k_case()
     test = pd.DataFrame({"path": [f"{i}.png" for i in range(90)], "group": np.arange(90) // 2})
@@ -216,8 +216,8 @@ def test_k_class_evaluation_headline_and_predictions_agree():
 
 
 def test_k_class_summary_compare_and_confusion_plot(tmp_path):
-    from cxr_transfer.evaluation import evaluate_k, prediction_table_k
-    from cxr_transfer.report import figures_for, plot_confusions
+    from cxr_transfer.evaluate.evaluation import evaluate_k, prediction_table_k
+    from cxr_transfer.report.summary import figures_for, plot_confusions
 
     y, good = _k_case(1, skill=3.0)
     _, bad = _k_case(2, skill=0.2)
@@ -251,8 +251,8 @@ def _binary_case(n=60):
 
 
 def test_one_mode_says_there_is_nothing_to_compare_and_the_unit_is_named():
-    from cxr_transfer.report import resampling_unit
-    from cxr_transfer.seeds import answer_lines
+    from cxr_transfer.evaluate.seeds import answer_lines
+    from cxr_transfer.report.summary import resampling_unit
 
     runs = {"m-fe": [{**evaluate(*_binary_case(), 20, 0, 0.95, 10), "train_seconds": 1.0, "images_per_s": 9}]}
     unit = resampling_unit(["img:ab", "img:cd"])
@@ -270,7 +270,7 @@ def test_ece_has_no_interval_because_resampling_biases_it():
 
 
 def test_run_folders_the_params_no_longer_produce_are_named(tmp_path):
-    from cxr_transfer.report import stale_runs
+    from cxr_transfer.report.summary import stale_runs
 
     for d in ("eval/a-fe-s0", "eval/a-ft-s0", "eval/probe", "dvclive/a-ft-s0"):
         (tmp_path / d).mkdir(parents=True)

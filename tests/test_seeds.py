@@ -1,6 +1,13 @@
 import pytest
 
-from cxr_transfer.seeds import aggregate, answer_lines, paired_over_seeds, run_name, t_interval, verdict
+from cxr_transfer.evaluate.seeds import (
+    aggregate,
+    answer_lines,
+    paired_over_seeds,
+    run_name,
+    t_interval,
+    verdict,
+)
 
 
 def test_one_seed_keeps_the_headline_as_it_is():
@@ -83,7 +90,7 @@ def test_the_verdict_needs_both_intervals_to_exclude_zero(boot, seeds, n, expect
 def test_identical_differences_give_no_interval_and_are_never_conclusive():
     """Accuracy moves in steps of 1/n_test: three seeds can differ by exactly +0.025 each. Their
     SD is 0, a t-interval of width 0 would exclude 0 and read "conclusive"; it must not."""
-    from cxr_transfer.crossval import corrected_t_interval
+    from cxr_transfer.evaluate.crossval import corrected_t_interval
 
     a = {s: {"accuracy": 0.9} for s in (0, 1, 2)}
     b = {s: {"accuracy": 0.875} for s in (0, 1, 2)}

@@ -1,4 +1,4 @@
-"""The per-device speed rules (cxr_transfer.speed): what they choose, that they agree with the
+"""The per-device speed rules (cxr_transfer.train.speed): what they choose, that they agree with the
 committed CPU measurements, and that the training setup follows them."""
 
 import json
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_transfer import speed
-from cxr_transfer.engine import Precision
-from cxr_transfer.models import build_model, get_spec
-from cxr_transfer.modes import setup_run
-from cxr_transfer.registry import ARCHS
+from cxr_transfer.core.registry import ARCHS
+from cxr_transfer.train import speed
+from cxr_transfer.train.engine import Precision
+from cxr_transfer.train.models import build_model, get_spec
+from cxr_transfer.train.modes import setup_run
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ROOT / "bench" / "results" / "cpu-full-2026-11-30-cpu-train.json"
@@ -75,7 +75,7 @@ def test_inference_batch_for_throughput(device, size, train_batch, expect):
 
 CHURN = """
 import re, resource, torch
-from cxr_transfer.speed import keep_freed_memory, release_freed_memory
+from cxr_transfer.train.speed import keep_freed_memory, release_freed_memory
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 def anon_mib():

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_transfer.split import SPLITS, SplitError, fold_roles, fold_summary, grouped_split, split_summary
+from cxr_transfer.data.split import SPLITS, SplitError, fold_roles, fold_summary, grouped_split, split_summary
 
 
 def table(n_normal: int, n_covid: int, group_size: int = 1, seed: int = 0) -> pd.DataFrame:
@@ -135,7 +135,7 @@ def test_a_single_linkage_chain_is_reported_as_the_largest_group_with_a_warning(
     """30 images whose pHashes each differ from the next by 8 bits (<= 12: joined) but from the
     chain's far end by 232: single-linkage makes them one group, 30% of the data, which the split
     must deal whole; split.json names it and warns. Distinct images stay below the warning."""
-    from cxr_transfer.split import GROUP_WARN_SHARE, join_near_duplicates, largest_group
+    from cxr_transfer.data.split import GROUP_WARN_SHARE, join_near_duplicates, largest_group
 
     df = table(50, 50)
     rng = np.random.default_rng(1)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_transfer.batches import ArrayBatches
-from cxr_transfer.engine import FP32, predict_proba, store_budget
-from cxr_transfer.models import build_model, get_spec
-from cxr_transfer.modes import image_batches
+from cxr_transfer.train.batches import ArrayBatches
+from cxr_transfer.train.engine import FP32, predict_proba, store_budget
+from cxr_transfer.train.models import build_model, get_spec
+from cxr_transfer.train.modes import image_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,7 +109,7 @@ def test_shards_deal_out_every_global_batch(n, procs, stand_ins):
     the seeded order: together the same batches as one process, no image dropped. A last global
     batch smaller than the processes (17 = 2 x 8 + 1) gives the processes without a share one
     stand-in row labelled IGNORE, so every process steps together."""
-    from cxr_transfer.batches import IGNORE
+    from cxr_transfer.train.batches import IGNORE
 
     x, y = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1), np.arange(n)
     one = list(ArrayBatches(x, y, 8, True, 3))
@@ -133,8 +133,8 @@ def test_shards_deal_out_every_global_batch(n, procs, stand_ins):
 
 
 def test_sync_batchnorm_is_refused_on_the_cpu_and_keeps_the_parameters_on_conversion():
-    from cxr_transfer.distributed import wrap
-    from cxr_transfer.errors import CxrError
+    from cxr_transfer.core.errors import CxrError
+    from cxr_transfer.train.distributed import wrap
 
     with pytest.raises(CxrError, match="train.sync_batchnorm needs CUDA"):
         wrap(torch.nn.BatchNorm2d(3), torch.device("cpu"), sync_batchnorm=True)

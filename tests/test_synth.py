@@ -5,9 +5,9 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
-from cxr_transfer.batches import Normalizer
-from cxr_transfer.models import build_model, get_spec
-from cxr_transfer.synth import render_cxr, synthesize
+from cxr_transfer.data.synth import render_cxr, synthesize
+from cxr_transfer.train.batches import Normalizer
+from cxr_transfer.train.models import build_model, get_spec
 
 
 def test_deterministic_files(tmp_path):

@@ -6,13 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_transfer import train as train_module
-from cxr_transfer.batches import ArrayBatches, Normalizer
-from cxr_transfer.engine import Precision
-from cxr_transfer.models import build_model, get_spec
-from cxr_transfer.modes import image_batches, param_groups, setup_run
-from cxr_transfer.params import FT_GRADUAL, ModeConfig
-from cxr_transfer.train import (
+from cxr_transfer.core.params import FT_GRADUAL, ModeConfig
+from cxr_transfer.train import loop as train_module
+from cxr_transfer.train.batches import ArrayBatches, Normalizer
+from cxr_transfer.train.engine import Precision
+from cxr_transfer.train.loop import (
     Checkpoints,
     FitState,
     Loop,
@@ -27,6 +25,8 @@ from cxr_transfer.train import (
     make_optimizer,
     make_scheduler,
 )
+from cxr_transfer.train.models import build_model, get_spec
+from cxr_transfer.train.modes import image_batches, param_groups, setup_run
 
 CPU = torch.device("cpu")
 PREC = Precision.for_device(CPU)
@@ -252,7 +252,7 @@ def test_the_fingerprint_covers_the_stage_run_as_main(tmp_path):
     pkg = tmp_path / "cxr_transfer_stage"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    code = "from cxr_transfer.train import code_digest\nprint(code_digest(('cxr_transfer_stage',)))\n"
+    code = "from cxr_transfer.train.loop import code_digest\nprint(code_digest(('cxr_transfer_stage',)))\n"
     (pkg / "main.py").write_text(code)
     env = {"PYTHONPATH": f"{tmp_path}:{Path(train_module.__file__).parents[1]}", "PATH": ""}
 

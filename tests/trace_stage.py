@@ -111,7 +111,7 @@ def _recording_getattribute(self, name):
 def main() -> None:
     out, module, *argv = sys.argv[1:]
     sys.path.insert(0, os.getcwd())
-    import cxr_transfer.params as P
+    import cxr_transfer.core.params as P
 
     for obj in vars(P).values():
         if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == P.__name__:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxr_transfer.errors import CxrError
+from cxr_transfer.core.errors import CxrError
 
 IGNORE = -100  # the label of a stand-in row: cross-entropy, accuracy and counts leave it out
 

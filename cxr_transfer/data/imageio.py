@@ -115,7 +115,7 @@ def read_gray(path, max_pixels: int | None, bits_stored: int | None = None) -> t
 
     from PIL import UnidentifiedImageError
 
-    from cxr_transfer.dicom import DicomSkip, is_dicom, read_dicom
+    from cxr_transfer.data.dicom import DicomSkip, is_dicom, read_dicom
 
     problem = file_problem(path)
     if problem:

@@ -11,14 +11,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxr_transfer.cli import atomic_path, write_json, write_text
-from cxr_transfer.imageio import pixel_limit, resize_gray8, to_gray8
-from cxr_transfer.parallel import chunked_map
+from cxr_transfer.core.cli import atomic_path, write_json, write_text
+from cxr_transfer.data.imageio import pixel_limit, resize_gray8, to_gray8
+from cxr_transfer.core.parallel import chunked_map
 
 
 def load_resized(path: str, size: int, bits_stored: int | None = None) -> np.ndarray:
     """Grayscale + Resize((size, size)), as the seed's transform did, minus the float copy."""
-    from cxr_transfer.dicom import is_dicom, read_dicom  # here: the stages that only read stores skip pydicom
+    from cxr_transfer.data.dicom import is_dicom, read_dicom  # here: the stages that only read stores skip pydicom
 
     if is_dicom(path):
         return resize_gray8(read_dicom(path)[0], size)

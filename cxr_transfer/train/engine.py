@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxr_transfer import speed
-from cxr_transfer.batches import ArrayBatches, Normalizer
-from cxr_transfer.errors import CxrError
-from cxr_transfer.params import PRECISIONS
+from cxr_transfer.core.errors import CxrError
+from cxr_transfer.core.params import PRECISIONS
+from cxr_transfer.train import speed
+from cxr_transfer.train.batches import ArrayBatches, Normalizer
 
 
 def pick_device(pref: str = "auto", key: str = "train.device") -> torch.device:
@@ -104,7 +104,7 @@ def _progress(batches, desc: str):
     """A rate-limited bar over batches (once a second at most; none for a few batches)."""
     from tqdm import tqdm
 
-    from cxr_transfer.parallel import bar_off
+    from cxr_transfer.core.parallel import bar_off
 
     return tqdm(batches, desc=desc, unit="batch", mininterval=1.0, leave=False, disable=bar_off(len(batches)))
 
@@ -161,7 +161,7 @@ def predict_proba(
 
     Always in float32, whatever training used: bf16 scores have about 3 significant digits, and
     the ties they make move AUROC and the threshold chosen on validation. Memory format and (for
-    None) the batch size follow the device's measured rules (cxr_transfer.speed); a store larger
+    None) the batch size follow the device's measured rules (cxr_transfer.train.speed); a store larger
     than `budget` bytes is streamed from disk."""
     model.to(device).eval()
     norm = Normalizer(mean, std, reuse=device.type == "cpu").to(device)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cxr_transfer.metrics import _interval, auroc, group_indices
-from cxr_transfer.neardup import near_pairs_of
+from cxr_transfer.data.neardup import near_pairs_of
+from cxr_transfer.evaluate.metrics import _interval, auroc, group_indices
 
 
 def internal_copies(

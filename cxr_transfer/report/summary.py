@@ -16,11 +16,11 @@ from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from cxr_transfer import multiclass  # noqa: E402
-from cxr_transfer.cli import save_figure  # noqa: E402
-from cxr_transfer.errors import CxrError  # noqa: E402
-from cxr_transfer.gradcam import overlay  # noqa: E402
-from cxr_transfer.metrics import paired_difference  # noqa: E402
+from cxr_transfer.audit.gradcam import overlay  # noqa: E402
+from cxr_transfer.core.cli import save_figure  # noqa: E402
+from cxr_transfer.core.errors import CxrError  # noqa: E402
+from cxr_transfer.evaluate import multiclass  # noqa: E402
+from cxr_transfer.evaluate.metrics import paired_difference  # noqa: E402
 
 CURVE_FILES = {
     "train_loss": "train/loss",
@@ -523,7 +523,7 @@ def environment_html(meta: dict, params, params_path) -> str:
     import os
     import platform
 
-    from cxr_transfer.export import versions
+    from cxr_transfer.core.versions import versions
 
     v = versions(
         (

@@ -7,18 +7,17 @@ only the card's preprocessing (8-bit grayscale, PIL bilinear resize to S x S).
 
 from __future__ import annotations
 
-import platform
 import time
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from cxr_transfer.batches import Normalizer
-from cxr_transfer.errors import CxrError
+from cxr_transfer.core.errors import CxrError
+from cxr_transfer.core.versions import versions
+from cxr_transfer.train.batches import Normalizer
 
 # Parity of ONNX Runtime with PyTorch on the test store, on what matters: the logits (log
 # probabilities) within a relative tolerance, and the same decision except where PyTorch's top
@@ -26,7 +25,6 @@ from cxr_transfer.errors import CxrError
 # relative; a broken export (wrong normalisation, a missing layer) moves them by far more than 1%.
 LOGIT_RTOL, LOGIT_ATOL, TIE_MARGIN = 1e-2, 1e-3, 1e-3
 TRAINED = ("best_epoch", "epochs_run", "train_seconds", "device", "precision")
-VERSIONED = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "numpy", "pillow")
 
 
 class Probabilities(nn.Module):
@@ -43,7 +41,7 @@ class Probabilities(nn.Module):
 def export_onnx(wrapped: nn.Module, image_size: int, path: Path) -> str:
     """Write `wrapped` to `path` with a dynamic batch and check it with onnx.checker (atomically:
     a failed or killed export leaves no half-written model.onnx); returns the exporter used."""
-    from cxr_transfer.cli import atomic_path
+    from cxr_transfer.core.cli import atomic_path
 
     with atomic_path(path) as tmp:
         return _export(wrapped, image_size, tmp)
@@ -142,17 +140,6 @@ def parity_figures(p_ort: np.ndarray, p_torch: np.ndarray) -> dict:
         "decisions_differ": int(differ.sum()),
         "decisions_differ_near_ties": int((differ & tie).sum()),
     }
-
-
-def versions(packages=VERSIONED) -> dict[str, str]:
-    """Python's version and each installed package's (None where it is not installed)."""
-    out = {"python": platform.python_version()}
-    for pkg in packages:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 RULE = "the class of highest probability (argmax; two classes: P(positive) >= 0.5)"

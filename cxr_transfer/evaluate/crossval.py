@@ -15,8 +15,8 @@ import statistics
 import numpy as np
 from scipy.stats import t as student_t
 
-from cxr_transfer import multiclass
-from cxr_transfer.metrics import point_metrics
+from cxr_transfer.evaluate import multiclass
+from cxr_transfer.evaluate.metrics import point_metrics
 
 
 def fold_figures(y, p, fold, n_train: dict[int, int], bins: int = 10) -> list[dict]:

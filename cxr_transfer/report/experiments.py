@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr_transfer.errors import CxrError
+from cxr_transfer.core.errors import CxrError
 
 SHORT = {"accuracy": "acc", "auroc": "AUROC", "auroc_macro": "AUROC", "balanced_accuracy": "bal acc"}
 MODE_FILE = re.compile(r"^metrics/modes/(?P<name>.+)\.json:(?P<figure>.+)$")

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from cxr_transfer.errors import CxrError
+from cxr_transfer.core.errors import CxrError
 
 
 def run(main: Callable[[], None], stage: str) -> None:

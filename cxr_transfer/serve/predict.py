@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_transfer.errors import CxrError, first_line
-from cxr_transfer.imageio import (
+from cxr_transfer.core.errors import CxrError, first_line
+from cxr_transfer.data.imageio import (
     IMAGE_EXTS,
     OS_FILES,
     Unreadable,
@@ -131,8 +131,8 @@ def load_onnx(onnx_path: Path, batch_size: int = 64) -> Loaded:
 
 def load_torch(model_dir: Path, device: str = "auto", batch_size: int = 64) -> Loaded:
     """A train stage's folder (model.json, best.pt); decisions by the argmax, as the export's."""
-    from cxr_transfer.engine import pick_device, predict_proba
-    from cxr_transfer.models import load_trained
+    from cxr_transfer.train.engine import pick_device, predict_proba
+    from cxr_transfer.train.models import load_trained
 
     dev = pick_device(device, "--device")
     model, meta = load_trained(model_dir)
@@ -168,7 +168,7 @@ def load_model(path, device: str = "auto", batch_size: int = 64) -> Loaded:
 def gather(inputs: list[str]) -> tuple[list[str], list[dict]]:
     """Files to predict (folders searched recursively, sorted) and those skipped before decoding,
     with index's reasons."""
-    from cxr_transfer.dicom import is_dicom
+    from cxr_transfer.data.dicom import is_dicom
 
     files, skipped = [], []
 
@@ -240,7 +240,7 @@ def predict_files(model: Loaded, files: list[str], batch_size: int = 64, max_pix
     so a caller can draw Grad-CAM maps without holding every image."""
     from tqdm import tqdm
 
-    from cxr_transfer.parallel import bar_off
+    from cxr_transfer.core.parallel import bar_off
 
     off = bar_off(len(files), 2 * batch_size)
     with tqdm(total=len(files), unit="img", desc="predict", disable=off) as bar:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from cxr_transfer.errors import CxrError
-from cxr_transfer.registry import ARCHS
+from cxr_transfer.core.errors import CxrError
+from cxr_transfer.core.registry import ARCHS
 
 
 class ParamError(CxrError):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cxr_transfer.errors import CxrError
-from cxr_transfer.groups import group_names
-from cxr_transfer.neardup import near_pairs_of
+from cxr_transfer.core.errors import CxrError
+from cxr_transfer.data.groups import group_names
+from cxr_transfer.data.neardup import near_pairs_of
 
 SPLITS = ("train", "val", "test")
 

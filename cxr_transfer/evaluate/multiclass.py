@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxr_transfer.metrics import (
+from cxr_transfer.evaluate.metrics import (
     NO_INTERVAL,
     _interval,
     auprc,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from cxr_transfer.errors import CxrError
-from cxr_transfer.registry import ArchSpec
+from cxr_transfer.core.errors import CxrError
+from cxr_transfer.core.registry import ArchSpec
 
 LITE0_FILE = "efficientnet-lite0-57934424.pth"
 

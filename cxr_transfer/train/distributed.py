@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cxr_transfer.errors import CxrError
+from cxr_transfer.core.errors import CxrError
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cxr_transfer.errors import CxrError
+from cxr_transfer.core.errors import CxrError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,7 +54,7 @@ class Bundle:
     torch and draws (`get()` waits for it)."""
 
     def __init__(self):
-        code = "import sys; from cxr_transfer.webpage import js_bundle; sys.stdout.write(js_bundle())"
+        code = "import sys; from cxr_transfer.report.webpage import js_bundle; sys.stdout.write(js_bundle())"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

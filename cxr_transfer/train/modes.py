@@ -14,14 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxr_transfer.batches import ArrayBatches, Normalizer, augment_batch
-from cxr_transfer.distributed import World, block, gather_rows, wrap
-from cxr_transfer.engine import Precision, image_forward, tail_inputs
-from cxr_transfer.errors import CxrError
-from cxr_transfer.models import freeze_except, get_module, set_train_mode, trainable_path
-from cxr_transfer.registry import ArchSpec
-from cxr_transfer.speed import channels_last, inference_batch
-from cxr_transfer.train import Loop, Phase
+from cxr_transfer.core.errors import CxrError
+from cxr_transfer.core.registry import ArchSpec
+from cxr_transfer.train.batches import ArrayBatches, Normalizer, augment_batch
+from cxr_transfer.train.distributed import World, block, gather_rows, wrap
+from cxr_transfer.train.engine import Precision, image_forward, tail_inputs
+from cxr_transfer.train.loop import Loop, Phase
+from cxr_transfer.train.models import freeze_except, get_module, set_train_mode, trainable_path
+from cxr_transfer.train.speed import channels_last, inference_batch
 
 
 @dataclass

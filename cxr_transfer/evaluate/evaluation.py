@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_transfer import multiclass
-from cxr_transfer.calibration import calibrate, calibrate_k
-from cxr_transfer.cli import write_csv, write_json
-from cxr_transfer.metrics import (
+from cxr_transfer.core.cli import write_csv, write_json
+from cxr_transfer.evaluate import multiclass
+from cxr_transfer.evaluate.calibration import calibrate, calibrate_k
+from cxr_transfer.evaluate.metrics import (
     bootstrap_ci,
     point_metrics,
     threshold_counts,

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from cxr_transfer.metrics import ece
+from cxr_transfer.evaluate.metrics import ece
 
 LO, HI = 1e-3, 100.0  # the search's bounds on T
 
@@ -78,7 +78,7 @@ def calibrate(y_val, p_val, y_test, p_test, bins: int = 10) -> tuple[dict, np.nd
 def calibrate_k(y_val, P_val, y_test, P_test, bins: int = 10) -> dict:
     """K classes: T fitted on validation's log-probabilities (softmax logits up to a constant),
     the test split's top-label ECE and multi-class Brier score before and after."""
-    from cxr_transfer.multiclass import brier, normalise, top_label_ece
+    from cxr_transfer.evaluate.multiclass import brier, normalise, top_label_ece
 
     eps = np.finfo(float).tiny
     P_val, P_test = normalise(P_val), normalise(P_test)

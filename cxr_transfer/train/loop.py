@@ -18,12 +18,12 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from cxr_transfer.batches import IGNORE, ArrayBatches
-from cxr_transfer.engine import Precision
-from cxr_transfer.errors import CxrError
-from cxr_transfer.parallel import bar_off
-from cxr_transfer.params import ModeConfig
-from cxr_transfer.speed import release_freed_memory
+from cxr_transfer.core.errors import CxrError
+from cxr_transfer.core.parallel import bar_off
+from cxr_transfer.core.params import ModeConfig
+from cxr_transfer.train.batches import IGNORE, ArrayBatches
+from cxr_transfer.train.engine import Precision
+from cxr_transfer.train.speed import release_freed_memory
 
 SELECT_WORDS = {"val_loss": "validation loss", "val_auroc": "validation AUROC"}
 
@@ -250,7 +250,7 @@ def _set_rng_state(state: dict) -> None:
 
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temporary file, then one rename: a kill mid-write leaves the old file."""
-    from cxr_transfer.cli import atomic_path
+    from cxr_transfer.core.cli import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)

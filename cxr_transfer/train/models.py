@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cxr_transfer.errors import CxrError
-from cxr_transfer.registry import ARCHS, ArchSpec
-from cxr_transfer.weights import load_imagenet
+from cxr_transfer.core.errors import CxrError
+from cxr_transfer.core.registry import ARCHS, ArchSpec
+from cxr_transfer.train.weights import load_imagenet
 
 
 def get_spec(arch: str) -> ArchSpec:
@@ -82,7 +82,7 @@ def load_trained(model_dir) -> tuple[nn.Module, dict]:
     import json
     from pathlib import Path
 
-    from cxr_transfer.errors import CxrError, first_line
+    from cxr_transfer.core.errors import CxrError, first_line
 
     model_dir = Path(model_dir)
     sidecar, weights = model_dir / "model.json", model_dir / "best.pt"

@@ -14,10 +14,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from cxr_transfer import multiclass
-from cxr_transfer.acquisition import feature_matrix
-from cxr_transfer.gradcam import lung_box
-from cxr_transfer.metrics import auroc, bootstrap_ci
+from cxr_transfer.audit.gradcam import lung_box
+from cxr_transfer.data.acquisition import feature_matrix
+from cxr_transfer.evaluate import multiclass
+from cxr_transfer.evaluate.metrics import auroc, bootstrap_ci
 
 
 def thumbnails(x: np.ndarray, size: int) -> np.ndarray:
@@ -151,7 +151,7 @@ def near_duplicate_report(
 ) -> tuple[dict, pd.DataFrame]:
     """Near-duplicate pairs over all splits: counted, and listed with paths, splits, the hash that
     found them and its distance."""
-    from cxr_transfer.neardup import near_pairs_of
+    from cxr_transfer.data.neardup import near_pairs_of
 
     cols = ["path_a", "split_a", "path_b", "split_b", "hash", "distance"]
     if max_bits is None and max_framed_bits is None:
@@ -184,10 +184,10 @@ def near_duplicate_report(
 def feature_extractor(arch: str, weights_dir: str, device):
     """A function from an (N, S, S) uint8 store to the frozen ImageNet features of each image
     (the input of the architecture's last layer); the model is built once."""
-    from cxr_transfer.batches import ArrayBatches, Normalizer
-    from cxr_transfer.engine import FP32, image_forward, tail_inputs
-    from cxr_transfer.models import build_model, get_spec
-    from cxr_transfer.speed import channels_last, inference_batch
+    from cxr_transfer.train.batches import ArrayBatches, Normalizer
+    from cxr_transfer.train.engine import FP32, image_forward, tail_inputs
+    from cxr_transfer.train.models import build_model, get_spec
+    from cxr_transfer.train.speed import channels_last, inference_batch
 
     spec, device = get_spec(arch), torch.device(device)
     model = build_model(arch, weights_dir, 2, seed=0).to(device).eval()

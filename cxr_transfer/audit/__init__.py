@@ -1,0 +1,1 @@
+"""Shortcut probes and Grad-CAM: what else a model could be reading."""

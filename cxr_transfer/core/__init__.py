@@ -1,0 +1,1 @@
+"""Settings, names and the small helpers every layer uses; imports nothing else of the project."""

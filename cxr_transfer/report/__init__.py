@@ -1,0 +1,1 @@
+"""The summary table, the charts, the offline page and the experiments table."""

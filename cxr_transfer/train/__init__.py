@@ -1,0 +1,1 @@
+"""Torch: models, ImageNet weights, the training modes, the loop, batches, device/speed rules and DDP."""
