@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cxr_transfer.audit.gradcam import lung_box
+from cxr_transfer.core.decision import decide, decide_positive
 from cxr_transfer.data.acquisition import feature_matrix
 from cxr_transfer.evaluate import multiclass
 from cxr_transfer.evaluate.metrics import auroc, bootstrap_ci
@@ -46,11 +47,11 @@ def scored(y, p, groups, reps: int, seed: int, confidence: float, flag_auroc: fl
     if p.ndim == 2:
         ci = multiclass.bootstrap_ci(y, p, groups, reps, seed, confidence)
         names = [str(c) for c in range(p.shape[1])]
-        auc, acc = multiclass.point_metrics(y, p, names)["auroc_macro"], float((p.argmax(1) == y).mean())
+        auc, acc = multiclass.point_metrics(y, p, names)["auroc_macro"], float((decide(p) == y).mean())
         lo, hi = ci.get("auroc_macro") or (None, None)
     else:
         ci = bootstrap_ci(y, p, 0.5, groups, reps, seed, confidence)
-        auc, acc = auroc(y, p), float(((p >= 0.5) == y).mean())
+        auc, acc = auroc(y, p), float((decide_positive(p) == y).mean())
         lo, hi = ci.get("auroc") or (None, None)
     return {
         "auroc": None if auc is None else round(auc, 4),

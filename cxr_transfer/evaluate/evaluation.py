@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_transfer.core.cli import write_csv, write_json
+from cxr_transfer.core.decision import decide, decide_positive
 from cxr_transfer.evaluate import multiclass
 from cxr_transfer.evaluate.calibration import calibrate, calibrate_k
 from cxr_transfer.evaluate.metrics import (
@@ -78,7 +79,7 @@ def prediction_table(test: pd.DataFrame, prob_pos, classes: list[str], positive:
     prob_pos = np.asarray(prob_pos, dtype=float)
     out = test[["path", "group", "class", "label"]].copy()
     out["probability"] = prob_pos.round(6)
-    out["predicted"] = np.where(prob_pos >= 0.5, positive, neg)
+    out["predicted"] = np.where(decide_positive(prob_pos), positive, neg)
     return out
 
 
@@ -183,7 +184,7 @@ def prediction_table_k(test: pd.DataFrame, P, classes: list[str]) -> pd.DataFram
     out = test[["path", "group", "class", "label"]].copy()
     for c, name in enumerate(classes):
         out[f"p_{name}"] = P[:, c].round(6)
-    out["predicted"] = np.asarray(classes)[P.argmax(1)]
+    out["predicted"] = np.asarray(classes)[decide(P)]
     return out
 
 

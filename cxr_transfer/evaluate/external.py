@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cxr_transfer.core.decision import decide, decide_positive
 from cxr_transfer.data.neardup import near_pairs_of
 from cxr_transfer.evaluate.metrics import _interval, auroc, group_indices
 
@@ -48,9 +49,9 @@ def relabel(df: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
 def _figures(y: np.ndarray, p: np.ndarray) -> tuple[float, float | None]:
     """Accuracy (argmax / 0.5) and AUROC (macro one-vs-rest for K classes) of scores `p`."""
     if p.ndim == 1:
-        return float(((p >= 0.5) == y).mean()), auroc(y, p)
+        return float((decide_positive(p) == y).mean()), auroc(y, p)
     aucs = [auroc(y == c, p[:, c]) for c in range(p.shape[1])]
-    return float((p.argmax(1) == y).mean()), None if None in aucs else float(np.mean(aucs))
+    return float((decide(p) == y).mean()), None if None in aucs else float(np.mean(aucs))
 
 
 def scores_of(pred: pd.DataFrame, classes: list[str], positive: str | None) -> tuple[np.ndarray, np.ndarray]:

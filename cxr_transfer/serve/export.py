@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxr_transfer.core.decision import RULE, decide
 from cxr_transfer.core.errors import CxrError
 from cxr_transfer.core.versions import versions
+from cxr_transfer.serve.onnx import session
 from cxr_transfer.train.batches import Normalizer
 
 # Parity of ONNX Runtime with PyTorch on the test store, on what matters: the logits (log
@@ -92,11 +94,7 @@ def parity(onnx_path: Path, wrapped: nn.Module, x: np.ndarray, batch_size: int =
     absolute difference of any probability and of any logit (log probability; also relative to
     its size), the images whose decision differs (and how many of them are near-ties), and each
     runtime's images/s (after one warm batch)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    sess = session(onnx_path)
     wrapped = wrapped.eval().cpu()
     x = np.array(np.asarray(x)[:, None])  # a writable copy: the store is a read-only memory map
 
@@ -132,7 +130,7 @@ def parity_figures(p_ort: np.ndarray, p_torch: np.ndarray) -> dict:
     excess = dz / (LOGIT_ATOL + LOGIT_RTOL * np.abs(zb))  # > 1: beyond the tolerance
     top2 = np.sort(b, axis=1)[:, -2:]
     tie = (top2[:, 1] - top2[:, 0]) <= TIE_MARGIN
-    differ = a.argmax(1) != b.argmax(1)
+    differ = decide(a) != decide(b)
     return {
         "max_abs_diff": float(np.abs(a - b).max()),
         "max_logit_diff": float(dz.max()),
@@ -140,9 +138,6 @@ def parity_figures(p_ort: np.ndarray, p_torch: np.ndarray) -> dict:
         "decisions_differ": int(differ.sum()),
         "decisions_differ_near_ties": int((differ & tie).sum()),
     }
-
-
-RULE = "the class of highest probability (argmax; two classes: P(positive) >= 0.5)"
 
 
 def card(meta: dict, head: dict, full: dict, probe: dict | None, positive, check: dict, how: str) -> dict:

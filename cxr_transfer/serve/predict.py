@@ -10,15 +10,13 @@ The ONNX path imports neither torch nor the training code: ONNX Runtime and Pill
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cxr_transfer.core.errors import CxrError, first_line
+from cxr_transfer.core.decision import decide
+from cxr_transfer.core.errors import CxrError
 from cxr_transfer.data.imageio import (
     IMAGE_EXTS,
     OS_FILES,
@@ -28,105 +26,7 @@ from cxr_transfer.data.imageio import (
     resize_gray8,
     shown,
 )
-
-
-@dataclass
-class Loaded:
-    """What predict needs of a model, whichever runtime serves it."""
-
-    classes: list[str]
-    image_size: int
-    proba: Callable[[np.ndarray], np.ndarray]  # (N, S, S) uint8 -> (N, K) probabilities
-    runtime: str
-    positive: str | None = None
-    bits_stored: int | None = None
-    training_images: dict | None = None
-    torch_model_dir: Path | None = None
-
-
-def _batched(fn, batch_size: int):
-    def proba(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-
-    return proba
-
-
-def read_json_file(path: Path, what: str) -> dict:
-    """A JSON object from `path`, or a one-line CxrError saying what is wrong with it."""
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        why = first_line(e)
-        raise CxrError(f"{path}: not a readable {what} ({why}); re-run the stage that writes it") from None
-    if not isinstance(obj, dict):
-        raise CxrError(f"{path}: a {what} is a JSON object, not {type(obj).__name__}")
-    return obj
-
-
-def _card_fields(card: dict, card_path: Path) -> tuple[list[str], int]:
-    """The classes and image size a card must state, checked."""
-    try:
-        classes, size = card["classes"], card["preprocessing"]["image_size"]
-    except (KeyError, TypeError) as e:
-        raise CxrError(
-            f"{card_path}: no {e} in it; a card states classes and preprocessing.image_size "
-            "(re-run the export stage)"
-        ) from None
-    ok = isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)
-    if not ok or not isinstance(size, int) or size < 8:
-        raise CxrError(
-            f"{card_path}: classes {classes!r} or image_size {size!r} unusable (re-run the export stage)"
-        )
-    return classes, size
-
-
-def load_onnx(onnx_path: Path, batch_size: int = 64) -> Loaded:
-    """An exported model: model.onnx and its card.json side by side; every way either can be
-    broken (truncated graph, empty card, a card that disagrees with the graph) is one line."""
-    card_path = onnx_path.parent / "card.json"
-    if not card_path.exists():
-        raise CxrError(f"--model {onnx_path}: no card.json beside it (the export stage writes both)")
-    card = read_json_file(card_path, "model card")
-    classes, size = _card_fields(card, card_path)
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # ORT raises its own classes (InvalidProtobuf, Fail, ...) for a bad file
-        raise CxrError(
-            f"{onnx_path}: not a loadable ONNX model ({first_line(e)}); re-run the export stage"
-        ) from None
-    inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
-    shape = [d if isinstance(d, int) else None for d in inp.shape]
-    if len(shape) != 4 or shape[1] not in (1, None) or any(d not in (size, None) for d in shape[2:]):
-        raise CxrError(
-            f"{onnx_path}: the graph takes {inp.shape}, but {card_path.name} says image_size {size} "
-            "(a card from another export?); re-run the export stage"
-        )
-    if isinstance(out.shape[-1], int) and out.shape[-1] != len(classes):
-        raise CxrError(
-            f"{onnx_path}: the graph gives {out.shape[-1]} outputs, {card_path.name} names "
-            f"{len(classes)} classes; re-run the export stage"
-        )
-
-    def run(x):
-        try:
-            return sess.run(None, {inp.name: np.ascontiguousarray(x[:, None])})[0]
-        except Exception as e:
-            raise CxrError(f"{onnx_path}: ONNX Runtime failed ({first_line(e)})") from None
-
-    pre = card["preprocessing"]
-    return Loaded(
-        classes=classes,
-        image_size=size,
-        proba=_batched(run, batch_size),
-        runtime="onnxruntime",
-        positive=card.get("positive"),
-        bits_stored=pre.get("bits_stored"),
-        training_images=(card.get("training_data") or {}).get("training_images"),
-    )
+from cxr_transfer.serve.onnx import Loaded, batched, load_onnx, read_json_file  # noqa: F401 (predict's API)
 
 
 def load_torch(model_dir: Path, device: str = "auto", batch_size: int = 64) -> Loaded:
@@ -229,12 +129,6 @@ def read_one(path: str, model: Loaded, max_pixels: int) -> tuple[np.ndarray | No
     return small, {"path": path, "warning": "; ".join(warnings_for(facts, small, model.training_images))}
 
 
-def decide(model: Loaded, p: np.ndarray) -> np.ndarray:
-    """The predicted class per row: the argmax, the model's one rule (its card says so, and its
-    test figures are at it), whichever runtime computed `p`."""
-    return np.asarray(model.classes)[p.argmax(1)]
-
-
 def predict_files(model: Loaded, files: list[str], batch_size: int = 64, max_pixels: int = 50_000_000):
     """Rows for every file, scored in chunks with a progress bar; yields (rows, images) per chunk
     so a caller can draw Grad-CAM maps without holding every image."""
@@ -254,7 +148,7 @@ def predict_files(model: Loaded, files: list[str], batch_size: int = 64, max_pix
             if imgs:
                 x = np.stack(imgs)
                 p = model.proba(x)
-                pred = decide(model, p)
+                pred = np.asarray(model.classes)[decide(p)]  # the one rule, whichever runtime
                 k = 0
                 for row in rows:
                     if "skipped" in row:
