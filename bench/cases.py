@@ -24,6 +24,7 @@ from cxr_transfer.data.index import build_index
 from cxr_transfer.data.prepare import decode_split
 from cxr_transfer.data.synth import render_cxr
 from cxr_transfer.train.batches import Normalizer
+from cxr_transfer.train.card import ModelInfo
 from cxr_transfer.train.engine import Precision
 from cxr_transfer.train.loop import Checkpoints, fit, make_optimizer
 from cxr_transfer.train.models import build_model, get_spec
@@ -106,7 +107,7 @@ def feature_extraction(work: Path, n: int, size: int, epochs: int) -> dict:
     data = {"train": (x[n_val:], y[n_val:]), "val": (x[:n_val], y[:n_val])}
     model = build_model("efficientnet_lite0", "weights", 2, seed=0)
     cpu, prec = torch.device("cpu"), Precision(None, False)
-    rs = setup_run(model, spec, "head", data, 32, 0, False, cpu, prec)
+    rs = setup_run(model, spec, "head", data, batch_size=32, seed=0, augment=False, device=cpu, prec=prec)
     mode = ModeConfig(pretrained=True, trainable="head", optimizer="adam", lr=1e-3, weight_decay=1e-5)
     opt = make_optimizer(rs.loop.trained.parameters(), mode)
     state = fit(rs.phases, opt, epochs, epochs + 1, Checkpoints(work / "fe-ck", "b"), prec, cpu)
@@ -394,7 +395,9 @@ def onnx_inference(work: Path, n: int, sizes, reps: int = 3, arch: str = "effici
     meta |= {"mean": list(spec.mean), "std": list(spec.std)}
     (model_dir / "model.json").write_text(json.dumps(meta))
     exported = work / f"onnx-{size}"
-    (exported / "card.json").write_text(json.dumps(card(meta, {}, {}, None, "Covid", {}, "")))
+    (exported / "card.json").write_text(
+        json.dumps(card(ModelInfo.from_json(meta), {}, {}, None, "Covid", {}, ""))
+    )
     img = work / "one.png"
     Image.fromarray(rng.integers(0, 256, (299, 299), dtype=np.uint8)).save(img)
     for name, model in (("pytorch", model_dir), ("onnxruntime", exported)):
@@ -611,7 +614,16 @@ def streaming(work: Path, n: int, size: int, epochs: int, prepare: list[dict]) -
         model = build_model("efficientnet_lite0", None, 2, seed=0)
         t0 = time.perf_counter()
         rs = setup_run(
-            model, get_spec("efficientnet_lite0"), "all", data, 32, 0, False, cpu, prec, budget=budget
+            model,
+            get_spec("efficientnet_lite0"),
+            "all",
+            data,
+            batch_size=32,
+            seed=0,
+            augment=False,
+            device=cpu,
+            prec=prec,
+            budget=budget,
         )
         opt = make_optimizer(rs.loop.trained.parameters(), mode)
         fit(rs.phases, opt, epochs, epochs + 1, Checkpoints(work / f"ck-{name}", "b"), prec, cpu)

@@ -96,7 +96,18 @@ def ours_rates(arch, x_store, labels, device, batch, epochs, compile_model=False
     torch.backends.cudnn.benchmark = device.type == "cuda"
     model = build_model(arch, None, 2, seed=0)
     data = {"train": (x_store, labels), "val": (x_store[:batch], labels[:batch])}
-    rs = setup_run(model, spec, "all", data, batch, 0, False, device, prec, compile_model)
+    rs = setup_run(
+        model,
+        spec,
+        "all",
+        data,
+        batch_size=batch,
+        seed=0,
+        augment=False,
+        device=device,
+        prec=prec,
+        compile_model=compile_model,
+    )
     opt = make_optimizer(rs.loop.trained.parameters(), SEED_MODES["scratch"])
     with tempfile.TemporaryDirectory() as tmp:
         state = fit(rs.phases, opt, epochs, epochs + 1, Checkpoints(tmp, "bench"), prec, device)

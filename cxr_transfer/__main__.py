@@ -49,23 +49,19 @@ def predict(args) -> None:
 
 def _gradcam_writer(model, folder: Path):
     """A function drawing each scored image's Grad-CAM toward its predicted class."""
-    import torch
     from PIL import Image
 
-    from cxr_transfer.audit.gradcam import gradcam, overlay
-    from cxr_transfer.train.batches import Normalizer
-    from cxr_transfer.train.models import get_spec, load_trained
+    from cxr_transfer.audit.cams import CamModel
+    from cxr_transfer.audit.gradcam import overlay
 
-    net, meta = load_trained(model.torch_model_dir)
-    layer = net.get_submodule(get_spec(meta["arch"]).cam_layer)
-    norm = Normalizer(meta["mean"], meta["std"])
+    trained = CamModel(model.torch_model_dir)
     folder.mkdir(parents=True, exist_ok=True)
 
     def draw(rows, x, start):
         if not len(x):
             return
         targets = [model.classes.index(r["predicted"]) for r in rows]
-        cams = gradcam(net, layer, norm(torch.as_tensor(x)[:, None]), targets)
+        cams = trained.maps(x, targets)
         for i, (r, img, cam) in enumerate(zip(rows, x, cams, strict=True)):
             name = f"{start + i:05d}-{Path(r['path']).stem}.png"
             Image.fromarray(overlay(img, cam)).save(folder / name)

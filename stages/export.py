@@ -27,17 +27,17 @@ def main() -> None:
     keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.train.speed)
     p = load_params(args.params)
     model, meta = load_trained(args.model)
-    wrapped = Probabilities(model, meta["mean"], meta["std"])
-    name = f"{meta['arch']}-{meta['mode']}"
+    wrapped = Probabilities(model, meta.mean, meta.std)
+    name = f"{meta.arch}-{meta.mode}"
     onnx_path = args.out / "model.onnx"
-    how = export_onnx(wrapped, meta["image_size"], onnx_path)
+    how = export_onnx(wrapped, meta.image_size, onnx_path)
     x, _ = load_store(args.prepared, "test")
     check = parity(onnx_path, wrapped, x)
     check_parity(check, name)
     head = json.loads((args.eval_dir / "headline.json").read_text())
     full = json.loads((args.eval_dir / "metrics.json").read_text())
     probe = json.loads(args.probe.read_text())
-    positive = p.data.positive if p.data.positive in meta["classes"] else None
+    positive = p.data.positive if p.data.positive in meta.classes else None
     write_json(args.out / "card.json", card(meta, head, full, probe, positive, check, how))
     mb = onnx_path.stat().st_size / 2**20
     print(

@@ -39,7 +39,18 @@ def train(folder, rank: int = 0, size: int = 1, n: int = 17, weights: bool = Fal
     world = World(rank, size, rank)
     d = data(n)
     model = build_model("resnet18", None, 2, seed=0)
-    rs = setup_run(model, get_spec("resnet18"), "head", d, 8, 0, augment, CPU, PREC, world=world)
+    rs = setup_run(
+        model,
+        get_spec("resnet18"),
+        "head",
+        d,
+        batch_size=8,
+        seed=0,
+        augment=augment,
+        device=CPU,
+        prec=PREC,
+        world=world,
+    )
     opt = make_optimizer(rs.loop.trained.parameters(), ADAM)
     obj = Objective(balanced_class_weights(d["train"][1], 2) if weights else None)
     ck = Checkpoints(folder / f"rank{rank}", "fp")

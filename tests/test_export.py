@@ -9,6 +9,7 @@ from torch import nn
 
 from cxr_transfer.core.errors import CxrError
 from cxr_transfer.serve.export import Probabilities, card, check_parity, export_onnx, parity, parity_figures
+from cxr_transfer.train.card import ModelInfo
 from cxr_transfer.train.models import build_model, get_spec
 
 
@@ -104,7 +105,15 @@ def test_the_card_carries_the_threshold_the_figures_and_the_probe_verdicts():
         "calibration": {"temperature": 1.5, "ece_before": 0.2, "ece_after": 0.1},
     }
     probe = {"flagged": ["pixels_8"], "n_flagged": 1, "pixels_8": {"auroc": 0.85}, "flag_auroc": 0.8}
-    c = card(meta, head, full, probe, "Covid", {"max_abs_diff": 1e-6}, "torch.onnx (TorchScript)")
+    c = card(
+        ModelInfo.from_json(meta),
+        head,
+        full,
+        probe,
+        "Covid",
+        {"max_abs_diff": 1e-6},
+        "torch.onnx (TorchScript)",
+    )
     assert (
         c["decision"]["rule"] == "the class of highest probability (argmax; two classes: P(positive) >= 0.5)"
     )
@@ -120,7 +129,7 @@ def test_the_card_carries_the_threshold_the_figures_and_the_probe_verdicts():
     assert c["training_data"]["store_sha1"] == {"train": "abc", "val": "def"}
     assert c["input"]["shape"] == ["batch", 1, 32, 32] and c["versions"]["onnxruntime"]
     json.dumps(c)  # plain JSON
-    three = card({**meta, "classes": ["A", "B", "C"]}, head, {}, None, None, {}, "x")
+    three = card(ModelInfo.from_json({**meta, "classes": ["A", "B", "C"]}), head, {}, None, None, {}, "x")
     assert (
         three["decision"]["rule"].startswith("the class of highest probability")
         and "alternative" not in three["decision"]
@@ -128,7 +137,9 @@ def test_the_card_carries_the_threshold_the_figures_and_the_probe_verdicts():
     assert c["cross_validation"] is None  # one split
     per_fold = [{"fold": i, "accuracy": 0.7 + 0.05 * i} for i in range(3)]
     folds = {"k": 3, "per_fold": per_fold, "spread": {"accuracy": {"mean": 0.75, "sd": 0.05}}}
-    cv = card({**meta, "fold": 0}, head, {**full, "folds": folds}, None, "Covid", {}, "x")["cross_validation"]
+    cv = card(
+        ModelInfo.from_json({**meta, "fold": 0}), head, {**full, "folds": folds}, None, "Covid", {}, "x"
+    )["cross_validation"]
     assert (
         cv["this_model"] == "fold 0 of 3"
         and cv["this_fold"] == per_fold[0]

@@ -6,13 +6,13 @@ import pytest
 from PIL import Image
 
 from cxr_transfer.core.errors import CxrError
+from cxr_transfer.data.external import internal_copies
 from cxr_transfer.data.index import build_index
 from cxr_transfer.data.synth import render_cxr, synthesize
 from cxr_transfer.evaluate.external import (
     answer_lines,
     compare_sites,
     drop,
-    internal_copies,
     ranking,
     shortcut_line,
 )

@@ -16,6 +16,7 @@ from cxr_transfer.__main__ import main
 from cxr_transfer.data.synth import render_cxr
 from cxr_transfer.serve.export import Probabilities, card, export_onnx, parity
 from cxr_transfer.serve.predict import load_model, warnings_for
+from cxr_transfer.train.card import ModelInfo
 from cxr_transfer.train.models import build_model, get_spec
 from tests.conftest import ROOT
 from tests.test_dicom import make_dicom
@@ -56,7 +57,9 @@ def models(tmp_path_factory):
     how = export_onnx(wrapped, 32, out / "model.onnx")
     check = parity(out / "model.onnx", wrapped, np.zeros((2, 32, 32), np.uint8))
     full = {"youden": {"threshold": 0.9}}  # a validation threshold far from 0.5: never applied
-    (out / "card.json").write_text(json.dumps(card(meta, {}, full, None, "Covid", check, how)))
+    (out / "card.json").write_text(
+        json.dumps(card(ModelInfo.from_json(meta), {}, full, None, "Covid", check, how))
+    )
     return folder, out
 
 

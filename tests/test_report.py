@@ -217,7 +217,8 @@ def test_k_class_evaluation_headline_and_predictions_agree():
 
 def test_k_class_summary_compare_and_confusion_plot(tmp_path):
     from cxr_transfer.evaluate.evaluation import evaluate_k, prediction_table_k
-    from cxr_transfer.report.summary import figures_for, plot_confusions
+    from cxr_transfer.report.charts import plot_confusions
+    from cxr_transfer.report.summary import figures_for
 
     y, good = _k_case(1, skill=3.0)
     _, bad = _k_case(2, skill=0.2)

@@ -124,7 +124,17 @@ def test_the_feature_pass_runs_channels_last_and_training_the_family_rule(monkey
         monkeypatch.setitem(speed.CPU_TRAIN_CHANNELS_LAST, "resnet", trains_cl)
         model = build_model("resnet18", None, 2, 0)
         hook = model.conv1.register_forward_pre_hook(lambda m, a: seen.append(_is_channels_last(a[0])))
-        rs = setup_run(model, get_spec("resnet18"), "head", data, 4, 0, False, CPU, Precision(None, False))
+        rs = setup_run(
+            model,
+            get_spec("resnet18"),
+            "head",
+            data,
+            batch_size=4,
+            seed=0,
+            augment=False,
+            device=CPU,
+            prec=Precision(None, False),
+        )
         hook.remove()
         assert rs.cached_features and rs.channels_last is trains_cl
         assert _is_channels_last(model.conv1.weight) is trains_cl

@@ -74,7 +74,7 @@ HOSTILE = 'Covid<script>alert("cls")</script>'
 def test_names_from_data_params_and_folders_are_text_on_the_page_never_markup():
     """A class name, a stray run folder and a Markdown link in summary.md reach the page as text:
     no element, no handler, no javascript: link is created from them."""
-    from cxr_transfer.report import summary as R
+    from cxr_transfer.report import sections as R
 
     stale = "eval/<img src=x onerror=alert(1)>"
     md = (

@@ -105,6 +105,26 @@ def baselines(
     return out
 
 
+def external_baselines(cfg, classes: list[str], positive, prepared, splits, x_ext, ext_table) -> dict:
+    """The baselines fit on the internal training split (prepare's store, the split's train.csv)
+    and scored on an external set: a shortcut that carries over still separates the classes there."""
+    from cxr_transfer.core.tables import read_table
+    from cxr_transfer.data.prepare import load_store
+
+    x_tr, y_tr = load_store(prepared, "train")
+    y_ext = ext_table["label"].to_numpy()
+    if len(classes) == 2:
+        pos = classes.index(positive)
+        y_tr, y_ext = (y_tr == pos).astype(int), (y_ext == pos).astype(int)
+    groups = ext_table["group"].to_numpy()
+
+    def score(scores):
+        return scored(y_ext, scores, groups, cfg.bootstrap, cfg.seed, cfg.confidence, cfg.flag_auroc)
+
+    train = read_table(splits / "train.csv")
+    return baselines(x_tr, y_tr, x_ext, y_ext, train, ext_table, cfg.thumbnails, score)
+
+
 def blackout(x: np.ndarray, box: float, keep_centre: bool) -> np.ndarray:
     """A copy of an (N, S, S) store with its central box (a fraction `box` of each side) black,
     or, with keep_centre, everything but that box black (Maguolo & Nanni's lung-free images)."""

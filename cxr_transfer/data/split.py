@@ -187,3 +187,29 @@ def split_summary(parts: dict[str, pd.DataFrame], seed: int, test_size: float, v
         "fractions": {s: round(len(p) / total, 4) for s, p in parts.items()},
         "group_overlap": overlap,
     }
+
+
+def split_data(df: pd.DataFrame, cfg) -> tuple[dict[str, pd.DataFrame], pd.DataFrame | None, dict]:
+    """The split stage's work on data.csv under params' `split` (cfg): near-duplicates joined into
+    one group, then train/val/test (or k folds, whose fold 0 is also written as train/val/test).
+    Returns the parts, the folds table (None without folds) and split.json's summary."""
+    groups_before = df["group"].nunique()
+    df, n_near = join_near_duplicates(df, cfg.near_duplicate_bits, cfg.near_duplicate_framed_bits)
+    folds = None
+    if cfg.folds:  # every image in one fold's test part; train/val/test.csv are fold 0's parts
+        roles = fold_roles(df, cfg.folds, cfg.val_size, cfg.seed)
+        folds, which = pd.concat([df, roles], axis=1), roles["f0"]
+    else:
+        which = grouped_split(df, cfg.test_size, cfg.val_size, cfg.seed)
+    parts = {s: df[which == s] for s in SPLITS}
+    summary = split_summary(parts, cfg.seed, cfg.test_size, cfg.val_size)
+    summary["near_duplicates"] = {
+        "max_bits": cfg.near_duplicate_bits,
+        "max_framed_bits": cfg.near_duplicate_framed_bits,
+        "pairs": n_near,
+        "groups_before": int(groups_before),
+        "groups_after": int(df["group"].nunique()),
+    }
+    summary["largest_group"] = largest_group(df, cfg.test_size)
+    summary["folds"] = fold_summary(df, roles) if cfg.folds else None
+    return parts, folds, summary

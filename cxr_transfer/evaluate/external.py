@@ -9,41 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_transfer.core.decision import decide, decide_positive
-from cxr_transfer.data.neardup import near_pairs_of
 from cxr_transfer.evaluate.metrics import _interval, auroc, group_indices
-
-
-def internal_copies(
-    external: pd.DataFrame, internal: pd.DataFrame, limits: dict[str, int | None]
-) -> pd.DataFrame:
-    """The external images that are exact (same pixels) or near copies (a pHash within its limit:
-    resized, re-encoded, cropped) of an internal image: one row each, with the internal image it
-    copies and how (`exact` or the hash column and its distance)."""
-    exact = external["hash"].isin(set(internal["hash"]))
-    first = dict(zip(internal["hash"], internal["path"], strict=True))
-    rows = [
-        {"path": path, "internal_path": first[h], "how": "exact", "distance": 0}
-        for path, h in zip(external.loc[exact, "path"], external.loc[exact, "hash"], strict=True)
-    ]
-    both = pd.concat([internal, external[~exact]], ignore_index=True)
-    n = len(internal)
-    i, j, d, col = near_pairs_of(both, limits)
-    across = (i < n) != (j < n)
-    seen = {r["path"] for r in rows}
-    for a, b, dist, c in zip(i[across], j[across], d[across], col[across], strict=True):
-        ext_row, int_row = (b, a) if a < n else (a, b)
-        path = both["path"].iloc[ext_row]
-        if path not in seen:
-            seen.add(path)
-            rows.append(
-                {"path": path, "internal_path": both["path"].iloc[int_row], "how": c, "distance": int(dist)}
-            )
-    return pd.DataFrame(rows, columns=["path", "internal_path", "how", "distance"])
-
-
-def relabel(df: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """Labels as the internal class order numbers them (the models' output order)."""
-    return df.assign(label=df["class"].map({c: i for i, c in enumerate(classes)}).astype(np.int64))
 
 
 def _figures(y: np.ndarray, p: np.ndarray) -> tuple[float, float | None]:

@@ -20,6 +20,7 @@ from cxr_transfer.core.errors import CxrError
 from cxr_transfer.core.versions import versions
 from cxr_transfer.serve.onnx import session
 from cxr_transfer.train.batches import Normalizer
+from cxr_transfer.train.card import ModelInfo
 
 # Parity of ONNX Runtime with PyTorch on the test store, on what matters: the logits (log
 # probabilities) within a relative tolerance, and the same decision except where PyTorch's top
@@ -140,10 +141,13 @@ def parity_figures(p_ort: np.ndarray, p_torch: np.ndarray) -> dict:
     }
 
 
-def card(meta: dict, head: dict, full: dict, probe: dict | None, positive, check: dict, how: str) -> dict:
+def card(
+    info: ModelInfo, head: dict, full: dict, probe: dict | None, positive, check: dict, how: str
+) -> dict:
     """What someone receiving model.onnx needs to use it correctly: classes and input, the
     preprocessing, the decision rule, the test figures with intervals, the shortcut probes'
     verdicts, where the training data came from, the parameters and the software."""
+    meta = info.to_json()
     classes, size = meta["classes"], meta["image_size"]
     binary = len(classes) == 2
     youden = full.get("youden", {})

@@ -38,15 +38,15 @@ def load_torch(model_dir: Path, device: str = "auto", batch_size: int = 64) -> L
     model, meta = load_trained(model_dir)
 
     def proba(x):
-        return predict_proba(model, meta["arch"], meta["mean"], meta["std"], x, dev, batch_size).numpy()
+        return predict_proba(model, meta.arch, meta.mean, meta.std, x, dev, batch_size).numpy()
 
     return Loaded(
-        classes=meta["classes"],
-        image_size=meta["image_size"],
+        classes=meta.classes,
+        image_size=meta.image_size,
         proba=proba,
         runtime="pytorch",
-        bits_stored=meta.get("bits_stored"),
-        training_images=meta.get("training_images"),
+        bits_stored=meta.bits_stored,
+        training_images=meta.training_images,
         torch_model_dir=Path(model_dir),
     )
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from cxr_transfer.core.errors import CxrError
 from cxr_transfer.core.registry import ARCHS, ArchSpec
+from cxr_transfer.train.card import ModelInfo
 from cxr_transfer.train.weights import load_imagenet
 
 
@@ -75,11 +76,10 @@ def set_train_mode(model: nn.Module, trained: nn.Module) -> None:
     trained.train()
 
 
-def load_trained(model_dir) -> tuple[nn.Module, dict]:
+def load_trained(model_dir) -> tuple[nn.Module, ModelInfo]:
     """A trained model from its folder: the JSON sidecar says what to build, best.pt fills it.
 
     Weights load with weights_only=True: a checkpoint is tensors, never a pickled object."""
-    import json
     from pathlib import Path
 
     from cxr_transfer.core.errors import CxrError, first_line
@@ -87,8 +87,8 @@ def load_trained(model_dir) -> tuple[nn.Module, dict]:
     model_dir = Path(model_dir)
     sidecar, weights = model_dir / "model.json", model_dir / "best.pt"
     try:
-        meta = json.loads(sidecar.read_text())
-        model = build_model(meta["arch"], None, len(meta["classes"]), 0)
+        meta = ModelInfo.read(model_dir)
+        model = build_model(meta.arch, None, len(meta.classes), 0)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CxrError(f"{sidecar}: unusable ({type(e).__name__}: {e}); re-run the train stage") from None
     try:
@@ -97,7 +97,7 @@ def load_trained(model_dir) -> tuple[nn.Module, dict]:
     except Exception as e:  # truncated zip, pickle, a state dict of another network: torch's own classes
         why = first_line(e, 160)
         raise CxrError(
-            f"{weights}: cannot be loaded as {meta['arch']} weights ({why}); re-run the train stage"
+            f"{weights}: cannot be loaded as {meta.arch} weights ({why}); re-run the train stage"
         ) from None
     return model.eval(), meta
 
