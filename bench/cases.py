@@ -461,6 +461,10 @@ def cpu_train(
             row["rule_train_channels_last"] = speed.channels_last(arch, "cpu", training=True)
             row["rule_infer_batch"] = speed.inference_batch("cpu", size)
             out["runs"].append(row)
+    out["derived_train_channels_last"] = speed.derive_cpu_rules(out["runs"])
+    out["rules_match"] = out["derived_train_channels_last"] == {
+        f: v for f, v in speed.CPU_TRAIN_CHANNELS_LAST.items() if f in out["derived_train_channels_last"]
+    }
     return out
 
 

@@ -77,7 +77,7 @@ def test_a_source_column_present_in_every_sheet_wins_over_url(tmp_path):
     assert plan(root, CLASSES, [], "FILE NAME", None, "WARD").source_column == "URL"
 
 
-FOUR = {  # the README's 4-class configuration of the COVID-19 Radiography Database
+FOUR = {  # docs/data.md's 4-class configuration of the COVID-19 Radiography Database
     "Normal": ("Normal",),
     "Covid": ("COVID",),
     "Viral_Pneumonia": ("Viral Pneumonia",),

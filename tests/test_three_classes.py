@@ -1,4 +1,4 @@
-"""End to end with three classes: the README's 3-class demo experiment at tiny size (its own
+"""End to end with three classes: docs/data.md's 3-class demo experiment at tiny size (its own
 file, so it runs beside tests/test_pipeline.py's when pytest runs two workers)."""
 
 import json
@@ -12,7 +12,7 @@ from tests.test_pipeline import TINY, make_project, sh
 
 pytestmark = pytest.mark.slow  # end to end: the fast tier (pytest -m "not slow") leaves it out
 
-THREE_CLASSES = (  # the README's 3-class demo experiment, word for word
+THREE_CLASSES = (  # docs/data.md's 3-class demo experiment, word for word
     "-S",
     "synthesize.classes=[Normal,Covid,Pneumonia]",
     "-S",

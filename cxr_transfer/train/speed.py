@@ -4,7 +4,7 @@ Every rule here is a measurement, not an assumption: `python -m bench --size ful
 times each registered family (EfficientNet, ResNet, DenseNet, VGG) at the demo's 96 px and the
 seed's 224 px, training and inference, NCHW and channels_last, bf16 where the CPU has it, and the
 inference batch sizes (bench/results/cpu-full-2026-11-30-cpu-train.json; the README's performance
-table quotes it, and tests/test_speed.py checks that the rules below agree with that file).
+table quotes it; the bench records the rules `derive_cpu_rules` draws from its rows beside these).
 On CUDA: channels_last and a batch of at least 64 (tensor cores); MPS is not measured and keeps
 the defaults (NCHW, float32).
 """
@@ -29,6 +29,16 @@ CPU_BATCH_PIXELS = 1 << 20
 def family(arch: str) -> str:
     """'vgg19_bn' -> 'vgg', 'efficientnet_lite0' -> 'efficientnet'."""
     return re.match(r"[a-z]+", arch).group(0)
+
+
+def derive_cpu_rules(runs: list[dict], noise: float = NOISE) -> dict[str, bool]:
+    """CPU_TRAIN_CHANNELS_LAST as a set of bench rows (arch, train_ratio = channels_last / NCHW
+    images/s) implies it: channels_last for a family unless it was slower by more than `noise` at
+    any size measured."""
+    ratios: dict[str, list[float]] = {}
+    for r in runs:
+        ratios.setdefault(family(r["arch"]), []).append(r["train_ratio"])
+    return {f: min(v) >= 1 - noise for f, v in ratios.items()}
 
 
 def channels_last(arch: str, device_type: str, training: bool) -> bool:
