@@ -1,140 +1,130 @@
+"""The metrics engine (K classes): scikit-learn's definitions, the fast bootstrap form held equal to
+them, and undefined figures with reasons."""
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from cxr_transfer.evaluate.evaluation import evaluate
-from cxr_transfer.evaluate.metrics import (
-    auprc,
-    auroc,
-    bootstrap_ci,
-    confusion,
-    ece,
-    group_indices,
-    mcnemar_p,
-    paired_difference,
-    point_metrics,
-    youden_threshold,
-)
+from cxr_transfer.evaluate import metrics as M
+from cxr_transfer.evaluate.binary import ece
+from cxr_transfer.evaluate.calibration import calibrate, fit_temperature
 
-RNG = np.random.default_rng(0)
-Y = RNG.integers(0, 2, 200)
-P = np.clip(Y * 0.3 + RNG.random(200) * 0.7, 0, 1).round(2)  # ties on purpose
+CLASSES = ["Normal", "Covid", "Pneumonia"]
 
 
-def test_against_scikit_learn():
-    m = point_metrics(Y, P)
-    pred = P >= 0.5
-    assert m["accuracy"] == pytest.approx(skm.accuracy_score(Y, pred))
-    assert m["precision"] == pytest.approx(skm.precision_score(Y, pred))
-    assert m["recall"] == pytest.approx(skm.recall_score(Y, pred))
-    assert m["f1"] == pytest.approx(skm.f1_score(Y, pred))
-    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(Y, pred))
-    assert m["macro_f1"] == pytest.approx(skm.f1_score(Y, pred, average="macro"))
-    assert m["auroc"] == pytest.approx(skm.roc_auc_score(Y, P))
-    assert m["auprc"] == pytest.approx(skm.average_precision_score(Y, P))
-    assert m["brier"] == pytest.approx(skm.brier_score_loss(Y, P))
+def _case(seed: int, n: int = 300, k: int = 3, skill: float = 1.5):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    z = rng.normal(size=(n, k)) + skill * np.eye(k)[y]
+    P = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    return y, P
 
 
-@pytest.mark.parametrize(
-    "y, pred, expect",
-    [
-        ([1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 0, 1, 0, 0, 0, 0], {"tp": 2, "fn": 1, "fp": 1, "tn": 4}),
-        ([0, 0, 1, 1], [0, 0, 1, 1], {"tp": 2, "fn": 0, "fp": 0, "tn": 2}),
-    ],
-)
-def test_hand_computed_confusion_specificity_npv(y, pred, expect):
-    assert confusion(y, pred) == expect
-    m = point_metrics(np.array(y), np.array(pred, float))
-    tn, fp, fn = expect["tn"], expect["fp"], expect["fn"]
-    assert m["specificity"] == pytest.approx(tn / (tn + fp))
-    assert m["npv"] == pytest.approx(tn / (tn + fn))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_point_metrics_are_scikit_learns(seed):
+    y, P = _case(seed)
+    m = M.sklearn_figures(y, P, CLASSES)
+    pred = P.argmax(1)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    for avg in ("macro", "weighted"):
+        p, r, f, _ = skm.precision_recall_fscore_support(y, pred, average=avg)
+        assert (m[f"precision_{avg}"], m[f"recall_{avg}"], m[f"f1_{avg}"]) == pytest.approx((p, r, f))
+    assert m["auroc_macro"] == pytest.approx(skm.roc_auc_score(y, P, multi_class="ovr", average="macro"))
+    assert m["auprc_macro"] == pytest.approx(skm.average_precision_score(np.eye(3)[y], P, average="macro"))
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, P))
+    assert m["brier"] == pytest.approx(np.mean(((P - np.eye(3)[y]) ** 2).sum(1)))
+    assert m["kappa"] == pytest.approx(skm.cohen_kappa_score(y, pred))
+    assert m["confusion_matrix"]["rows_true_columns_predicted"] == skm.confusion_matrix(y, pred).tolist()
+    covid = m["per_class"]["Covid"]
+    tn = int(((y != 1) & (pred != 1)).sum())
+    assert covid["specificity"] == pytest.approx(tn / (y != 1).sum())
+    assert covid["auroc"] == pytest.approx(skm.roc_auc_score(y == 1, P[:, 1]))
+    assert covid["support"] == int((y == 1).sum()) and covid["predicted"] == int((pred == 1).sum())
+    # a skilled model on these draws: every figure well above chance, so the test can fail
+    assert m["accuracy"] > 0.55 and m["auroc_macro"] > 0.75 and m["kappa"] > 0.3
 
 
-def test_ece_by_hand():
-    # two bins used: conf 0.9 (right) and conf 0.6 (wrong, prob 0.4 for class 1 when y=1)
-    y, p = np.array([1, 1]), np.array([0.9, 0.4])
-    assert ece(y, p, bins=10) == pytest.approx(0.5 * abs(1 - 0.9) + 0.5 * abs(0 - 0.6))
+def test_positive_class_gets_the_binary_names_one_vs_rest():
+    y, P = _case(3)
+    m = M.sklearn_figures(y, P, CLASSES, positive="Covid")
+    pred = P.argmax(1) == 1
+    assert m["recall"] == pytest.approx(skm.recall_score(y == 1, pred))
+    assert m["precision"] == pytest.approx(skm.precision_score(y == 1, pred))
+    assert m["auroc"] == pytest.approx(skm.roc_auc_score(y == 1, P[:, 1]))
+    assert "recall" not in M.sklearn_figures(y, P, CLASSES)
 
 
-def test_bootstrap_is_seeded_and_contains_the_estimate():
-    a = bootstrap_ci(Y, P, 0.5, None, 200, seed=1)
-    assert a == bootstrap_ci(Y, P, 0.5, None, 200, seed=1)
-    assert a != bootstrap_ci(Y, P, 0.5, None, 200, seed=2)
-    m = point_metrics(Y, P)
-    for k in ("accuracy", "auroc", "specificity", "brier"):
-        lo, hi = a[k]
-        assert lo <= m[k] <= hi and lo < hi
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_fast_metrics_equal_point_metrics(seed):
+    y, P = _case(seed, n=120, k=3 + seed % 2, skill=seed)
+    names = [f"c{i}" for i in range(P.shape[1])]
+    ref, fast = M.sklearn_figures(y, P, names, positive="c1"), M.figures(y, P, 10, positive=1)
+    assert set(fast) == set(M.POINT) | set(M.OVR)
+    for k, v in fast.items():
+        assert v == pytest.approx(ref[k], abs=1e-12), k
 
 
-def test_grouped_resampling_differs_from_image_resampling():
-    # 10 patients with 10 images each, all of one patient right or all wrong: the patient is the unit
-    y = np.repeat(np.arange(10) % 2, 10)
-    right = np.repeat(np.arange(10) < 7, 10)
-    p = np.where(right, y, 1 - y).astype(float)
-    groups = np.repeat(np.arange(10), 10)
-    assert len(group_indices(groups, 100)) == 10
-    by_img = bootstrap_ci(y, p, 0.5, None, 500, seed=0)["accuracy"]
-    by_pat = bootstrap_ci(y, p, 0.5, groups, 500, seed=0)["accuracy"]
-    assert by_pat[1] - by_pat[0] > 2 * (by_img[1] - by_img[0])
+def test_fast_metrics_equal_point_metrics_when_figures_are_undefined():
+    """Class 2 absent from the test set, class 1 never predicted: the same Nones both ways."""
+    y = np.array([0, 0, 0, 1, 1, 0])
+    P = np.array([[0.8, 0.1, 0.1]] * 4 + [[0.6, 0.1, 0.3], [0.2, 0.1, 0.7]])
+    ref, fast = M.sklearn_figures(y, P, CLASSES), M.figures(y, P)
+    for k, v in fast.items():
+        assert v == (None if ref[k] is None else pytest.approx(ref[k])), k
+    assert ref["recall_macro"] is None and ref["auroc_macro"] is None and ref["precision_macro"] is None
+    assert ref["per_class"]["Covid"]["precision"] is None and ref["per_class"]["Covid"]["f1"] == 0.0
+    why = M.undefined_reasons(ref, CLASSES)
+    assert why["per_class.Pneumonia.recall"] == "no Pneumonia image in the test set"
+    assert why["per_class.Covid.precision"] == "the model predicts no Covid image"
+    assert why["precision_macro"] == "precision is undefined for Covid (see per_class)"
+    assert why["recall_macro"] == "recall is undefined for Pneumonia (see per_class)"
 
 
-def test_mode_against_itself_is_exactly_zero():
-    d = paired_difference(Y, P, P, None, 200, seed=0)
-    assert d["accuracy_diff"] == 0 and d["accuracy_diff_ci"] == [0.0, 0.0]
-    assert d["auroc_diff"] == 0 and d["auroc_diff_ci"] == [0.0, 0.0]
-    assert d["mcnemar_p"] == 1.0
+def test_top_label_ece_is_the_binary_ece_for_two_classes_and_known_by_hand():
+    rng = np.random.default_rng(0)
+    p = rng.random(200)
+    y = (rng.random(200) < p).astype(int)
+    assert M.top_label_ece(y, np.c_[1 - p, p]) == pytest.approx(ece(y, p))
+    # two images: top probability 0.9 and 0.5 (K = 3, bins over [1/3, 1]); one right, one wrong
+    P = np.array([[0.9, 0.05, 0.05], [0.25, 0.5, 0.25]])
+    assert M.top_label_ece(np.array([0, 0]), P, bins=10) == pytest.approx((0.1 + 0.5) / 2)
 
 
-def test_mcnemar_by_hand():
-    a = np.array([True] * 10 + [False] * 0 + [True] * 5)
-    b = np.array([False] * 10 + [True] * 5)
-    # 10 discordant a-right, 0 b-right: exact two-sided p = 2 * 0.5**10
-    assert mcnemar_p(a, b) == pytest.approx(2 * 0.5**10)
+def test_bootstrap_intervals_hold_the_point_and_resample_groups():
+    y, P = _case(5, n=200)
+    ci = M.bootstrap_ci(y, P, None, 200, 0, 0.95)
+    m = M.figures(y, P)
+    for k in ("accuracy", "auroc_macro", "f1_macro", "kappa", "log_loss"):
+        lo, hi = ci[k]
+        assert lo < m[k] < hi and hi - lo < 0.3, k
+    # one group = every image: each resample is the whole set, the interval a point
+    one = M.bootstrap_ci(y, P, np.zeros(len(y)), 20, 0)
+    assert one["accuracy"] == [pytest.approx(m["accuracy"])] * 2
 
 
-def test_one_class_test_split_gives_null_with_reason():
-    y, p = np.zeros(10, int), np.linspace(0.1, 0.9, 10)
-    m = evaluate(y, p, None, np.array([0, 1, 0, 1]), np.array([0.2, 0.8, 0.3, 0.7]), 50, 0, 0.95, 10)
-    assert m["auroc"] is None and m["recall"] is None and m["auprc"] is None
-    assert m["undefined"]["auroc"] == "no positive case in the test set"
-    assert m["specificity"] == pytest.approx(0.5) and m["accuracy"] == pytest.approx(0.5)
-    assert m["ci"]["auroc"] is None
+def test_paired_difference_of_a_model_with_itself_is_zero_and_of_a_better_one_positive():
+    y, good = _case(6, skill=3.0)
+    _, bad = _case(7, skill=0.3)
+    same = M.paired_difference(y, good, good, None, 100, 0)
+    assert same["accuracy_diff"] == 0 and same["auroc_macro_diff"] == 0 and same["mcnemar_p"] == 1.0
+    d = M.paired_difference(y, good, bad, None, 200, 0)
+    acc = (good.argmax(1) == y).mean() - (bad.argmax(1) == y).mean()
+    assert d["accuracy_diff"] == pytest.approx(acc) and d["accuracy_diff_ci"][0] > 0
+    assert d["auroc_macro_diff_ci"][0] > 0 and d["mcnemar_p"] < 1e-6
 
 
-def test_model_predicting_one_class_gives_null_precision():
-    y, p = np.array([0, 1, 0, 1]), np.array([0.1, 0.2, 0.3, 0.4])
-    m = evaluate(y, p, None, y, p, 50, 0, 0.95, 10)
-    assert m["precision"] is None and m["f1"] is None
-    assert m["undefined"]["precision"] == "the model predicts no positive case"
-    assert m["recall"] == 0.0 and m["auroc"] == 0.75  # 3 of 4 (positive, negative) pairs ranked right
-
-
-def test_youden_threshold_comes_from_validation():
-    y = np.array([0, 0, 0, 1, 1, 1])
-    p = np.array([0.1, 0.2, 0.35, 0.3, 0.8, 0.9])
-    assert youden_threshold(y, p) == pytest.approx(0.3)
-    assert youden_threshold(np.ones(3), np.ones(3)) is None
-
-
-def test_auc_edge_cases():
-    assert auroc([1, 1], [0.2, 0.3]) is None
-    assert auprc([0, 0], [0.2, 0.3]) is None
-    assert auroc([0, 1], [0.5, 0.5]) == 0.5
-
-
-def test_ranks_mcnemar_and_curves_match_scipy_and_scikit_learn():
-    from scipy.stats import binomtest, rankdata
-
-    from cxr_transfer.evaluate.evaluation import curves
-    from cxr_transfer.evaluate.metrics import average_ranks
-
-    assert np.array_equal(average_ranks(P), rankdata(P))
-    for b, c in [(3, 9), (0, 5), (7, 7), (40, 25)]:
-        a = np.array([True] * b + [False] * c)
-        assert mcnemar_p(a, ~a) == pytest.approx(binomtest(b, b + c, 0.5).pvalue)
-    roc, pr = curves(Y, P)
-    fpr, tpr, _ = skm.roc_curve(Y, P, drop_intermediate=False)
-    assert np.allclose(roc["fpr"], fpr, atol=1e-6) and np.allclose(roc["tpr"], tpr, atol=1e-6)
-    prec, rec, _ = skm.precision_recall_curve(Y, P)
-    got = set(zip(pr["recall"].round(6), pr["precision"].round(6), strict=True))
-    assert got == set(zip(rec.round(6), prec.round(6), strict=True))
+def test_multiclass_temperature_matches_the_binary_one_and_softens_overconfidence():
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 2, 400)
+    y = (rng.random(400) < 1 / (1 + np.exp(-z / 3))).astype(int)  # true logits are z / 3
+    t2 = fit_temperature(z, y)
+    tk = fit_temperature(np.c_[np.zeros_like(z), z], y)
+    assert tk == pytest.approx(t2, rel=1e-6) and 2.0 < t2 < 4.5
+    zk = rng.normal(0, 1.5, (1200, 3))
+    truth = np.exp(zk) / np.exp(zk).sum(1, keepdims=True)
+    yk = (rng.random((1200, 1)) > truth.cumsum(1)).sum(1)  # a draw from the true probabilities
+    P = np.exp(3 * zk) / np.exp(3 * zk).sum(1, keepdims=True)  # three times too confident
+    cal, _ = calibrate(yk[:600], P[:600], yk[600:], P[600:])
+    assert 2.0 < cal["temperature"] < 4.0  # 2.50 on this draw
+    assert cal["ece_after"] < cal["ece_before"] / 2 and cal["brier_after"] < cal["brier_before"]

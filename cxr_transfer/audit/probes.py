@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from cxr_transfer.audit.gradcam import lung_box
 from cxr_transfer.core.decision import decide, decide_positive
 from cxr_transfer.data.acquisition import feature_matrix
-from cxr_transfer.evaluate import multiclass
-from cxr_transfer.evaluate.metrics import auroc, bootstrap_ci
+from cxr_transfer.evaluate import binary
+from cxr_transfer.evaluate import metrics as E
+from cxr_transfer.evaluate.metrics import auroc
 
 
 def thumbnails(x: np.ndarray, size: int) -> np.ndarray:
@@ -45,12 +46,12 @@ def scored(y, p, groups, reps: int, seed: int, confidence: float, flag_auroc: fl
     `p` (N, K) for more than two classes: the macro one-vs-rest AUROC and the argmax."""
     y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float)
     if p.ndim == 2:
-        ci = multiclass.bootstrap_ci(y, p, groups, reps, seed, confidence)
+        ci = E.bootstrap_ci(y, p, groups, reps, seed, confidence)
         names = [str(c) for c in range(p.shape[1])]
-        auc, acc = multiclass.point_metrics(y, p, names)["auroc_macro"], float((decide(p) == y).mean())
+        auc, acc = E.sklearn_figures(y, p, names)["auroc_macro"], float((decide(p) == y).mean())
         lo, hi = ci.get("auroc_macro") or (None, None)
     else:
-        ci = bootstrap_ci(y, p, 0.5, groups, reps, seed, confidence)
+        ci = binary.bootstrap_ci(y, p, 0.5, groups, reps, seed, confidence)
         auc, acc = auroc(y, p), float((decide_positive(p) == y).mean())
         lo, hi = ci.get("auroc") or (None, None)
     return {

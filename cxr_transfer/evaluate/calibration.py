@@ -10,7 +10,9 @@ import math
 
 import numpy as np
 
-from cxr_transfer.evaluate.metrics import ece
+from cxr_transfer.evaluate.binary import brier as brier_binary
+from cxr_transfer.evaluate.binary import ece
+from cxr_transfer.evaluate.metrics import brier, normalise, top_label_ece
 
 LO, HI = 1e-3, 100.0  # the search's bounds on T
 
@@ -62,32 +64,40 @@ def unusable(t: float | None) -> str | None:
     return None
 
 
-def calibrate(y_val, p_val, y_test, p_test, bins: int = 10) -> tuple[dict, np.ndarray | None]:
+def logits(P) -> np.ndarray:
+    """What temperature divides: for two classes the log-odds of the second column (the softmax's
+    logit difference; a sigmoid of it is the two-class softmax), for K the log-probabilities
+    (the softmax's logits up to a constant per image)."""
+    P = normalise(P)
+    if P.shape[1] == 2:
+        return logit(P[:, 1])
+    return np.log(P + np.finfo(float).tiny)
+
+
+def probabilities(z: np.ndarray) -> np.ndarray:
+    """(N, K) probabilities from `logits`' output (scaled by 1/T)."""
+    if z.ndim == 1:
+        p = 1.0 / (1.0 + np.exp(-z))
+        return np.column_stack([1 - p, p])
+    return np.exp(z - np.logaddexp.reduce(z, axis=1, keepdims=True))
+
+
+def _figures(y, P, bins: int, when: str) -> dict:
+    """ECE of the decided class and the Brier score; two classes under the binary names'
+    definitions (the positive column's), K classes top-label and multi-class."""
+    if P.shape[1] == 2:
+        return {f"ece_{when}": ece(y, P[:, 1], bins), f"brier_{when}": brier_binary(y, P[:, 1])}
+    return {f"ece_{when}": top_label_ece(y, P, bins), f"brier_{when}": brier(y, P)}
+
+
+def calibrate(y_val, P_val, y_test, P_test, bins: int = 10) -> tuple[dict, np.ndarray | None]:
     """Fit T on validation, apply it to test: the figures before and after, and the calibrated
-    test probabilities (None when T cannot be fitted, or ran to its bound: flagged, not applied)."""
-    t = fit_temperature(logit(p_val), y_val)
-    y_test = np.asarray(y_test).astype(int)
-    before = {"ece_before": ece(y_test, p_test, bins), "brier_before": float(np.mean((p_test - y_test) ** 2))}
+    (N, K) test probabilities (None when T cannot be fitted, or ran to its bound: flagged, not
+    applied). Two classes or K: one fit, the two-class case on log-odds."""
+    P_test, y_test = normalise(P_test), np.asarray(y_test).astype(int)
+    t = fit_temperature(logits(P_val), y_val)
+    before = _figures(y_test, P_test, bins, "before")
     if reason := unusable(t):
         return {"temperature": None, "temperature_fit": t, "reason": reason, **before}, None
-    p_cal = 1.0 / (1.0 + np.exp(-logit(p_test) / t))
-    after = {"ece_after": ece(y_test, p_cal, bins), "brier_after": float(np.mean((p_cal - y_test) ** 2))}
-    return {"temperature": t, **before, **after}, p_cal
-
-
-def calibrate_k(y_val, P_val, y_test, P_test, bins: int = 10) -> dict:
-    """K classes: T fitted on validation's log-probabilities (softmax logits up to a constant),
-    the test split's top-label ECE and multi-class Brier score before and after."""
-    from cxr_transfer.evaluate.multiclass import brier, normalise, top_label_ece
-
-    eps = np.finfo(float).tiny
-    P_val, P_test = normalise(P_val), normalise(P_test)
-    y_test = np.asarray(y_test).astype(int)
-    out = {"ece_before": top_label_ece(y_test, P_test, bins), "brier_before": brier(y_test, P_test)}
-    t = fit_temperature(np.log(P_val + eps), y_val)
-    if reason := unusable(t):
-        return {"temperature": None, "temperature_fit": t, "reason": reason, **out}
-    s = np.log(P_test + eps) / t
-    P_cal = np.exp(s - np.logaddexp.reduce(s, axis=1, keepdims=True))
-    after = {"ece_after": top_label_ece(y_test, P_cal, bins), "brier_after": brier(y_test, P_cal)}
-    return {"temperature": t, **out, **after}
+    P_cal = probabilities(logits(P_test) / t)
+    return {"temperature": t, **before, **_figures(y_test, P_cal, bins, "after")}, P_cal

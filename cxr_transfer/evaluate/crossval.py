@@ -15,8 +15,8 @@ import statistics
 import numpy as np
 from scipy.stats import t as student_t
 
-from cxr_transfer.evaluate import multiclass
-from cxr_transfer.evaluate.metrics import point_metrics
+from cxr_transfer.evaluate.binary import point_metrics
+from cxr_transfer.evaluate.metrics import figures
 
 
 def fold_figures(y, p, fold, n_train: dict[int, int], bins: int = 10) -> list[dict]:
@@ -30,7 +30,7 @@ def fold_figures(y, p, fold, n_train: dict[int, int], bins: int = 10) -> list[di
             m = point_metrics(y[i].astype(int), p[i], 0.5, bins)
             key, auc = "auroc", m["auroc"]
         else:
-            m = multiclass.fast_metrics(y[i], p[i], bins)
+            m = figures(y[i], p[i], bins)
             key, auc = "auroc_macro", m["auroc_macro"]
         out.append(
             {

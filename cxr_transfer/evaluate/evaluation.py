@@ -9,15 +9,10 @@ import pandas as pd
 
 from cxr_transfer.core.cli import write_csv, write_json
 from cxr_transfer.core.decision import decide, decide_positive
-from cxr_transfer.evaluate import multiclass
-from cxr_transfer.evaluate.calibration import calibrate, calibrate_k
-from cxr_transfer.evaluate.metrics import (
-    bootstrap_ci,
-    point_metrics,
-    threshold_counts,
-    undefined_reasons,
-    youden_threshold,
-)
+from cxr_transfer.evaluate import metrics as E
+from cxr_transfer.evaluate.binary import bootstrap_ci, point_metrics, two_columns, undefined_reasons
+from cxr_transfer.evaluate.calibration import calibrate
+from cxr_transfer.evaluate.metrics import threshold_counts, youden_threshold
 
 
 def _round(v):
@@ -129,7 +124,7 @@ def per_source(test: pd.DataFrame, y, p, bins: int = 10) -> dict:
             m = point_metrics(y[idx], p[idx], 0.5, bins)
             keys = ("accuracy", "auroc", "recall", "specificity")
         else:
-            m = multiclass.fast_metrics(y[idx], p[idx], bins)
+            m = E.figures(y[idx], p[idx], bins)
             keys = ("accuracy", "balanced_accuracy", "auroc_macro")
         out[src] = {"n": len(idx), **{k: m[k] for k in keys}}
     return _round(out)
@@ -139,18 +134,18 @@ def evaluate_k(y, P, groups, classes, positive, reps: int, seed: int, confidence
     """The metrics of one K-class model on the test split (K > 2): scikit-learn's figures at the
     argmax, per class one-vs-rest, the confusion matrix, grouped bootstrap intervals, and why any
     figure is undefined. With `positive`, that class against the rest under the binary names."""
-    y, P = np.asarray(y).astype(int), multiclass.normalise(P)
-    m = multiclass.point_metrics(y, P, classes, bins, positive)
+    y, P = np.asarray(y).astype(int), E.normalise(P)
+    m = E.sklearn_figures(y, P, classes, bins, positive)
     pos = None if positive is None else classes.index(positive)
-    out = {k: m[k] for k in (*multiclass.POINT, *(multiclass.OVR if positive else ()))}
+    out = {k: m[k] for k in (*E.POINT, *(E.OVR if positive else ()))}
     out["n_test"] = len(y)
     out["n_groups"] = int(len(set(groups))) if groups is not None else len(y)
     out["classes"] = list(classes)
     out["per_class"] = m["per_class"]
     out["confusion_matrix"] = m["confusion_matrix"]
-    out["ci"] = multiclass.bootstrap_ci(y, P, groups, reps, seed, confidence, bins, pos)
+    out["ci"] = E.bootstrap_ci(y, P, groups, reps, seed, confidence, bins, pos)
     out["ci_level"] = confidence
-    out["undefined"] = multiclass.undefined_reasons(m, classes)
+    out["undefined"] = E.undefined_reasons(m, classes)
     return _round(out)
 
 
@@ -180,7 +175,7 @@ def headline_k(full: dict) -> dict:
 def prediction_table_k(test: pd.DataFrame, P, classes: list[str]) -> pd.DataFrame:
     """Per test image: path, group, true class and label, P(class) for every class (p_<class>)
     and the predicted class (the argmax)."""
-    P = multiclass.normalise(P)
+    P = E.normalise(P)
     out = test[["path", "group", "class", "label"]].copy()
     for c, name in enumerate(classes):
         out[f"p_{name}"] = P[:, c].round(6)
@@ -210,15 +205,15 @@ def score_split(test: pd.DataFrame, val: pd.DataFrame, probs: dict, classes: lis
         y, y_val = (test["label"] == pos).to_numpy(), (val["label"] == pos).to_numpy()
         p_test, p_val = probs["test"][:, pos], probs["val"][:, pos]
         m = evaluate(y, p_test, groups, y_val, p_val, reps, seed, conf, bins)
-        cal, p_cal = calibrate(y_val, p_val, y, p_test, bins)
+        cal, P_cal = calibrate(y_val, two_columns(p_val), y, two_columns(p_test), bins)
         pred = prediction_table(test, p_test, classes, positive)
-        if p_cal is not None:
-            pred["probability_calibrated"] = p_cal.round(6)  # temperature-scaled on validation
+        if P_cal is not None:
+            pred["probability_calibrated"] = P_cal[:, 1].round(6)  # temperature-scaled on validation
         roc_pr = curves(y, p_test)
     else:
         y, y_val, p_test = test["label"].to_numpy(), val["label"].to_numpy(), probs["test"]
         m = evaluate_k(y, p_test, groups, classes, positive, reps, seed, conf, bins)
-        cal = calibrate_k(y_val, probs["val"], y, p_test, bins)
+        cal = calibrate(y_val, probs["val"], y, p_test, bins)[0]
         pred = prediction_table_k(test, p_test, classes)
         roc_pr = curves_k(y, p_test, classes)
     cal = {k: round(v, 6) if isinstance(v, float) else v for k, v in cal.items()}

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_transfer.core.decision import decide, decide_positive
-from cxr_transfer.evaluate.metrics import _interval, auroc, group_indices
+from cxr_transfer.evaluate.metrics import auroc, group_indices, interval
 
 
 def _figures(y: np.ndarray, p: np.ndarray) -> tuple[float, float | None]:
@@ -46,9 +46,9 @@ def drop(
         "internal": {"accuracy": round(ai, 6), "auroc": None if ui is None else round(ui, 6), "n": len(yi)},
         "external": {"accuracy": round(ae, 6), "auroc": None if ue is None else round(ue, 6), "n": len(ye)},
         "accuracy_drop": round(ae - ai, 6),
-        "accuracy_drop_ci": _interval(acc, conf),
+        "accuracy_drop_ci": interval(acc, conf),
         "auroc_drop": None if ui is None or ue is None else round(ue - ui, 6),
-        "auroc_drop_ci": _interval(auc, conf),
+        "auroc_drop_ci": interval(auc, conf),
     }
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from cxr_transfer.core.errors import CxrError
-from cxr_transfer.evaluate import multiclass
-from cxr_transfer.evaluate.metrics import paired_difference
+from cxr_transfer.evaluate import metrics
+from cxr_transfer.evaluate.binary import paired_difference
 
 
 def fmt(v, ci=None) -> str:
@@ -186,7 +186,7 @@ def compare_modes(
             raise CxrError(f"{a} and {b} were evaluated on different test images; rerun evaluate")
         if len(classes) > 2:
             cols = [f"p_{c}" for c in classes]
-            out[f"{a} vs {b}"] = multiclass.paired_difference(
+            out[f"{a} vs {b}"] = metrics.paired_difference(
                 pa["label"].to_numpy(), pa[cols], pb[cols], pa["group"].to_numpy(), reps, seed, conf
             )
             continue
