@@ -1,1 +1,2 @@
-"""Files to arrays: decoding (PNG/JPEG/DICOM), the index, near-duplicates, groups, the split, prepare and the synthetic demo."""
+"""Files to arrays: decoding (PNG/JPEG/DICOM), the index, near-duplicates, groups, the split,
+prepare, external sets and the synthetic demo."""

@@ -108,9 +108,12 @@ def is_colour(im: Image.Image) -> bool:
     return bool((np.abs(a[..., 0] - a[..., 1]) > 2).any() or (np.abs(a[..., 1] - a[..., 2]) > 2).any())
 
 
-def read_gray(path, max_pixels: int | None, bits_stored: int | None = None) -> tuple[np.ndarray, dict]:
+def read_gray(
+    path, max_pixels: int | None, bits_stored: int | None = None, colour: bool = True
+) -> tuple[np.ndarray, dict]:
     """Any radiograph file (PNG, JPEG, TIFF..., DICOM) -> its 8-bit grayscale pixels and facts
-    (width, height, mode, format, colour); `Unreadable` with index's reasons otherwise."""
+    (width, height, mode, format, and with `colour` whether it is a colour image); `Unreadable`
+    with index's reasons otherwise. The one decoding rule: index, prepare and predict use it."""
     import warnings
 
     from PIL import UnidentifiedImageError
@@ -139,7 +142,7 @@ def read_gray(path, max_pixels: int | None, bits_stored: int | None = None) -> t
                 if mode == "F":
                     raise Unreadable("floating-point pixels (no declared range)")
                 im.load()
-                colour = is_colour(im)
+                colour = is_colour(im) if colour else None
                 gray = to_gray8(im, bits_stored)
     except UnidentifiedImageError:
         raise Unreadable("not a decodable image") from None

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxr_transfer.core.errors import CxrError
+from cxr_transfer.core.parallel import chunked_map
 from cxr_transfer.data.acquisition import STATS, pixel_facts
 from cxr_transfer.data.dicom import is_dicom
-from cxr_transfer.core.errors import CxrError
 from cxr_transfer.data.groups import group_names
 from cxr_transfer.data.imageio import IMAGE_EXTS, OS_FILES, Unreadable, file_problem, read_gray, shown
 from cxr_transfer.data.metadata import plan
 from cxr_transfer.data.neardup import framed_phash, phash
-from cxr_transfer.core.parallel import chunked_map
 
 SKIP_DIRS = {"__macosx", "masks", "mask"}
 COLUMNS = [

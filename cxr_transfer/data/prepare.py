@@ -9,21 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from cxr_transfer.core.cli import atomic_path, write_json, write_text
-from cxr_transfer.data.imageio import pixel_limit, resize_gray8, to_gray8
 from cxr_transfer.core.parallel import chunked_map
+from cxr_transfer.data.imageio import read_gray, resize_gray8
 
 
 def load_resized(path: str, size: int, bits_stored: int | None = None) -> np.ndarray:
-    """Grayscale + Resize((size, size)), as the seed's transform did, minus the float copy."""
-    from cxr_transfer.data.dicom import is_dicom, read_dicom  # here: the stages that only read stores skip pydicom
-
-    if is_dicom(path):
-        return resize_gray8(read_dicom(path)[0], size)
-    with pixel_limit(None), Image.open(path) as im:  # the index stage already enforced its limit
-        return resize_gray8(to_gray8(im, bits_stored), size)
+    """Grayscale + Resize((size, size)), as the seed's transform did, minus the float copy; by
+    index's decoding rule (read_gray), with no pixel limit (index enforced it)."""
+    return resize_gray8(read_gray(path, None, bits_stored, colour=False)[0], size)
 
 
 def _chunk(args: tuple[list[str], int, int | None]) -> np.ndarray:
