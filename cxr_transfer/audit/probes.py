@@ -206,17 +206,14 @@ def near_duplicate_report(
 def feature_extractor(arch: str, weights_dir: str, device):
     """A function from an (N, S, S) uint8 store to the frozen ImageNet features of each image
     (the input of the architecture's last layer); the model is built once."""
-    from cxr_transfer.train.batches import ArrayBatches, Normalizer
-    from cxr_transfer.train.engine import FP32, image_forward, tail_inputs
+    from cxr_transfer.train.batches import ArrayBatches
+    from cxr_transfer.train.engine import FP32, for_inference, tail_inputs
     from cxr_transfer.train.models import build_model, get_spec
-    from cxr_transfer.train.speed import channels_last, inference_batch
+    from cxr_transfer.train.speed import inference_batch
 
     spec, device = get_spec(arch), torch.device(device)
-    model = build_model(arch, weights_dir, 2, seed=0).to(device).eval()
-    cl = channels_last(arch, device.type, training=False)  # the rules of every inference pass
-    model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
-    norm = Normalizer(spec.mean, spec.std, reuse=device.type == "cpu").to(device)
-    forward = image_forward(model, norm, cl)
+    model = build_model(arch, weights_dir, 2, seed=0).eval()
+    forward = for_inference(model, arch, spec.mean, spec.std, device)  # the rules of every inference pass
     last = model.get_submodule(spec.last_layer)
 
     def extract(x: np.ndarray) -> np.ndarray:

@@ -100,6 +100,18 @@ def image_forward(model: nn.Module, norm: Normalizer, channels_last: bool) -> Ca
     return forward
 
 
+def for_inference(model: nn.Module, arch: str, mean, std, device, norm=None, runner=None) -> Callable:
+    """The one place a model is set up for inference (evaluate, predict, the probes' features and
+    the frozen backbone's feature pass): on `device`, in that device's measured inference memory
+    format (weights converted in place), behind its normaliser (or `norm`); returns the forward,
+    uint8 batch -> logits, through `runner` (a compiled model) where given. The caller sets eval
+    mode and picks the batch (speed.inference_batch)."""
+    cl = speed.channels_last(arch, device.type, training=False)
+    model.to(device).to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    norm = norm if norm is not None else Normalizer(mean, std, reuse=device.type == "cpu").to(device)
+    return image_forward(runner or model, norm, cl)
+
+
 def _progress(batches, desc: str):
     """A rate-limited bar over batches (once a second at most; none for a few batches)."""
     from tqdm import tqdm
@@ -163,12 +175,9 @@ def predict_proba(
     the ties they make move AUROC and the threshold chosen on validation. Memory format and (for
     None) the batch size follow the device's measured rules (cxr_transfer.train.speed); a store larger
     than `budget` bytes is streamed from disk."""
-    model.to(device).eval()
-    norm = Normalizer(mean, std, reuse=device.type == "cpu").to(device)
-    channels_last = speed.channels_last(arch, device.type, training=False)
-    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    forward = for_inference(model.eval(), arch, mean, std, device)
     x = np.asarray(x)
     batch_size = batch_size or speed.inference_batch(device.type, x.shape[-1])
     batches = ArrayBatches(x[:, None], np.zeros(len(x)), batch_size, device=device, budget=budget)
-    logits = predict_logits(image_forward(model, norm, channels_last), batches, FP32, device)
+    logits = predict_logits(forward, batches, FP32, device)
     return logits.softmax(1)

@@ -18,7 +18,7 @@ from cxr_transfer.core.errors import CxrError
 from cxr_transfer.core.registry import ArchSpec
 from cxr_transfer.train.batches import ArrayBatches, Normalizer, augment_batch
 from cxr_transfer.train.distributed import World, block, gather_rows, wrap
-from cxr_transfer.train.engine import Precision, image_forward, tail_inputs
+from cxr_transfer.train.engine import Precision, for_inference, image_forward, tail_inputs
 from cxr_transfer.train.loop import Loop, Phase
 from cxr_transfer.train.models import freeze_except, get_module, set_train_mode, trainable_path
 from cxr_transfer.train.speed import channels_last, inference_batch
@@ -102,7 +102,6 @@ def setup_run(
     runner = torch.compile(model) if compile_model else model
     train_cl = channels_last(spec.name, device.type, training=True)
     forward = image_forward(runner, norm, train_cl)
-    infer_cl = channels_last(spec.name, device.type, training=False)
     infer_batch = inference_batch(device.type, data["train"][0].shape[-1], batch_size)
     streamed = budget is not None and sum(np.asarray(data[s][0]).nbytes for s in ("train", "val")) > budget
     each = 0 if streamed else None  # the budget of each store
@@ -113,7 +112,7 @@ def setup_run(
         path = trainable_path(spec, part)
         trained = freeze_except(model, path)
         if trained is not model and not augment:  # the feature pass: inference, its own format and batch
-            _memory_format(model, infer_cl)
+            fwd = for_inference(model, spec.name, spec.mean, spec.std, device, norm, runner)
             feats = {}
             for split in ("train", "val"):
                 x, y = data[split]
@@ -121,7 +120,6 @@ def setup_run(
                 none = rows.start == rows.stop  # fewer images than processes: one, for the shape
                 rows = slice(0, 1) if none else rows
                 xb = image_batches(x[rows], y[rows], infer_batch, device, budget=each)
-                fwd = image_forward(runner, norm, infer_cl)
                 mine = tail_inputs(model, trained, fwd, xb, prec, device).to(device)
                 feats[split] = gather_rows(mine[:0] if none else mine, world, len(y))
             loop = Loop(trained, trained, trained.train, trained.eval)
