@@ -25,11 +25,11 @@ POINT = (
     "brier",
     "ece",
 )
-NAMES = {  # binary figure -> (class index, one-vs-rest figure)
+NAMES = {  # binary figure -> (class index, one-vs-rest figure), in the files' order
     "precision": (1, "precision"),
     "recall": (1, "recall"),
-    "f1": (1, "f1"),
     "specificity": (0, "recall"),
+    "f1": (1, "f1"),
     "npv": (0, "precision"),
 }
 
