@@ -107,7 +107,7 @@ def feature_extraction(work: Path, n: int, size: int, epochs: int) -> dict:
     data = {"train": (x[n_val:], y[n_val:]), "val": (x[:n_val], y[:n_val])}
     model = build_model("efficientnet_lite0", "weights", 2, seed=0)
     cpu, prec = torch.device("cpu"), Precision(None, False)
-    rs = setup_run(model, spec, "head", data, batch_size=32, seed=0, augment=False, device=cpu, prec=prec)
+    rs = setup_run(model, spec, "head", data, batch_size=32, device=cpu, prec=prec)
     mode = ModeConfig(pretrained=True, trainable="head", optimizer="adam", lr=1e-3, weight_decay=1e-5)
     opt = make_optimizer(rs.loop.trained.parameters(), mode)
     state = fit(rs.phases, opt, epochs, epochs + 1, Checkpoints(work / "fe-ck", "b"), prec, cpu)
@@ -623,8 +623,6 @@ def streaming(work: Path, n: int, size: int, epochs: int, prepare: list[dict]) -
             "all",
             data,
             batch_size=32,
-            seed=0,
-            augment=False,
             device=cpu,
             prec=prec,
             budget=budget,

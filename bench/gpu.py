@@ -102,8 +102,6 @@ def ours_rates(arch, x_store, labels, device, batch, epochs, compile_model=False
         "all",
         data,
         batch_size=batch,
-        seed=0,
-        augment=False,
         device=device,
         prec=prec,
         compile_model=compile_model,

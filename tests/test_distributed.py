@@ -45,7 +45,6 @@ def train(folder, rank: int = 0, size: int = 1, n: int = 17, weights: bool = Fal
         "head",
         d,
         batch_size=8,
-        seed=0,
         augment=augment,
         device=CPU,
         prec=PREC,

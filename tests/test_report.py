@@ -279,3 +279,25 @@ def test_run_folders_the_params_no_longer_produce_are_named(tmp_path):
     folders = {"eval": tmp_path / "eval", "dvclive": tmp_path / "dvclive"}
     assert stale_runs(folders, {"a-fe-s0"}) == ["eval/a-ft-s0", "dvclive/a-ft-s0"]
     assert stale_runs(folders, {"a-fe-s0", "a-ft-s0"}) == []
+
+
+def test_modes_that_train_the_same_layers_on_an_arch_are_named_one_result(tmp_path):
+    """The report reads each run's mode from model.json (ModelInfo): on EfficientNet-Lite0 the
+    classifier block is the last layer, so ft_classifier is fe; on VGG they differ."""
+    from dataclasses import asdict
+
+    from cxr_transfer.core.params import SEED_MODES
+    from cxr_transfer.report.build import same_mode_notes
+    from cxr_transfer.train.card import ModelInfo
+
+    runs = {}
+    for arch in ("efficientnet_lite0", "vgg16"):
+        for mode in ("fe", "ft_classifier"):
+            run = f"{arch}-{mode}-s0"
+            info = ModelInfo(arch, mode, ["Normal", "Covid"], 32, [0.5] * 3, [0.5] * 3)
+            ModelInfo(**{**vars(info), "mode_config": asdict(SEED_MODES[mode])}).write(tmp_path / run)
+            runs[f"{arch}-{mode}"] = run
+    assert same_mode_notes(tmp_path, runs) == [
+        "efficientnet_lite0-ft_classifier trains exactly what efficientnet_lite0-fe trains (on "
+        "efficientnet_lite0 the classifier block is the last layer): the two rows are one result, not two."
+    ]

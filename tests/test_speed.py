@@ -131,8 +131,6 @@ def test_the_feature_pass_runs_channels_last_and_training_the_family_rule(monkey
             "head",
             data,
             batch_size=4,
-            seed=0,
-            augment=False,
             device=CPU,
             prec=Precision(None, False),
         )

@@ -154,3 +154,38 @@ def test_a_single_linkage_chain_is_reported_as_the_largest_group_with_a_warning(
         "one split group holds 30 images (30% of 100); it goes whole into one part"
     )
     assert "split.near_duplicate_bits" in big["warning"]
+
+
+@pytest.mark.parametrize("folds", [0, 3])
+def test_the_split_stage_work_joins_near_copies_then_splits_or_folds(folds):
+    """split_data, what the split stage calls: two near-identical images (2 bits apart) become one
+    group before the split, the summary counts them, and with k folds the folds table gives every
+    image one test fold while train/val/test are fold 0's parts."""
+    from types import SimpleNamespace
+
+    from cxr_transfer.data.split import split_data
+
+    df = table(40, 40)
+    rng = np.random.default_rng(3)
+    hashes = [int.from_bytes(rng.bytes(32), "big") for _ in range(len(df))]
+    hashes[1] = hashes[0] ^ 0b11  # a near copy of image 0
+    df = df.assign(phash=[f"{h:064x}" for h in hashes], phash_framed=[f"{h:064x}" for h in hashes])
+    cfg = SimpleNamespace(
+        near_duplicate_bits=12,
+        near_duplicate_framed_bits=None,
+        folds=folds,
+        test_size=0.2,
+        val_size=0.2,
+        seed=42,
+    )
+    parts, table_k, summary = split_data(df, cfg)
+    near = summary["near_duplicates"]
+    assert (near["pairs"], near["groups_before"], near["groups_after"]) == (1, 80, 79)
+    assert sum(len(p) for p in parts.values()) == 80 and summary["largest_group"]["images"] == 2
+    together = [s for s, p in parts.items() if {df["path"][0], df["path"][1]} <= set(p["path"])]
+    assert len(together) == 1  # the joined pair went whole into one part
+    if folds:
+        assert sorted(table_k[[f"f{i}" for i in range(folds)]].eq("test").sum(axis=1).unique()) == [1]
+        assert (table_k["f0"] == "test").sum() == len(parts["test"]) and summary["folds"]["k"] == folds
+    else:
+        assert table_k is None and summary["folds"] is None

@@ -67,7 +67,6 @@ def run(
         mode.trainable,
         data,
         batch_size=batch,
-        seed=0,
         augment=augment,
         device=CPU,
         prec=PREC,
@@ -276,9 +275,7 @@ def test_a_different_fingerprint_starts_afresh(tmp_path):
     data = tiny_data()
     run("resnet18", ADAM, data, tmp_path, epochs=1)
     model = build_model("resnet18", None, 2, seed=0)
-    rs = setup_run(
-        model, get_spec("resnet18"), "head", data, batch_size=8, seed=0, augment=False, device=CPU, prec=PREC
-    )
+    rs = setup_run(model, get_spec("resnet18"), "head", data, batch_size=8, device=CPU, prec=PREC)
     opt = make_optimizer(rs.loop.trained.parameters(), ADAM)
     assert Checkpoints(tmp_path, "other").load(rs.loop.trained, opt) is None
 
@@ -298,7 +295,7 @@ def test_early_stopping_keeps_the_best_epoch_in_best_pt(tmp_path):
     torch.manual_seed(0)
     model = build_model("resnet18", None, 2, seed=0)
     rs_holder["rs"] = rs = setup_run(
-        model, get_spec("resnet18"), "head", data, batch_size=8, seed=0, augment=False, device=CPU, prec=PREC
+        model, get_spec("resnet18"), "head", data, batch_size=8, device=CPU, prec=PREC
     )
     opt = make_optimizer(rs.loop.trained.parameters(), ADAM)
     ckpt = Checkpoints(tmp_path, "fp")
@@ -315,9 +312,7 @@ def test_a_validation_loss_that_is_never_finite_stops_naming_the_setting(tmp_pat
     data = tiny_data()
     torch.manual_seed(0)
     model = build_model("resnet18", None, 2, seed=0)
-    rs = setup_run(
-        model, get_spec("resnet18"), "head", data, batch_size=8, seed=0, augment=False, device=CPU, prec=PREC
-    )
+    rs = setup_run(model, get_spec("resnet18"), "head", data, batch_size=8, device=CPU, prec=PREC)
     head = rs.loop.trained
 
     def forward(xb):  # finite while training, NaN on validation
@@ -337,9 +332,7 @@ def test_an_epoch_reads_its_totals_from_the_device_once(tmp_path, monkeypatch):
     data = tiny_data(n=40)
     torch.manual_seed(0)
     model = build_model("resnet18", None, 2, seed=0)
-    rs = setup_run(
-        model, get_spec("resnet18"), "head", data, batch_size=4, seed=0, augment=False, device=CPU, prec=PREC
-    )
+    rs = setup_run(model, get_spec("resnet18"), "head", data, batch_size=4, device=CPU, prec=PREC)
     opt = make_optimizer(rs.loop.trained.parameters(), ADAM)
     reads = []
     for name in ("item", "__int__", "__float__", "__bool__", "tolist"):
@@ -395,9 +388,7 @@ def test_classifier_block_trains_on_cached_features_and_matches_the_full_model(t
     torch.manual_seed(0)
     model = build_model("vgg16", None, 2, seed=0)
     spec = get_spec("vgg16")
-    rs = setup_run(
-        model, spec, "classifier", data, batch_size=4, seed=0, augment=False, device=CPU, prec=PREC
-    )
+    rs = setup_run(model, spec, "classifier", data, batch_size=4, device=CPU, prec=PREC)
     assert rs.cached_features and rs.train.x.shape == (8, 512 * 7 * 7)
     model.eval()
     with torch.no_grad():
@@ -514,9 +505,7 @@ def test_select_picks_the_epoch_and_stops_on_the_chosen_figure(
     data = tiny_data()
     torch.manual_seed(0)
     model = build_model("resnet18", None, 2, seed=0)
-    rs = setup_run(
-        model, get_spec("resnet18"), "head", data, batch_size=8, seed=0, augment=False, device=CPU, prec=PREC
-    )
+    rs = setup_run(model, get_spec("resnet18"), "head", data, batch_size=8, device=CPU, prec=PREC)
     real, epoch = train_module._run_epoch, {"n": 0}
 
     def scripted(loop, batches, optimizer, *a, **k):
