@@ -88,3 +88,20 @@ def test_every_stage_is_an_entry_point_not_logic(stage):
     main = defs[0]
     assert len(stage.read_text().splitlines()) <= 60
     assert main.end_lineno - main.lineno + 1 <= 40
+
+
+def test_every_exported_model_of_params_is_a_registry_artifact():
+    """dvc.yaml's artifacts: one model per arch x mode of the committed params.yaml, its path the
+    export stage's output, labelled with its arch and mode (what `dvc artifacts get` and gto read)."""
+    import yaml
+
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    names = {f"{a}-{m}" for a in params["archs"] for m in params["train"]["modes"]}
+    arts = dvc["artifacts"]
+    assert set(arts) == names
+    out = dvc["stages"]["export"]["outs"][0].replace("${item.arch}-${item.mode}", "{}")
+    for name, art in arts.items():
+        arch, _, mode = name.partition("-")
+        assert art["path"] == out.format(name) and art["type"] == "model"
+        assert art["labels"][:2] == [arch, mode] and art["desc"]

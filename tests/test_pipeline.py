@@ -581,7 +581,8 @@ def test_the_experiments_table_is_narrow_and_reads_the_headline_files(repo):
 def test_a_folder_remote_round_trip_restores_the_results_without_retraining(repo, tmp_path):
     """Shared storage: `dvc push` from one clone to a remote (a local folder here; S3 or SSH is
     the same commands with the plugin), `dvc pull` in a fresh clone: then `dvc repro` runs no
-    stage and `dvc metrics show` is identical."""
+    stage and `dvc metrics show` is identical. And the registry: a tagged exported model fetched
+    by name with `dvc artifacts get` predicts what evaluate scored."""
     origin, fresh, remote = tmp_path / "origin", tmp_path / "fresh", tmp_path / "remote"
     shutil.copytree(repo, origin, symlinks=True)
     sh(origin, "dvc", "remote", "add", "-d", "shared", str(remote))
@@ -598,6 +599,30 @@ def test_a_folder_remote_round_trip_restores_the_results_without_retraining(repo
     assert json.loads(stdout(fresh, *show)) == json.loads(stdout(origin, *show)) != {}
     for f in ("models/efficientnet_lite0-ft-s0/best.pt", "report/index.html"):
         assert (fresh / f).read_bytes() == (origin / f).read_bytes()
+
+    # the model registry: a version tag, then `dvc artifacts get` by name into a folder outside any
+    # project, and predict with what arrived gives evaluate's probabilities
+    tag = "efficientnet_lite0-ft@v1.0.0"
+    sh(origin, "git", "-c", "user.email=t@t", "-c", "user.name=t", "tag", "-a", tag, "-m", "first version")
+    got = tmp_path / "got"
+    sh(tmp_path, "dvc", "artifacts", "get", str(origin), "efficientnet_lite0-ft", "-o", str(got))
+    assert sorted(p.name for p in got.iterdir()) == ["card.json", "model.onnx"]
+    pred = pd.read_csv(origin / "eval" / "efficientnet_lite0-ft-s0" / "predictions.csv")
+    files = [str(origin / "data" / "raw" / p) for p in pred["path"]]
+    sh(
+        tmp_path,
+        sys.executable,
+        "-m",
+        "cxr_transfer",
+        "predict",
+        *files,
+        "--model",
+        str(got),
+        "--out",
+        "p.csv",
+    )
+    new = pd.read_csv(tmp_path / "p.csv")
+    assert np.abs(new["p_Covid"].to_numpy() - pred["probability"].to_numpy()).max() < 1e-4
 
 
 def test_a_queued_grid_runs_two_at_a_time_and_exp_show_compares_it(repo, tmp_path):
