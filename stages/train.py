@@ -23,10 +23,11 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, required=True, help="model folder")
     ap.add_argument("--live", type=Path, required=True, help="DVCLive folder")
+    ap.add_argument("--curves", type=Path, help="CSV of every epoch's figures, for dvc plots while it trains")
     ap.add_argument("--resume-dir", type=Path, default=Path(".resume"))
     a = ap.parse_args()
     keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.train.speed)
-    job = TrainJob(a.arch, a.mode, a.seed, a.prepared, a.out, a.live, a.resume_dir)
+    job = TrainJob(a.arch, a.mode, a.seed, a.prepared, a.out, a.live, a.resume_dir, a.curves)
     run_training(load_params(a.params), job)
 
 

@@ -216,6 +216,26 @@ def test_metrics_show_lists_every_mode_and_plots_show_writes_html(repo):
     assert "Validation accuracy vs epoch" in html and "efficientnet_lite0-fe" in html
 
 
+def test_a_runs_curves_reach_dvc_plots_as_soon_as_it_has_trained(repo, tmp_path):
+    """One train stage alone (the others not run yet): `dvc plots show` already holds that run's
+    per-epoch losses, accuracies and learning rate, from live/<run>.csv (rewritten every epoch)."""
+    work = tmp_path / "proj"
+    shutil.copytree(repo, work, symlinks=True)
+    shutil.rmtree(work / "live")
+    sh(work, "dvc", "repro", "--single-item", "--force", "train@efficientnet_lite0-fe-0")
+    data = json.loads(stdout(work, "dvc", "plots", "show", "--json", "--split"))["data"]
+    live = {k: v for k, v in data.items() if k.startswith("live/")}
+    assert list(live) == ["live/efficientnet_lite0-fe-s0.csv"]
+    points = live["live/efficientnet_lite0-fe-s0.csv"][0]["content"]["data"]["values"]
+    fields = {p["field"] for p in points}
+    assert fields == {"train_loss", "val_loss", "train_acc", "val_acc", "lr"}
+    meta = json.loads((work / "models" / "efficientnet_lite0-fe-s0" / "model.json").read_text())
+    assert len(points) == len(fields) * meta["epochs_run"]
+    curves = pd.read_csv(work / "live" / "efficientnet_lite0-fe-s0.csv")  # DVCLive's figures, one file
+    dvclive = work / "dvclive" / "efficientnet_lite0-fe-s0" / "plots" / "metrics" / "val" / "acc.tsv"
+    assert curves["val_acc"].tolist() == pytest.approx(pd.read_csv(dvclive, sep="\t")["acc"].tolist())
+
+
 def test_second_repro_does_nothing(repo):
     out = sh(repo, "dvc", "repro")
     assert "Data and pipelines are up to date" in out
@@ -550,7 +570,8 @@ def test_dvc_plots_show_renders_offline_with_the_project_template(repo):
     assert "cdn.jsdelivr" not in page.read_text()
     dom, requests = dump_dom(CHROMIUM, page)
     assert requests == []
-    vega = len(yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]) - 4  # the 4 PNGs are <img>
+    runs = len(list((repo / "live").glob("*.csv")))  # the `live` plot is a folder: a chart per run
+    vega = len(yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]) - 4 - 1 + runs  # 4 PNGs: <img>
     assert dom.count('class="vega-embed') == vega and dom.count("<svg") >= vega
     assert dom.count('class="mark-') >= 2 * vega
 

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -542,3 +543,19 @@ def test_val_auroc_is_scikit_learns_and_nan_without_both_classes():
         roc_auc_score(yb.numpy(), probs[:, 0].numpy()), abs=1e-6
     )
     assert np.isnan(train_module.val_auroc(torch.zeros(5, dtype=torch.long), two[:5]))
+
+
+def test_the_curves_file_holds_every_epoch_logged_so_far(tmp_path):
+    """Rewritten after each epoch (what `dvc plots show` reads while later runs train); a resumed
+    run replays its epochs first, so each epoch is in the file once."""
+    from cxr_transfer.train.job import CURVE_COLUMNS, Curves
+    from cxr_transfer.train.loop import EpochLog
+
+    path = tmp_path / "live" / "a-fe-s0.csv"
+    curves = Curves(path)
+    for e in (1, 2, 3):
+        curves(EpochLog(e, 1.0 / e, 0.5 + e / 10, 1.1 / e, 0.4 + e / 10, 1e-3, 1.0, 10.0))
+        df = pd.read_csv(path)
+        assert list(df.columns) == list(CURVE_COLUMNS) and df["epoch"].tolist() == list(range(1, e + 1))
+    assert df["val_loss"].tolist() == pytest.approx([1.1, 0.55, 1.1 / 3])
+    Curves(None)(EpochLog(1, 1, 1, 1, 1, 1, 1, 1))  # no path (a fold other than 0): nothing written

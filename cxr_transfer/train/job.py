@@ -9,8 +9,10 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 
+from cxr_transfer.core.cli import write_csv
 from cxr_transfer.core.errors import CxrError
 from cxr_transfer.core.params import Params
 from cxr_transfer.data.prepare import load_folds, load_meta, load_store
@@ -46,6 +48,24 @@ class TrainJob:
     out: Path  # the model folder
     live: Path  # the DVCLive folder
     resume_dir: Path = Path(".resume")
+    curves: Path | None = None  # one CSV of every epoch's figures, rewritten after each epoch
+
+
+CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "train_acc", "val_acc", "lr")
+
+
+class Curves:
+    """A run's per-epoch figures in one CSV, rewritten (atomically) after every epoch: dvc.yaml's
+    top-level plot `live` draws each run from it in `dvc plots show` while later runs still train.
+    A resumed run replays its logged epochs first, so the file holds every epoch once."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.rows = path, []
+
+    def __call__(self, log) -> None:
+        if self.path is not None:
+            self.rows.append({c: getattr(log, c) for c in CURVE_COLUMNS})
+            write_csv(pd.DataFrame(self.rows), self.path)
 
 
 TRAIN_KEYS = (
@@ -193,7 +213,8 @@ def train_one(
     name = job.out.name + (f" fold {cv['fold']} of {cv['k']}" if cv else "")
     print(f"train {name} (seed {job.seed}): {device}{procs}, {prec.dtype or 'fp32'}, {fmt}, {store}, {how}")
     with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        state = train(lambda log: log_epoch(live, log))
+        curves = Curves(job.curves if not cv or cv["fold"] == 0 else None)  # k folds: fold 0's
+        state = train(lambda log: (log_epoch(live, log), curves(log)))
         distributed.stop(world)
         summary = summarize(state, rs.feature_seconds, len(data["train"][1]), model)
         live.summary.update(summary)
