@@ -8,6 +8,7 @@ import pytest
 
 from bench import cases
 from bench.__main__ import main, table
+from tests.conftest import ROOT
 
 
 @pytest.mark.slow  # every bench case at the tiny size, a demo repro included
@@ -105,3 +106,48 @@ def test_the_folds_case_sets_one_split_against_k_folds(tmp_path, monkeypatch):
     assert "| 9.5 s | 9.5 s | 1.0x | not x5 |" in table({"folds": r})
     reused = cases.folds_cost(tmp_path, 3, {}, single=fake_demo(tmp_path, {("split", "folds"): None}))
     assert ran == [None, 5, None, 3] and reused["k"] == 3  # the given one-split run is not run again
+
+
+@pytest.mark.slow  # trains every mode of two archs and part of the seed experiment, at 32 px
+def test_the_prepared_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
+    """bench/gpu_check.sh --device cpu --size tiny: the GPU day's script, through the same code
+    (setup_run + fit + predict_proba + the metrics engine), on the CPU: every mode of each arch,
+    the seed experiment cut by its budget, the JSON it promises."""
+    import subprocess
+    import sys
+
+    from bench.gpu_check import MODES, SIZES
+
+    env = {**__import__("os").environ, "PYTHON": sys.executable}
+    out = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "bench" / "gpu_check.sh"),
+            "--device",
+            "cpu",
+            "--size",
+            "tiny",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    (path,) = tmp_path.glob("gpu-check-cpu-tiny-*.json")
+    res = json.loads(path.read_text())
+    cfg = SIZES["tiny"]
+    assert [(r["arch"], r["mode"]) for r in res["runs"]] == [(a, m) for a in cfg["archs"] for m in MODES]
+    for r in res["runs"]:
+        assert r["epochs_run"] == MODES[r["mode"]].freeze_epochs + 1 and r["finished"]
+        assert min(r["train_images_per_s"]) > 0 and r["eval_images_per_s"] > 0 and r["forward_gflops"] > 0
+        assert r["cached_features"] == (
+            MODES[r["mode"]].trainable != "all" or MODES[r["mode"]].freeze_epochs > 0
+        )
+    seed = res["seed_experiment"]
+    assert seed["budget_s"] == cfg["budget"] and 1 <= len(seed["runs"]) <= 3
+    assert not seed["runs"][-1]["finished"] or len(seed["runs"]) == 3  # the budget cuts it, or all ran
+    assert res["precision"] == "float32" and res["matmul_tflops"] is None  # CPU: no bf16, no MFU
+    assert f"wrote {path}" in out.stdout

@@ -223,7 +223,7 @@ def test_a_runs_curves_reach_dvc_plots_as_soon_as_it_has_trained(repo, tmp_path)
     shutil.copytree(repo, work, symlinks=True)
     shutil.rmtree(work / "live")
     sh(work, "dvc", "repro", "--single-item", "--force", "train@efficientnet_lite0-fe-0")
-    data = json.loads(stdout(work, "dvc", "plots", "show", "--json", "--split"))["data"]
+    data = json.loads(stdout(work, "dvc", "plots", "show", "--json"))["data"]
     live = {k: v for k, v in data.items() if k.startswith("live/")}
     assert list(live) == ["live/efficientnet_lite0-fe-s0.csv"]
     points = live["live/efficientnet_lite0-fe-s0.csv"][0]["content"]["data"]["values"]

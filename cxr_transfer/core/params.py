@@ -216,7 +216,7 @@ class ModeConfig:
     step_epochs: int = 5  # schedule step: multiply by gamma every step_epochs
     gamma: float = 0.1
     backbone_lr_mult: float = 1.0  # the pretrained layers' rate is lr x this (the new last layer: lr)
-    freeze_epochs: int = 0  # first train the new last layer on the frozen backbone (fastai's fine_tune)
+    freeze_epochs: int = 0  # first train the new last layer on the frozen backbone, then unfreeze
     label_smoothing: float = 0.0
     class_weight: str = "none"  # balanced: loss weight n / (K n_k) for class k
     sampler: str = "shuffle"  # balanced: draw training images with replacement, classes equally often
@@ -255,8 +255,10 @@ SEED_MODES: dict[str, ModeConfig] = {  # the seed tutorial's modes
     "ft": ModeConfig(True, "all", **_ADAM),
     "ft_classifier": ModeConfig(True, "classifier", **_ADAM),
 }
-# fastai's fine_tune: one epoch on the frozen backbone, then every layer, the pretrained ones at a
-# tenth of the rate, with warmup, a cosine decay, AdamW and label smoothing
+# Gradual fine-tuning: one epoch on the frozen backbone, then every layer, the pretrained ones at a
+# tenth of the rate, with warmup, a cosine decay, AdamW and label smoothing. In the spirit of fastai's
+# fine_tune, not its recipe (which uses one-cycle schedules, halves the rate after the frozen
+# phase, spreads a 100x range of rates over layer groups and trains BatchNorm while frozen).
 FT_GRADUAL = ModeConfig(
     True,
     "all",
