@@ -190,7 +190,7 @@ def check(device: torch.device, size: str) -> dict:
             r = run_mode(arch, mode, data, cfg["batch"], epochs, epochs + 1, device, prec)
             full = MODES[mode].trainable == "all"  # the last epoch trains every layer
             last = r["train_images_per_s"][-1]
-            r["forward_gflops"] = round(gflops, 2)
+            r["forward_gflops"] = round(gflops, 4)
             if device.type == "cuda":  # against the card's measured bf16 rate; no CPU figure
                 r["train_mfu"] = round(last * 3 * gflops / 1e3 / rate, 3) if full else None
                 r["eval_mfu"] = round(r["eval_images_per_s"] * gflops / 1e3 / rate, 3)
@@ -242,4 +242,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from cxr_transfer.core.cli import run
+
+    run(main, "gpu-check")  # a bad --device is one line; an error on a CUDA path keeps its traceback

@@ -113,12 +113,13 @@ def test_the_prepared_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     """bench/gpu_check.sh --device cpu --size tiny: the GPU day's script, through the same code
     (setup_run + fit + predict_proba + the metrics engine), on the CPU: every mode of each arch,
     the seed experiment cut by its budget, the JSON it promises."""
+    import os
     import subprocess
     import sys
 
     from bench.gpu_check import MODES, SIZES
 
-    env = {**__import__("os").environ, "PYTHON": sys.executable}
+    env = {**os.environ, "PYTHON": sys.executable}
     out = subprocess.run(
         [
             "bash",
@@ -146,6 +147,9 @@ def test_the_prepared_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
         assert r["cached_features"] == (
             MODES[r["mode"]].trainable != "all" or MODES[r["mode"]].freeze_epochs > 0
         )
+    # torchvision's ResNet-18: 1.814 GMACs at 224 px, 2 FLOPs a MAC, convolutions scale with the area
+    gflops = {r["arch"]: r["forward_gflops"] for r in res["runs"]}
+    assert gflops["resnet18"] == pytest.approx(2 * 1.814 * (32 / 224) ** 2, rel=0.05)
     seed = res["seed_experiment"]
     assert seed["budget_s"] == cfg["budget"] and 1 <= len(seed["runs"]) <= 3
     assert not seed["runs"][-1]["finished"] or len(seed["runs"]) == 3  # the budget cuts it, or all ran

@@ -111,7 +111,5 @@ def paired_difference(y, pa, pb, groups, reps, seed, confidence=0.95) -> dict:
     intervals (the same resampled images for both) and McNemar's p on the decisions."""
     y, ps = np.asarray(y).astype(bool), (np.asarray(pa), np.asarray(pb))
     correct = tuple((q >= 0.5) == y for q in ps)
-    d = E.paired(
-        y, correct, lambda idx, model: E.auroc(y[idx], ps[model][idx]), groups, reps, seed, confidence
-    )
-    return E._rename(d, "area", "auroc")
+    area = lambda idx, model: E.auroc(y[idx], ps[model][idx])  # noqa: E731
+    return E.paired(y, correct, "auroc", area, groups, reps, seed, confidence)

@@ -342,11 +342,18 @@ def bootstrap_ci(y, P, groups, reps, seed, confidence=0.95, bins=10, positive: i
 
 
 def paired(
-    y, correct: tuple, area: Callable[[np.ndarray, int], float | None], groups, reps, seed, confidence
+    y,
+    correct: tuple,
+    name: str,
+    area: Callable[[np.ndarray, int], float | None],
+    groups,
+    reps,
+    seed,
+    confidence,
 ):
-    """Model A minus model B on the same images: accuracy (from each image's correctness) and an
-    area (`area(rows, model)`), with paired bootstrap intervals (the same resamples for both), and
-    McNemar's p on the correctness."""
+    """Model A minus model B on the same images: accuracy (from each image's correctness) and the
+    area `name` (`area(rows, model)`), with paired bootstrap intervals (the same resamples for
+    both), and McNemar's p on the correctness."""
     ca, cb = correct
     every = np.arange(len(y))
 
@@ -361,9 +368,9 @@ def paired(
     ci = bootstrap(diff, len(y), groups, reps, seed, confidence)
     return {
         "accuracy_diff": point["accuracy"],
-        "area_diff": point["area"],
+        f"{name}_diff": point["area"],
         "accuracy_diff_ci": ci["accuracy"],
-        "area_diff_ci": ci["area"],
+        f"{name}_diff_ci": ci["area"],
         "mcnemar_p": mcnemar_p(ca, cb),
         "discordant": {"a_right_b_wrong": int((ca & ~cb).sum()), "a_wrong_b_right": int((~ca & cb).sum())},
     }
@@ -379,9 +386,6 @@ def paired_difference(y, Pa, Pb, groups, reps, seed, confidence=0.95) -> dict:
         a = [auroc(y[idx] == c, Ps[model][idx, c]) for c in range(k)]
         return None if None in a else float(np.mean(a))
 
-    d = paired(y, tuple(P.argmax(1) == y for P in Ps), macro, groups, reps, seed, confidence)
-    return _rename(d, "area", "auroc_macro")
-
-
-def _rename(d: dict, old: str, new: str) -> dict:
-    return {k.replace(old, new): v for k, v in d.items()}
+    return paired(
+        y, tuple(P.argmax(1) == y for P in Ps), "auroc_macro", macro, groups, reps, seed, confidence
+    )

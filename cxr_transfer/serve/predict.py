@@ -26,7 +26,7 @@ from cxr_transfer.data.imageio import (
     resize_gray8,
     shown,
 )
-from cxr_transfer.serve.onnx import Loaded, batched, load_onnx, read_json_file  # noqa: F401 (predict's API)
+from cxr_transfer.serve.onnx import Loaded, load_onnx
 
 
 def load_torch(model_dir: Path, device: str = "auto", batch_size: int = 64) -> Loaded:
