@@ -46,8 +46,11 @@ SIZES = {
             steps=1,
             heap=[dict(arch="efficientnet_lite0", size=32, batch=8, n=16)],
         ),
+        "cpu-infer": dict(archs=("resnet18",), sizes=(32,), images={32: 16}, reps=1),
+        "cpu-compile": dict(archs=("resnet18",), size=32, batch=4, steps=1),
         "stream": dict(n=64, size=32, epochs=1, prepare=[dict(n=50, size=64)]),
         "folds": dict(k=3),
+        "demo-6k": {("synthesize", "n_per_class"): 16},
     },
     "full": {
         "input": dict(n=512, sizes=(224, 96), reps=3),
@@ -72,8 +75,16 @@ SIZES = {
                 dict(arch="vgg19_bn", size=224, batch=16, n=64),
             ],
         ),
+        "cpu-infer": dict(
+            archs=("efficientnet_lite0", "resnet18", "densenet121", "vgg19_bn"),
+            sizes=(96, 224),
+            images={96: 256, 224: 32},
+            reps=3,
+        ),
+        "cpu-compile": dict(archs=("efficientnet_lite0", "resnet18"), size=96, batch=32, steps=5),
         "stream": dict(n=1024, size=96, epochs=1, prepare=[dict(n=2000, size=256), dict(n=8000, size=256)]),
         "folds": dict(k=5),
+        "demo-6k": {("synthesize", "n_per_class"): 3000},
     },
 }
 
@@ -101,8 +112,14 @@ def table(results: dict) -> str:
         )
     if "demo" in results:
         r = results["demo"]
-        rows.append(f"| demo cold `dvc repro` | - | {r['cold_total_seconds']} s | - | <= 180 s |")
+        rev = r.get("rev", "working tree")
+        rows.append(f"| demo cold `dvc repro` ({rev}) | - | {r['cold_total_seconds']} s | - | <= 180 s |")
         rows.append(f"| demo no-op `dvc repro` | - | {r['noop_seconds']} s | - | < 5 s |")
+    if "demo-6k" in results:
+        r = results["demo-6k"]
+        rows.append(
+            f"| 6,000-image cold `dvc repro` ({r['rev']}) | - | {r['cold_total_seconds']} s | - | - |"
+        )
     if "folds" in results:
         r = results["folds"]
         one, many = r["single"], r[f"k{r['k']}"]
@@ -184,6 +201,30 @@ def table(results: dict) -> str:
             f"{r['infer_channels_last']} img/s (max d logit {r['max_abs_logit_diff']:.0e}) "
             f"| train {r['train_ratio']}x, infer {r['infer_ratio']}x | - |"
         )
+    for r in results.get("cpu-infer", {}).get("runs", []):
+        if "export_error" in r:
+            rows.append(
+                f"| CPU {r['arch']} {r['size']}px inference, PyTorch -> ONNX Runtime | "
+                f"{r['pytorch_images_per_s']} img/s | export fails: stays in PyTorch | - | - |"
+            )
+            continue
+        rows.append(
+            f"| CPU {r['arch']} {r['size']}px inference (batch {r['batch']}), PyTorch -> ONNX Runtime "
+            f"(in-memory export {r['export_seconds']} s, new session {r['session_seconds']} s) "
+            f"| {r['pytorch_images_per_s']} img/s | {r['onnxruntime_images_per_s']} img/s "
+            f"(max d logit {r['max_abs_logit_diff']:.0e}) | {r['ratio']}x | pays from "
+            f"{r['break_even_images']} images |"
+        )
+    for r in results.get("cpu-compile", {}).get("runs", []):
+        head = f"| CPU {r['arch']} {r['size']}px training, eager -> torch.compile"
+        head += f" | {r['eager_images_per_s']} img/s"
+        if "compile_error" in r:
+            rows.append(f"{head} | fails: {r['compile_error']} | - | - |")
+            continue
+        rows.append(
+            f"{head} | {r['compiled_images_per_s']} img/s after a {r['compile_seconds']} s compile "
+            f"| {r['ratio']}x | pays from {r['pays_from_images']} image-steps |"
+        )
     if "stream" in results:
         r = results["stream"]
         rows.append(
@@ -206,11 +247,15 @@ def main(argv=None) -> dict:
     ap.add_argument(
         "--cases",
         default="input,fe,index,demo,gpu,neardup,probe,dataset,onnx,cpu-train,stream",
-        help="folds (a cold demo with k folds beside one split) runs only when named",
+        help="folds (a cold demo with k folds beside one split), demo-6k (6,000 images), cpu-infer and "
+        "cpu-compile run only when named",
     )
     ap.add_argument("--tag", default="", help="appended to the result file's name (keeps earlier results)")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--rev", help="demo and demo-6k: run the project as this git revision had it (before/after)"
+    )
     ap.add_argument("--compile", action="store_true", help="also time torch.compile in the gpu case")
     args = ap.parse_args(argv)
     cfg, want = SIZES[args.size], set(args.cases.split(","))
@@ -231,13 +276,19 @@ def main(argv=None) -> dict:
         if "probe" in want:
             results["probe"] = cases.probe_stage(**cfg["probe"])
         if "demo" in want:
-            results["demo"] = cases.demo(work, cfg["demo"])
+            results["demo"] = cases.demo(work, cfg["demo"], args.rev)
+        if "demo-6k" in want:  # the demo's pipeline at the defaults on 6,000 generated images
+            results["demo-6k"] = cases.demo(work, {**(cfg["demo"] or {}), **cfg["demo-6k"]}, args.rev)
         if "dataset" in want:
             results["dataset"] = cases.dataset_scale(work, **cfg["dataset"])
         if "onnx" in want:
             results["onnx"] = cases.onnx_inference(work, **cfg["onnx"])
         if "cpu-train" in want:
             results["cpu-train"] = cases.cpu_train(**cfg["cpu-train"])
+        if "cpu-infer" in want:
+            results["cpu-infer"] = cases.cpu_infer(**cfg["cpu-infer"])
+        if "cpu-compile" in want:
+            results["cpu-compile"] = cases.cpu_compile(**cfg["cpu-compile"])
         if "folds" in want:
             results["folds"] = cases.folds_cost(work, cfg["folds"]["k"], cfg["demo"], results.get("demo"))
         if "stream" in want:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import statistics
@@ -202,19 +203,24 @@ def _sh(cwd: Path, *cmd: str) -> float:
     return time.perf_counter() - t0
 
 
-def demo(work: Path, params: dict | None = None) -> dict:
+PROJECT = ("stages", "cxr_transfer", "weights", ".dvc", "dvc.yaml", "params.yaml")
+
+
+def demo(work: Path, params: dict | None = None, rev: str | None = None) -> dict:
     """A cold `dvc repro` of the demo in a fresh copy of the project (one run, per-stage times from
-    its log), then a no-op."""
+    its log), then a no-op; each run's test accuracy and AUROC beside. `rev`: the project as a git
+    revision had it (a before/after on one machine), else the working tree."""
     dst = work / "demo"
     shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    if rev is not None:
+        tar = subprocess.run(["git", "archive", rev, *PROJECT], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(dst)], input=tar.stdout, check=True)
     files = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
-    for f in files:
-        if f.startswith(("stages/", "cxr_transfer/", "weights/", ".dvc/")) or f in (
-            "dvc.yaml",
-            "params.yaml",
-        ):
+    for f in files if rev is None else []:
+        if f.startswith(tuple(p + "/" for p in PROJECT[:4])) or f in PROJECT[4:]:
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
     if params:
@@ -231,8 +237,10 @@ def demo(work: Path, params: dict | None = None) -> dict:
     stages, total = _timed_repro(dst)
     noop = _sh(dst, "dvc", "repro")
     return {
+        "rev": rev or "working tree",
         "stages": stages,
         "training": _training_rates(dst),
+        "test": _test_figures(dst),
         "cold_total_seconds": round(total, 1),
         "noop_seconds": round(noop, 2),
         "target_cold_seconds": 180,
@@ -283,6 +291,15 @@ def _training_rates(project: Path) -> dict[str, dict]:
     for meta in sorted(project.glob("models/*/model.json")):
         m = json.loads(meta.read_text())
         out[meta.parent.name] = {k: m.get(k) for k in keys}
+    return out
+
+
+def _test_figures(project: Path) -> dict[str, dict]:
+    """Each run's test accuracy and AUROC (the before/after's check that results held)."""
+    out = {}
+    for f in sorted(project.glob("eval/*/metrics.json")):
+        m = json.loads(f.read_text())
+        out[f.parent.name] = {k: m.get(k) for k in ("accuracy", "auroc", "n_test")}
     return out
 
 
@@ -468,6 +485,121 @@ def cpu_train(
     return out
 
 
+def cpu_infer(archs, sizes, images: dict, reps: int) -> dict:
+    """CPU inference per arch and size, PyTorch against ONNX Runtime on an in-memory export of the
+    same live model (cxr_transfer.train.onnxrt): images/s of each over `n` random images in the
+    pass's own batches (median of `reps` passes after a warm batch), the export's seconds, a new
+    session's seconds (what each epoch's validation pays once the weights changed), the largest
+    logit difference, and the rule speed.onnx_pays draws from these rows. `images`: per size.
+    A warm-up export first, so that no row carries the exporter's one-off import."""
+    from cxr_transfer.train import onnxrt, speed
+    from cxr_transfer.train.engine import for_inference
+
+    cpu = torch.device("cpu")
+    res = subprocess.run(  # a fresh process, as a stage is: its first export also starts the exporter
+        [sys.executable, "-c", "from bench.cases import _exporter_start; _exporter_start()"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    onnxrt.OnnxForward(build_model("resnet18", None, 2, 0).eval(), (0.5,) * 3, (0.5,) * 3, 32)  # warm here
+    out = {"threads": torch.get_num_threads(), "reps": reps, "runs": []}
+    out["exporter_start_seconds"] = json.loads(res.stdout.strip().splitlines()[-1])
+    for arch in archs:
+        spec = get_spec(arch)
+        for size in sizes:
+            n = images[size]
+            row = {"arch": arch, "size": size, "images": n, "batch": speed.inference_batch("cpu", size)}
+            net = build_model(arch, None, 2, 0).eval()
+            x = torch.from_numpy(
+                np.random.default_rng(0).integers(0, 256, (n, 1, size, size), dtype=np.uint8)
+            )
+            chunks = torch.split(x, row["batch"])
+            torch_fwd = for_inference(net, arch, spec.mean, spec.std, cpu)  # images=0: PyTorch
+
+            def run(fwd, chunks=chunks):
+                with torch.no_grad():
+                    return torch.cat([fwd(b) for b in chunks])
+
+            run_torch = lambda f=torch_fwd: run(f)  # noqa: E731
+            ref = run_torch()
+            row["pytorch_images_per_s"] = round(_median_rate(run_torch, n, reps), 1)
+            t0 = time.perf_counter()
+            try:
+                ort_fwd = onnxrt.OnnxForward(net, spec.mean, spec.std, size)
+            except Exception as e:  # noqa: BLE001 - recorded: the rule then keeps PyTorch
+                row["export_error"] = str(e)
+                out["runs"].append(row)
+                continue
+            row["export_seconds"] = round(time.perf_counter() - t0, 2)
+            with torch.no_grad():
+                next(net.parameters()).add_(0)  # a changed weight: the next call makes a new session
+            t0 = time.perf_counter()
+            ort_fwd.session()
+            row["session_seconds"] = round(time.perf_counter() - t0, 3)
+            run_ort = lambda f=ort_fwd: run(f)  # noqa: E731
+            row["max_abs_logit_diff"] = float((run_ort() - ref).abs().max())
+            row["onnxruntime_images_per_s"] = round(_median_rate(run_ort, n, reps), 1)
+            row["ratio"] = round(row["onnxruntime_images_per_s"] / row["pytorch_images_per_s"], 2)
+            row["break_even_images"] = speed.break_even(row)
+            out["runs"].append(row)
+    out["derived_onnx_rule"] = speed.derive_onnx_rule(out["runs"])
+    return out
+
+
+def cpu_compile(archs, size: int, batch: int, steps: int) -> dict:
+    """torch.compile for training on the CPU, per arch at `size`: eager and compiled training
+    images/s (forward, backward, SGD step, batch `batch`, the training memory format; median of
+    `steps` steps after a warm one) and the compile's seconds (the compiled model's first step less
+    an eager step); the rule speed.compile_pays draws from the rows, and the training images from
+    which compiling pays."""
+    from cxr_transfer.train import speed
+
+    out = {"threads": torch.get_num_threads(), "size": size, "batch": batch, "steps": steps, "runs": []}
+    for arch in archs:
+        row = {"arch": arch, "size": size}
+        mf = (
+            torch.channels_last
+            if speed.channels_last(arch, "cpu", training=True)
+            else torch.contiguous_format
+        )
+        x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).contiguous(
+            memory_format=mf
+        )
+        net = build_model(arch, None, 2, 0).to(memory_format=mf)
+        row["eager_images_per_s"] = _train_rate(net, x, steps)
+        try:
+            compiled = torch.compile(build_model(arch, None, 2, 0).to(memory_format=mf))
+            t0 = time.perf_counter()
+            _train_rate(compiled, x, 0)  # the warm step is the compile
+            row["compile_seconds"] = round(time.perf_counter() - t0 - batch / row["eager_images_per_s"], 1)
+            row["compiled_images_per_s"] = _train_rate(compiled, x, steps)
+        except Exception as e:  # noqa: BLE001 - recorded: auto then never compiles this family
+            row["compile_error"] = str(e).splitlines()[0]
+            out["runs"].append(row)
+            continue
+        row["ratio"] = round(row["compiled_images_per_s"] / row["eager_images_per_s"], 2)
+        gain = 1 / row["eager_images_per_s"] - 1 / row["compiled_images_per_s"]
+        row["pays_from_images"] = math.ceil(row["compile_seconds"] / gain) if gain > 0 else None
+        out["runs"].append(row)
+    out["derived_compile_rule"] = speed.derive_compile_rule(out["runs"])
+    return out
+
+
+def _exporter_start() -> None:
+    """Prints the seconds a process's first in-memory export takes beyond its second (the
+    exporter's and ONNX Runtime's imports and start), in a process that has what a stage has."""
+    from cxr_transfer.train import engine, onnxrt  # noqa: F401 - what the stages import
+
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        onnxrt.OnnxForward(build_model("resnet18", None, 2, 0).eval(), (0.5,) * 3, (0.5,) * 3, 32)
+        times.append(time.perf_counter() - t0)
+    print(round(times[0] - times[1], 2))
+
+
 def _infer_rate(net, x, steps: int, dtype=None) -> float:
     net.eval()
     amp = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
@@ -492,8 +624,8 @@ def _train_rate(net, x, steps: int, dtype=None) -> float:
         torch.nn.functional.cross_entropy(out.float(), y).backward()
         opt.step()
 
-    step()  # warm
-    return round(_median_rate(step, len(x), steps), 1)
+    step()  # warm (with steps=0, only that: the first step of a compiled model is its compile)
+    return round(_median_rate(step, len(x), steps), 1) if steps else None
 
 
 def heap_effect(arch: str, size: int, batch: int, n: int) -> dict:

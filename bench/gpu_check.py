@@ -42,11 +42,18 @@ SIZES = {  # the generated store, the batch, the archs, and the seed experiment'
         archs=("vgg19_bn", "efficientnet_lite0"),
         seed=("vgg19_bn", "vgg16"),
         budget=360,
+        compile=True,
     ),
     # the same code on the CPU in the test suite, with small archs (VGG's 100M-weight classifier
     # takes 10 s a step there)
     "tiny": dict(
-        n=48, size=32, batch=16, archs=("resnet18", "efficientnet_lite0"), seed=("resnet18",), budget=3
+        n=48,
+        size=32,
+        batch=16,
+        archs=("resnet18", "efficientnet_lite0"),
+        seed=("resnet18",),
+        budget=3,
+        compile=False,  # inductor's compile on 2 CPU cores takes minutes: the GPU day measures it
     ),
 }
 SEED_EPOCHS, SEED_PATIENCE = 15, 8
@@ -93,7 +100,9 @@ class OutOfTime(Exception):
     pass
 
 
-def run_mode(arch, mode, data, batch, epochs, patience, device, prec, stop_at=None) -> dict:
+def run_mode(
+    arch, mode, data, batch, epochs, patience, device, prec, stop_at=None, compile_model=False
+) -> dict:
     """One run as the train and evaluate stages run it: setup_run + fit, then predict_proba on the
     validation store and the metrics engine; images/s of each, peak memory, wall time."""
     cfg = MODES[mode]
@@ -111,6 +120,7 @@ def run_mode(arch, mode, data, batch, epochs, patience, device, prec, stop_at=No
         prec=prec,
         freeze_epochs=cfg.freeze_epochs,
         backbone_lr_mult=cfg.backbone_lr_mult,
+        compile_model=compile_model,
     )
     opt = make_optimizer(rs.groups, cfg)
     sched = make_scheduler(opt, cfg, epochs, len(rs.train))
@@ -151,6 +161,7 @@ def run_mode(arch, mode, data, batch, epochs, patience, device, prec, stop_at=No
         "epochs_run": len(logs),
         "finished": finished,
         "train_images_per_s": [round(lg.images_per_s, 1) for lg in logs],
+        "epoch_seconds": [round(lg.seconds, 2) for lg in logs],
         "feature_seconds": round(rs.feature_seconds, 2),
         "cached_features": rs.cached_features,
         "streamed": rs.streamed,
@@ -196,6 +207,8 @@ def check(device: torch.device, size: str) -> dict:
                 r["eval_mfu"] = round(r["eval_images_per_s"] * gflops / 1e3 / rate, 3)
             out["runs"].append(r)
             print(_line(r), flush=True)
+    if cfg["compile"]:
+        out["compile"] = compile_rows(out["runs"], data, cfg, device, prec)
     stop_at = time.perf_counter() + cfg["budget"]
     out["seed_experiment"] = {"budget_s": cfg["budget"], "runs": []}
     for arch in cfg["seed"]:
@@ -208,6 +221,33 @@ def check(device: torch.device, size: str) -> dict:
     out["wall_s"] = round(time.perf_counter() - t_start, 1)
     out["peak_gib"] = _peak_gib(device)
     return out
+
+
+def compile_rows(eager_runs: list[dict], data, cfg: dict, device, prec) -> dict:
+    """torch.compile for training, per arch: ft for two epochs with the compiled model (the first
+    epoch carries the compile), against the eager ft run above; the rows speed.COMPILE needs for
+    this device type (train.compile: auto adopts it where the compile pays over the run)."""
+    from cxr_transfer.train import speed
+
+    rows = []
+    for arch in cfg["archs"]:
+        eager = next(r for r in eager_runs if r["arch"] == arch and r["mode"] == "ft")
+        r = run_mode(arch, "ft", data, cfg["batch"], 2, 3, device, prec, compile_model=True)
+        row = {
+            "arch": arch,
+            "size": cfg["size"],
+            "eager_images_per_s": eager["train_images_per_s"][-1],
+            "compiled_images_per_s": r["train_images_per_s"][-1],
+            "compile_seconds": round(r["epoch_seconds"][0] - r["epoch_seconds"][1], 1),
+            "compiled_val_accuracy": r["val_accuracy"],
+        }
+        rows.append(row)
+        print(
+            f"{arch}-ft compiled: {row['compiled_images_per_s']} img/s (eager {row['eager_images_per_s']}) "
+            f"after a {row['compile_seconds']} s compile",
+            flush=True,
+        )
+    return {"runs": rows, "derived_compile_rule": {device.type: speed.derive_compile_rule(rows)}}
 
 
 def _line(r: dict) -> str:

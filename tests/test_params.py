@@ -100,7 +100,7 @@ def _with(path: str, value):
         (
             "modes.ft.schedule",
             "onecycle",
-            "modes.ft.schedule: 'onecycle' is not one of ['constant', 'cosine', 'step']",
+            "modes.ft.schedule: 'onecycle' is not one of ['constant', 'cosine', 'one_cycle', 'step']",
         ),
         (
             "modes.scratch.backbone_lr_mult",
@@ -119,7 +119,11 @@ def _with(path: str, value):
             "oversample",
             "modes.ft.sampler: 'oversample' is not one of ['balanced', 'shuffle']",
         ),
-        ("train.compile", "yes", "train.compile: expected true or false"),
+        ("train.compile", "yes", "train.compile: is 'yes'; give auto, true or false"),
+        ("train.compile", 1, "train.compile: expected true or false, got 1"),
+        ("modes.ft.lr_slice", 0.5, "modes.ft.lr_slice: must be in [1, 10000]"),
+        ("modes.ft_gradual.lr_slice", 100, "modes.ft_gradual.lr_slice: and backbone_lr_mult both set"),
+        ("modes.ft.train_bn", True, "modes.ft.train_bn: applies while the backbone is frozen"),
         ("data.positive", "Pneumonia", "data.positive: 'Pneumonia' is not one of"),
         ("data.positive", None, "data.positive: two classes need a positive one"),
         ("data.classes", {"Normal": ["N"]}, "data.classes: 1 class(es) given; name at least two"),

@@ -138,3 +138,34 @@ def test_the_feature_pass_runs_channels_last_and_training_the_family_rule(monkey
         assert rs.cached_features and rs.channels_last is trains_cl
         assert _is_channels_last(model.conv1.weight) is trains_cl
     assert seen == [True] * len(seen) and len(seen) == 2 * 2  # 2 splits x 1 batch of 8, twice
+
+
+def test_torch_compile_is_adopted_where_its_compile_time_is_repaid(monkeypatch):
+    from cxr_transfer.train.job import use_compile
+
+    row = {"eager_images_per_s": 100.0, "compiled_images_per_s": 125.0, "compile_seconds": 60.0}
+    monkeypatch.setattr(speed, "COMPILE", {"cpu": {"efficientnet": {96: row}}})
+    # each image-step saves 1/100 - 1/125 = 0.002 s: 60 s repaid from 30,000 image-steps
+    assert not speed.compile_pays("efficientnet_lite0", "cpu", 96, 29_000)
+    assert speed.compile_pays("efficientnet_lite0", "cpu", 96, 31_000)
+    assert speed.compile_pays("efficientnet_lite0", "cpu", 192, 8_000)  # 4x the pixels: 4x the saving
+    assert not speed.compile_pays("resnet18", "cpu", 96, 10**9)  # no row: never by auto
+    assert not speed.compile_pays("efficientnet_lite0", "cuda", 96, 10**9)  # no CUDA row yet
+    data = {"train": (np.zeros((1000, 96, 96), np.uint8), np.zeros(1000))}
+    cpu = torch.device("cpu")
+    assert not use_compile("auto", "efficientnet_lite0", cpu, data, 5)  # the demo-like run: 5,000
+    assert use_compile("auto", "efficientnet_lite0", cpu, data, 40)  # 40,000 image-steps
+    assert use_compile(True, "resnet18", cpu, data, 1) and not use_compile(
+        False, "efficientnet_lite0", cpu, data, 99
+    )
+
+
+def test_the_committed_compile_rule_is_what_the_bench_rows_imply():
+    import json
+
+    got = json.loads(Path("bench/results/cpu-full-2026-12-02-cpu-compile.json").read_text())["cpu-compile"]
+    assert speed.derive_compile_rule(got["runs"]) == speed.COMPILE["cpu"]
+    # as measured here, compiling pays only for EfficientNet on runs of over 160,000 image-steps
+    assert not speed.compile_pays("efficientnet_lite0", "cpu", 96, 150_000)
+    assert speed.compile_pays("efficientnet_lite0", "cpu", 96, 170_000)
+    assert not speed.compile_pays("resnet18", "cpu", 96, 10**9)  # slower compiled

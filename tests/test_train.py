@@ -76,6 +76,8 @@ def run(
         balanced=mode.sampler == "balanced",
         backbone_lr_mult=mode.backbone_lr_mult,
         budget=budget,
+        lr_slice=mode.lr_slice,
+        train_bn=mode.train_bn,
     )
     opt = make_optimizer(rs.groups, mode)
     sched = make_scheduler(opt, mode, epochs, len(rs.train))
@@ -559,3 +561,60 @@ def test_the_curves_file_holds_every_epoch_logged_so_far(tmp_path):
         assert list(df.columns) == list(CURVE_COLUMNS) and df["epoch"].tolist() == list(range(1, e + 1))
     assert df["val_loss"].tolist() == pytest.approx([1.1, 0.55, 1.1 / 3])
     Curves(None)(EpochLog(1, 1, 1, 1, 1, 1, 1, 1))  # no path (a fold other than 0): nothing written
+
+
+def test_one_cycle_is_fastai_s_fine_tune_schedule_step_by_step():
+    from cxr_transfer.train.loop import one_cycle
+
+    # frozen epoch of 100 steps: cosine from lr/25 up to lr over 99 steps, then down toward lr/1e5;
+    # the momentum the other way, 0.95 -> 0.85 -> 0.95
+    assert one_cycle(0, 100, 3, 1) == pytest.approx((1 / 25, 0.95))
+    assert one_cycle(99, 100, 3, 1) == pytest.approx((1.0, 0.85))
+    f, m = one_cycle(50, 100, 3, 1)  # half way up: the cosine's midpoint
+    assert f == pytest.approx(1 / 25 + (1 - 1 / 25) * (1 + np.cos(np.pi * (1 - 50 / 99))) / 2)
+    # then base_lr / 2 over 200 steps: from lr/2/5, the peak lr/2 at 30 %, down to lr/2/1e5
+    assert one_cycle(100, 100, 3, 1) == pytest.approx((0.5 / 5, 0.95))
+    assert one_cycle(160, 100, 3, 1) == pytest.approx((0.5, 0.85))
+    assert one_cycle(299, 100, 3, 1)[0] == pytest.approx(0.5 * 1e-5, rel=0.01, abs=2e-4)
+    assert one_cycle(25, 100, 1, 0) == pytest.approx((1.0, 0.85))  # no frozen epochs: fit_one_cycle's 25 %
+
+
+def test_fine_tune_sets_adam_s_momentum_and_the_three_groups_rates_each_step():
+    from cxr_transfer.core.params import FINE_TUNE
+    from cxr_transfer.train.loop import one_cycle
+
+    model = build_model("resnet18", None, 2, seed=0)
+    groups = param_groups(model, get_spec("resnet18"), "all", 1.0, lr_slice=100.0)
+    assert [g["lr_mult"] for g in groups] == pytest.approx([1.0, 0.01, 0.1])  # slice(lr/100, lr), 3 groups
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())  # each parameter once
+    assert (
+        groups[1]["params"][0] is model.conv1.weight and groups[2]["params"][-1] is model.layer4[1].bn2.bias
+    )
+    opt = make_optimizer(groups, FINE_TUNE)
+    sched = make_scheduler(opt, FINE_TUNE, 3, 10)
+    for step in range(30):
+        f, mom = one_cycle(step, 10, 3, 1)
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.002 * f, 0.00002 * f, 0.0002 * f])
+        assert all(g["betas"] == pytest.approx((mom, 0.99)) and g["eps"] == 1e-5 for g in opt.param_groups)
+        opt.step()
+        sched.step()
+
+
+def test_fine_tune_trains_batchnorm_while_the_rest_of_the_body_is_frozen(tmp_path):
+    from cxr_transfer.core.params import FINE_TUNE
+
+    before = build_model("resnet18", None, 2, seed=0).state_dict()
+    snaps, holder = {}, {}
+
+    def snap(log):
+        snaps[log.epoch] = {k: v.clone() for k, v in holder["model"].state_dict().items()}
+
+    _, rs, _, _ = run("resnet18", FINE_TUNE, tiny_data(), tmp_path, 2, on_epoch=snap, holder=holder)
+    assert len(rs.phases) == 2 and not rs.cached_features  # BatchNorm moves: no cached features
+    convs = [k for k in before if k.endswith("conv1.weight") or k.endswith("conv2.weight")]
+    bns = [k for k in before if ".bn" in k and k.endswith(("weight", "bias", "running_mean"))]
+    assert all(torch.equal(before[k], snaps[1][k]) for k in convs)  # epoch 1: convolutions frozen
+    assert all(not torch.equal(before[k], snaps[1][k]) for k in bns)  # ... BatchNorm trained, stats too
+    assert not torch.equal(before["fc.weight"], snaps[1]["fc.weight"])
+    assert not torch.equal(snaps[1]["conv1.weight"], snaps[2]["conv1.weight"])  # then everything

@@ -213,14 +213,17 @@ def feature_extractor(arch: str, weights_dir: str, device):
 
     spec, device = get_spec(arch), torch.device(device)
     model = build_model(arch, weights_dir, 2, seed=0).eval()
-    forward = for_inference(model, arch, spec.mean, spec.std, device)  # the rules of every inference pass
     last = model.get_submodule(spec.last_layer)
 
     def extract(x: np.ndarray) -> np.ndarray:
-        batch = inference_batch(device.type, x.shape[-1])
+        size = x.shape[-1]
+        forward = for_inference(  # the rules of every inference pass
+            model, arch, spec.mean, spec.std, device, upto=last, images=len(x), size=size
+        )
+        batch = inference_batch(device.type, size)
         batches = ArrayBatches(np.asarray(x)[:, None], np.zeros(len(x)), batch, device=device)
         with torch.no_grad():
-            return tail_inputs(model, last, forward, batches, FP32, device).cpu().numpy()
+            return tail_inputs(model, forward, batches, FP32, device).cpu().numpy()
 
     return extract
 

@@ -195,7 +195,7 @@ class WeightsConfig:
 
 TRAINABLE = ("head", "classifier", "all")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine", "step", "one_cycle")
 CLASS_WEIGHTS = ("none", "balanced")
 SAMPLERS = ("shuffle", "balanced")
 
@@ -220,6 +220,8 @@ class ModeConfig:
     label_smoothing: float = 0.0
     class_weight: str = "none"  # balanced: loss weight n / (K n_k) for class k
     sampler: str = "shuffle"  # balanced: draw training images with replacement, classes equally often
+    lr_slice: float = 1.0  # fastai's slice(lr / lr_slice, lr): rates spread geometrically over layer groups
+    train_bn: bool = False  # BatchNorm layers train during the frozen epochs (fastai's train_bn)
 
     def validate(self, key: str) -> None:
         _choice(self.trainable, f"{key}.trainable", TRAINABLE)
@@ -246,6 +248,17 @@ class ModeConfig:
         _check(0.0 <= self.label_smoothing < 1.0, f"{key}.label_smoothing", "must be in [0, 1)")
         _choice(self.class_weight, f"{key}.class_weight", CLASS_WEIGHTS)
         _choice(self.sampler, f"{key}.sampler", SAMPLERS)
+        _check(1.0 <= self.lr_slice <= 1e4, f"{key}.lr_slice", "must be in [1, 10000] (1: one rate)")
+        _check(
+            self.lr_slice == 1.0 or self.backbone_lr_mult == 1.0,
+            f"{key}.lr_slice",
+            "and backbone_lr_mult both set the pretrained layers' rates; keep one of them at 1",
+        )
+        _check(
+            not self.train_bn or self.freeze_epochs > 0,
+            f"{key}.train_bn",
+            "applies while the backbone is frozen; set freeze_epochs >= 1 or train_bn: false",
+        )
 
 
 _ADAM = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5}
@@ -257,8 +270,7 @@ SEED_MODES: dict[str, ModeConfig] = {  # the seed tutorial's modes
 }
 # Gradual fine-tuning: one epoch on the frozen backbone, then every layer, the pretrained ones at a
 # tenth of the rate, with warmup, a cosine decay, AdamW and label smoothing. In the spirit of fastai's
-# fine_tune, not its recipe (which uses one-cycle schedules, halves the rate after the frozen
-# phase, spreads a 100x range of rates over layer groups and trains BatchNorm while frozen).
+# fine_tune, not its recipe: that one is FINE_TUNE below.
 FT_GRADUAL = ModeConfig(
     True,
     "all",
@@ -271,7 +283,21 @@ FT_GRADUAL = ModeConfig(
     freeze_epochs=1,
     label_smoothing=0.1,
 )
-DEFAULT_MODES = {**SEED_MODES, "ft_gradual": FT_GRADUAL}
+# fastai's Learner.fine_tune(epochs, base_lr=2e-3, freeze_epochs=1): one-cycle on the frozen body
+# with BatchNorm trainable, then half the rate over every layer with one-cycle and
+# slice(base_lr / 100, base_lr) over the layer groups; fastai's Adam (decoupled weight decay 0.01).
+FINE_TUNE = ModeConfig(
+    True,
+    "all",
+    "adamw",
+    2e-3,
+    weight_decay=0.01,
+    schedule="one_cycle",
+    freeze_epochs=1,
+    lr_slice=100.0,
+    train_bn=True,
+)
+DEFAULT_MODES = {**SEED_MODES, "ft_gradual": FT_GRADUAL, "fine_tune": FINE_TUNE}
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -291,7 +317,7 @@ class TrainConfig:
     launcher: str = "python"  # the train stage's command: python, or torchrun and its options
     sync_batchnorm: bool = False  # under torchrun on GPUs: BatchNorm over the global batch
     memory_budget: str | float = "auto"  # GiB of image store loaded whole on the device; beyond, streamed
-    compile: bool = False
+    compile: str | bool = "auto"  # auto: where speed.compile_pays (its compile time against the run's steps)
     augment: bool = False
     select: str = "val_loss"  # early stopping and the kept checkpoint: lowest val loss, or highest val AUROC
     deterministic: bool = False  # PyTorch's deterministic algorithms (slower; see the README)
@@ -309,6 +335,11 @@ class TrainConfig:
         _choice(self.device, "train.device", DEVICES)
         _choice(self.precision, "train.precision", PRECISIONS)
         _check_launcher(self.launcher)
+        _check(
+            self.compile in ("auto", True, False),
+            "train.compile",
+            f"is {self.compile!r}; give auto, true or false",
+        )
         _check(
             self.memory_budget == "auto"
             or (

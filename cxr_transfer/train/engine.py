@@ -100,16 +100,59 @@ def image_forward(model: nn.Module, norm: Normalizer, channels_last: bool) -> Ca
     return forward
 
 
-def for_inference(model: nn.Module, arch: str, mean, std, device, norm=None, runner=None) -> Callable:
+def for_inference(
+    model: nn.Module,
+    arch: str,
+    mean,
+    std,
+    device,
+    norm=None,
+    runner=None,
+    *,
+    upto: nn.Module | None = None,
+    images: int = 0,
+    size: int = 0,
+    exact: bool = True,
+) -> Callable:
     """The one place a model is set up for inference (evaluate, predict, the probes' features and
-    the frozen backbone's feature pass): on `device`, in that device's measured inference memory
-    format (weights converted in place), behind its normaliser (or `norm`); returns the forward,
-    uint8 batch -> logits, through `runner` (a compiled model) where given. The caller sets eval
-    mode and picks the batch (speed.inference_batch)."""
+    the frozen backbone's feature pass): uint8 batch -> logits, or with `upto` the input of that
+    module (the frozen backbone's features, flattened). The caller sets eval mode and picks the
+    batch (speed.inference_batch).
+
+    On the CPU, a float32 (`exact`) pass of `images` images of `size` px runs through ONNX Runtime
+    where speed.onnx_pays says its export repays itself (cxr_transfer.train.onnxrt); otherwise
+    through PyTorch on `device`, in that device's measured inference memory format (weights
+    converted in place), behind its normaliser (or `norm`), through `runner` (a compiled model)
+    where given."""
+    if device.type == "cpu" and exact and images and size:
+        from cxr_transfer.train import onnxrt
+
+        exported = onnxrt.exported(model, mean, std, size, upto)  # None: it failed here before
+        first = not onnxrt.started()
+        if exported is not None and speed.onnx_pays(arch, size, images, exported=exported, first=first):
+            forward = onnxrt.onnx_forward(model, mean, std, size, upto)
+            if forward is not None:
+                return forward
     cl = speed.channels_last(arch, device.type, training=False)
     model.to(device).to(memory_format=torch.channels_last if cl else torch.contiguous_format)
     norm = norm if norm is not None else Normalizer(mean, std, reuse=device.type == "cpu").to(device)
-    return image_forward(runner or model, norm, cl)
+    forward = image_forward(runner or model, norm, cl)
+    return forward if upto is None else _input_of(forward, upto)
+
+
+def _input_of(forward: Callable, upto: nn.Module) -> Callable:
+    """A forward that returns what `upto` receives (flattened float32) instead of the logits."""
+
+    def run(xb: torch.Tensor) -> torch.Tensor:
+        got = []
+        handle = upto.register_forward_pre_hook(lambda _m, inputs: got.append(inputs[0]))
+        try:
+            forward(xb)
+        finally:
+            handle.remove()
+        return got[0].detach().to(torch.float32, copy=True).flatten(1)  # never a view of a reused buffer
+
+    return run
 
 
 def _progress(batches, desc: str):
@@ -134,26 +177,21 @@ def predict_logits(
 
 
 @torch.no_grad()
-def tail_inputs(model: nn.Module, tail: nn.Module, forward: Callable, batches: ArrayBatches, prec, device):
-    """What `tail` receives for each item: the frozen backbone's features, computed once (eval, no grad).
+def tail_inputs(model: nn.Module, forward: Callable, batches: ArrayBatches, prec, device) -> torch.Tensor:
+    """The frozen backbone's features of each item, computed once (eval, no grad): `forward` is
+    for_inference's with `upto` the module that trains on them.
 
-    Feature extraction then trains the tail on these instead of rerunning the backbone every epoch."""
+    Feature extraction then trains that module on these instead of rerunning the backbone every epoch."""
     feats = []
-
-    def hook(_module, inputs):
-        feats.append(inputs[0].detach().to(torch.float32, copy=True))  # never a view of a reused buffer
-
-    handle = tail.register_forward_pre_hook(hook)
     was_training = model.training
     model.eval()
     try:
         for xb, _ in _progress(batches, "features (frozen backbone, once)"):
             with prec.autocast(device):
-                forward(xb)
+                feats.append(forward(xb).float())
     finally:
-        handle.remove()
         model.train(was_training)
-    return torch.cat(feats).flatten(1)
+    return torch.cat(feats)
 
 
 FP32 = Precision(None, False)
@@ -175,8 +213,8 @@ def predict_proba(
     the ties they make move AUROC and the threshold chosen on validation. Memory format and (for
     None) the batch size follow the device's measured rules (cxr_transfer.train.speed); a store larger
     than `budget` bytes is streamed from disk."""
-    forward = for_inference(model.eval(), arch, mean, std, device)
     x = np.asarray(x)
+    forward = for_inference(model.eval(), arch, mean, std, device, images=len(x), size=x.shape[-1])
     batch_size = batch_size or speed.inference_batch(device.type, x.shape[-1])
     batches = ArrayBatches(x[:, None], np.zeros(len(x)), batch_size, device=device, budget=budget)
     logits = predict_logits(forward, batches, FP32, device)

@@ -34,6 +34,7 @@ from cxr_transfer.train.loop import (
 )
 from cxr_transfer.train.models import build_model, get_spec
 from cxr_transfer.train.modes import setup_run
+from cxr_transfer.train.speed import compile_pays
 from dvclive import Live
 
 
@@ -131,6 +132,15 @@ def run_training(p: Params, job: TrainJob) -> None:
     shutil.rmtree(job.resume_dir / job.out.name, ignore_errors=True)
 
 
+def use_compile(setting: str | bool, arch: str, device, data, epochs: int) -> bool:
+    """train.compile: true or false as given; auto where its compile time is repaid by the faster
+    steps of the planned run (epochs x training images; speed.compile_pays)."""
+    if setting != "auto":
+        return bool(setting)
+    x = data["train"][0]
+    return compile_pays(arch, device.type, x.shape[-1], epochs * len(x))
+
+
 def train_one(
     p: Params, job: TrainJob, data, metas, out: Path, live_dir: Path, resume: Path, cv: dict | None = None
 ) -> None:
@@ -159,13 +169,16 @@ def train_one(
         augment=tc.augment,
         device=device,
         prec=prec,
-        compile_model=tc.compile,
+        compile_model=use_compile(tc.compile, job.arch, device, data, tc.epochs),
         freeze_epochs=mode.freeze_epochs,
         balanced=mode.sampler == "balanced",
         backbone_lr_mult=mode.backbone_lr_mult,
         budget=store_budget(device, tc.memory_budget),
         world=world,
         sync_batchnorm=tc.sync_batchnorm,
+        epochs=tc.epochs,
+        lr_slice=mode.lr_slice,
+        train_bn=mode.train_bn,
     )
     opt = make_optimizer(rs.groups, mode)
     sched = make_scheduler(opt, mode, tc.epochs, len(rs.train))

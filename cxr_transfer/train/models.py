@@ -60,20 +60,31 @@ def trainable_path(spec: ArchSpec, trainable: str) -> str:
     return {"all": "", "head": spec.last_layer, "classifier": spec.classifier}[trainable]
 
 
-def freeze_except(model: nn.Module, path: str) -> nn.Module:
-    """Freeze every parameter outside the module at `path` ('' = train everything); returns it."""
+def batchnorms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def freeze_except(model: nn.Module, path: str, train_bn: bool = False) -> nn.Module:
+    """Freeze every parameter outside the module at `path` ('' = train everything), except the
+    BatchNorm layers' with `train_bn` (fastai's); returns the module at `path`."""
     target = get_module(model, path) if path else model
     for p in model.parameters():
         p.requires_grad_(False)
     for p in target.parameters():
         p.requires_grad_(True)
+    for m in batchnorms(model) if train_bn else []:
+        for p in m.parameters():
+            p.requires_grad_(True)
     return target
 
 
-def set_train_mode(model: nn.Module, trained: nn.Module) -> None:
-    """Train mode for the trained module only: frozen BatchNorm keeps its running statistics."""
+def set_train_mode(model: nn.Module, trained: nn.Module, train_bn: bool = False) -> None:
+    """Train mode for the trained module only: frozen BatchNorm keeps its running statistics
+    (with `train_bn` every BatchNorm layer trains, its statistics too)."""
     model.eval()
     trained.train()
+    for m in batchnorms(model) if train_bn else []:
+        m.train()
 
 
 def load_trained(model_dir) -> tuple[nn.Module, ModelInfo]:

@@ -16,11 +16,13 @@ from torch import nn
 
 from cxr_transfer.core.errors import CxrError
 from cxr_transfer.core.registry import ArchSpec
+from cxr_transfer.train import speed
 from cxr_transfer.train.batches import ArrayBatches, Normalizer, augment_batch
 from cxr_transfer.train.distributed import World, block, gather_rows, wrap
 from cxr_transfer.train.engine import Precision, for_inference, image_forward, tail_inputs
 from cxr_transfer.train.loop import Loop, Phase
 from cxr_transfer.train.models import freeze_except, get_module, set_train_mode, trainable_path
+from cxr_transfer.train.onnxrt import onnx_forward, started
 from cxr_transfer.train.speed import channels_last, inference_batch
 
 
@@ -55,15 +57,30 @@ def image_batches(
     return ArrayBatches(x, y, batch_size, shuffle, seed, device, balanced, budget, shard=shard)
 
 
-def param_groups(model: nn.Module, spec: ArchSpec, trainable: str, backbone_lr_mult: float) -> list[dict]:
-    """The new last layer at the mode's rate, the rest of what the mode trains at lr x mult."""
+def param_groups(
+    model: nn.Module, spec: ArchSpec, trainable: str, backbone_lr_mult: float, lr_slice: float = 1.0
+) -> list[dict]:
+    """The new last layer at the mode's rate, the rest of what the mode trains at lr x mult; with
+    `lr_slice` (fastai's slice(lr / lr_slice, lr)) the rest is two layer groups in network order,
+    halves by parameter count, at lr / lr_slice and lr / sqrt(lr_slice): the rates of fastai's
+    three groups (even_mults)."""
     path = trainable_path(spec, trainable)
     target = get_module(model, path) if path else model
     head = list(get_module(model, spec.last_layer).parameters())
     ids = {id(p) for p in head}
     rest = [p for p in target.parameters() if id(p) not in ids]
-    return [{"params": head, "lr_mult": 1.0}] + (
-        [{"params": rest, "lr_mult": backbone_lr_mult}] if rest else []
+    groups = [{"params": head, "lr_mult": 1.0}]
+    if not rest:
+        return groups
+    if lr_slice == 1.0:
+        return groups + [{"params": rest, "lr_mult": backbone_lr_mult}]
+    sizes = np.cumsum([p.numel() for p in rest])
+    cut = int(np.searchsorted(sizes, sizes[-1] / 2)) + 1
+    low, mid = rest[:cut], rest[cut:]
+    return (
+        groups
+        + [{"params": low, "lr_mult": 1 / lr_slice}]
+        + ([{"params": mid, "lr_mult": lr_slice**-0.5}] if mid else [])
     )
 
 
@@ -85,6 +102,9 @@ def setup_run(
     budget: float | None = None,
     world: World | None = None,
     sync_batchnorm: bool = False,
+    epochs: int = 1,
+    lr_slice: float = 1.0,
+    train_bn: bool = False,
 ) -> RunSetup:
     """Move the model to `device` and build the phases: what is frozen, the loop and the batches.
 
@@ -102,7 +122,8 @@ def setup_run(
     runner = torch.compile(model) if compile_model else model
     train_cl = channels_last(spec.name, device.type, training=True)
     forward = image_forward(runner, norm, train_cl)
-    infer_batch = inference_batch(device.type, data["train"][0].shape[-1], batch_size)
+    size = data["train"][0].shape[-1]
+    infer_batch = inference_batch(device.type, size, batch_size)
     streamed = budget is not None and sum(np.asarray(data[s][0]).nbytes for s in ("train", "val")) > budget
     each = 0 if streamed else None  # the budget of each store
     t0 = time.perf_counter()
@@ -110,9 +131,25 @@ def setup_run(
     phases, cached = [], []
     for part, last in plan:
         path = trainable_path(spec, part)
-        trained = freeze_except(model, path)
-        if trained is not model and not augment:  # the feature pass: inference, its own format and batch
-            fwd = for_inference(model, spec.name, spec.mean, spec.std, device, norm, runner)
+        bn = train_bn and last is not None  # the frozen phase of a mode whose BatchNorm trains there
+        trained = freeze_except(model, path, bn)
+        if (
+            trained is not model and not augment and not bn
+        ):  # the feature pass: inference, its own format and batch
+            n_images = sum(len(data[s][1]) for s in ("train", "val")) // world.size
+            fwd = for_inference(
+                model,
+                spec.name,
+                spec.mean,
+                spec.std,
+                device,
+                norm,
+                runner,
+                upto=trained,
+                images=n_images,
+                size=size,
+                exact=prec.dtype is None,
+            )
             feats = {}
             for split in ("train", "val"):
                 x, y = data[split]
@@ -120,7 +157,7 @@ def setup_run(
                 none = rows.start == rows.stop  # fewer images than processes: one, for the shape
                 rows = slice(0, 1) if none else rows
                 xb = image_batches(x[rows], y[rows], infer_batch, device, budget=each)
-                mine = tail_inputs(model, trained, fwd, xb, prec, device).to(device)
+                mine = tail_inputs(model, fwd, xb, prec, device).to(device)
                 feats[split] = gather_rows(mine[:0] if none else mine, world, len(y))
             loop = Loop(trained, trained, trained.train, trained.eval)
             ddp = (lambda t=trained: wrap(t, device, sync_batchnorm)) if world.size > 1 else None
@@ -133,18 +170,31 @@ def setup_run(
             tr = image_batches(*data["train"], batch_size, device, True, seed, balanced, each, world.shard)
             va = image_batches(*data["val"], batch_size, device, budget=each)
             aug = _augmenter(tr, seed) if augment else None
-            loop = Loop(trained, forward, lambda t=trained: set_train_mode(model, t), model.eval, aug)
+            loop = Loop(
+                trained, forward, lambda t=trained, b=bn: set_train_mode(model, t, b), model.eval, aug
+            )
+            loop.infer = _validation_forward(model, spec, device, prec, world, size, len(va.y), epochs)
             ddp = (
                 (lambda: image_forward(wrap(runner, device, sync_batchnorm), norm, train_cl))
                 if world.size > 1
                 else None
             )
             cached.append(False)
-        phases.append(Phase(loop, tr, va, last, lambda p=path: freeze_except(model, p), ddp))
+        phases.append(Phase(loop, tr, va, last, lambda p=path, b=bn: freeze_except(model, p, b), ddp))
     seconds = time.perf_counter() - t0 if any(cached) else 0.0
     _memory_format(model, train_cl)  # what the full-model phases run in
-    groups = param_groups(model, spec, trainable, backbone_lr_mult)
+    groups = param_groups(model, spec, trainable, backbone_lr_mult, lr_slice)
     return RunSetup(phases, cached[0], train_cl, streamed, seconds, groups)
+
+
+def _validation_forward(model, spec: ArchSpec, device, prec, world: World, size: int, n: int, epochs: int):
+    """ONNX Runtime for each epoch's validation where it repays its export and a session per
+    epoch (one CPU process, float32); None: the training forward in eval mode."""
+    if device.type != "cpu" or prec.dtype is not None or world.size > 1:
+        return None
+    if not speed.onnx_pays(spec.name, size, n * epochs, sessions=epochs, first=not started()):
+        return None
+    return onnx_forward(model, spec.mean, spec.std, size)
 
 
 def _memory_format(model: nn.Module, cl: bool) -> None:

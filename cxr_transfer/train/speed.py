@@ -12,6 +12,7 @@ the defaults (NCHW, float32).
 from __future__ import annotations
 
 import ctypes
+import math
 import re
 import sys
 
@@ -24,6 +25,93 @@ NOISE = 0.02
 # CPU inference batch: the largest power of two with at most this many pixels per batch (64 at
 # 96-128 px, 16 at 224 px), within [8, 64]. Larger batches outgrow the caches without doing more.
 CPU_BATCH_PIXELS = 1 << 20
+
+
+# CPU inference through ONNX Runtime (cxr_transfer.train.onnxrt), per family and size: PyTorch's and
+# ONNX Runtime's images/s, the in-memory export's and a new session's seconds, as measured on 2
+# cores (`python -m bench --cases cpu-infer`: bench/results/cpu-full-2026-12-02-cpu-infer.json;
+# tests/test_onnxrt.py checks these are what its rows imply). A family or size without an entry
+# stays in PyTorch (VGG at 96 px: the TorchScript exporter cannot export its adaptive pooling
+# there). A process's first export also pays the exporter's start, CPU_ONNX_START seconds.
+CPU_ONNX: dict[str, dict[int, dict]] = {
+    "efficientnet": {
+        96: {
+            "pytorch_images_per_s": 226.5,
+            "onnxruntime_images_per_s": 509.1,
+            "export_seconds": 0.47,
+            "session_seconds": 0.126,
+        },
+        224: {
+            "pytorch_images_per_s": 46.1,
+            "onnxruntime_images_per_s": 105.5,
+            "export_seconds": 0.45,
+            "session_seconds": 0.047,
+        },
+    },
+    "resnet": {
+        96: {
+            "pytorch_images_per_s": 254.7,
+            "onnxruntime_images_per_s": 267.5,
+            "export_seconds": 0.32,
+            "session_seconds": 0.26,
+        },
+        224: {
+            "pytorch_images_per_s": 45.0,
+            "onnxruntime_images_per_s": 55.2,
+            "export_seconds": 0.34,
+            "session_seconds": 0.231,
+        },
+    },
+    "densenet": {
+        96: {
+            "pytorch_images_per_s": 110.2,
+            "onnxruntime_images_per_s": 163.3,
+            "export_seconds": 0.64,
+            "session_seconds": 0.191,
+        },
+        224: {
+            "pytorch_images_per_s": 22.1,
+            "onnxruntime_images_per_s": 29.5,
+            "export_seconds": 0.82,
+            "session_seconds": 0.075,
+        },
+    },
+    "vgg": {
+        224: {
+            "pytorch_images_per_s": 4.3,
+            "onnxruntime_images_per_s": 5.3,
+            "export_seconds": 3.61,
+            "session_seconds": 3.185,
+        },
+    },
+}
+CPU_ONNX_START = 0.66  # that file's exporter_start_seconds (a fresh process, as a stage)
+
+
+# torch.compile for training, per device type, family and size: eager and compiled training
+# images/s and the compile's seconds (its first step less an eager one), as measured on 2 cores
+# (`python -m bench --cases cpu-compile`: bench/results/cpu-full-2026-12-02-cpu-compile.json,
+# EfficientNet-Lite0 1.05x after a 93 s compile, ResNet-18 0.97x). CUDA has no row until the GPU
+# check (bench/gpu_check.py) measures it and prints the rows to add. train.compile: auto compiles
+# where compile_pays; a family or device without a row is never compiled by auto.
+COMPILE: dict[str, dict[str, dict[int, dict]]] = {
+    "cpu": {
+        "efficientnet": {
+            96: {
+                "eager_images_per_s": 75.5,
+                "compiled_images_per_s": 78.9,
+                "compile_seconds": 93.0,
+            },
+        },
+        "resnet": {
+            96: {
+                "eager_images_per_s": 62.6,
+                "compiled_images_per_s": 60.5,
+                "compile_seconds": 28.4,
+            },
+        },
+    },
+}
 
 
 def family(arch: str) -> str:
@@ -56,6 +144,75 @@ def inference_batch(device_type: str, image_size: int, train_batch: int = 0) -> 
         return max(64, train_batch)
     fits = max(1, CPU_BATCH_PIXELS // (image_size * image_size))
     return max(8, min(64, 1 << (fits.bit_length() - 1)))
+
+
+def _scaled_rates(table: dict, arch: str, size: int, rates: tuple[str, ...]) -> dict | None:
+    """The measured row of `arch`'s family nearest `size`, its `rates` scaled by pixels to `size`."""
+    rows = table.get(family(arch))
+    if not rows:
+        return None
+    near = min(rows, key=lambda s: abs(s - size))
+    f = (near / size) ** 2
+    return {**rows[near], **{k: rows[near][k] * f for k in rates}}
+
+
+def break_even(row: dict) -> int | None:
+    """Images from which ONNX Runtime's pass, export included, beats PyTorch's (None: never)."""
+    t_torch, t_ort = 1 / row["pytorch_images_per_s"], 1 / row["onnxruntime_images_per_s"]
+    if t_ort >= t_torch:
+        return None
+    return math.ceil((row["export_seconds"] + row["session_seconds"]) / (t_torch - t_ort))
+
+
+def derive_onnx_rule(runs: list[dict]) -> dict:
+    """CPU_ONNX as bench rows (cpu-infer) imply it: per family and size, the two rates, the
+    export's and a session's seconds; a family whose export failed at a size has no entry there."""
+    keys = ("pytorch_images_per_s", "onnxruntime_images_per_s", "export_seconds", "session_seconds")
+    rule: dict[str, dict[int, dict]] = {}
+    for r in runs:
+        if "export_error" not in r:
+            rule.setdefault(family(r["arch"]), {})[r["size"]] = {k: r[k] for k in keys}
+    return rule
+
+
+def onnx_pays(
+    arch: str, size: int, images: int, sessions: int = 1, exported: bool = False, first: bool = True
+) -> bool:
+    """Whether a float32 CPU pass of `images` images (over `sessions` weight versions, e.g. one
+    per epoch's validation) is faster through ONNX Runtime than through PyTorch, counting the
+    export (unless this process has it; the exporter's start if it is the process's `first`) and
+    each session, at the rates measured for the architecture's family (CPU_ONNX, scaled by pixels
+    from the nearest measured size)."""
+    r = _scaled_rates(CPU_ONNX, arch, size, ("pytorch_images_per_s", "onnxruntime_images_per_s"))
+    if r is None or images <= 0:
+        return False
+    t_torch = images / r["pytorch_images_per_s"]
+    t_ort = images / r["onnxruntime_images_per_s"] + sessions * r["session_seconds"]
+    export = 0.0 if exported else r["export_seconds"] + (CPU_ONNX_START if first else 0.0)
+    return t_ort + export < t_torch
+
+
+def compile_pays(arch: str, device_type: str, size: int, images: int) -> bool:
+    """Whether torch.compile shortens a training run of `images` image-steps (epochs x training
+    images) of `arch` at `size` on this device type: its compile seconds against the time its
+    faster steps save, at the measured rates (COMPILE, scaled by pixels from the nearest size)."""
+    r = _scaled_rates(
+        COMPILE.get(device_type, {}), arch, size, ("eager_images_per_s", "compiled_images_per_s")
+    )
+    if r is None or images <= 0:
+        return False
+    eager = images / r["eager_images_per_s"]
+    return r["compile_seconds"] + images / r["compiled_images_per_s"] < eager
+
+
+def derive_compile_rule(runs: list[dict]) -> dict:
+    """COMPILE's rows for one device type as bench rows (cpu-compile, gpu-check) imply them."""
+    keys = ("eager_images_per_s", "compiled_images_per_s", "compile_seconds")
+    rule: dict[str, dict[int, dict]] = {}
+    for r in runs:
+        if "compile_error" not in r:
+            rule.setdefault(family(r["arch"]), {})[r["size"]] = {k: r[k] for k in keys}
+    return rule
 
 
 def cpu_bf16() -> str | None:
