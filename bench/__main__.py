@@ -78,7 +78,7 @@ SIZES = {
         "cpu-infer": dict(
             archs=("efficientnet_lite0", "resnet18", "densenet121", "vgg19_bn"),
             sizes=(96, 224),
-            images={96: 256, 224: 32},
+            images={96: 1024, 224: 96},
             reps=3,
         ),
         "cpu-compile": dict(archs=("efficientnet_lite0", "resnet18"), size=96, batch=32, steps=5),

@@ -203,3 +203,18 @@ def test_validation_through_onnx_runtime_gives_pytorch_s_figures_every_epoch(tmp
             b.val_loss, abs=1e-5
         )
         assert a.train_loss == pytest.approx(b.train_loss, abs=1e-5)  # training never touches the export
+
+
+def test_the_kept_export_does_not_keep_its_model_alive():
+    import gc
+    import weakref
+
+    spec = get_spec("resnet18")
+    model = build_model("resnet18", None, 2, seed=0).eval()
+    fwd = onnxrt.onnx_forward(model, spec.mean, spec.std, 32)
+    assert onnxrt.onnx_forward(model, spec.mean, spec.std, 32) is fwd  # exported once per model
+    assert onnxrt.exported(model, spec.mean, spec.std, 32) is True and onnxrt.started()
+    alive = weakref.ref(model)
+    del model, fwd
+    gc.collect()
+    assert alive() is None  # the cache entry went with the model

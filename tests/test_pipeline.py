@@ -625,8 +625,31 @@ def test_a_folder_remote_round_trip_restores_the_results_without_retraining(repo
     # project, and predict with what arrived gives evaluate's probabilities
     tag = "efficientnet_lite0-ft@v1.0.0"
     sh(origin, "git", "-c", "user.email=t@t", "-c", "user.name=t", "tag", "-a", tag, "-m", "first version")
+    # GTO (the registry's own tool) promotes that version to prod and lists it
+    who = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    sh(origin, "env", *(f"{k}={v}" for k, v in who.items()), "gto", "assign", "efficientnet_lite0-ft",
+       "--version", "v1.0.0", "--stage", "prod")  # fmt: skip
+    shown = json.loads(stdout(origin, "gto", "show", "--json"))
+    assert shown["efficientnet_lite0-ft"]["version"] == "v1.0.0", shown
+    assert shown["efficientnet_lite0-ft"]["stage"]["prod"] == "v1.0.0", shown
     got = tmp_path / "got"
-    sh(tmp_path, "dvc", "artifacts", "get", str(origin), "efficientnet_lite0-ft", "-o", str(got))
+    sh(
+        tmp_path,
+        "dvc",
+        "artifacts",
+        "get",
+        str(origin),
+        "efficientnet_lite0-ft",
+        "--stage",
+        "prod",
+        "-o",
+        str(got),
+    )
     assert sorted(p.name for p in got.iterdir()) == ["card.json", "model.onnx"]
     pred = pd.read_csv(origin / "eval" / "efficientnet_lite0-ft-s0" / "predictions.csv")
     files = [str(origin / "data" / "raw" / p) for p in pred["path"]]

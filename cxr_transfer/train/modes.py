@@ -133,9 +133,8 @@ def setup_run(
         path = trainable_path(spec, part)
         bn = train_bn and last is not None  # the frozen phase of a mode whose BatchNorm trains there
         trained = freeze_except(model, path, bn)
-        if (
-            trained is not model and not augment and not bn
-        ):  # the feature pass: inference, its own format and batch
+        if trained is not model and not augment and not bn:
+            # the feature pass: inference, in its own runtime, memory format and batch
             n_images = sum(len(data[s][1]) for s in ("train", "val")) // world.size
             fwd = for_inference(
                 model,

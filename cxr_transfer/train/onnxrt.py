@@ -85,14 +85,16 @@ class OnnxForward:
     always on the model's current weights."""
 
     def __init__(self, model: nn.Module, mean, std, size: int, upto: nn.Module | None = None):
-        self.graph = _Graph(model, mean, std)
+        graph = _Graph(model, mean, std)
+        self.model = weakref.ref(model)  # the cache entry must not keep its own key alive
+        self.norm = {n: b for n, b in graph.named_buffers() if not n.startswith("model.")}
         was = model.training
         model.eval()
         buf = io.BytesIO()
         try:
             with _cut_at(model, upto), torch.no_grad(), _quiet():
                 torch.onnx.export(
-                    self.graph,
+                    graph,
                     (torch.zeros(2, 1, size, size, dtype=torch.uint8),),
                     buf,
                     dynamo=False,
@@ -106,7 +108,7 @@ class OnnxForward:
             raise CxrError(f"in-memory ONNX export failed ({first_line(e)})") from None
         finally:
             model.train(was)
-        tensors = dict(self.graph.state_dict(keep_vars=True))
+        tensors = self._state()
         self.proto, self.inits = _undo_dedup(buf.getvalue(), set(tensors))
         self.names = list(self.inits)
         skipped = set(upto.state_dict(prefix=_prefix(model, upto))) if upto is not None else set()
@@ -123,8 +125,14 @@ class OnnxForward:
         self._key = None
         self.sessions = 0  # sessions made (tests and the bench read it)
 
+    def _state(self) -> dict[str, torch.Tensor]:
+        """The graph's tensors by name: the model's (prefixed as the export named them) and the
+        normaliser's."""
+        sd = self.model().state_dict(prefix="model.", keep_vars=True)
+        return {**sd, **self.norm}
+
     def _tensors(self) -> list[tuple[str, torch.Tensor]]:
-        sd = self.graph.state_dict(keep_vars=True)
+        sd = self._state()
         return [(n, sd[n]) for n in self.names]
 
     def session(self):
