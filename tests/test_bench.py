@@ -155,3 +155,33 @@ def test_the_prepared_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert not seed["runs"][-1]["finished"] or len(seed["runs"]) == 3  # the budget cuts it, or all ran
     assert res["precision"] == "float32" and res["matmul_tflops"] is None  # CPU: no bf16, no MFU
     assert f"wrote {path}" in out.stdout
+
+
+def test_the_gpu_check_s_compile_rows_are_the_compiled_epoch_against_the_eager_one(monkeypatch):
+    """The compile measurement (full size only: inductor takes minutes on a CPU) turns ft's two
+    compiled epochs and the eager ft run into the rows speed.COMPILE needs."""
+    import torch
+
+    from bench import gpu_check
+
+    calls = []
+
+    def fake_run(arch, mode, data, batch, epochs, patience, device, prec, stop_at=None, compile_model=False):
+        calls.append((arch, mode, epochs, compile_model))
+        return {"train_images_per_s": [500.0, 800.0], "epoch_seconds": [70.0, 10.0], "val_accuracy": 0.9}
+
+    monkeypatch.setattr(gpu_check, "run_mode", fake_run)
+    eager = [
+        {"arch": a, "mode": m, "train_images_per_s": [640.0]} for a in ("vgg19_bn", "x") for m in ("fe", "ft")
+    ]
+    cfg = {"archs": ("vgg19_bn",), "size": 224, "batch": 64}
+    got = gpu_check.compile_rows(eager, None, cfg, torch.device("cpu"), None)
+    assert calls == [("vgg19_bn", "ft", 2, True)]
+    (row,) = got["runs"]
+    assert (row["eager_images_per_s"], row["compiled_images_per_s"], row["compile_seconds"]) == (
+        640.0,
+        800.0,
+        60.0,
+    )
+    rule = got["derived_compile_rule"]["cpu"]["vgg"][224]
+    assert rule == {"eager_images_per_s": 640.0, "compiled_images_per_s": 800.0, "compile_seconds": 60.0}
