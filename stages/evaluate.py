@@ -8,7 +8,7 @@ import torch
 
 from cxr_transfer.core.cli import run
 from cxr_transfer.core.params import load_params
-from cxr_transfer.evaluate.runs import Scorer, evaluate_run
+from cxr_transfer.evaluate.runs import Scorer, evaluate_run, models_of
 from cxr_transfer.train.speed import keep_freed_memory
 
 
@@ -24,7 +24,7 @@ def main() -> None:
     a = ap.parse_args()
     keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.train.speed)
     p = load_params(a.params)
-    score = Scorer(p.train.device, p.train.memory_budget)
+    score = Scorer(p.train.device, p.train.memory_budget, models_of(a.prepared))
     print(evaluate_run(a.model, a.prepared, a.splits, a.eval_dir, p.data.positive, p.evaluate, score))
 
 

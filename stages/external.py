@@ -7,7 +7,7 @@ from pathlib import Path
 from cxr_transfer.core.cli import run, write_json
 from cxr_transfer.core.params import load_params
 from cxr_transfer.core.tables import read_table
-from cxr_transfer.data.external import prepare_external
+from cxr_transfer.data.external import prepare_external, skip_if_not_this_data
 
 
 def main() -> None:
@@ -18,7 +18,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="folder: data.csv, x.npy, y.npy, meta.json")
     ap.add_argument("--report", type=Path, required=True, help="what was indexed, skipped and dropped (JSON)")
     a = ap.parse_args()
-    report, line = prepare_external(load_params(a.params), a.name, read_table(a.internal), a.out)
+    p = load_params(a.params)
+    if why := skip_if_not_this_data(p, a.name, a.out, a.report):  # the demo's site, the user's data
+        print(f"external {a.name}: skipped, {why}")
+        return
+    report, line = prepare_external(p, a.name, read_table(a.internal), a.out)
     write_json(a.report, report)
     print(line)
 

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import t as student_t
 
-from cxr_transfer.evaluate.crossval import corrected_t_interval
 from tests.test_pipeline import TINY, make_project, would_run
 
 pytestmark = pytest.mark.slow  # end to end: the fast tier (pytest -m "not slow") leaves it out
@@ -52,25 +52,28 @@ def test_k_fold_cross_validation_by_one_setting_tests_every_image_once(tmp_path)
         want = dict(zip(table["path"], test_fold, strict=True))
         assert (pred["fold"] == pred["path"].map(want)).all()  # by the model of the fold that tested it
         head = json.loads((work / "metrics" / "modes" / f"{n}.json").read_text())
-        assert head["n_test"] == 28 and head["accuracy"] == pytest.approx(
-            (pred["predicted"] == pred["class"]).mean()
-        )
-        m = json.loads((work / "eval" / f"{n}-s0" / "metrics.json").read_text())["folds"]
-        for r in m["per_fold"]:
+        m = json.loads((work / "eval" / f"{n}-s0" / "metrics.json").read_text())
+        assert m["pooled"]["accuracy"] == pytest.approx((pred["predicted"] == pred["class"]).mean())
+        for r in m["folds"]["per_fold"]:
             mine = pred[pred["fold"] == r["fold"]]
             assert r["accuracy"] == pytest.approx((mine["predicted"] == mine["class"]).mean(), abs=1e-6)
             assert r["n_train"] == len(folds[r["fold"]]["train"])
-        per_fold[n] = m["per_fold"]
+        # the headline is the mean of each fold's own figure, not the pooled one
+        mean = np.mean([r["accuracy"] for r in m["folds"]["per_fold"]])
+        assert head["n_test"] == 28 and head["accuracy"] == pytest.approx(mean, abs=1e-6)
+        assert m["ci_method"] == "over_folds" and len(m["calibration"]["per_fold"]) == 3
+        per_fold[n] = m["folds"]["per_fold"]
         for k in (1, 2):
             sidecar = json.loads((work / "models" / f"{n}-s0" / f"fold{k}" / "model.json").read_text())
             assert (sidecar["fold"], sidecar["folds"]) == (k, 3)
-    over = json.loads((work / "metrics" / "compare.json").read_text())[" vs ".join(reversed(runs))][
-        "over_folds"
-    ]
+    pair = json.loads((work / "metrics" / "compare.json").read_text())["pairs"][" vs ".join(reversed(runs))]
     d = [a["accuracy"] - b["accuracy"] for a, b in zip(per_fold[runs[1]], per_fold[runs[0]], strict=True)]
     ratio = np.mean([r["n_test"] / r["n_train"] for r in per_fold[runs[1]]])
-    assert over["accuracy"]["per_run"] == pytest.approx(d, abs=1e-6)
-    assert over["accuracy"]["ci"] == pytest.approx(corrected_t_interval(d, ratio, 0.95), abs=1e-5)
+    acc = pair["accuracy"]
+    assert acc["method"] == "over_folds" and acc["point"] == pytest.approx(np.mean(d), abs=1e-6)
+    if acc["ci"]:
+        half = student_t.ppf(0.975, 2) * np.sqrt((1 / 3 + ratio) * np.var(d, ddof=1))
+        assert acc["ci"] == pytest.approx([np.mean(d) - half, np.mean(d) + half], abs=1e-5)
     summary = (work / "metrics" / "summary.md").read_text()
     assert summary.startswith("# Results out of fold (3-fold cross-validation)")
-    assert "## Cross-validation: 3 folds" in summary and "over 3 folds [" in summary
+    assert "## Cross-validation: 3 folds" in summary and "Nadeau-Bengio" in summary

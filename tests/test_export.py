@@ -124,7 +124,12 @@ def test_the_card_carries_the_threshold_the_figures_and_the_probe_verdicts():
     assert alt["note"] == "not applied by predict; apply it to its p_Covid column"
     assert c["test_metrics"] == head and c["probes"]["flagged"] == ["pixels_8"]
     assert c["test_intervals"] == {"accuracy": [0.7, 0.9]} and "90% bootstrap" in c["test_metrics_note"]
-    assert c["calibration"] == {"temperature": 1.5, "ece_before": 0.2, "ece_after": 0.1}
+    assert {k: c["calibration"][k] for k in ("temperature", "ece_before", "ece_after")} == {
+        "temperature": 1.5,
+        "ece_before": 0.2,
+        "ece_after": 0.1,
+    }
+    assert c["output"]["calibrated"] is False and "p_<class>_calibrated" in c["calibration"]["applied"]
     assert c["probes"]["figures"] == {"pixels_8": {"auroc": 0.85}}
     assert c["training_data"]["store_sha1"] == {"train": "abc", "val": "def"}
     assert c["input"]["shape"] == ["batch", 1, 32, 32] and c["versions"]["onnxruntime"]

@@ -66,6 +66,25 @@ def test_a_training_step_reaches_the_next_pass_with_one_new_session():
     assert close(fwd(x), torch_logits(model, spec, x)) and fwd.sessions == 3
 
 
+def test_batchnorm_statistics_moved_without_a_step_reach_the_next_pass():
+    """Statistics re-estimated at a new site (train-mode forwards, no optimizer step): no parameter
+    moves and the buffers' version counters stay as they were, so a session keyed on parameters
+    alone would score the old statistics."""
+    spec, x = get_spec("resnet18"), images()
+    model = build_model("resnet18", None, 2, seed=0).eval()
+    fwd = onnxrt.OnnxForward(model, spec.mean, spec.std, 32)
+    before = fwd(x)
+    version = model.bn1.running_mean._version
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(8, 3, 32, 32) * 4)
+    model.eval()
+    assert model.bn1.running_mean._version == version  # what the old key read: unchanged
+    after = fwd(x)
+    assert fwd.sessions == 2 and not close(after, before) and close(after, torch_logits(model, spec, x))
+
+
 def test_equal_weights_stored_once_by_the_exporter_are_replaced_one_by_one():
     # a fresh model's BatchNorm layers all hold ones and zeros: the exporter keeps one copy of each
     spec, x = get_spec("efficientnet_lite0"), images()

@@ -2,6 +2,7 @@
 PyTorch and ONNX Runtime; the ONNX path without torch."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -140,6 +141,38 @@ def test_torch_and_onnx_give_the_same_probabilities_and_the_same_decisions(model
     card_ = json.loads((models[1] / "card.json").read_text())
     assert card_["decision"]["rule"].startswith("the class of highest probability (argmax")
     assert card_["decision"]["alternative"]["threshold"] == 0.9  # stated, not applied
+
+
+def test_a_card_s_temperature_gives_named_calibrated_probabilities_beside_the_network_s(
+    models, mixed, tmp_path
+):
+    """The card says what a user gets: the graph's softmax as p_<class>, and with a temperature
+    fitted by evaluate, p_<class>_calibrated = softmax(log p / T); none without one."""
+    from cxr_transfer.serve.onnx import calibrated
+    from cxr_transfer.serve.predict import gather, predict_files, table
+
+    files, _ = gather([str(mixed)])
+    plain = load_model(models[1])
+    assert plain.temperature is None
+    rows = [r for chunk, _ in predict_files(plain, files, 4) for r in chunk if "skipped" not in r]
+    assert "p_Covid_calibrated" not in table(rows, plain)
+    c = json.loads((models[1] / "card.json").read_text())
+    assert c["output"]["calibrated"] is False and "p_<class>_calibrated" in c["calibration"]["applied"]
+    dst = tmp_path / "warm"
+    shutil.copytree(models[1], dst)
+    c["calibration"]["temperature"] = 2.0
+    (dst / "card.json").write_text(json.dumps(c))
+    warm = load_model(dst)
+    rows = [r for chunk, _ in predict_files(warm, files, 4) for r in chunk if "skipped" not in r]
+    df = table(rows, warm)
+    p = df[["p_Normal", "p_Covid"]].to_numpy()
+    q = df[["p_Normal_calibrated", "p_Covid_calibrated"]].to_numpy()
+    z = np.log(p[:, 1] / p[:, 0]) / 2.0  # the log-odds halved
+    assert q[:, 1] == pytest.approx(1 / (1 + np.exp(-z)), abs=2e-5)
+    assert ((q[:, 1] >= 0.5) == (p[:, 1] >= 0.5)).all()  # the decision is the network's argmax either way
+    assert calibrated(np.array([[1e-30, 1.0]], np.float32), 10.0)[0, 0] == pytest.approx(
+        1 / (1 + 1e3), rel=1e-3
+    )
 
 
 def test_the_onnx_path_does_not_import_torch(models, mixed, tmp_path):

@@ -2,9 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxr_transfer.evaluate.compare import check_same_images, compare_modes, comparisons, table_lines
 from cxr_transfer.evaluate.evaluation import HEADLINE, evaluate, headline, prediction_table
 from cxr_transfer.evaluate.metrics import mcnemar_p
-from cxr_transfer.report.summary import compare_modes, comparisons, summary_markdown, summary_table
+from cxr_transfer.evaluate.verdicts import Scored
+from cxr_transfer.report.summary import summary_markdown, summary_table
 
 NAMES = ["vgg16-scratch", "vgg16-fe", "vgg16-ft", "vgg16-ft_classifier", "resnet18-ft", "resnet18-fe"]
 
@@ -31,6 +33,7 @@ def _preds(correct: np.ndarray, y: np.ndarray, positive="Covid", other="Normal")
             "group": np.arange(len(y)),
             "class": cls,
             "probability": p_pos,
+            "predicted": np.where(p_pos >= 0.5, positive, other),
         }
     )
 
@@ -40,12 +43,16 @@ def test_compare_modes_is_paired_on_the_same_images():
     a_right = np.ones(40, bool)
     b_right = np.ones(40, bool)
     b_right[:10] = False  # b is wrong on 10 images a gets right, never the other way
-    out = compare_modes({"x-ft": _preds(a_right, y), "x-scratch": _preds(b_right, y)}, "Covid", 200, 0, 0.95)
+    runs = {
+        n: {0: Scored.of(_preds(r, y), ["Normal", "Covid"], "Covid")}
+        for n, r in (("x-ft", a_right), ("x-scratch", b_right))
+    }
+    out = compare_modes(runs, None, ("auroc", "accuracy"), (200, 0, 0.95))
     c = out["x-ft vs x-scratch"]
-    assert c["accuracy_diff"] == pytest.approx(0.25)
+    assert c["accuracy"].point == pytest.approx(0.25) and c["accuracy"].method == "test_set"
     assert c["mcnemar_p"] == pytest.approx(mcnemar_p(a_right, b_right)) == pytest.approx(2 * 0.5**10)
-    lo, hi = c["accuracy_diff_ci"]
-    assert 0 < lo < 0.25 < hi <= 0.5
+    assert 0 < c["accuracy"].lo < 0.25 < c["accuracy"].hi <= 0.5
+    assert c["accuracy"].level() == "suggestive"  # one run per mode: never conclusive
 
 
 def test_compare_modes_refuses_predictions_on_different_images():
@@ -53,10 +60,10 @@ def test_compare_modes_refuses_predictions_on_different_images():
     a, b = _preds(np.ones(10, bool), y), _preds(np.ones(10, bool), y)
     b["path"] = b["path"][::-1].to_numpy()
     with pytest.raises(ValueError, match="evaluated on different test images"):
-        compare_modes({"x-fe": a, "x-scratch": b}, "Covid", 20, 0, 0.95)
+        check_same_images({"x-fe": list(a["path"]), "x-scratch": list(b["path"])})
 
 
-def test_summary_table_marks_the_best_accuracy_and_keeps_intervals():
+def test_summary_table_marks_only_the_best_its_verdict_supports_and_keeps_intervals():
     def m(acc, auc):
         return {
             "precision": 0.5,
@@ -70,12 +77,16 @@ def test_summary_table_marks_the_best_accuracy_and_keeps_intervals():
             "images_per_s": 2.0,
         }
 
-    df = summary_table({"a-scratch": [m(0.6, 0.7)], "a-fe": [m(0.9, None)], "a-ft": [m(0.8, 0.9)]})
+    runs = {"a-scratch": [m(0.6, 0.7)], "a-fe": [m(0.9, None)], "a-ft": [m(0.8, 0.9)]}
+    df = summary_table(runs)  # no verdict supports a winner: nobody is marked, not even the top accuracy
     assert "Seeds" not in df and "Accuracy SD" not in df  # one seed: today's table
-    assert df["Best"].tolist() == ["", "*", ""]
+    assert df["Best"].tolist() == ["", "", ""]
+    assert "(best" not in summary_markdown(df, [])
+    df = summary_table(runs, marks={"a-ft": "best internally, suggestive; behind fe at site-b"})
     assert df.loc[1, "Accuracy CI"] == [0.8, 1.0]
-    text = summary_markdown(df, {}, ["a-x trains exactly what a-y trains"])
-    assert "| **a-fe** (best) |" in text and "| 0.900 [0.800, 1.000] |" in text
+    text = summary_markdown(df, [], ["a-x trains exactly what a-y trains"])
+    assert "| **a-ft** (best internally, suggestive; behind fe at site-b) |" in text
+    assert "| 0.900 [0.800, 1.000] |" in text
     assert "| n/a |" in text  # an undefined AUROC is said, never shown as a number
     assert "Note: a-x trains exactly what a-y trains" in text
 
@@ -152,7 +163,13 @@ def test_the_trust_table_says_green_or_names_each_flag():
         "outside_lungs": {
             "lite": {"masked": r(0.5, False), "centre_only": {"auroc": 0.85}, "flagged": False}
         },
-        "near_duplicates": {"pairs": 2, "cross_split_pairs": 0, "flagged": False},
+        "near_duplicates": {
+            "pairs": 2,
+            "cross_split_pairs": 0,
+            "flagged": False,
+            "max_bits": 24,
+            "max_framed_bits": 36,
+        },
         "source": {"skipped": "no image has a source", "flagged": False},
         "flag_auroc": 0.8,
         "flag_cramers_v": 0.5,
@@ -225,19 +242,19 @@ def test_k_class_summary_compare_and_confusion_plot(tmp_path):
     test = pd.DataFrame({"path": [f"{i}.png" for i in range(90)], "group": np.arange(90)})
     test["class"], test["label"] = np.asarray(K3)[y], y
     preds = {"m-scratch": prediction_table_k(test, bad, K3), "m-fe": prediction_table_k(test, good, K3)}
-    compare = compare_modes(preds, "Covid", 100, 0, 0.95, K3)
+    runs_k = {n: {0: Scored.of(d, K3, "Covid")} for n, d in preds.items()}
+    compare = compare_modes(runs_k, None, ("auroc_macro", "accuracy"), (100, 0, 0.95))
     c = compare["m-fe vs m-scratch"]
     acc = (good.argmax(1) == y).mean() - (bad.argmax(1) == y).mean()
-    assert c["accuracy_diff"] == pytest.approx(acc) and c["auroc_macro_diff_ci"][0] > 0
+    assert c["accuracy"].point == pytest.approx(acc) and c["auroc_macro"].lo > 0
     figures, key = figures_for(3)
     runs = {
         n: [{**evaluate_k(y, P, None, K3, None, 20, 0, 0.95, 10), "train_seconds": 1.0, "images_per_s": 9}]
         for n, P in (("m-scratch", bad), ("m-fe", good))
     }
     table = summary_table(runs, figures, key)
-    assert table.set_index("NETWORK").loc["m-fe", "Best"] == "*"
     assert table.set_index("NETWORK").loc["m-fe", "AUROC (macro)"] == runs["m-fe"][0]["auroc_macro"]
-    md = summary_markdown(table, compare, figures=figures, auroc_key=key)
+    md = summary_markdown(table, table_lines(compare, (key, "accuracy")), figures=figures, auroc_key=key)
     assert "| NETWORK | Precision (macro) |" in md and "macro AUROC diff (95% CI)" in md
     plot_confusions({n: r[0] for n, r in runs.items()}, K3, None, tmp_path)
     assert (tmp_path / "confusion.png").stat().st_size > 5000
@@ -252,12 +269,13 @@ def _binary_case(n=60):
 
 
 def test_one_mode_says_there_is_nothing_to_compare_and_the_unit_is_named():
-    from cxr_transfer.evaluate.seeds import answer_lines
+    from cxr_transfer.evaluate.compare import answer_lines
     from cxr_transfer.report.summary import resampling_unit
 
     runs = {"m-fe": [{**evaluate(*_binary_case(), 20, 0, 0.95, 10), "train_seconds": 1.0, "images_per_s": 9}]}
     unit = resampling_unit(["img:ab", "img:cd"])
-    md = summary_markdown(summary_table(runs), {}, answer=answer_lines({}, {}, 1, unit=unit), unit=unit)
+    answer = answer_lines({}, {}, ("auroc", "accuracy"), None, unit)
+    md = summary_markdown(summary_table(runs), [], answer=answer, unit=unit)
     assert "Nothing to compare: one mode per architecture ran" in md and "| comparison |" not in md
     assert "nothing to compare" in md and "bootstrap over images: there is no patient table" in md
     assert "images of one patient may sit in train and test" in md

@@ -52,8 +52,11 @@ def test_a_three_class_demo_runs_end_to_end_as_an_experiment(tmp_path):
     files = next(iter(shown.values()))["data"]
     rows = [f for f in files if f.startswith("metrics/modes/")]
     assert sorted(rows) == sorted(f"metrics/modes/efficientnet_lite0-{m}.json" for m in modes)
-    compare = json.loads((work / "metrics" / "compare.json").read_text())
-    assert all({"accuracy_diff", "auroc_macro_diff_ci", "mcnemar_p"} <= set(c) for c in compare.values())
+    compare = json.loads((work / "metrics" / "compare.json").read_text())["pairs"]
+    assert all({"accuracy", "auroc_macro", "mcnemar_p"} <= set(c) for c in compare.values())
+    assert all(c["auroc_macro"]["method"] == "test_set" for c in compare.values())
+    skipped = json.loads((work / "metrics" / "external.json").read_text())
+    assert skipped["sites"] == [] or all(s["name"] != "site-b" for s in skipped["sites"])
     probe = json.loads((work / "metrics" / "probe.json").read_text())
     assert probe["auroc_average"] == "macro one-vs-rest over 3 classes"
     roc = pd.read_csv(work / "plots" / "roc.csv")

@@ -579,8 +579,8 @@ def test_one_cycle_is_fastai_s_fine_tune_schedule_step_by_step():
     assert one_cycle(25, 100, 1, 0) == pytest.approx((1.0, 0.85))  # no frozen epochs: fit_one_cycle's 25 %
 
 
-def test_fine_tune_sets_adam_s_momentum_and_the_three_groups_rates_each_step():
-    from cxr_transfer.core.params import FINE_TUNE
+def test_ft_one_cycle_sets_adam_s_momentum_and_the_three_groups_rates_each_step():
+    from cxr_transfer.core.params import FT_ONE_CYCLE
     from cxr_transfer.train.loop import one_cycle
 
     model = build_model("resnet18", None, 2, seed=0)
@@ -591,8 +591,8 @@ def test_fine_tune_sets_adam_s_momentum_and_the_three_groups_rates_each_step():
     assert (
         groups[1]["params"][0] is model.conv1.weight and groups[2]["params"][-1] is model.layer4[1].bn2.bias
     )
-    opt = make_optimizer(groups, FINE_TUNE)
-    sched = make_scheduler(opt, FINE_TUNE, 3, 10)
+    opt = make_optimizer(groups, FT_ONE_CYCLE)
+    sched = make_scheduler(opt, FT_ONE_CYCLE, 3, 10)
     for step in range(30):
         f, mom = one_cycle(step, 10, 3, 1)
         assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.002 * f, 0.00002 * f, 0.0002 * f])
@@ -601,8 +601,8 @@ def test_fine_tune_sets_adam_s_momentum_and_the_three_groups_rates_each_step():
         sched.step()
 
 
-def test_fine_tune_trains_batchnorm_while_the_rest_of_the_body_is_frozen(tmp_path):
-    from cxr_transfer.core.params import FINE_TUNE
+def test_ft_one_cycle_trains_batchnorm_while_the_rest_of_the_body_is_frozen(tmp_path):
+    from cxr_transfer.core.params import FT_ONE_CYCLE
 
     before = build_model("resnet18", None, 2, seed=0).state_dict()
     snaps, holder = {}, {}
@@ -610,7 +610,7 @@ def test_fine_tune_trains_batchnorm_while_the_rest_of_the_body_is_frozen(tmp_pat
     def snap(log):
         snaps[log.epoch] = {k: v.clone() for k, v in holder["model"].state_dict().items()}
 
-    _, rs, _, _ = run("resnet18", FINE_TUNE, tiny_data(), tmp_path, 2, on_epoch=snap, holder=holder)
+    _, rs, _, _ = run("resnet18", FT_ONE_CYCLE, tiny_data(), tmp_path, 2, on_epoch=snap, holder=holder)
     assert len(rs.phases) == 2 and not rs.cached_features  # BatchNorm moves: no cached features
     convs = [k for k in before if k.endswith("conv1.weight") or k.endswith("conv2.weight")]
     bns = [k for k in before if ".bn" in k and k.endswith(("weight", "bias", "running_mean"))]

@@ -106,24 +106,46 @@ def baselines(
     return out
 
 
-def external_baselines(cfg, classes: list[str], positive, prepared, splits, x_ext, ext_table) -> dict:
-    """The baselines fit on the internal training split (prepare's store, the split's train.csv)
-    and scored on an external set: a shortcut that carries over still separates the classes there."""
+def external_baselines(cfg, classes: list[str], positive, prepared, splits, x_ext, ext_table, boot) -> dict:
+    """The baselines fit on the internal training split (prepare's store, the split's train.csv),
+    scored on the internal test split and on an external set: whether each separates the classes
+    internally (its AUROC interval above 0.5) and keeps its margin over chance at the site
+    (verdicts.retention: holds, collapses or unclear). `boot`: (resamples, seed, confidence)."""
     from cxr_transfer.core.tables import read_table
     from cxr_transfer.data.prepare import load_store
+    from cxr_transfer.evaluate import verdicts as V
 
-    x_tr, y_tr = load_store(prepared, "train")
-    y_ext = ext_table["label"].to_numpy()
+    (x_tr, y_tr), (x_te, y_te) = load_store(prepared, "train"), load_store(prepared, "test")
+    test, y_ext = read_table(splits / "test.csv"), ext_table["label"].to_numpy()
     if len(classes) == 2:
         pos = classes.index(positive)
-        y_tr, y_ext = (y_tr == pos).astype(int), (y_ext == pos).astype(int)
-    groups = ext_table["group"].to_numpy()
+        y_tr, y_te, y_ext = ((v == pos).astype(int) for v in (y_tr, y_te, y_ext))
+    reps, seed, conf = boot
+    rng = np.random.default_rng(seed)
+    rs = [V.resample(t["group"].to_numpy(), len(t), reps, rng) for t in (test, ext_table)]
+    figure, n = ("auroc" if len(classes) == 2 else "auroc_macro"), len(y_te)
+    y_both = np.concatenate([y_te, y_ext])
 
-    def score(scores):
-        return scored(y_ext, scores, groups, cfg.bootstrap, cfg.seed, cfg.confidence, cfg.flag_auroc)
+    def score(p):
+        p = np.asarray(p, dtype=float)
+        runs = []
+        for part, y in ((p[:n], y_te), (p[n:], y_ext)):
+            runs.append([V.Scored(y, part, (decide_positive(part) if part.ndim == 1 else decide(part)) == y)])
+        (i, e), out = runs, {}
+        for where, r, w in (("internal", i, rs[0]), ("external", e, rs[1])):
+            points, draws = V.run_draws(figure, r, w.w)
+            out[where] = V.combine(points, draws, conf, w.units).as_dict()
+            out[where]["auroc"] = out[where]["point"]
+        kept = V.two_sets(figure, i, e, rs[0], rs[1], conf, V.retention)
+        lo = out["internal"]["ci"][0] if out["internal"]["ci"] else None
+        out |= {"retention": kept.as_dict(), "retention_word": V.retention_word(kept)}
+        out |= {"separates_internally": lo is not None and lo > 0.5, "auroc": out["external"]["auroc"]}
+        return out
 
     train = read_table(splits / "train.csv")
-    return baselines(x_tr, y_tr, x_ext, y_ext, train, ext_table, cfg.thumbnails, score)
+    x_both = np.concatenate([np.asarray(x_te), np.asarray(x_ext)])
+    both = pd.concat([test, ext_table], ignore_index=True)
+    return baselines(x_tr, y_tr, x_both, y_both, train, both, cfg.thumbnails, score)
 
 
 def blackout(x: np.ndarray, box: float, keep_centre: bool) -> np.ndarray:

@@ -34,8 +34,9 @@ def run_probes(
             extract = P.feature_extractor(arch, p.weights.dir, device)
             out["outside_lungs"][arch] = P.outside_lungs(extract, x_tr, y_tr, x_te, cfg.box, score)
     near, pairs = P.near_duplicate_report(
-        parts, p.split.near_duplicate_bits, p.split.near_duplicate_framed_bits
+        parts, p.probe.near_duplicate_bits, p.probe.near_duplicate_framed_bits
     )
+    near["split_join_bits"] = [p.split.near_duplicate_bits, p.split.near_duplicate_framed_bits]
     out["near_duplicates"] = near
     out["source"] = P.source_probe(pd.concat(parts.values(), ignore_index=True), cfg.flag_cramers_v)
     flags = [k for k, v in out.items() if v.get("flagged")]

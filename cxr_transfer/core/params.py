@@ -135,6 +135,7 @@ class ExternalConfig:
     root: str
     classes: dict[str, tuple[str, ...]] | None = None  # folder aliases per class; None = data.classes'
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    with_root: str | None = None  # scored only while data.root is this folder (the demo's site-b: data/raw)
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,7 @@ SEED_MODES: dict[str, ModeConfig] = {  # the seed tutorial's modes
 }
 # Gradual fine-tuning: one epoch on the frozen backbone, then every layer, the pretrained ones at a
 # tenth of the rate, with warmup, a cosine decay, AdamW and label smoothing. In the spirit of fastai's
-# fine_tune, not its recipe: that one is FINE_TUNE below.
+# fine_tune, not its recipe: FT_ONE_CYCLE below is closer.
 FT_GRADUAL = ModeConfig(
     True,
     "all",
@@ -283,10 +284,15 @@ FT_GRADUAL = ModeConfig(
     freeze_epochs=1,
     label_smoothing=0.1,
 )
-# fastai's Learner.fine_tune(epochs, base_lr=2e-3, freeze_epochs=1): one-cycle on the frozen body
+# After fastai's Learner.fine_tune(epochs, base_lr=2e-3, freeze_epochs=1): one-cycle on the frozen body
 # with BatchNorm trainable, then half the rate over every layer with one-cycle and
 # slice(base_lr / 100, base_lr) over the layer groups; fastai's Adam (decoupled weight decay 0.01).
-FINE_TUNE = ModeConfig(
+# Not fastai's recipe in: three layer groups split by parameter count (fastai: its per-architecture
+# split; two groups, body and head, for timm models), the frozen body's BatchNorm at the head's rate
+# (fastai: base_lr / 10), weight decay on BatchNorm and biases (fastai: none), the checkpoint kept by
+# train.select (fastai: the last), train.epochs counting the frozen epoch (fastai: epochs + 1) and
+# dropout off in the frozen epoch (fastai trains the whole model in train mode).
+FT_ONE_CYCLE = ModeConfig(
     True,
     "all",
     "adamw",
@@ -297,7 +303,7 @@ FINE_TUNE = ModeConfig(
     lr_slice=100.0,
     train_bn=True,
 )
-DEFAULT_MODES = {**SEED_MODES, "ft_gradual": FT_GRADUAL, "fine_tune": FINE_TUNE}
+DEFAULT_MODES = {**SEED_MODES, "ft_gradual": FT_GRADUAL, "ft_one_cycle": FT_ONE_CYCLE}
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -395,9 +401,13 @@ class ProbeConfig:
     bootstrap: int = 500
     confidence: float = 0.95
     seed: int = 0
+    near_duplicate_bits: int = 24  # looser than split's join: near pairs the split left apart
+    near_duplicate_framed_bits: int = 36
 
     def __post_init__(self):
         _check(len(self.thumbnails) > 0, "probe.thumbnails", "name at least one thumbnail size")
+        for k in ("near_duplicate_bits", "near_duplicate_framed_bits"):
+            _check(0 <= getattr(self, k) <= 128, f"probe.{k}", "must be in [0, 128] bits of a 256-bit pHash")
         for t in self.thumbnails:
             _check(2 <= t <= 64, "probe.thumbnails", f"{t} must be in [2, 64]")
         _check(0.1 <= self.box <= 0.95, "probe.box", "must be in [0.1, 0.95] (a fraction of each side)")
@@ -436,7 +446,7 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
-    external: tuple[ExternalConfig, ...] = (ExternalConfig("site-b", "data/site-b"),)
+    external: tuple[ExternalConfig, ...] = (ExternalConfig("site-b", "data/site-b", with_root="data/raw"),)
 
     def __post_init__(self):
         names = [e.name for e in self.external]
@@ -456,6 +466,13 @@ class Params:
         for name, mode in self.modes.items():
             _check(name.isidentifier(), f"modes.{name}", "a mode name must be a plain identifier")
             mode.validate(f"modes.{name}")
+        for k in ("near_duplicate_bits", "near_duplicate_framed_bits"):
+            join, probe = getattr(self.split, k), getattr(self.probe, k)
+            _check(
+                join is None or probe > join,
+                f"probe.{k}",
+                f"({probe}) must exceed split.{k} ({join}): the probe counts near pairs the split left apart",
+            )
         for m in self.train.modes:
             _choice(m, "train.modes", self.modes)
             _check(
@@ -464,6 +481,28 @@ class Params:
                 f"({self.modes[m].freeze_epochs}) leaves no epoch of train.epochs ({self.train.epochs}) "
                 "to train the unfrozen network; lower it or raise train.epochs",
             )
+
+
+def belongs(e: ExternalConfig, data_root: str) -> bool:
+    """Whether an external set goes with the data being trained on: a set tied to one data.root
+    (`with_root`, the demo's synthetic site-b) is scored only while data.root is that folder, so
+    a user's own data is never "externally validated" on the demo's synthetic radiographs."""
+    return e.with_root is None or Path(e.with_root) == Path(data_root)
+
+
+def active_external(p: Params) -> list[ExternalConfig]:
+    """The external sets that go with params' data.root."""
+    return [e for e in p.external if belongs(e, p.data.root)]
+
+
+def skipped_sites(p: Params) -> dict:
+    """{"skipped": {name: why}} for the external sets that do not go with data.root (empty when none)."""
+    why = {
+        e.name: f"scored only while data.root is {e.with_root} (its with_root); data.root is {p.data.root}"
+        for e in p.external
+        if not belongs(e, p.data.root)
+    }
+    return {"skipped": why} if why else {}
 
 
 def _convert(value, tp, key: str):

@@ -9,12 +9,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_transfer.core.cli import write_csv
+from cxr_transfer.core.cli import write_csv, write_json
 from cxr_transfer.core.errors import CxrError
-from cxr_transfer.core.params import Params
+from cxr_transfer.core.params import Params, skipped_sites
+from cxr_transfer.data.groups import group_names
 from cxr_transfer.data.index import index_folder
 from cxr_transfer.data.neardup import near_pairs_of
 from cxr_transfer.data.prepare import decode_into, write_store
+
+
+def skip_if_not_this_data(p: Params, name: str, out: Path, report: Path | None = None) -> str | None:
+    """Why external set `name` does not go with data.root (params' with_root), after writing
+    out/skipped.json (and `report`) saying so; None when it does (nothing is written)."""
+    why = skipped_sites(p).get("skipped", {}).get(name)
+    if why:
+        out.mkdir(parents=True, exist_ok=True)
+        for f in (out / "skipped.json", report):
+            if f is not None:
+                write_json(f, {"name": name, "skipped": why})
+    return why
 
 
 def internal_copies(
@@ -45,6 +58,19 @@ def internal_copies(
     return pd.DataFrame(rows, columns=["path", "internal_path", "how", "distance"])
 
 
+def join_near_copies(df: pd.DataFrame, limits: dict[str, int | None]) -> tuple[pd.DataFrame, int]:
+    """The site's own near-copies (by the split's pHash limits) joined into one resampling group
+    with their patient's or pixel group, so the bootstrap never counts one image twice as two
+    independent ones. Returns the frame and how many groups were merged away."""
+    i, j, _, _ = near_pairs_of(df, limits)
+    if not len(i):
+        return df, 0
+    before = df["group"].nunique()
+    names = group_names({"": df["group"].tolist()}, zip(i.tolist(), j.tolist(), strict=True))
+    out = df.assign(group=names)
+    return out, before - out["group"].nunique()
+
+
 def relabel(df: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """Labels as the internal class order numbers them (the models' output order)."""
     return df.assign(label=df["class"].map({c: i for i, c in enumerate(classes)}).astype(np.int64))
@@ -72,6 +98,7 @@ def prepare_external(p: Params, name: str, internal: pd.DataFrame, out: Path) ->
         p.index.workers,
         p.data.bits_stored,
         key,
+        all_classes=False,  # a site may hold only some of the classes: scored on what is defined
     )
     df = relabel(df, list(p.data.classes))
     limits = {"phash": p.split.near_duplicate_bits, "phash_framed": p.split.near_duplicate_framed_bits}
@@ -81,6 +108,7 @@ def prepare_external(p: Params, name: str, internal: pd.DataFrame, out: Path) ->
         raise CxrError(
             f"external set {ext.name}: every image is a copy of an internal one; nothing is left to test"
         )
+    kept, joined = join_near_copies(kept, limits)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(kept, out / "data.csv")
     size, paths = p.prepare.image_size, [str(root / q) for q in kept["path"]]
@@ -105,6 +133,7 @@ def prepare_external(p: Params, name: str, internal: pd.DataFrame, out: Path) ->
             "pairs": copies.to_dict("records"),
         },
         "images_kept": len(kept),
+        "near_copy_groups_joined": joined,
         "per_class_kept": {str(k): int(v) for k, v in kept["class"].value_counts().sort_index().items()},
     }
     line = (

@@ -171,10 +171,12 @@ def build_index(
     bits_stored: int | None = None,
     sources: dict[str, str] | None = None,
     key: str = "data.root",
+    all_classes: bool = True,
 ) -> tuple[pd.DataFrame, dict]:
     """Walk, decode and tabulate; returns (data frame, report dict). `groups` and `sources` map
     file names to patient ids and to image sources (hospital, archive), from the metadata table;
-    `key` names the params key the folder came from in messages (an external set's root)."""
+    `key` names the params key the folder came from in messages (an external set's root). Every
+    class must have images unless `all_classes` is False (an external site may hold only some)."""
     root = Path(root)
     if not root.is_dir():
         raise IndexError_(f"{key} {root} does not exist or is not a folder; set {key} in params.yaml")
@@ -199,7 +201,8 @@ def build_index(
     df, no_meta = _assign_groups(df, groups)
     df["source"] = _lookup(df, sources).fillna("") if sources else ""
     empty = [c for c in classes if not (df["class"] == c).any()]
-    if empty:
+    if df.empty or (empty and all_classes):
+        empty = empty or list(classes)
         raise IndexError_(f"class {empty[0]} has no usable images under {root}; check its folder aliases")
     report = _report(df, skipped, no_meta)
     if sources:
@@ -216,6 +219,7 @@ def index_folder(
     workers: int,
     bits_stored=None,
     key="data.root",
+    all_classes=True,
 ):
     """Index one folder of class folders with its metadata tables (patients, sources): the index
     stage's whole job, shared by the external test sets. Returns (data frame, report)."""
@@ -232,7 +236,9 @@ def index_folder(
         groups = read_columns(mp.tables, metadata.filename_column, mp.patient_column, "patient_column")
     if mp.tables and mp.source_column:
         sources = read_columns(mp.tables, metadata.filename_column, mp.source_column, "source_column")
-    df, report = build_index(Path(root), classes, max_pixels, workers, groups, bits_stored, sources, key)
+    df, report = build_index(
+        Path(root), classes, max_pixels, workers, groups, bits_stored, sources, key, all_classes
+    )
     report["metadata"] = {
         "tables": [t.name for t in mp.tables],
         "found": mp.found,

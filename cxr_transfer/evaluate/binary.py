@@ -104,12 +104,3 @@ def bootstrap_ci(y, p, threshold, groups, reps, seed, confidence=0.95, bins=10) 
     y, p = np.asarray(y), np.asarray(p)
     stat = lambda i: point_metrics(y[i], p[i], threshold, bins)  # noqa: E731
     return E.bootstrap(stat, len(y), groups, reps, seed, confidence, keys=POINT)
-
-
-def paired_difference(y, pa, pb, groups, reps, seed, confidence=0.95) -> dict:
-    """Model A minus model B on the same test images: accuracy and AUROC, with paired bootstrap
-    intervals (the same resampled images for both) and McNemar's p on the decisions."""
-    y, ps = np.asarray(y).astype(bool), (np.asarray(pa), np.asarray(pb))
-    correct = tuple((q >= 0.5) == y for q in ps)
-    area = lambda idx, model: E.auroc(y[idx], ps[model][idx])  # noqa: E731
-    return E.paired(y, correct, "auroc", area, groups, reps, seed, confidence)

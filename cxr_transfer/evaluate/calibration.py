@@ -17,10 +17,10 @@ from cxr_transfer.evaluate.metrics import brier, normalise, top_label_ece
 LO, HI = 1e-3, 100.0  # the search's bounds on T
 
 
-def logit(p, eps: float = 1e-7) -> np.ndarray:
-    """Log-odds of P(positive): for two classes, the difference of the softmax's logits."""
-    p = np.clip(np.asarray(p, dtype=float), eps, 1 - eps)
-    return np.log(p) - np.log1p(-p)
+def log_odds(logits, positive: int) -> np.ndarray:
+    """Two classes: the positive logit minus the other's (the softmax's log-odds), in float64."""
+    z = np.asarray(logits, dtype=float)
+    return z[:, positive] - z[:, 1 - positive]
 
 
 def _nll(z: np.ndarray, y: np.ndarray, beta: float) -> float:
@@ -64,18 +64,8 @@ def unusable(t: float | None) -> str | None:
     return None
 
 
-def logits(P) -> np.ndarray:
-    """What temperature divides: for two classes the log-odds of the second column (the softmax's
-    logit difference; a sigmoid of it is the two-class softmax), for K the log-probabilities
-    (the softmax's logits up to a constant per image)."""
-    P = normalise(P)
-    if P.shape[1] == 2:
-        return logit(P[:, 1])
-    return np.log(P + np.finfo(float).tiny)
-
-
 def probabilities(z: np.ndarray) -> np.ndarray:
-    """(N, K) probabilities from `logits`' output (scaled by 1/T)."""
+    """(N, K) probabilities from log-odds (two classes) or logits, scaled by 1/T."""
     if z.ndim == 1:
         p = 1.0 / (1.0 + np.exp(-z))
         return np.column_stack([1 - p, p])
@@ -90,14 +80,16 @@ def _figures(y, P, bins: int, when: str) -> dict:
     return {f"ece_{when}": top_label_ece(y, P, bins), f"brier_{when}": brier(y, P)}
 
 
-def calibrate(y_val, P_val, y_test, P_test, bins: int = 10) -> tuple[dict, np.ndarray | None]:
-    """Fit T on validation, apply it to test: the figures before and after, and the calibrated
-    (N, K) test probabilities (None when T cannot be fitted, or ran to its bound: flagged, not
-    applied). Two classes or K: one fit, the two-class case on log-odds."""
+def calibrate(y_val, z_val, y_test, z_test, P_test, bins: int = 10) -> tuple[dict, np.ndarray | None]:
+    """Fit T on the validation logits, apply it to the test logits: the figures before (of the
+    model's own probabilities `P_test`) and after, and the calibrated (N, K) test probabilities
+    (None when T cannot be fitted, or ran to its bound: flagged, not applied). `z`: the log-odds
+    (two classes, `log_odds`) or the (N, K) logits; the fit never sees probabilities, which
+    saturate in float32 where the logits do not."""
     P_test, y_test = normalise(P_test), np.asarray(y_test).astype(int)
-    t = fit_temperature(logits(P_val), y_val)
+    t = fit_temperature(z_val, y_val)
     before = _figures(y_test, P_test, bins, "before")
     if reason := unusable(t):
         return {"temperature": None, "temperature_fit": t, "reason": reason, **before}, None
-    P_cal = probabilities(logits(P_test) / t)
+    P_cal = probabilities(np.asarray(z_test, dtype=float) / t)
     return {"temperature": t, **before, **_figures(y_test, P_cal, bins, "after")}, P_cal

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from cxr_transfer.core.cli import write_csv, write_json
 from cxr_transfer.core.decision import decide, decide_positive
 from cxr_transfer.evaluate import metrics as E
 from cxr_transfer.evaluate.binary import bootstrap_ci, point_metrics, two_columns, undefined_reasons
-from cxr_transfer.evaluate.calibration import calibrate
+from cxr_transfer.evaluate.calibration import calibrate, log_odds
 from cxr_transfer.evaluate.metrics import threshold_counts, youden_threshold
 
 
@@ -29,7 +30,7 @@ def evaluate(y, p, groups, y_val, p_val, reps: int, seed: int, confidence: float
     """The metrics of one model on the test split.
 
     Argmax (threshold 0.5) is the headline; the Youden threshold is chosen on validation and only
-    then applied to test, reported separately, so nothing is tuned on test."""
+    then applied to test, reported separately, so nothing is tuned on test (`y_val` None: none)."""
     y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float)
     m = point_metrics(y, p, 0.5, bins)
     out = {k: m[k] for k in m if k not in ("per_class", "confusion")}
@@ -39,8 +40,10 @@ def evaluate(y, p, groups, y_val, p_val, reps: int, seed: int, confidence: float
     out["confusion"] = m["confusion"]
     out["ci"] = bootstrap_ci(y, p, 0.5, groups, reps, seed, confidence, bins)
     out["ci_level"] = confidence
-    t = youden_threshold(y_val, p_val)
-    if t is None:
+    t = None if y_val is None else youden_threshold(y_val, p_val)
+    if y_val is None:  # pooled folds: each fold's own threshold is in its per-fold row
+        pass
+    elif t is None:
         out["youden"] = {"threshold": None, "reason": "the validation split has one class"}
     else:
         mt = point_metrics(y, p, t, bins)
@@ -193,19 +196,34 @@ def curves_k(y, P, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     )
 
 
-def score_split(test: pd.DataFrame, val: pd.DataFrame, probs: dict, classes: list[str], positive, cfg):
+@dataclass(frozen=True)
+class Scores:
+    """A model's (N, K) softmax probabilities and the float32 logits they came from (temperature
+    scaling divides the logits: probabilities saturate where logits do not)."""
+
+    probs: np.ndarray
+    logits: np.ndarray
+
+    @staticmethod
+    def concat(parts: list[Scores]) -> Scores:
+        return Scores(*(np.concatenate([getattr(q, f) for q in parts]) for f in ("probs", "logits")))
+
+
+def score_split(test: pd.DataFrame, val: pd.DataFrame, scores: dict, classes: list[str], positive, cfg):
     """One model's scores on a test set, judged: the metrics (threshold from `val`, never from
     test), the per-image predictions (with temperature-scaled probabilities, two classes), the
-    ROC and PR points, (y, scores) as the metrics saw them, and the calibration block. `probs`
-    holds the (N, K) probabilities of "test" and "val"; `cfg` is params' evaluate section."""
+    ROC and PR points, (y, scores) as the metrics saw them, and the calibration block. `scores`
+    holds the Scores of "test" and "val"; `cfg` is params' evaluate section."""
     groups = test["group"].to_numpy()
     reps, seed, conf, bins = cfg.bootstrap, cfg.seed, cfg.confidence, cfg.ece_bins
+    probs = {s: v.probs for s, v in scores.items()}
     if len(classes) == 2:
         pos = classes.index(positive)
         y, y_val = (test["label"] == pos).to_numpy(), (val["label"] == pos).to_numpy()
         p_test, p_val = probs["test"][:, pos], probs["val"][:, pos]
         m = evaluate(y, p_test, groups, y_val, p_val, reps, seed, conf, bins)
-        cal, P_cal = calibrate(y_val, two_columns(p_val), y, two_columns(p_test), bins)
+        z_val, z_test = (log_odds(scores[s].logits, pos) for s in ("val", "test"))
+        cal, P_cal = calibrate(y_val, z_val, y, z_test, two_columns(p_test), bins)
         pred = prediction_table(test, p_test, classes, positive)
         if P_cal is not None:
             pred["probability_calibrated"] = P_cal[:, 1].round(6)  # temperature-scaled on validation
@@ -213,7 +231,8 @@ def score_split(test: pd.DataFrame, val: pd.DataFrame, probs: dict, classes: lis
     else:
         y, y_val, p_test = test["label"].to_numpy(), val["label"].to_numpy(), probs["test"]
         m = evaluate_k(y, p_test, groups, classes, positive, reps, seed, conf, bins)
-        cal = calibrate(y_val, probs["val"], y, p_test, bins)[0]
+        z_val, z_test = (scores[s].logits.astype(float) for s in ("val", "test"))
+        cal = calibrate(y_val, z_val, y, z_test, p_test, bins)[0]
         pred = prediction_table_k(test, p_test, classes)
         roc_pr = curves_k(y, p_test, classes)
     cal = {k: round(v, 6) if isinstance(v, float) else v for k, v in cal.items()}

@@ -1,198 +1,256 @@
 """External test sets: another site's images, kept apart from everything that trains, selects or
-thresholds a model, and checked for copies of the internal images (public COVID collections
-reuse each other's images, so an "external" set often holds some of the training data).
-"""
+thresholds a model. At each site: every mode's AUROC (threshold-free, so comparable across sites)
+and accuracy at the internal rule beside the site's prevalence and the majority-class accuracy;
+each mode's drop from the internal test set; whether the internal leader is behind another mode
+there; and whether the shortcut baselines and the CNN keep their margin over chance. Every word
+comes from evaluate/verdicts.py."""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
-from cxr_transfer.core.decision import decide, decide_positive
-from cxr_transfer.evaluate.metrics import auroc, group_indices, interval
+from cxr_transfer.evaluate import verdicts as V
 
 
-def _figures(y: np.ndarray, p: np.ndarray) -> tuple[float, float | None]:
-    """Accuracy (argmax / 0.5) and AUROC (macro one-vs-rest for K classes) of scores `p`."""
-    if p.ndim == 1:
-        return float((decide_positive(p) == y).mean()), auroc(y, p)
-    aucs = [auroc(y == c, p[:, c]) for c in range(p.shape[1])]
-    return float((decide(p) == y).mean()), None if None in aucs else float(np.mean(aucs))
+def _mean(points: np.ndarray) -> float | None:
+    return None if np.isnan(points).any() else float(points.mean())
 
 
-def scores_of(pred: pd.DataFrame, classes: list[str], positive: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """(y, scores) from a predictions.csv: P(positive) for two classes, the (N, K) columns for more."""
-    if len(classes) == 2:
-        return (pred["class"] == positive).to_numpy().astype(int), pred["probability"].to_numpy(float)
-    return pred["label"].to_numpy(), pred[[f"p_{c}" for c in classes]].to_numpy(float)
-
-
-def drop(
-    internal: pd.DataFrame, external: pd.DataFrame, classes, positive, reps: int, seed: int, conf: float
+def mode_at_site(
+    figure: str,
+    internal: dict[int, V.Scored],
+    external: dict[int, V.Scored],
+    rs_int: V.Resamples,
+    rs_ext: V.Resamples,
+    conf: float,
 ) -> dict:
-    """External minus internal accuracy and AUROC of one model, with a percentile interval from
-    resampling each set's groups on its own (two independent samples, not paired images)."""
-    (yi, pi), (ye, pe) = scores_of(internal, classes, positive), scores_of(external, classes, positive)
-    (ai, ui), (ae, ue) = _figures(yi, pi), _figures(ye, pe)
-    rng = np.random.default_rng(seed)
-    units = [group_indices(d["group"].to_numpy(), len(d)) for d in (internal, external)]
-    acc, auc = [], []
-    for _ in range(reps):
-        i, e = (np.concatenate([u[k] for k in rng.integers(0, len(u), len(u))]) for u in units)
-        (bi, bui), (be, bue) = _figures(yi[i], pi[i]), _figures(ye[e], pe[e])
-        acc.append(be - bi)
-        auc.append(None if bui is None or bue is None else bue - bui)
-    return {
-        "internal": {"accuracy": round(ai, 6), "auroc": None if ui is None else round(ui, 6), "n": len(yi)},
-        "external": {"accuracy": round(ae, 6), "auroc": None if ue is None else round(ue, 6), "n": len(ye)},
-        "accuracy_drop": round(ae - ai, 6),
-        "accuracy_drop_ci": interval(acc, conf),
-        "auroc_drop": None if ui is None or ue is None else round(ue - ui, 6),
-        "auroc_drop_ci": interval(auc, conf),
-    }
-
-
-def ranking(figures: dict[str, float | None]) -> list[str]:
-    """Modes from best to worst by a figure (undefined last)."""
-    return sorted(figures, key=lambda m: -(figures[m] if figures[m] is not None else -np.inf))
-
-
-def _holds(internal: float | None, external: float | None) -> bool | None:
-    """Whether an AUROC keeps at least half of its margin over chance on the external set."""
-    if internal is None or external is None or internal <= 0.5:
-        return None
-    return external - 0.5 >= 0.5 * (internal - 0.5)
-
-
-def shortcut_line(
-    name: str, probe: dict, base: dict, cnn: str, cnn_int: float | None, cnn_ext: float | None
-) -> str:
-    """The probes' verdict on one external set: do the baselines trained on the internal data (pixels,
-    acquisition facts) still separate the classes there, and does the best internal CNN?"""
-    keys = [k for k in base if k in probe and probe[k].get("auroc") is not None]
-    if not keys:
-        return f"- **{name}**: no baseline to compare."
-    k = max(keys, key=lambda q: probe[q]["auroc"])
-    bi, be = probe[k]["auroc"], base[k]["auroc"]
-    b_holds, c_holds = _holds(bi, be), _holds(cnn_int, cnn_ext)
-    fig = f"AUROC {bi:.2f} internal -> {be:.2f} on {name}" if be is not None else f"AUROC {bi:.2f} internal"
-    cnn_fig = "n/a" if cnn_int is None or cnn_ext is None else f"{cnn_int:.2f} -> {cnn_ext:.2f}"
-    what = k.replace("_", " ")
-    head = f"- **{name}**: the strongest baseline ({what}, fit on the internal training split): {fig}; "
-    head += f"{cnn}: {cnn_fig}. "
-    if b_holds is None:
-        return head + "The baselines did not separate the classes internally: no shortcut to carry over."
-    if b_holds and c_holds:
-        return (
-            head + "Both hold: what the baseline reads (a shortcut or coarse disease signal) carries over to "
-            "this site, so it cannot be ruled out as part of the CNN's result."
-        )
-    if not b_holds and c_holds:
-        return (
-            head + "The baseline collapses and the CNN holds: evidence that the CNN reads more than the "
-            "shortcut the baseline found."
-        )
-    if not b_holds and not c_holds:
-        return head + "Both collapse: the internal figure was most likely the shortcut, not disease."
-    return (
-        head
-        + "The baseline holds but the CNN collapses: the CNN did not learn what carries over between sites."
-    )
-
-
-def compare_sites(
-    name: str,
-    n_images: int,
-    internal: dict[str, pd.DataFrame],
-    external: dict[str, pd.DataFrame],
-    classes: list[str],
-    positive: str | None,
-    boot: tuple[int, int, float],
-) -> dict:
-    """One external set against the internal test set: each run's figures, drop and interval, and
-    per arch the modes ranked by accuracy in both (`reversed`: the internal winner is beaten at this
-    site; a tie is not a reversal)."""
-    runs = {n: drop(internal[n], external[n], classes, positive, *boot) for n in internal}
-    ranks = {}
-    for arch in dict.fromkeys(n.rpartition("-")[0] for n in runs):
-        mine = {n.rpartition("-")[2]: r for n, r in runs.items() if n.rpartition("-")[0] == arch}
-        acc = {w: {m: r[w]["accuracy"] for m, r in mine.items()} for w in ("internal", "external")}
-        inside, outside = ranking(acc["internal"]), ranking(acc["external"])
-        beaten = acc["external"][inside[0]] < acc["external"][outside[0]]
-        ranks[arch] = {"internal": inside, "external": outside, "accuracy": acc, "reversed": beaten}
-    return {"name": name, "images": n_images, "runs": runs, "ranking": ranks}
-
-
-def _order(modes: list[str], figure: dict[str, float]) -> str:
-    """'ft > fe = ft_gradual > scratch': modes best first, ties (equal to 3 decimals) with '='."""
-    out = modes[0]
-    for a, b in zip(modes, modes[1:], strict=False):
-        out += (" = " if round(figure[a], 3) == round(figure[b], 3) else " > ") + b
+    """One mode's figures internal and external (means over its runs, paired by seed), the drops
+    with their intervals (each set resampled on its own) and the AUROC's retention of its margin
+    over chance."""
+    seeds = sorted(set(internal) & set(external))
+    internal, external = [internal[s] for s in seeds], [external[s] for s in seeds]
+    out = {"seeds": seeds}
+    for key in (figure, "accuracy"):
+        out[key] = {
+            "internal": _mean(V.run_draws(key, internal, np.ones((1, len(internal[0].y))))[0]),
+            "external": _mean(V.run_draws(key, external, np.ones((1, len(external[0].y))))[0]),
+            # k folds: each a mean over the fold models, like for like
+            "drop": V.two_sets(key, internal, external, rs_int, rs_ext, conf),
+        }
+    kept = V.two_sets(figure, internal, external, rs_int, rs_ext, conf, V.retention)
+    out["retention"], out["retention_word"] = kept, V.retention_word(kept)
     return out
 
 
-def answer_lines(sites: list[dict]) -> list[str]:
-    """'Which way wins?' at each external site, beside the internal ranking, said plainly when the
-    best mode is another one."""
+def prevalence(y: np.ndarray, classes: list[str], positive: str | None) -> dict:
+    """The site's class shares and the accuracy of always calling its most common class."""
+    y = np.asarray(y)
+    if len(classes) == 2:
+        other = classes[1 - classes.index(positive)]
+        shares = {positive: float(y.mean()), other: float(1 - y.mean())}
+    else:
+        shares = {c: float((y == i).mean()) for i, c in enumerate(classes)}
+    top = max(shares, key=shares.get)
+    return {
+        "shares": {k: round(v, 4) for k, v in shares.items()},
+        "majority": top,
+        "majority_accuracy": round(shares[top], 4),
+    }
+
+
+def site_verdicts(
+    name: str,
+    internal: dict[str, dict[int, V.Scored]],
+    external: dict[str, dict[int, V.Scored]],
+    groups: tuple,
+    best: dict,
+    figure: str,
+    boot: tuple[int, int, float],
+    classes: list[str],
+    positive: str | None,
+) -> dict:
+    """One external set against the internal test set. `internal`, `external`: name -> {seed: its
+    scores}; `groups`: (internal groups, external groups), the resampling units; `best`:
+    compare.best_modes' result. Per arch, the leader (the established best, else the internal
+    point leader) against every other mode at the site, at a Bonferroni confidence over those
+    comparisons: who is shown ahead of it there, and whether the ranking reverses."""
+    reps, seed, conf = boot
+    rng = np.random.default_rng(seed)
+    ext0, int0 = (next(iter(next(iter(d.values())).values())) for d in (external, internal))
+    rs_int = V.resample(groups[0], len(int0.y), reps, rng)
+    rs_ext = V.resample(groups[1], len(ext0.y), reps, rng)
+    runs = {n: mode_at_site(figure, internal[n], external[n], rs_int, rs_ext, conf) for n in internal}
+    ranks = {}
+    for arch, b in best.items():
+        mine = {n.rpartition("-")[2]: n for n in runs if n.rpartition("-")[0] == arch}
+        leader = b["best"] or b["leader"]
+        if leader is None or len(mine) < 2:
+            continue
+        c = V.bonferroni(conf, len(mine) - 1)
+        leads = {}
+        for m, n in mine.items():
+            if m != leader:
+                seeds = sorted(set(external[mine[leader]]) & set(external[n]))
+                first, second = ([external[x][s] for s in seeds] for x in (mine[leader], n))
+                leads[m] = V.difference(figure, first, second, rs_ext, c)
+        ahead, level = V.ahead_of(leads)
+        ranks[arch] = {
+            "leader": leader,
+            "leader_established": b["level"],
+            "leads": leads,
+            "confidence": c,
+            "ahead_at_site": ahead,
+            "ahead_level": level,
+            "reversed": V.reverses(b["level"], level),
+        }
+    return {
+        "name": name,
+        "images": len(ext0.y),
+        "site": prevalence(ext0.y, classes, positive),
+        "runs": runs,
+        "ranking": ranks,
+    }
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _ci(iv: V.Interval) -> str:
+    if iv.point is None:
+        return "n/a"
+    return f"{iv.point:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}]" if iv.ci else f"{iv.point:+.3f}"
+
+
+def answer_lines(sites: list[dict], figure: str) -> list[str]:
+    """'Which way wins?' at each external site, in the words the site's intervals allow."""
+    auc = "AUROC" if figure == "auroc" else "macro AUROC"
     lines = []
     for s in sites:
+        maj = s["site"]
         for arch, r in s["ranking"].items():
-            outside, inside = (
-                _order(r["external"], r["accuracy"]["external"]),
-                _order(r["internal"], r["accuracy"]["internal"]),
-            )
+            mine = {n.rpartition("-")[2]: v for n, v in s["runs"].items() if n.rpartition("-")[0] == arch}
+            order = sorted(mine, key=lambda m: -(mine[m][figure]["external"] or -1))
+            said = ", ".join(f"{m} {_f(mine[m][figure]['external'])}" for m in order)
+            acc = ", ".join(f"{m} {_f(mine[m]['accuracy']['external'])}" for m in order)
             line = (
                 f"- **At {s['name']}** (external, {s['images']} images, never used to train, select or "
-                f"threshold), {arch} ranks {outside} by accuracy (internal: {inside})."
+                f"threshold): {arch}'s {auc} {said}; accuracy at the internal rule {acc}, against "
+                f"{_f(maj['majority_accuracy'])} for always calling {maj['majority']}."
             )
-            best = r["internal"][0]
-            if r["reversed"]:
-                line += (
-                    f" **The ranking reverses: internally {best} wins, at {s['name']} "
-                    f"{r['external'][0]} does**; an internal-only verdict would name the wrong winner here."
-                )
-            elif sum(v == r["accuracy"]["external"][best] for v in r["accuracy"]["external"].values()) > 1:
-                line += f" The internal winner, {best}, is no longer ahead: it ties at this site."
-            else:
-                line += f" The internal winner, {best}, holds."
-            lines.append(line)
+            lines.append(line + " " + _site_words(s["name"], r, mine, figure))
     return [*lines, ""] if lines else []
 
 
-def _pm(v, ci) -> str:
-    if v is None:
-        return "n/a"
-    return f"{v:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else f"{v:+.3f}"
+def _site_words(site: str, r: dict, mine: dict, figure: str) -> str:
+    """Reverses (the internal best conclusive, another mode conclusively ahead here), ahead
+    (weaker: said with its level and why it is no reversal), or inconclusive."""
+    leader, level = r["leader"], r["leader_established"]
+    who = f"the internal best, {leader}," if level != V.INCONCLUSIVE else f"the internal leader, {leader},"
+    if mine[leader][figure]["external"] is None:
+        return f"AUROC is undefined at {site} (it holds one class): no ranking there."
+    rivals = ", ".join(r["ahead_at_site"])
+    if r["reversed"]:
+        return (
+            f"**The ranking reverses**: {rivals} is ahead of {who} at {site} (conclusive; "
+            f"{r['confidence']:.1%} intervals over the {len(r['leads'])} comparisons)."
+        )
+    if not rivals:
+        return f"No mode is shown ahead of {who} at {site} (inconclusive at this site)."
+    why = (
+        "one run per mode"
+        if r["ahead_level"] == V.SUGGESTIVE
+        else f"{leader}'s internal lead was {level}, not conclusive"
+    )
+    return f"{rivals} is ahead of {who} at {site} ({r['ahead_level']}; no reversal is claimed: {why})."
 
 
-def markdown(sites: list[dict], unit: str) -> list[str]:
-    """The summary's external section: each run internal vs external, the drop with its interval."""
+def shortcut_line(name: str, base: dict, cnn: str, cnn_row: dict | None, figure: str) -> str:
+    """The probes' verdict at one site: does the strongest shortcut baseline that separated the
+    classes internally keep its margin over chance there, and does the CNN? `base`: external_eval's
+    baselines.json (each with internal and external AUROC and the retention interval)."""
+    sep = {k: v for k, v in base.items() if v.get("separates_internally")}
+    if not sep:
+        return (
+            f"- **{name}**: no shortcut baseline separated the classes internally (each interval holds 0.5): "
+            "nothing to carry over."
+        )
+    k = max(sep, key=lambda q: sep[q]["internal"]["auroc"])
+    b = sep[k]
+    head = (
+        f"- **{name}**: the strongest baseline ({k.replace('_', ' ')}, fit on the internal training split): "
+        f"AUROC {_f(b['internal']['auroc'])} internal -> {_f(b['external']['auroc'])} here, retention "
+        f"{_ci(V.Interval(**_iv(b['retention'])))}: {b['retention_word']}; "
+    )
+    if cnn_row is None or cnn_row["retention"].point is None:
+        return head + f"{cnn}: AUROC undefined at this site."
+    r = cnn_row[figure]
+    head += (
+        f"{cnn}: {_f(r['internal'])} -> {_f(r['external'])}, retention {_ci(cnn_row['retention'])}: "
+        f"{cnn_row['retention_word']}. "
+    )
+    return head + _shortcut_words(b["retention_word"], cnn_row["retention_word"])
+
+
+def _iv(d: dict) -> dict:
+    lo, hi = d["ci"] or (None, None)
+    return {"point": d["point"], "lo": lo, "hi": hi, "runs": d["runs"], "method": d["method"]}
+
+
+def _shortcut_words(base: str, cnn: str) -> str:
+    if "unclear" in (base, cnn):
+        return (
+            "No verdict: an interval holds the line of keeping half the margin over chance "
+            "(more images at this site would tell)."
+        )
+    return {
+        (
+            "holds",
+            "holds",
+        ): "Both hold: what the baseline reads (a shortcut or coarse disease signal) carries "
+        "over to this site, so it cannot be ruled out as part of the CNN's result.",
+        ("collapses", "holds"): "The baseline collapses and the CNN holds: the CNN reads something that "
+        "carries over where the baseline's signal does not.",
+        (
+            "collapses",
+            "collapses",
+        ): "Both collapse: either both rested on something particular to the internal "
+        "data (a shortcut), or this site's images differ enough (domain shift) to defeat both; this set "
+        "alone cannot tell which.",
+        ("holds", "collapses"): "The baseline holds but the CNN collapses: the CNN did not learn what "
+        "carries over between these sites.",
+    }[(base, cnn)]
+
+
+def markdown(sites: list[dict], figure: str, unit: str) -> list[str]:
+    """The summary's external section: each run internal vs external, the drops with their
+    intervals, and the retention of the AUROC's margin over chance."""
+    auc = "AUROC" if figure == "auroc" else "macro AUROC"
     lines = ["## External test sets", ""]
     for s in sites:
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in s["site"]["shares"].items())
         lines += [
-            f"**{s['name']}**: {s['images']} images from another site, scored by each model as trained "
-            "(threshold and calibration from the internal validation split).",
+            f"**{s['name']}**: {s['images']} images from another site ({shares}; always calling "
+            f"{s['site']['majority']} scores accuracy {s['site']['majority_accuracy']:.3f}), scored by each "
+            "model as trained (threshold and calibration from the internal validation split).",
             "",
-            "| model | accuracy internal | external | drop (95% CI) "
-            "| AUROC internal | external | drop (95% CI) |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            f"| model | {auc} internal | external | drop (95% CI) | accuracy internal | external "
+            "| drop (95% CI) | margin over chance |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for n, r in s["runs"].items():
-            i, e = r["internal"], r["external"]
-            f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-            acc, auc = (
-                _pm(r["accuracy_drop"], r["accuracy_drop_ci"]),
-                _pm(r["auroc_drop"], r["auroc_drop_ci"]),
-            )
+            a, c = r[figure], r["accuracy"]
             lines.append(
-                f"| {n} | {f(i['accuracy'])} | {f(e['accuracy'])} | {acc} "
-                f"| {f(i['auroc'])} | {f(e['auroc'])} | {auc} |"
+                f"| {n} | {_f(a['internal'])} | {_f(a['external'])} | {_ci(a['drop'])} | {_f(c['internal'])} "
+                f"| {_f(c['external'])} | {_ci(c['drop'])} | {r['retention_word']} |"
             )
         lines.append("")
     lines += [
         f"Drops are external minus internal; intervals resample {unit.split(':')[0]} of each set on its own "
-        "(two independent samples). Whether the shortcut baselines carry over to each site is in "
-        "*Can these results be trusted?* above.",
+        "(two independent samples; with several seeds, combined with the seeds' spread). *Margin over "
+        "chance*: whether the external AUROC keeps at least half of the internal margin over 0.5 (holds) "
+        "or loses more than half (collapses), by the interval of (external - 0.5) - (internal - 0.5) / 2; "
+        "unclear where it holds 0.",
         "",
     ]
     return lines

@@ -7,13 +7,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cxr_transfer.core.cli import write_csv, write_json, write_text
-from cxr_transfer.core.params import ModeConfig, Params
+from cxr_transfer.core.params import ModeConfig, Params, active_external, skipped_sites
+from cxr_transfer.evaluate import compare as C
 from cxr_transfer.evaluate import crossval
 from cxr_transfer.evaluate import external as EXT
-from cxr_transfer.evaluate.seeds import aggregate, answer_lines, paired_over_seeds, run_name
+from cxr_transfer.evaluate.compare import check_same_images
+from cxr_transfer.evaluate.seeds import aggregate, run_name
+from cxr_transfer.evaluate.verdicts import FoldAverage, Scored, jsonable
 from cxr_transfer.report import summary as R
 from cxr_transfer.report.outputs import write_gradcam, write_pages, write_plots
 from cxr_transfer.train.card import ModelInfo
@@ -45,33 +49,29 @@ def build_report(p: Params, paths: ReportPaths, bundle) -> str:
     seeds, cfg = p.train.seeds, p.evaluate
     classes = list(p.data.classes)
     figures, auroc_key = R.figures_for(len(classes))
+    keys, boot = (auroc_key, "accuracy"), (cfg.bootstrap, cfg.seed, cfg.confidence)
     runs = {f"{a}-{m}": [run_name(a, m, s) for s in seeds] for a in p.archs for m in p.train.modes}
     first = {n: rs[0] for n, rs in runs.items()}  # plots, curves and Grad-CAM show the first seed's run
-    full = {
-        n: [json.loads((paths.eval / r / "metrics.json").read_text()) for r in rs] for n, rs in runs.items()
+    full, heads, preds_all = (
+        {n: [read(paths.eval / r) for r in rs] for n, rs in runs.items()} for read in READERS
+    )
+    preds = {n: ps[0] for n, ps in preds_all.items()}
+    check_same_images(
+        {f"{n} (run {i})": list(d["path"]) for n, ps in preds_all.items() for i, d in enumerate(ps)}
+    )
+    scored = {
+        n: {s: internal_view(d, classes, p.data.positive) for s, d in zip(seeds, ps, strict=True)}
+        for n, ps in preds_all.items()
     }
-    heads = {
-        n: [json.loads((paths.eval / r / "headline.json").read_text()) for r in rs] for n, rs in runs.items()
-    }
-    preds = {n: pd.read_csv(paths.eval / r / "predictions.csv") for n, r in first.items()}
-    compare = R.compare_modes(preds, p.data.positive, cfg.bootstrap, cfg.seed, cfg.confidence, classes)
-    over = {}
+    groups = next(iter(preds.values()))["group"].to_numpy()
     folds = full[next(iter(full))][0].get("folds")  # k-fold runs: the per-fold figures of each
-    if folds:
-        for pair in compare:
-            a, b = (crossval.by_run(seeds, full[n]) for n in pair.split(" vs "))
-            over[pair] = crossval.paired_over_folds(a, b, ("accuracy", auroc_key), cfg.confidence)
-            compare[pair]["over_folds"] = over[pair]
-    elif len(seeds) > 1:
-        for pair in compare:
-            a, b = (dict(zip(seeds, heads[n], strict=True)) for n in pair.split(" vs "))
-            over[pair] = paired_over_seeds(a, b, ("accuracy", auroc_key), cfg.confidence)
-            compare[pair]["over_seeds"] = over[pair]
+    per_fold = {n: crossval.by_run(seeds, full[n]) for n in full} if folds else None
+    compare = C.compare_modes(scored, groups, keys, boot, per_fold)
+    aggregated = {n: aggregate(hs) for n, hs in heads.items()}
+    best = C.best_modes(compare, list(runs), auroc_key, {n: a.get(auroc_key) for n, a in aggregated.items()})
     paths.modes_metrics.mkdir(parents=True, exist_ok=True)
-    for n, hs in heads.items():
-        write_json(paths.modes_metrics / f"{n}.json", aggregate(hs))
-    table = R.summary_table(full, figures, auroc_key)
-    write_csv(table, paths.out_metrics / "summary.csv")
+    for n, a in aggregated.items():
+        write_json(paths.modes_metrics / f"{n}.json", a)
     notes = same_mode_notes(paths.models, first)
     current = {r for rs in runs.values() for r in rs}
     stale = R.stale_runs({"eval": paths.eval, "dvclive": paths.live}, current)
@@ -81,34 +81,82 @@ def build_report(p: Params, paths: ReportPaths, bundle) -> str:
             "train.modes or train.seeds); not part of these results (delete them: git rm -r)."
         )
     probe = json.loads(paths.probe.read_text())
-    unit = R.resampling_unit(next(iter(preds.values()))["group"])
-    k = folds["k"] if folds else None
-    answer = answer_lines(compare, over, len(seeds), R.flagged_probes(probe), auroc_key, unit, k)
-    sites, shortcut = external_results(paths, p, first, preds, probe)
+    unit = R.resampling_unit(groups)
+    answer = C.answer_lines(compare, best, keys, R.flagged_probes(probe), unit)
+    sites, shortcut = external_results(paths, p, runs, scored, best, auroc_key)
     if sites:
-        answer += ["**On images from another site:**", "", *EXT.answer_lines(sites)]
+        answer += ["**On images from another site:**", "", *EXT.answer_lines(sites, auroc_key)]
+    table = R.summary_table(full, figures, auroc_key, best_marks(best, sites))
+    write_csv(table, paths.out_metrics / "summary.csv")
     curves = write_plots(paths, p, runs, first, preds, {n: ms[0] for n, ms in full.items()})
     shares = write_gradcam(paths, p, first, preds)
-    md = R.summary_markdown(table, compare, notes, probe, answer, figures, auroc_key, unit)
+    md = R.summary_markdown(
+        table, C.table_lines(compare, keys), notes, probe, answer, figures, auroc_key, unit
+    )
     if folds:
         head, sep, tail = md.partition("## Mode against mode (same test images")
-        md = head + "\n".join(crossval.markdown(full, auroc_key)) + "\n" + sep + ", pooled out of fold" + tail
+        md = head + "\n".join(crossval.markdown(full, auroc_key)) + "\n" + sep + ", out of fold" + tail
         md = md.replace(
             "# Results on the test split", f"# Results out of fold ({folds['k']}-fold cross-validation)", 1
         )
     if sites:
         head, sep, tail = md.partition("## Mode against mode")
-        md = head + "\n".join(EXT.markdown(sites, unit)) + "\n" + sep + tail
+        md = head + "\n".join(EXT.markdown(sites, auroc_key, unit)) + "\n" + sep + tail
         head, sep, tail = md.partition("## The results")
         lead = "**At the external sites** (do the shortcut baselines carry over?):"
         md = head + "\n".join([lead, "", *shortcut, "", ""]) + sep + tail
     md += R.gradcam_share_lines(shares, p.probe.box, classes, p.data.positive)
     write_text(paths.out_metrics / "summary.md", md)
-    write_json(paths.out_metrics / "compare.json", compare)
+    write_json(paths.out_metrics / "compare.json", {"pairs": C.as_json(compare), "best": best})
     write_json(paths.out_metrics / "gradcam_share.json", shares)
-    write_json(paths.out_metrics / "external.json", {"sites": sites, "shortcut_baselines": shortcut})
+    external = {"sites": jsonable(sites), "shortcut_baselines": shortcut, **skipped_sites(p)}
+    write_json(paths.out_metrics / "external.json", external)
     write_pages(paths, p, md, curves, first, shares, bundle)
     return md
+
+
+def internal_view(pred: pd.DataFrame, classes: list[str], positive):
+    """A run's scores on the internal test set: one model's, or with k folds (a `fold` column) the
+    mean over fold models of each one's figure on its own test part."""
+    if "fold" not in pred:
+        return Scored.of(pred, classes, positive)
+    parts = []
+    for f in sorted(pred["fold"].unique()):
+        rows = np.flatnonzero(pred["fold"].to_numpy() == f)
+        parts.append((Scored.of(pred.iloc[rows], classes, positive), rows))
+    return FoldAverage(tuple(parts), len(pred))
+
+
+def external_view(folder: Path, classes: list[str], positive):
+    """A run's scores on an external set: its model's, or with k folds every fold model's
+    (folder/fold<i>/), averaged figure by figure."""
+    subs = [folder, *sorted(folder.glob("fold*"), key=lambda q: int(q.name[4:]))]
+    parts = [(Scored.of(pd.read_csv(q / "predictions.csv"), classes, positive), None) for q in subs]
+    return parts[0][0] if len(parts) == 1 else FoldAverage(tuple(parts), len(parts[0][0].y))
+
+
+READERS = (
+    lambda d: json.loads((d / "metrics.json").read_text()),
+    lambda d: json.loads((d / "headline.json").read_text()),
+    lambda d: pd.read_csv(d / "predictions.csv"),
+)
+
+
+def best_marks(best: dict, sites: list[dict]) -> dict[str, str]:
+    """The results table's mark per run name: "best" with its level where the intervals support
+    one, and the sites where another mode is shown ahead of it."""
+    marks = {}
+    for arch, b in best.items():
+        if not b["best"]:
+            continue
+        behind = [
+            f"behind {', '.join(r['ahead_at_site'])} at {s['name']}"
+            for s in sites
+            if (r := s["ranking"].get(arch)) and r["ahead_at_site"]
+        ]
+        where = "best internally" if behind else "best"
+        marks[f"{arch}-{b['best']}"] = "; ".join([f"{where}, {b['level']}", *behind])
+    return marks
 
 
 def same_mode_notes(models: Path, runs: dict[str, str]) -> list[str]:
@@ -127,28 +175,43 @@ def same_mode_notes(models: Path, runs: dict[str, str]) -> list[str]:
     return notes
 
 
-def external_results(paths, p, first: dict, preds: dict, probe: dict) -> tuple[list[dict], list[str]]:
-    """Each external set against the internal test set (the first seed's runs): figures, drops,
-    rankings, and whether the probes' baselines and the best internal CNN carry over."""
+def external_results(
+    paths, p, runs: dict, scored: dict, best: dict, figure: str
+) -> tuple[list[dict], list[str]]:
+    """Each external set against the internal test set (every seed's runs): figures, drops,
+    the leader's standing there, and whether the probes' baselines and the leading CNN keep
+    their margin over chance."""
     sites, lines = [], []
     classes, cfg = list(p.data.classes), p.evaluate
-    best = max(first, key=lambda n: (preds[n]["predicted"] == preds[n]["class"]).mean())  # internal winner
-    for e in p.external:
+    first_run = next(iter(runs.values()))[0]
+    groups = pd.read_csv(paths.eval / first_run / "predictions.csv")["group"].to_numpy()
+    for e in active_external(p):
         folder = paths.eval / "external" / e.name
-        ext = {n: pd.read_csv(folder / r / "predictions.csv") for n, r in first.items()}
-        site = EXT.compare_sites(
+        ext = {
+            n: {
+                s: external_view(folder / r, classes, p.data.positive)
+                for s, r in zip(p.train.seeds, rs, strict=True)
+            }
+            for n, rs in runs.items()
+        }
+        groups = pd.read_csv(paths.eval / next(iter(runs.values()))[0] / "predictions.csv")[
+            "group"
+        ].to_numpy()
+        ext_groups = pd.read_csv(folder / first_run / "predictions.csv")["group"].to_numpy()
+        site = EXT.site_verdicts(
             e.name,
-            len(next(iter(ext.values()))),
-            preds,
+            scored,
             ext,
+            (groups, ext_groups),
+            best,
+            figure,
+            (cfg.bootstrap, cfg.seed, cfg.confidence),
             classes,
             p.data.positive,
-            (cfg.bootstrap, cfg.seed, cfg.confidence),
         )
         sites.append(site)
         base = json.loads((folder / "baselines.json").read_text())
-        r = site["runs"][best]
-        lines.append(
-            EXT.shortcut_line(e.name, probe, base, best, r["internal"]["auroc"], r["external"]["auroc"])
-        )
+        arch, b = next(iter(best.items()))
+        cnn = f"{arch}-{b['best'] or b['leader']}"
+        lines.append(EXT.shortcut_line(e.name, base, cnn, site["runs"].get(cnn), figure))
     return sites, lines

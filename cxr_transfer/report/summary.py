@@ -8,10 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_transfer.core.errors import CxrError
-from cxr_transfer.evaluate import metrics
-from cxr_transfer.evaluate.binary import paired_difference
-
 
 def fmt(v, ci=None) -> str:
     if v is None or v != v:  # None, or NaN where a DataFrame column held a None
@@ -49,9 +45,16 @@ def figures_for(n_classes: int) -> tuple[dict[str, str], str]:
     return (FIGURES, "auroc") if n_classes == 2 else (FIGURES_K, "auroc_macro")
 
 
-def summary_table(runs: dict[str, list[dict]], figures=FIGURES, auroc_key: str = "auroc") -> pd.DataFrame:
+def summary_table(
+    runs: dict[str, list[dict]],
+    figures=FIGURES,
+    auroc_key: str = "auroc",
+    marks: dict[str, str] | None = None,
+) -> pd.DataFrame:
     """The seed's results table (NETWORK, Precision, Recall, F1-Score, Accuracy, Specificity),
-    extended with AUROC, 95% intervals and training time; the best accuracy row is marked.
+    extended with AUROC, 95% intervals and training time; `marks` (name -> "best, conclusive"...,
+    from the verdict procedures) fills the Best column, so a row is called best only where the
+    intervals support it.
 
     `runs` maps each arch-mode to its runs' metrics, one per seed. Each figure is the mean over
     seeds; with several seeds the table adds each figure's standard deviation ("<figure> SD") and
@@ -71,11 +74,9 @@ def summary_table(runs: dict[str, list[dict]], figures=FIGURES, auroc_key: str =
         row["AUROC CI"] = ms[0]["ci"][auroc_key] if one else None
         if not one:
             row["Seeds"] = len(ms)
+        row["Best"] = (marks or {}).get(name, "")
         rows.append(row)
-    df = pd.DataFrame(rows)
-    acc = df["Accuracy"].astype(float).fillna(-1)
-    df["Best"] = np.where(acc == acc.max(), "*", "")
-    return df
+    return pd.DataFrame(rows)
 
 
 def _cell(r: dict, col: str, ci_col: str | None = None) -> str:
@@ -87,7 +88,7 @@ def _cell(r: dict, col: str, ci_col: str | None = None) -> str:
 
 def summary_markdown(
     df: pd.DataFrame,
-    compare: dict,
+    compare: list[str],
     notes: list[str] = (),
     probe: dict | None = None,
     answer: list[str] = (),
@@ -95,7 +96,8 @@ def summary_markdown(
     auroc_key: str = "auroc",
     unit: str = "patients",
 ) -> str:
-    """The summary page; `unit` names what the bootstrap resamples (`resampling_unit`)."""
+    """The summary page; `compare`: the mode-against-mode table's lines (compare.table_lines);
+    `unit` names what the bootstrap resamples (`resampling_unit`)."""
     seeds = int(df["Seeds"].iloc[0]) if "Seeds" in df else 1
     spread = f"mean ± SD over {seeds} seeds" if seeds > 1 else "95% CI"
     ci_cols = {"accuracy": "Accuracy CI", auroc_key: "AUROC CI"}
@@ -106,28 +108,18 @@ def summary_markdown(
     lines += ["## The results", "", "| " + " | ".join(["NETWORK", *heads, "Train s"]) + " |"]
     lines += ["|" + " --- |" * (len(shown) + 2)]
     for r in df.to_dict("records"):
-        name = f"**{r['NETWORK']}** (best)" if r["Best"] else r["NETWORK"]
+        name = f"**{r['NETWORK']}** ({r['Best']})" if r["Best"] else r["NETWORK"]
         cells = [_cell(r, c, ci_cols.get(figures[c])) for c in shown]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['Train seconds']:.1f} |")
-    first = ", the first seed's runs" if seeds > 1 else ""
-    auc = "AUROC" if auroc_key == "auroc" else "macro AUROC"
-    lines += ["", f"## Mode against mode (same test images{first})", ""]
+    lines += ["", "## Mode against mode (same test images)", ""]
     if not compare:
         lines += ["Nothing to compare: one mode per architecture ran (`train.modes`).", ""]
     else:
-        lines += [
-            f"| comparison | accuracy diff (95% CI) | {auc} diff (95% CI) | McNemar p |",
-            "| --- | --- | --- | --- |",
-        ]
-        for key, c in compare.items():
-            lines.append(
-                f"| {key} | {fmt(c['accuracy_diff'], c['accuracy_diff_ci'])} "
-                f"| {fmt(c[f'{auroc_key}_diff'], c[f'{auroc_key}_diff_ci'])} | {c['mcnemar_p']:.3g} |"
-            )
-        lines.append("")
+        lines += compare
     lines += [
-        f"Intervals: percentile bootstrap over {unit}; differences are paired. ECE has no interval: it "
-        "is biased upward on resamples, so a percentile interval can miss its own point estimate.",
+        f"Intervals: bootstrap over {unit}, paired between modes (the verdict's procedure per row: "
+        "compare.json, docs/verdicts.md). ECE has no interval: it is biased upward on resamples, so a "
+        "percentile interval can miss its own point estimate.",
         "",
     ]
     lines += [f"Note: {n}" for n in notes] + ([""] if notes else [])
@@ -160,47 +152,6 @@ def resampling_unit(groups) -> str:
         "images: there is no patient table, so the split keeps identical and near-identical images "
         "together but images of one patient may sit in train and test"
     )
-
-
-def comparisons(names: list[str]) -> list[tuple[str, str]]:
-    """(a, b) pairs to compare: every mode against each earlier mode of the same arch, scratch
-    always the baseline b (the default order gives fe and ft against scratch, ft against fe)."""
-    pairs = []
-    for i, n in enumerate(names):
-        arch = n.rpartition("-")[0]
-        for m in names[:i]:
-            if m.rpartition("-")[0] == arch:
-                pairs.append((m, n) if n.endswith("-scratch") else (n, m))
-    return pairs
-
-
-def compare_modes(
-    preds: dict[str, pd.DataFrame], positive: str | None, reps: int, seed: int, conf: float, classes=()
-) -> dict:
-    """Every pair of `comparisons` on the same test images; more than two `classes`: accuracy
-    and macro AUROC from the p_<class> columns."""
-    out = {}
-    for a, b in comparisons(list(preds)):
-        pa, pb = preds[a], preds[b]
-        if list(pa["path"]) != list(pb["path"]):
-            raise CxrError(f"{a} and {b} were evaluated on different test images; rerun evaluate")
-        if len(classes) > 2:
-            cols = [f"p_{c}" for c in classes]
-            out[f"{a} vs {b}"] = metrics.paired_difference(
-                pa["label"].to_numpy(), pa[cols], pb[cols], pa["group"].to_numpy(), reps, seed, conf
-            )
-            continue
-        y = (pa["class"] == positive).to_numpy()
-        out[f"{a} vs {b}"] = paired_difference(
-            y,
-            pa["probability"].to_numpy(),
-            pb["probability"].to_numpy(),
-            pa["group"].to_numpy(),
-            reps,
-            seed,
-            conf,
-        )
-    return out
 
 
 def _auc(r: dict) -> str:
@@ -273,11 +224,13 @@ def _trust_rows(probe: dict) -> list[tuple]:
     if "skipped" in r:
         rows.append(("near-duplicates", "-", "-", False, f"skipped: {r['skipped']}"))
     else:
+        within = f"within {r['max_bits']} / {r['max_framed_bits']} bits"
         say = (
-            f"{r['cross_split_pairs']} near-identical image pairs straddle the splits: test images "
-            "have near-copies in training"
+            f"{r['cross_split_pairs']} near pairs ({within}: looser than the split's join) straddle the "
+            "splits: test images with near-copies in training that the split did not join "
+            "(eval/probe/near_duplicates.csv lists them)"
             if r["flagged"]
-            else f"{r['pairs']} near-identical pairs, none across splits"
+            else f"{r['pairs']} near pairs {within} (looser than the split's join), none across splits"
         )
         rows.append(
             (

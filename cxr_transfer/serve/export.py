@@ -175,7 +175,12 @@ def card(
         "classes": classes,
         "positive": positive,
         "input": {"name": "image", "dtype": "uint8", "shape": ["batch", 1, size, size]},
-        "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(classes)]},
+        "output": {
+            "name": "probabilities",
+            "dtype": "float32",
+            "shape": ["batch", len(classes)],
+            "calibrated": False,  # see calibration.applied
+        },
         "preprocessing": {
             "image_size": size,
             "steps": [
@@ -194,7 +199,10 @@ def card(
         f"{round(100 * full.get('ci_level', 0.95))}% bootstrap over patients, or images without a "
         "patient table (eval/<run>/metrics.json holds every figure)",
         "calibration": {
-            k: full.get("calibration", {}).get(k) for k in ("temperature", "ece_before", "ece_after")
+            **{k: full.get("calibration", {}).get(k) for k in ("temperature", "ece_before", "ece_after")},
+            "applied": "the graph outputs the network's own softmax (p_<class> in predict's table); with a "
+            "temperature here, cxr-transfer predict adds p_<class>_calibrated = softmax(log p / T), T "
+            "fitted on the validation split's logits (evaluate); null: none was estimable, none is applied",
         },
         "probes": None
         if probe is None

@@ -29,6 +29,7 @@ class Loaded:
     bits_stored: int | None = None
     training_images: dict | None = None
     torch_model_dir: Path | None = None
+    temperature: float | None = None  # from the card: p_<class>_calibrated = softmax(log p / T)
 
 
 def batched(fn, batch_size: int):
@@ -118,4 +119,15 @@ def load_onnx(onnx_path: Path, batch_size: int = 64) -> Loaded:
         positive=card.get("positive"),
         bits_stored=pre.get("bits_stored"),
         training_images=(card.get("training_data") or {}).get("training_images"),
+        temperature=(card.get("calibration") or {}).get("temperature"),
     )
+
+
+def calibrated(p: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature-scaled probabilities from a softmax's float32 output: softmax(log p / T), in
+    float64 (log p is the logits up to a constant per image, exact while p stays above float32's
+    smallest normal number, about 1e-38)."""
+    z = np.log(np.maximum(np.asarray(p, dtype=float), np.finfo(np.float32).tiny)) / temperature
+    z -= z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)

@@ -26,7 +26,7 @@ from cxr_transfer.data.imageio import (
     resize_gray8,
     shown,
 )
-from cxr_transfer.serve.onnx import Loaded, load_onnx
+from cxr_transfer.serve.onnx import Loaded, calibrated, load_onnx
 
 
 def load_torch(model_dir: Path, device: str = "auto", batch_size: int = 64) -> Loaded:
@@ -149,6 +149,7 @@ def predict_files(model: Loaded, files: list[str], batch_size: int = 64, max_pix
                 x = np.stack(imgs)
                 p = model.proba(x)
                 pred = np.asarray(model.classes)[decide(p)]  # the one rule, whichever runtime
+                cal = calibrated(p, model.temperature) if model.temperature else None
                 k = 0
                 for row in rows:
                     if "skipped" in row:
@@ -156,6 +157,13 @@ def predict_files(model: Loaded, files: list[str], batch_size: int = 64, max_pix
                     row.update(
                         {f"p_{c}": round(float(v), 6) for c, v in zip(model.classes, p[k], strict=True)}
                     )
+                    if cal is not None:  # the card's temperature, fitted on the validation split
+                        row.update(
+                            {
+                                f"p_{c}_calibrated": round(float(v), 6)
+                                for c, v in zip(model.classes, cal[k], strict=True)
+                            }
+                        )
                     row["predicted"] = pred[k]
                     k += 1
             else:
@@ -165,10 +173,12 @@ def predict_files(model: Loaded, files: list[str], batch_size: int = 64, max_pix
 
 
 def table(rows: list[dict], model: Loaded):
-    """The output CSV's frame: path, p_<class> per class, predicted, warning, skipped."""
+    """The output CSV's frame: path, p_<class> per class (the network's softmax), with a
+    temperature on the card p_<class>_calibrated too, predicted, warning, skipped."""
     import pandas as pd
 
-    cols = ["path", *(f"p_{c}" for c in model.classes), "predicted"]
+    cal = [f"p_{c}_calibrated" for c in model.classes] if model.temperature else []
+    cols = ["path", *(f"p_{c}" for c in model.classes), *cal, "predicted"]
     df = pd.DataFrame(rows)
     extra = ["gradcam"] if "gradcam" in df else []
     for c in (*cols, "warning", "skipped"):

@@ -113,6 +113,7 @@ def for_inference(
     images: int = 0,
     size: int = 0,
     exact: bool = True,
+    runtime: str | None = None,
 ) -> Callable:
     """The one place a model is set up for inference (evaluate, predict, the probes' features and
     the frozen backbone's feature pass): uint8 batch -> logits, or with `upto` the input of that
@@ -123,13 +124,15 @@ def for_inference(
     where speed.onnx_pays says its export repays itself (cxr_transfer.train.onnxrt); otherwise
     through PyTorch on `device`, in that device's measured inference memory format (weights
     converted in place), behind its normaliser (or `norm`), through `runner` (a compiled model)
-    where given."""
-    if device.type == "cpu" and exact and images and size:
+    where given. `runtime` ("onnxruntime" / "pytorch", speed.runtime_for) is a stage's decision
+    for all its models; None decides for this pass alone."""
+    if device.type == "cpu" and exact and images and size and runtime != "pytorch":
         from cxr_transfer.train import onnxrt
 
         exported = onnxrt.exported(model, mean, std, size, upto)  # None: it failed here before
         first = not onnxrt.started()
-        if exported is not None and speed.onnx_pays(arch, size, images, exported=exported, first=first):
+        pays = runtime == "onnxruntime" or speed.onnx_pays(arch, size, images, exported=exported, first=first)
+        if exported is not None and pays:
             forward = onnxrt.onnx_forward(model, mean, std, size, upto)
             if forward is not None:
                 return forward
@@ -197,6 +200,31 @@ def tail_inputs(model: nn.Module, forward: Callable, batches: ArrayBatches, prec
 FP32 = Precision(None, False)
 
 
+def model_logits(
+    model: nn.Module,
+    arch: str,
+    mean,
+    std,
+    x,
+    device: torch.device,
+    batch_size: int | None = None,
+    budget: float | None = None,
+    runtime: str | None = None,
+) -> torch.Tensor:
+    """Float32 logits (N, classes) of a model over an (N, S, S) uint8 image store.
+
+    Always in float32, whatever training used: bf16 scores have about 3 significant digits, and
+    the ties they make move AUROC and the threshold chosen on validation. Memory format and (for
+    None) the batch size follow the device's measured rules (cxr_transfer.train.speed); a store larger
+    than `budget` bytes is streamed from disk."""
+    x = np.asarray(x)
+    size = x.shape[-1]
+    forward = for_inference(model.eval(), arch, mean, std, device, images=len(x), size=size, runtime=runtime)
+    batch_size = batch_size or speed.inference_batch(device.type, size)
+    batches = ArrayBatches(x[:, None], np.zeros(len(x)), batch_size, device=device, budget=budget)
+    return predict_logits(forward, batches, FP32, device)
+
+
 def predict_proba(
     model: nn.Module,
     arch: str,
@@ -207,15 +235,5 @@ def predict_proba(
     batch_size: int | None = None,
     budget: float | None = None,
 ) -> torch.Tensor:
-    """Softmax probabilities (N, classes) of a model over an (N, S, S) uint8 image store.
-
-    Always in float32, whatever training used: bf16 scores have about 3 significant digits, and
-    the ties they make move AUROC and the threshold chosen on validation. Memory format and (for
-    None) the batch size follow the device's measured rules (cxr_transfer.train.speed); a store larger
-    than `budget` bytes is streamed from disk."""
-    x = np.asarray(x)
-    forward = for_inference(model.eval(), arch, mean, std, device, images=len(x), size=x.shape[-1])
-    batch_size = batch_size or speed.inference_batch(device.type, x.shape[-1])
-    batches = ArrayBatches(x[:, None], np.zeros(len(x)), batch_size, device=device, budget=budget)
-    logits = predict_logits(forward, batches, FP32, device)
-    return logits.softmax(1)
+    """Softmax probabilities (N, classes) of `model_logits`."""
+    return model_logits(model, arch, mean, std, x, device, batch_size, budget).softmax(1)

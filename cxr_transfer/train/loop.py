@@ -71,7 +71,7 @@ def _cos(start: float, end: float, pos: float) -> float:
     return start + (1 + math.cos(math.pi * (1 - pos))) * (end - start) / 2
 
 
-# fastai's fine_tune: fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99) on the frozen body,
+# fastai's fine_tune schedule: fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99) on the frozen body,
 # then fit_one_cycle(epochs, base_lr / 2, pct_start=0.3, div=5); div_final 1e5 and momentum
 # 0.95 -> 0.85 -> 0.95 (fit_one_cycle's defaults) in both
 ONE_CYCLE = {

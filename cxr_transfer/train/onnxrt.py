@@ -122,7 +122,7 @@ class OnnxForward:
                 f"in-memory ONNX export: {len(missing)} weights not addressable (e.g. {missing[0]})"
             )
         self._session = None
-        self._key = None
+        self._key = self._seen = None
         self.sessions = 0  # sessions made (tests and the bench read it)
 
     def _state(self) -> dict[str, torch.Tensor]:
@@ -137,10 +137,17 @@ class OnnxForward:
 
     def session(self):
         """The session on the current weights: a new one when any weight changed (in place, or
-        replaced) since the last."""
+        replaced) since the last. Parameters are keyed by storage and version counter; buffers
+        (BatchNorm's statistics) by value, since a train-mode forward updates them in place without
+        moving their version counter (tests/test_onnxrt.py)."""
         tensors = self._tensors()
-        key = tuple((t.data_ptr(), t._version) for _, t in tensors)
-        if key != self._key:
+        params = {id(q) for q in self.model().parameters()}
+        key = tuple((t.data_ptr(), t._version) for _, t in tensors if id(t) in params)
+        buffers = [t for _, t in tensors if id(t) not in params]
+        stale = self._seen is None or any(
+            not torch.equal(a, b) for a, b in zip(buffers, self._seen, strict=True)
+        )
+        if key != self._key or stale:
             import onnxruntime as ort
 
             opts = ort.SessionOptions()
@@ -154,7 +161,7 @@ class OnnxForward:
                 init.raw_data = t.detach().cpu().contiguous().numpy().tobytes()
             graph = self.proto.SerializeToString()
             self._session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
-            self._key = key
+            self._key, self._seen = key, [t.detach().clone() for t in buffers]
             self.sessions += 1
         return self._session
 

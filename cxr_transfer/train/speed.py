@@ -194,6 +194,19 @@ def onnx_pays(
     return t_ort + export < t_torch
 
 
+def runtime_for(arch: str, size: int, images: int, models: int) -> str:
+    """ "onnxruntime" or "pytorch" for a stage's whole work: `models` models (folds, runs) of one
+    architecture, each scoring `images` images, each with its own export and session; decided once
+    so that every model of the stage runs on the same runtime (the folds of one run never differ
+    by which runtime happened to be warm)."""
+    r = _scaled_rates(CPU_ONNX, arch, size, ("pytorch_images_per_s", "onnxruntime_images_per_s"))
+    if r is None or images <= 0 or models <= 0:
+        return "pytorch"
+    t_torch = models * images / r["pytorch_images_per_s"]
+    per_model = images / r["onnxruntime_images_per_s"] + r["session_seconds"] + r["export_seconds"]
+    return "onnxruntime" if models * per_model + CPU_ONNX_START < t_torch else "pytorch"
+
+
 def compile_pays(arch: str, device_type: str, size: int, images: int) -> bool:
     """Whether torch.compile shortens a training run of `images` image-steps (epochs x training
     images) of `arch` at `size` on this device type: its compile seconds against the time its
