@@ -6,8 +6,9 @@ from pathlib import Path
 
 from cxr_transfer.core.cli import run, write_json
 from cxr_transfer.core.params import load_params
+from cxr_transfer.core.sites import skip_if_not_this_data
 from cxr_transfer.core.tables import read_table
-from cxr_transfer.data.external import prepare_external, skip_if_not_this_data
+from cxr_transfer.data.external import prepare_external
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ import torch
 from cxr_transfer.audit.probes import external_baselines
 from cxr_transfer.core.cli import run, write_json
 from cxr_transfer.core.params import load_params
+from cxr_transfer.core.sites import skip_if_not_this_data
 from cxr_transfer.core.tables import read_table
-from cxr_transfer.data.external import skip_if_not_this_data
 from cxr_transfer.data.prepare import load_store
 from cxr_transfer.evaluate.runs import Scorer, evaluate_external, models_of
 from cxr_transfer.evaluate.seeds import run_name

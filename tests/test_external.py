@@ -208,8 +208,8 @@ def test_an_unusable_external_folder_is_one_line_naming_its_key(tmp_path, root, 
 def test_the_demo_s_site_goes_with_the_demo_s_data_only(tmp_path):
     """site-b (with_root: data/raw) is scored while data.root is data/raw; with a user's own
     data.root its stages write why they skip, and the report never shows it."""
-    from cxr_transfer.core.params import active_external, parse_params, skipped_sites
-    from cxr_transfer.data.external import skip_if_not_this_data
+    from cxr_transfer.core.params import parse_params
+    from cxr_transfer.core.sites import active_external, skip_if_not_this_data, skipped_sites
 
     demo = parse_params({})
     assert [e.name for e in active_external(demo)] == ["site-b"] and skipped_sites(demo) == {}

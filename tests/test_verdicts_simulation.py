@@ -246,3 +246,49 @@ def test_best_needs_every_lead_so_one_equal_rival_keeps_it_at_5_percent():
         leads = {m: V.difference("auroc", per[0], per[m], rs, 0.95) for m in (1, 2, 3)}
         said += V.best_level(leads) == V.CONCLUSIVE
     assert said / DRAWS <= NULL_MAX
+
+
+def table() -> str:
+    """The measurements behind docs/verdicts.md, as a Markdown table (`python -m
+    tests.test_verdicts_simulation`): each procedure's coverage and the rate its word fires under
+    the null, and the old rule's beside it."""
+    rows = []
+    for figure in ("auroc", "accuracy"):
+        cover, _ = _paired(figure, 1.4, 1.0)
+        c0, f0 = _paired(figure, 1.2, 1.2)
+        rows.append((f"paired difference, one run per mode ({figure})", cover, f0, "suggestive", "-"))
+    for runs, figure, own in ((3, "auroc", 0.5), (3, "accuracy", 1.0), (5, "auroc", 0.5)):
+        c0, f0, old0 = _seeds(runs, 1.4, 1.4, own=own, figure=figure)
+        c1, _, _ = _seeds(runs, 1.6, 1.2, own=own, figure=figure, seed=1)
+        rows.append(
+            (
+                f"{runs} seeds x test set ({figure})",
+                min(c0, c1),
+                f0,
+                "conclusive",
+                f"{old0:.3f} (no interval)",
+            )
+        )
+    for corr in (0.9, 0.99):
+        c, f, oc, of = _folds(corr=corr)
+        rows.append(
+            (f"5 folds x 3 seeds, within-fold correlation {corr}", c, f, "conclusive", f"{oc:.3f} / {of:.3f}")
+        )
+    cover, g_cover, words = _sites(0.9, 0.7)
+    rows.append(("internal-vs-external drop (AUROC)", cover, None, "-", "-"))
+    rows.append(("retention of the margin over chance", g_cover, words["collapses"], "collapses", "-"))
+    rev, old = _ranking()
+    rows.append(("per-site ranking, 4 equal modes, 3 seeds", None, rev, "reverses", f"- / {old:.3f}"))
+    out = [
+        "| procedure | coverage of the 95% interval | rate under the null | word "
+        "| old rule: coverage / rate |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, cover, null, word, old in rows:
+        f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        out.append(f"| {name} | {f(cover)} | {f(null)} | {word} | {old} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(table())

@@ -483,28 +483,6 @@ class Params:
             )
 
 
-def belongs(e: ExternalConfig, data_root: str) -> bool:
-    """Whether an external set goes with the data being trained on: a set tied to one data.root
-    (`with_root`, the demo's synthetic site-b) is scored only while data.root is that folder, so
-    a user's own data is never "externally validated" on the demo's synthetic radiographs."""
-    return e.with_root is None or Path(e.with_root) == Path(data_root)
-
-
-def active_external(p: Params) -> list[ExternalConfig]:
-    """The external sets that go with params' data.root."""
-    return [e for e in p.external if belongs(e, p.data.root)]
-
-
-def skipped_sites(p: Params) -> dict:
-    """{"skipped": {name: why}} for the external sets that do not go with data.root (empty when none)."""
-    why = {
-        e.name: f"scored only while data.root is {e.with_root} (its with_root); data.root is {p.data.root}"
-        for e in p.external
-        if not belongs(e, p.data.root)
-    }
-    return {"skipped": why} if why else {}
-
-
 def _convert(value, tp, key: str):
     """Convert a YAML value to the annotated type `tp`, or fail naming `key`."""
     origin = typing.get_origin(tp)

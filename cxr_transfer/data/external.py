@@ -9,25 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_transfer.core.cli import write_csv, write_json
+from cxr_transfer.core.cli import write_csv
 from cxr_transfer.core.errors import CxrError
-from cxr_transfer.core.params import Params, skipped_sites
+from cxr_transfer.core.params import Params
 from cxr_transfer.data.groups import group_names
 from cxr_transfer.data.index import index_folder
 from cxr_transfer.data.neardup import near_pairs_of
 from cxr_transfer.data.prepare import decode_into, write_store
-
-
-def skip_if_not_this_data(p: Params, name: str, out: Path, report: Path | None = None) -> str | None:
-    """Why external set `name` does not go with data.root (params' with_root), after writing
-    out/skipped.json (and `report`) saying so; None when it does (nothing is written)."""
-    why = skipped_sites(p).get("skipped", {}).get(name)
-    if why:
-        out.mkdir(parents=True, exist_ok=True)
-        for f in (out / "skipped.json", report):
-            if f is not None:
-                write_json(f, {"name": name, "skipped": why})
-    return why
 
 
 def internal_copies(

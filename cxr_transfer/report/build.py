@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from cxr_transfer.core.cli import write_csv, write_json, write_text
-from cxr_transfer.core.params import ModeConfig, Params, active_external, skipped_sites
+from cxr_transfer.core.params import ModeConfig, Params
+from cxr_transfer.core.sites import active_external, skipped_sites
 from cxr_transfer.evaluate import compare as C
 from cxr_transfer.evaluate import crossval
 from cxr_transfer.evaluate import external as EXT
