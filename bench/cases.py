@@ -360,7 +360,7 @@ def probe_stage(n: int, size: int, seed: int = 0) -> dict:
     search (train 80%, test 20%)."""
     import pandas as pd
 
-    from cxr_transfer.audit import probes as P
+    from cxr_transfer.audit import probes
     from cxr_transfer.data.acquisition import pixel_facts
 
     rng = np.random.default_rng(seed)
@@ -380,11 +380,11 @@ def probe_stage(n: int, size: int, seed: int = 0) -> dict:
     cut = int(0.8 * n)
     t0 = time.perf_counter()
     for s in (8, 16):
-        p = P.logistic_scores(P.thumbnails(x[:cut], s), y[:cut], P.thumbnails(x[cut:], s))
-        P.scored(y[cut:], p, None, 500, 0, 0.95, 0.8)
-    p, _ = P.acquisition_probe(table.iloc[:cut], table.iloc[cut:], y[:cut], y[cut:])
-    P.scored(y[cut:], p, None, 500, 0, 0.95, 0.8)
-    P.near_duplicate_report({"train": table.iloc[:cut], "test": table.iloc[cut:]}, 12, 24)
+        p = probes.logistic_scores(probes.thumbnails(x[:cut], s), y[:cut], probes.thumbnails(x[cut:], s))
+        probes.scored(y[cut:], p, None, 500, 0, 0.95, 0.8)
+    p, _ = probes.acquisition_probe(table.iloc[:cut], table.iloc[cut:], y[:cut], y[cut:])
+    probes.scored(y[cut:], p, None, 500, 0, 0.95, 0.8)
+    probes.near_duplicate_report({"train": table.iloc[:cut], "test": table.iloc[cut:]}, 12, 24)
     return {"images": n, "size": size, "seconds": round(time.perf_counter() - t0, 2), "target_seconds": 60}
 
 

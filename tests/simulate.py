@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import norm
 
-from cxr_transfer.evaluate import verdicts as V
+from cxr_transfer.evaluate import verdicts
 
 
 def true_auroc(mu: float, sd: float = 0.0) -> float:
@@ -71,8 +71,8 @@ def runs_draws(figure, y, scores_by_run, mus, w):
     pts, draws = [], []
     for s, mu in zip(scores_by_run, mus, strict=True):
         c = decided(y, s, mu)
-        pts.append(V.point_of(figure, y, s, c))
-        draws.append(V.figure_draws(figure, y, s, c, w))
+        pts.append(verdicts.point_of(figure, y, s, c))
+        draws.append(verdicts.figure_draws(figure, y, s, c, w))
     return np.array(pts, dtype=float), np.array(draws)
 
 

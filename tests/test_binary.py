@@ -162,10 +162,10 @@ def test_ranks_mcnemar_and_curves_match_scipy_and_scikit_learn():
     ],
 )
 def test_the_binary_figures_are_the_engines_two_class_case_and_scikit_learns(y, p):
-    from cxr_transfer.evaluate import metrics as E
+    from cxr_transfer.evaluate import metrics
     from cxr_transfer.evaluate.binary import two_columns
 
-    m, k = point_metrics(y, p), E.figures(y, two_columns(p), positive=1, pred=(p >= 0.5).astype(int))
+    m, k = point_metrics(y, p), metrics.figures(y, two_columns(p), positive=1, pred=(p >= 0.5).astype(int))
     for name in ("accuracy", "precision", "recall", "specificity", "f1", "npv", "auroc", "auprc"):
         assert m[name] == (None if k[name] is None else pytest.approx(k[name])), name
     assert m["brier"] == pytest.approx(k["brier"] / 2) and m["macro_f1"] == pytest.approx(k["f1_macro"])

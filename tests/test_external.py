@@ -8,7 +8,7 @@ from cxr_transfer.core.errors import CxrError
 from cxr_transfer.data.external import internal_copies
 from cxr_transfer.data.index import build_index
 from cxr_transfer.data.synth import render_cxr, synthesize
-from cxr_transfer.evaluate import verdicts as V
+from cxr_transfer.evaluate import verdicts
 from cxr_transfer.evaluate.external import answer_lines, mode_at_site, shortcut_line, site_verdicts
 from cxr_transfer.evaluate.metrics import auroc
 
@@ -39,7 +39,9 @@ def test_exact_and_near_copies_of_internal_images_are_found(tmp_path):
 
 
 def _scored(y, p):
-    return V.Scored(np.asarray(y), np.asarray(p, dtype=float), (np.asarray(p) >= 0.5) == (np.asarray(y) == 1))
+    return verdicts.Scored(
+        np.asarray(y), np.asarray(p, dtype=float), (np.asarray(p) >= 0.5) == (np.asarray(y) == 1)
+    )
 
 
 def test_the_drop_resamples_patients_of_each_set_and_its_interval_is_the_two_sample_one():
@@ -51,19 +53,19 @@ def test_the_drop_resamples_patients_of_each_set_and_its_interval_is_the_two_sam
     pe = np.clip(np.repeat(ye[::2] * 0.1 + rng.random(75) * 0.9, 2), 0, 1)  # barely
     gi, ge = np.repeat(np.arange(100), 2), np.repeat(np.arange(75), 2)
     rng2 = np.random.default_rng(1)
-    rs = [V.resample(g, len(g), 2000, rng2) for g in (gi, ge)]
+    rs = [verdicts.resample(g, len(g), 2000, rng2) for g in (gi, ge)]
     row = mode_at_site("auroc", {0: _scored(yi, pi)}, {0: _scored(ye, pe)}, *rs, 0.95)
     assert row["auroc"]["internal"] == pytest.approx(auroc(yi, pi))
     drop = row["auroc"]["drop"]
     assert drop.point == pytest.approx(auroc(ye, pe) - auroc(yi, pi))
-    assert drop.hi < 0 and drop.level() == V.SUGGESTIVE  # a real drop, one run
+    assert drop.hi < 0 and drop.level() == verdicts.SUGGESTIVE  # a real drop, one run
     acc = row["accuracy"]["drop"]
     assert acc.point == pytest.approx(((pe >= 0.5) == ye).mean() - ((pi >= 0.5) == yi).mean())
     # the width a two-sample bootstrap of patients gives: each set's binomial variance over its patients
     a_i, a_e = ((pi >= 0.5) == yi).mean(), ((pe >= 0.5) == ye).mean()
     half = 1.96 * np.sqrt(a_i * (1 - a_i) / 100 + a_e * (1 - a_e) / 75)
     assert acc.hi - acc.lo == pytest.approx(2 * half, rel=0.15)
-    per_image = [V.resample(None, len(g), 2000, np.random.default_rng(1)) for g in (gi, ge)]
+    per_image = [verdicts.resample(None, len(g), 2000, np.random.default_rng(1)) for g in (gi, ge)]
     narrow = mode_at_site("accuracy", {0: _scored(yi, pi)}, {0: _scored(ye, pe)}, *per_image, 0.95)
     assert narrow["accuracy"]["drop"].hi - narrow["accuracy"]["drop"].lo < 0.85 * (acc.hi - acc.lo)
 
@@ -86,17 +88,19 @@ def test_a_reversal_is_called_only_when_the_internal_best_is_conclusive_and_so_i
     bad = np.clip(0.5 + rng.normal(0, 0.2, 150), 0, 1)
     internal = {"y": y, "p": {"ft": good, "scratch": bad}}
     flipped = {"y": y, "p": {"ft": bad, "scratch": good}}
-    site = _site(internal, flipped, V.CONCLUSIVE, seeds=(0, 1, 2))
+    site = _site(internal, flipped, verdicts.CONCLUSIVE, seeds=(0, 1, 2))
     r = site["ranking"]["a"]
-    assert r["ahead_at_site"] == ["scratch"] and r["ahead_level"] == V.CONCLUSIVE and r["reversed"]
+    assert r["ahead_at_site"] == ["scratch"] and r["ahead_level"] == verdicts.CONCLUSIVE and r["reversed"]
     said = answer_lines([site], "auroc")[0]
     assert "**The ranking reverses**: scratch is ahead of the internal best, ft, at b (conclusive" in said
-    one_seed = _site(internal, flipped, V.SUGGESTIVE)
+    one_seed = _site(internal, flipped, verdicts.SUGGESTIVE)
     r1 = one_seed["ranking"]["a"]
-    assert r1["ahead_level"] == V.SUGGESTIVE and not r1["reversed"]  # one run per mode: never "reverses"
+    assert (
+        r1["ahead_level"] == verdicts.SUGGESTIVE and not r1["reversed"]
+    )  # one run per mode: never "reverses"
     said = answer_lines([one_seed], "auroc")[0]
     assert "reverses" not in said and "scratch is ahead of the internal best, ft, at b (suggestive" in said
-    same = _site(internal, internal, V.CONCLUSIVE, seeds=(0, 1, 2))
+    same = _site(internal, internal, verdicts.CONCLUSIVE, seeds=(0, 1, 2))
     assert not same["ranking"]["a"]["reversed"] and same["ranking"]["a"]["ahead_at_site"] == []
     assert "No mode is shown ahead of the internal best, ft, at b" in answer_lines([same], "auroc")[0]
 
@@ -107,7 +111,7 @@ def test_the_site_line_gives_prevalence_and_the_majority_class_accuracy():
     site = _site(
         {"y": y, "p": {"ft": p, "scratch": p[::-1]}},
         {"y": y, "p": {"ft": p, "scratch": p[::-1]}},
-        V.INCONCLUSIVE,
+        verdicts.INCONCLUSIVE,
     )
     assert site["site"] == {
         "shares": {"Covid": 0.3333, "Normal": 0.6667},
@@ -124,7 +128,7 @@ def test_a_site_with_one_class_has_no_auroc_and_says_so():
     site = _site(
         {"y": np.r_[y, 1 - y], "p": {"ft": np.r_[p, 1 - p], "scratch": np.r_[1 - p, p]}},
         {"y": y, "p": {"ft": p, "scratch": p}},
-        V.SUGGESTIVE,
+        verdicts.SUGGESTIVE,
     )
     assert site["runs"]["a-ft"]["auroc"]["external"] is None
     assert site["runs"]["a-ft"]["accuracy"]["external"] == pytest.approx((p >= 0.5).mean())  # Covid recall
@@ -150,7 +154,7 @@ def _base(word, internal=0.9, external=0.55, lo=0.8):
         ("collapses", "collapses", "this site's images differ enough (domain shift) to defeat both"),
         ("holds", "holds", "Both hold"),
         ("holds", "collapses", "The baseline holds but the CNN collapses"),
-        ("unclear", "holds", "No verdict: an interval holds the line"),
+        ("unclear", "holds", "No verdict on a shortcut: for the baseline the interval holds the line"),
     ],
 )
 def test_the_shortcut_verdict_per_site_comes_from_both_retention_intervals(base_word, cnn_word, words):
@@ -158,7 +162,7 @@ def test_the_shortcut_verdict_per_site_comes_from_both_retention_intervals(base_
     iv = {"holds": (0.02, 0.3), "collapses": (-0.3, -0.02)}[cnn_word]
     cnn = {
         "auroc": {"internal": 0.9, "external": 0.8},
-        "retention": V.Interval(0.1, *iv, 1, "test_set"),
+        "retention": verdicts.Interval(0.1, *iv, 1, "test_set"),
         "retention_word": cnn_word,
     }
     line = shortcut_line("site-b", base, "arch-ft", cnn, "auroc")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from cxr_transfer.evaluate import metrics as M
+from cxr_transfer.evaluate import metrics
 from cxr_transfer.evaluate.binary import ece
 from cxr_transfer.evaluate.calibration import calibrate, fit_temperature
 
@@ -23,7 +23,7 @@ def _case(seed: int, n: int = 300, k: int = 3, skill: float = 1.5):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_point_metrics_are_scikit_learns(seed):
     y, P = _case(seed)
-    m = M.sklearn_figures(y, P, CLASSES)
+    m = metrics.sklearn_figures(y, P, CLASSES)
     pred = P.argmax(1)
     assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
     assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
@@ -47,20 +47,20 @@ def test_point_metrics_are_scikit_learns(seed):
 
 def test_positive_class_gets_the_binary_names_one_vs_rest():
     y, P = _case(3)
-    m = M.sklearn_figures(y, P, CLASSES, positive="Covid")
+    m = metrics.sklearn_figures(y, P, CLASSES, positive="Covid")
     pred = P.argmax(1) == 1
     assert m["recall"] == pytest.approx(skm.recall_score(y == 1, pred))
     assert m["precision"] == pytest.approx(skm.precision_score(y == 1, pred))
     assert m["auroc"] == pytest.approx(skm.roc_auc_score(y == 1, P[:, 1]))
-    assert "recall" not in M.sklearn_figures(y, P, CLASSES)
+    assert "recall" not in metrics.sklearn_figures(y, P, CLASSES)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_fast_metrics_equal_point_metrics(seed):
     y, P = _case(seed, n=120, k=3 + seed % 2, skill=seed)
     names = [f"c{i}" for i in range(P.shape[1])]
-    ref, fast = M.sklearn_figures(y, P, names, positive="c1"), M.figures(y, P, 10, positive=1)
-    assert set(fast) == set(M.POINT) | set(M.OVR)
+    ref, fast = metrics.sklearn_figures(y, P, names, positive="c1"), metrics.figures(y, P, 10, positive=1)
+    assert set(fast) == set(metrics.POINT) | set(metrics.OVR)
     for k, v in fast.items():
         assert v == pytest.approx(ref[k], abs=1e-12), k
 
@@ -69,12 +69,12 @@ def test_fast_metrics_equal_point_metrics_when_figures_are_undefined():
     """Class 2 absent from the test set, class 1 never predicted: the same Nones both ways."""
     y = np.array([0, 0, 0, 1, 1, 0])
     P = np.array([[0.8, 0.1, 0.1]] * 4 + [[0.6, 0.1, 0.3], [0.2, 0.1, 0.7]])
-    ref, fast = M.sklearn_figures(y, P, CLASSES), M.figures(y, P)
+    ref, fast = metrics.sklearn_figures(y, P, CLASSES), metrics.figures(y, P)
     for k, v in fast.items():
         assert v == (None if ref[k] is None else pytest.approx(ref[k])), k
     assert ref["recall_macro"] is None and ref["auroc_macro"] is None and ref["precision_macro"] is None
     assert ref["per_class"]["Covid"]["precision"] is None and ref["per_class"]["Covid"]["f1"] == 0.0
-    why = M.undefined_reasons(ref, CLASSES)
+    why = metrics.undefined_reasons(ref, CLASSES)
     assert why["per_class.Pneumonia.recall"] == "no Pneumonia image in the test set"
     assert why["per_class.Covid.precision"] == "the model predicts no Covid image"
     assert why["precision_macro"] == "precision is undefined for Covid (see per_class)"
@@ -85,21 +85,21 @@ def test_top_label_ece_is_the_binary_ece_for_two_classes_and_known_by_hand():
     rng = np.random.default_rng(0)
     p = rng.random(200)
     y = (rng.random(200) < p).astype(int)
-    assert M.top_label_ece(y, np.c_[1 - p, p]) == pytest.approx(ece(y, p))
+    assert metrics.top_label_ece(y, np.c_[1 - p, p]) == pytest.approx(ece(y, p))
     # two images: top probability 0.9 and 0.5 (K = 3, bins over [1/3, 1]); one right, one wrong
     P = np.array([[0.9, 0.05, 0.05], [0.25, 0.5, 0.25]])
-    assert M.top_label_ece(np.array([0, 0]), P, bins=10) == pytest.approx((0.1 + 0.5) / 2)
+    assert metrics.top_label_ece(np.array([0, 0]), P, bins=10) == pytest.approx((0.1 + 0.5) / 2)
 
 
 def test_bootstrap_intervals_hold_the_point_and_resample_groups():
     y, P = _case(5, n=200)
-    ci = M.bootstrap_ci(y, P, None, 200, 0, 0.95)
-    m = M.figures(y, P)
+    ci = metrics.bootstrap_ci(y, P, None, 200, 0, 0.95)
+    m = metrics.figures(y, P)
     for k in ("accuracy", "auroc_macro", "f1_macro", "kappa", "log_loss"):
         lo, hi = ci[k]
         assert lo < m[k] < hi and hi - lo < 0.3, k
     # one group = every image: each resample is the whole set, the interval a point
-    one = M.bootstrap_ci(y, P, np.zeros(len(y)), 20, 0)
+    one = metrics.bootstrap_ci(y, P, np.zeros(len(y)), 20, 0)
     assert one["accuracy"] == [pytest.approx(m["accuracy"])] * 2
 
 

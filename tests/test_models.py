@@ -5,7 +5,7 @@ from PIL import Image
 from skimage import data
 
 from cxr_transfer.core.registry import ARCHS
-from cxr_transfer.train import weights as W
+from cxr_transfer.train import weights
 from cxr_transfer.train.models import build_model, freeze_except, get_spec, trainable_path
 from cxr_transfer.train.weights import WeightsError, load_imagenet
 
@@ -74,7 +74,7 @@ def test_lite0_package_weights_are_real_imagenet_weights():
 @pytest.fixture
 def resnet18_folder(tmp_path):
     """A local weights folder laid out like torch's cache, as an air-gapped site would have it."""
-    fname, _ = W.torchvision_filename(ARCHS["resnet18"])
+    fname, _ = weights.torchvision_filename(ARCHS["resnet18"])
     ref = build_model("resnet18", None, 1000, seed=1)
     ref.fc = torch.nn.Linear(512, 1000)
     folder = tmp_path / "weights" / "hub" / "checkpoints"
@@ -96,7 +96,7 @@ def _offline(monkeypatch, torch_home):
     def offline(url, dest):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(W, "_download", offline)
+    monkeypatch.setattr(weights, "_download", offline)
 
 
 def test_weights_problems_are_one_line_naming_the_file(resnet18_folder, tmp_path, monkeypatch):

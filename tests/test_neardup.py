@@ -134,3 +134,38 @@ def test_the_frame_follows_the_body_not_the_border():
     padded = np.pad(img, ((0, 0), (12, 12)))
     d = (to_bits([framed_phash(img)]) != to_bits([framed_phash(padded)])).sum()
     assert d <= 24 and (to_bits([phash(img)]) != to_bits([phash(padded)])).sum() > 24
+
+
+def test_the_probe_flags_near_pairs_of_one_class_across_splits_not_of_two():
+    """At the probe's looser limits: a test image 20 bits from a training image of its class is
+    flagged (a probable near copy the split left apart); a pair of two classes is counted only
+    (different radiographs can hash alike); a pair inside one split is neither."""
+    from cxr_transfer.audit.probes import near_duplicate_report
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2, (4, 256)).astype(bool)
+
+    def flip(bits, n):
+        out = bits.copy()
+        out[:n] = ~out[:n]
+        return out
+
+    def hexes(rows):
+        return [np.packbits(r).tobytes().hex() for r in rows]
+
+    far = [flip(b, 0) for b in base]
+    train = pd.DataFrame({"path": ["a", "b"], "class": ["Covid", "Normal"], "phash": hexes([far[0], far[1]])})
+    test = pd.DataFrame(
+        {
+            "path": ["a2", "c"],
+            "class": ["Covid", "Covid"],
+            "phash": hexes([flip(far[0], 20), flip(far[1], 18)]),
+        }
+    )
+    for f in (train, test):
+        f["phash_framed"] = f["phash"]
+    summary, pairs = near_duplicate_report({"train": train, "test": test}, 24, None)
+    assert summary["cross_split_pairs"] == 2 and summary["cross_split_same_class"] == 1 and summary["flagged"]
+    assert set(zip(pairs["path_a"], pairs["path_b"], strict=True)) == {("a", "a2"), ("b", "c")}
+    summary, _ = near_duplicate_report({"train": train, "test": test.iloc[1:]}, 24, None)
+    assert summary["cross_split_pairs"] == 1 and not summary["flagged"]  # two classes: counted only

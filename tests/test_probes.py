@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cxr_transfer.audit import probes as P
+from cxr_transfer.audit import probes
 from cxr_transfer.data.acquisition import pixel_facts
 from cxr_transfer.data.synth import render_cxr
 
@@ -44,17 +44,19 @@ def probe_aurocs(shortcut: str) -> dict[str, float]:
     imgs, y, table, tr, te = dataset(shortcut)
 
     def score(p):
-        return P.scored(y[te], p, None, 50, 0, 0.95, 0.8)
+        return probes.scored(y[te], p, None, 50, 0, 0.95, 0.8)
 
     out = {}
     for size in (8, 16):
         out[f"pixels_{size}"] = score(
-            P.logistic_scores(P.thumbnails(imgs[tr], size), y[tr], P.thumbnails(imgs[te], size))
+            probes.logistic_scores(
+                probes.thumbnails(imgs[tr], size), y[tr], probes.thumbnails(imgs[te], size)
+            )
         )["auroc"]
-    p, top = P.acquisition_probe(table.iloc[tr], table.iloc[te], y[tr], y[te])
+    p, top = probes.acquisition_probe(table.iloc[tr], table.iloc[te], y[tr], y[te])
     out["acquisition"], out["acquisition_top"] = score(p)["auroc"], dict(top)
-    extract = P.feature_extractor("efficientnet_lite0", "weights", "cpu")
-    row = P.outside_lungs(extract, imgs[tr], y[tr], imgs[te], 0.7, score)
+    extract = probes.feature_extractor("efficientnet_lite0", "weights", "cpu")
+    row = probes.outside_lungs(extract, imgs[tr], y[tr], imgs[te], 0.7, score)
     out["outside_lungs"] = row["masked"]["auroc"]
     return out
 
@@ -90,7 +92,7 @@ def test_each_injected_shortcut_is_flagged_by_the_probes_that_can_see_it(results
 
 def test_blackout_keeps_exactly_the_centre_or_the_rest():
     x = np.full((1, 10, 10), 200, np.uint8)
-    masked, centre = P.blackout(x, 0.6, False), P.blackout(x, 0.6, True)
+    masked, centre = probes.blackout(x, 0.6, False), probes.blackout(x, 0.6, True)
     assert (masked[0, 2:8, 2:8] == 0).all() and masked.sum() == 200 * (100 - 36)
     assert (centre[0, 2:8, 2:8] == 200).all() and centre.sum() == 200 * 36
     assert (x == 200).all()  # the store itself is untouched
@@ -99,15 +101,15 @@ def test_blackout_keeps_exactly_the_centre_or_the_rest():
 def test_cramers_v_matches_a_hand_computed_case():
     # 2x2: chi2 = n (ad - bc)^2 / ((a+b)(c+d)(a+c)(b+d)) = 100 * 1500^2 / 50^4 = 36, V = sqrt(36 / 100)
     table = pd.DataFrame([[40, 10], [10, 40]], index=["siteA", "siteB"], columns=["Covid", "Normal"])
-    assert P.cramers_v(table) == pytest.approx(0.6)
-    assert P.cramers_v(pd.DataFrame([[5, 5]])) is None
+    assert probes.cramers_v(table) == pytest.approx(0.6)
+    assert probes.cramers_v(pd.DataFrame([[5, 5]])) is None
     df = pd.DataFrame(
         {
             "source": ["siteA"] * 50 + ["siteB"] * 50,
             "class": ["Covid"] * 40 + ["Normal"] * 10 + ["Covid"] * 10 + ["Normal"] * 40,
         }
     )
-    r = P.source_probe(df, 0.5)
+    r = probes.source_probe(df, 0.5)
     assert (
         r["cramers_v"] == pytest.approx(0.6)
         and r["flagged"]
@@ -116,7 +118,7 @@ def test_cramers_v_matches_a_hand_computed_case():
 
 
 def test_no_source_column_skips_the_source_probe_with_a_reason():
-    r = P.source_probe(pd.DataFrame({"source": ["", ""], "class": ["Covid", "Normal"]}), 0.5)
+    r = probes.source_probe(pd.DataFrame({"source": ["", ""], "class": ["Covid", "Normal"]}), 0.5)
     assert r == {"skipped": "no image has a source (set data.metadata.source_column)", "flagged": False}
 
 
@@ -128,19 +130,19 @@ def test_multinomial_probe_scores_macro_auroc_and_flags_it():
     y_tr, y_te = rng.integers(0, 3, 300), rng.integers(0, 3, 150)
     centres = np.array([[0, 0], [3, 0], [0, 3]])
     x_tr, x_te = centres[y_tr] + rng.normal(size=(300, 2)), centres[y_te] + rng.normal(size=(150, 2))
-    p = P.logistic_scores(x_tr, y_tr, x_te)
+    p = probes.logistic_scores(x_tr, y_tr, x_te)
     assert p.shape == (150, 3) and np.allclose(p.sum(1), 1.0)
-    s = P.scored(y_te, p, None, 100, 0, 0.95, 0.8)
+    s = probes.scored(y_te, p, None, 100, 0, 0.95, 0.8)
     assert s["auroc"] == pytest.approx(roc_auc_score(y_te, p, multi_class="ovr"), abs=1e-4)
     assert s["flagged"] and s["auroc_ci_low"] < s["auroc"] < s["auroc_ci_high"]
     assert s["accuracy"] == pytest.approx((p.argmax(1) == y_te).mean(), abs=1e-4)
     # one feature: how far it separates the classes, whichever way round, averaged one-vs-rest
-    assert P.separation(y_te, -x_te[:, 0]) == pytest.approx(
+    assert probes.separation(y_te, -x_te[:, 0]) == pytest.approx(
         np.mean([max(a, 1 - a) for a in (roc_auc_score(y_te == c, x_te[:, 0]) for c in range(3))])
     )
 
 
 def test_the_verdict_is_the_flag_count_alone():
     probe = {"pixels_8": {"auroc": 0.91, "flagged": True}, "n_flagged": 1, "flagged": ["pixels_8"]}
-    assert P.verdict(probe) == {"shortcut_flags": 1}
-    assert P.verdict({**probe, "n_flagged": 0}) == {"shortcut_flags": 0}
+    assert probes.verdict(probe) == {"shortcut_flags": 1}
+    assert probes.verdict({**probe, "n_flagged": 0}) == {"shortcut_flags": 0}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from cxr_transfer.evaluate import verdicts as V
+from cxr_transfer.evaluate import verdicts
 from tests.simulate import (
     SyntheticSet,
     decided,
@@ -47,12 +47,12 @@ def _paired(figure, mu_a, mu_b, grouped=True, seed=0):
     cover = fired = 0
     for _ in range(DRAWS):
         y, g, shared = ts.draw(rng)
-        rs = V.resample(g if grouped else None, len(y), REPS, rng)
+        rs = verdicts.resample(g if grouped else None, len(y), REPS, rng)
         a, b = (
-            V.Scored(y, s, decided(y, s, mu))
+            verdicts.Scored(y, s, decided(y, s, mu))
             for s, mu in ((ts.scores(rng, y, shared, m), m) for m in (mu_a, mu_b))
         )
-        iv = V.difference(figure, [a], [b], rs, 0.95)
+        iv = verdicts.difference(figure, [a], [b], rs, 0.95)
         cover += iv.lo <= delta <= iv.hi
         fired += iv.direction() != 0
     return cover / DRAWS, fired / DRAWS
@@ -76,11 +76,11 @@ def test_resampling_images_of_patients_as_if_independent_undercovers():
     for _ in range(DRAWS):
         y, g, shared = ts.draw(rng)
         s = ts.scores(rng, y, shared, mu)
-        run = [V.Scored(y, s, decided(y, s, mu))]
+        run = [verdicts.Scored(y, s, decided(y, s, mu))]
         for grouped in (True, False):
-            rs = V.resample(g if grouped else None, len(y), REPS, rng)
-            points, draws = V.run_draws("accuracy", run, rs.w)
-            iv = V.combine(points, draws, 0.95, rs.units)
+            rs = verdicts.resample(g if grouped else None, len(y), REPS, rng)
+            points, draws = verdicts.run_draws("accuracy", run, rs.w)
+            iv = verdicts.combine(points, draws, 0.95, rs.units)
             cover[grouped] += iv.lo <= true_accuracy(mu) <= iv.hi
     assert COVER[0] <= cover[True] / DRAWS <= COVER[1], cover
     assert cover[False] / DRAWS < 0.85, cover
@@ -95,7 +95,7 @@ def _seeds(runs, mu_a, mu_b, sd=0.3, own=0.5, figure="auroc", seed=0):
     cover = fired = old = 0
     for _ in range(DRAWS):
         y, g, shared = ts.draw(rng)
-        rs = V.resample(g, len(y), REPS, rng)
+        rs = verdicts.resample(g, len(y), REPS, rng)
         per = []
         for mu in (mu_a, mu_b):
             mus = mu + sd * rng.standard_normal(runs)
@@ -106,11 +106,11 @@ def _seeds(runs, mu_a, mu_b, sd=0.3, own=0.5, figure="auroc", seed=0):
                 )
             )
         points, draws = per[0][0] - per[1][0], per[0][1] - per[1][1]
-        iv = V.over_runs(points, draws, 0.95, rs.units)
+        iv = verdicts.over_runs(points, draws, 0.95, rs.units)
         cover += iv.lo <= delta <= iv.hi
-        fired += iv.level() == V.CONCLUSIVE
+        fired += iv.level() == verdicts.CONCLUSIVE
         t = old_t_interval(points)
-        first = V.one_run(float(points[0]), draws[0], 0.95)
+        first = verdicts.one_run(float(points[0]), draws[0], 0.95)
         t_dir = 0 if not t else 1 if t[0] > 0 else -1 if t[1] < 0 else 0
         old += t_dir != 0 and t_dir == first.direction()
     return cover / DRAWS, fired / DRAWS, old / DRAWS
@@ -143,9 +143,9 @@ def _folds(k=5, seeds=3, corr=0.95, draws=2000, seed=0):
     for _ in range(draws):
         fold = np.sqrt(rho) * rng.standard_normal() + np.sqrt(1 - rho) * rng.standard_normal(k)
         d = fold[:, None] + tau * rng.standard_normal((k, seeds))
-        iv = V.over_folds(d, 1 / (k - 1), 0.95)
+        iv = verdicts.over_folds(d, 1 / (k - 1), 0.95)
         lo, hi = old_t_interval(d.ravel(), 1 / (k - 1))  # the old rule: J = k x seeds
-        new, fired = new + (iv.lo <= 0 <= iv.hi), fired + (iv.level() == V.CONCLUSIVE)
+        new, fired = new + (iv.lo <= 0 <= iv.hi), fired + (iv.level() == verdicts.CONCLUSIVE)
         old, old_fired = old + (lo <= 0 <= hi), old_fired + (not lo <= 0 <= hi)
     return new / draws, fired / draws, old / draws, old_fired / draws
 
@@ -164,7 +164,7 @@ def _sites(auc_int, auc_ext, seed=0):
     and how often it says holds / collapses."""
     ts, rng = SyntheticSet(), np.random.default_rng(seed)
     mi, me = mu_for_auroc(auc_int), mu_for_auroc(auc_ext)
-    g_true = float(V.retention(auc_int, auc_ext))
+    g_true = float(verdicts.retention(auc_int, auc_ext))
     cover = g_cover = 0
     words = {"holds": 0, "collapses": 0, "unclear": 0}
     for _ in range(DRAWS):
@@ -172,13 +172,13 @@ def _sites(auc_int, auc_ext, seed=0):
         for mu in (mi, me):
             y, g, shared = ts.draw(rng)
             s = ts.scores(rng, y, shared, mu)
-            sets.append(([V.Scored(y, s, decided(y, s, mu))], V.resample(g, len(y), REPS, rng)))
+            sets.append(([verdicts.Scored(y, s, decided(y, s, mu))], verdicts.resample(g, len(y), REPS, rng)))
         (a, ra), (b, rb) = sets
-        drop = V.two_sets("auroc", a, b, ra, rb, 0.95)
-        kept = V.two_sets("auroc", a, b, ra, rb, 0.95, V.retention)
+        drop = verdicts.two_sets("auroc", a, b, ra, rb, 0.95)
+        kept = verdicts.two_sets("auroc", a, b, ra, rb, 0.95, verdicts.retention)
         cover += drop.lo <= auc_ext - auc_int <= drop.hi
         g_cover += kept.lo <= g_true <= kept.hi
-        words[V.retention_word(kept)] += 1
+        words[verdicts.retention_word(kept)] += 1
     return cover / DRAWS, g_cover / DRAWS, {k: v / DRAWS for k, v in words.items()}
 
 
@@ -196,24 +196,24 @@ def _ranking(modes=4, runs=3, seed=0):
     (the leader's point accuracy below another mode's)."""
     ts, rng = SyntheticSet(), np.random.default_rng(seed)
     mu, sd = 1.4, 0.3
-    conf = V.bonferroni(0.95, modes - 1)
+    conf = verdicts.bonferroni(0.95, modes - 1)
     rev = old = 0
     for _ in range(DRAWS):
         y, g, shared = ts.draw(rng)
-        rs = V.resample(g, len(y), REPS, rng)
+        rs = verdicts.resample(g, len(y), REPS, rng)
         per = []
         for _m in range(modes):
             mus = mu + sd * rng.standard_normal(runs)
             noise = rng.standard_normal(len(y))
             per.append(
                 [
-                    V.Scored(y, s, decided(y, s, m))
+                    verdicts.Scored(y, s, decided(y, s, m))
                     for s, m in ((ts.scores(rng, y, shared, m, 0.5, noise), m) for m in mus)
                 ]
             )
-        leads = {m: V.difference("auroc", per[0], per[m], rs, conf) for m in range(1, modes)}
-        _, level = V.ahead_of(leads)
-        rev += V.reverses(V.CONCLUSIVE, level)
+        leads = {m: verdicts.difference("auroc", per[0], per[m], rs, conf) for m in range(1, modes)}
+        _, level = verdicts.ahead_of(leads)
+        rev += verdicts.reverses(verdicts.CONCLUSIVE, level)
         acc = [np.mean([r.correct.mean() for r in runs_]) for runs_ in per]
         old += acc[0] < max(acc[1:])
     return rev / DRAWS, old / DRAWS
@@ -232,19 +232,19 @@ def test_best_needs_every_lead_so_one_equal_rival_keeps_it_at_5_percent():
     said = 0
     for _ in range(DRAWS):
         y, g, shared = ts.draw(rng)
-        rs = V.resample(g, len(y), REPS, rng)
+        rs = verdicts.resample(g, len(y), REPS, rng)
         per = []
         for mu in mus:
             ms = mu + sd * rng.standard_normal(runs)
             noise = rng.standard_normal(len(y))
             per.append(
                 [
-                    V.Scored(y, s, decided(y, s, m))
+                    verdicts.Scored(y, s, decided(y, s, m))
                     for s, m in ((ts.scores(rng, y, shared, m, 0.5, noise), m) for m in ms)
                 ]
             )
-        leads = {m: V.difference("auroc", per[0], per[m], rs, 0.95) for m in (1, 2, 3)}
-        said += V.best_level(leads) == V.CONCLUSIVE
+        leads = {m: verdicts.difference("auroc", per[0], per[m], rs, 0.95) for m in (1, 2, 3)}
+        said += verdicts.best_level(leads) == verdicts.CONCLUSIVE
     assert said / DRAWS <= NULL_MAX
 
 

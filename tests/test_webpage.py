@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_transfer.report import webpage as W
+from cxr_transfer.report import webpage
 
 vlc = pytest.importorskip("vl_convert")
 
@@ -28,13 +28,13 @@ def test_every_chart_spec_compiles_and_draws_its_data():
         {"actual": ["Covid", "Covid", "Normal"], "predicted": ["Covid", "Normal", "Normal"], "model": "a-fe"}
     )
     specs = {
-        **W.curve_specs(_curves()),
-        **W.roc_pr_specs(roc, pr),
-        "confusion": W.confusion_spec(conf, ["Normal", "Covid"]),
+        **webpage.curve_specs(_curves()),
+        **webpage.roc_pr_specs(roc, pr),
+        "confusion": webpage.confusion_spec(conf, ["Normal", "Covid"]),
     }
     assert set(specs) == {"val_accuracy", "loss", "roc", "pr", "confusion"}
     for name, spec in specs.items():
-        svg = vlc.vegalite_to_svg(spec, vl_version=W.VL_VERSION)
+        svg = vlc.vegalite_to_svg(spec, vl_version=webpage.VL_VERSION)
         assert "<path" in svg or "<rect" in svg, name
         assert spec["title"] in svg or spec["title"].replace("'", "&#39;") in svg, name
     loss = specs["loss"]["data"]["values"]
@@ -44,13 +44,13 @@ def test_every_chart_spec_compiles_and_draws_its_data():
 
 
 def test_the_dvc_template_inlines_the_bundle_and_drops_the_cdn_scripts():
-    page = W.dvc_plots_template("window.vegaEmbed = 1;")
+    page = webpage.dvc_plots_template("window.vegaEmbed = 1;")
     assert "{plot_divs}" in page and "{scripts}" not in page and "window.vegaEmbed = 1;" in page
     assert not re.search(r"""src=["']?https?:""", page)
 
 
 def test_the_bundle_defines_vega_embed_and_cannot_close_its_script_early():
-    bundle = W.js_bundle()
+    bundle = webpage.js_bundle()
     assert "window.vegaEmbed" in bundle and "</script" not in bundle.lower()
     assert len(bundle) > 300_000  # vega, vega-lite and vega-embed, not a loader stub
 
@@ -60,8 +60,8 @@ def test_the_page_puts_each_chart_in_its_slot_and_loads_nothing_remote(tmp_path)
     from PIL import Image
 
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(png)
-    sections = [("Curves", W.chart_slot("val_accuracy")), ("Grad-CAM", W.image(png, "grid <a>"))]
-    page = W.page("T", "sub", sections, W.curve_specs(_curves()), "/* bundle */")
+    blocks = [("Curves", webpage.chart_slot("val_accuracy")), ("Grad-CAM", webpage.image(png, "grid <a>"))]
+    page = webpage.page("T", "sub", blocks, webpage.curve_specs(_curves()), "/* bundle */")
     assert page.count('data-chart="val_accuracy"') == 1 and '"val_accuracy": {' in page
     assert 'src="data:image/png;base64,' in page and 'alt="grid &lt;a&gt;"' in page
     assert '<a href="#s0">Curves</a>' in page and '<h2 id="s1">Grad-CAM</h2>' in page
@@ -74,7 +74,7 @@ HOSTILE = 'Covid<script>alert("cls")</script>'
 def test_names_from_data_params_and_folders_are_text_on_the_page_never_markup():
     """A class name, a stray run folder and a Markdown link in summary.md reach the page as text:
     no element, no handler, no javascript: link is created from them."""
-    from cxr_transfer.report import sections as R
+    from cxr_transfer.report import sections
 
     stale = "eval/<img src=x onerror=alert(1)>"
     md = (
@@ -84,8 +84,8 @@ def test_names_from_data_params_and_folders_are_text_on_the_page_never_markup():
     conf = pd.DataFrame(
         {"model": ["m"] * 4, "actual": [0, 0, 1, 1], "predicted": [0, 1, 0, 1], "n": [3, 1, 2, 4]}
     )
-    charts = {"confusion": W.confusion_spec(conf, ["Normal", HOSTILE])}
-    data = R.data_html(
+    charts = {"confusion": webpage.confusion_spec(conf, ["Normal", HOSTILE])}
+    data = sections.data_html(
         {
             "root": "data/<b>raw</b>",
             "images": 3,
@@ -99,7 +99,7 @@ def test_names_from_data_params_and_folders_are_text_on_the_page_never_markup():
         },
         {"counts": {"train": {HOSTILE: 1}}, "seed": 42, "fractions": [0.64], "group_overlap": 0},
     )
-    page = W.page("T", HOSTILE, [("", W.markdown(md)), (HOSTILE, data)], charts, "/* bundle */")
+    page = webpage.page("T", HOSTILE, [("", webpage.markdown(md)), (HOSTILE, data)], charts, "/* bundle */")
     assert page.count("<script") == 2  # the bundle's and the chart specs'
     assert "<img" not in page and "<b>" not in page and 'href="javascript' not in page
     assert "javascript:alert(2)" in page  # shown as the text it is

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from cxr_transfer.audit.gradcam import lung_box
 from cxr_transfer.core.decision import decide, decide_positive
 from cxr_transfer.data.acquisition import feature_matrix
-from cxr_transfer.evaluate import binary
-from cxr_transfer.evaluate import metrics as E
+from cxr_transfer.evaluate import binary, metrics
 from cxr_transfer.evaluate.metrics import auroc
 
 
@@ -46,9 +45,9 @@ def scored(y, p, groups, reps: int, seed: int, confidence: float, flag_auroc: fl
     `p` (N, K) for more than two classes: the macro one-vs-rest AUROC and the argmax."""
     y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float)
     if p.ndim == 2:
-        ci = E.bootstrap_ci(y, p, groups, reps, seed, confidence)
+        ci = metrics.bootstrap_ci(y, p, groups, reps, seed, confidence)
         names = [str(c) for c in range(p.shape[1])]
-        auc, acc = E.sklearn_figures(y, p, names)["auroc_macro"], float((decide(p) == y).mean())
+        auc, acc = metrics.sklearn_figures(y, p, names)["auroc_macro"], float((decide(p) == y).mean())
         lo, hi = ci.get("auroc_macro") or (None, None)
     else:
         ci = binary.bootstrap_ci(y, p, 0.5, groups, reps, seed, confidence)
@@ -113,7 +112,7 @@ def external_baselines(cfg, classes: list[str], positive, prepared, splits, x_ex
     (verdicts.retention: holds, collapses or unclear). `boot`: (resamples, seed, confidence)."""
     from cxr_transfer.core.tables import read_table
     from cxr_transfer.data.prepare import load_store
-    from cxr_transfer.evaluate import verdicts as V
+    from cxr_transfer.evaluate import verdicts
 
     (x_tr, y_tr), (x_te, y_te) = load_store(prepared, "train"), load_store(prepared, "test")
     test, y_ext = read_table(splits / "test.csv"), ext_table["label"].to_numpy()
@@ -122,7 +121,7 @@ def external_baselines(cfg, classes: list[str], positive, prepared, splits, x_ex
         y_tr, y_te, y_ext = ((v == pos).astype(int) for v in (y_tr, y_te, y_ext))
     reps, seed, conf = boot
     rng = np.random.default_rng(seed)
-    rs = [V.resample(t["group"].to_numpy(), len(t), reps, rng) for t in (test, ext_table)]
+    rs = [verdicts.resample(t["group"].to_numpy(), len(t), reps, rng) for t in (test, ext_table)]
     figure, n = ("auroc" if len(classes) == 2 else "auroc_macro"), len(y_te)
     y_both = np.concatenate([y_te, y_ext])
 
@@ -130,15 +129,17 @@ def external_baselines(cfg, classes: list[str], positive, prepared, splits, x_ex
         p = np.asarray(p, dtype=float)
         runs = []
         for part, y in ((p[:n], y_te), (p[n:], y_ext)):
-            runs.append([V.Scored(y, part, (decide_positive(part) if part.ndim == 1 else decide(part)) == y)])
+            runs.append(
+                [verdicts.Scored(y, part, (decide_positive(part) if part.ndim == 1 else decide(part)) == y)]
+            )
         (i, e), out = runs, {}
         for where, r, w in (("internal", i, rs[0]), ("external", e, rs[1])):
-            points, draws = V.run_draws(figure, r, w.w)
-            out[where] = V.combine(points, draws, conf, w.units).as_dict()
+            points, draws = verdicts.run_draws(figure, r, w.w)
+            out[where] = verdicts.combine(points, draws, conf, w.units).as_dict()
             out[where]["auroc"] = out[where]["point"]
-        kept = V.two_sets(figure, i, e, rs[0], rs[1], conf, V.retention)
+        kept = verdicts.two_sets(figure, i, e, rs[0], rs[1], conf, verdicts.retention)
         lo = out["internal"]["ci"][0] if out["internal"]["ci"] else None
-        out |= {"retention": kept.as_dict(), "retention_word": V.retention_word(kept)}
+        out |= {"retention": kept.as_dict(), "retention_word": verdicts.retention_word(kept)}
         out |= {"separates_internally": lo is not None and lo > 0.5, "auroc": out["external"]["auroc"]}
         return out
 
@@ -193,34 +194,37 @@ def source_probe(df: pd.DataFrame, flag_v: float) -> dict:
 def near_duplicate_report(
     parts: dict[str, pd.DataFrame], max_bits: int | None, max_framed_bits: int | None = None
 ) -> tuple[dict, pd.DataFrame]:
-    """Near-duplicate pairs over all splits: counted, and listed with paths, splits, the hash that
-    found them and its distance."""
+    """Near pairs over all splits at limits looser than the split's join (the pairs it left
+    apart), listed with paths, splits, classes, the hash that found them and its distance.
+    Flagged where a pair of one class straddles the splits: a test image with a probable near
+    copy in training. A pair of two classes straddling the splits is counted, not flagged: at loose
+    limits two different radiographs can hash alike (the listed pairs say which they are)."""
     from cxr_transfer.data.neardup import near_pairs_of
 
-    cols = ["path_a", "split_a", "path_b", "split_b", "hash", "distance"]
+    cols = ["path_a", "split_a", "class_a", "path_b", "split_b", "class_b", "hash", "distance"]
     if max_bits is None and max_framed_bits is None:
-        skipped = "split.near_duplicate_bits and split.near_duplicate_framed_bits are null"
+        skipped = "probe.near_duplicate_bits and probe.near_duplicate_framed_bits are null"
         return {"skipped": skipped, "flagged": False}, pd.DataFrame(columns=cols)
     df = pd.concat([p.assign(split=s) for s, p in parts.items()], ignore_index=True)
     i, j, d, col = near_pairs_of(df, {"phash": max_bits, "phash_framed": max_framed_bits})
     pairs = pd.DataFrame(
         {
-            "path_a": df["path"].to_numpy()[i],
-            "split_a": df["split"].to_numpy()[i],
-            "path_b": df["path"].to_numpy()[j],
-            "split_b": df["split"].to_numpy()[j],
+            **{f"{c}_a": df[c].to_numpy()[i] for c in ("path", "split", "class")},
+            **{f"{c}_b": df[c].to_numpy()[j] for c in ("path", "split", "class")},
             "hash": col,
             "distance": d,
         },
         columns=cols,
     )
-    cross = int((pairs["split_a"] != pairs["split_b"]).sum())
+    cross = pairs["split_a"] != pairs["split_b"]
+    same = int((cross & (pairs["class_a"] == pairs["class_b"])).sum())
     summary = {
         "max_bits": max_bits,
         "max_framed_bits": max_framed_bits,
         "pairs": len(pairs),
-        "cross_split_pairs": cross,
-        "flagged": cross > 0,
+        "cross_split_pairs": int(cross.sum()),
+        "cross_split_same_class": same,
+        "flagged": same > 0,
     }
     return summary, pairs
 

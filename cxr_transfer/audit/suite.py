@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from cxr_transfer.audit import probes as P
+from cxr_transfer.audit import probes
 from cxr_transfer.core.params import Params
 from cxr_transfer.train.engine import pick_device
 
@@ -24,21 +24,21 @@ def run_probes(
     groups = parts["test"]["group"].to_numpy()
 
     def score(p_test):
-        return P.scored(y_te, p_test, groups, cfg.bootstrap, cfg.seed, cfg.confidence, cfg.flag_auroc)
+        return probes.scored(y_te, p_test, groups, cfg.bootstrap, cfg.seed, cfg.confidence, cfg.flag_auroc)
 
-    out = P.baselines(x_tr, y_tr, x_te, y_te, parts["train"], parts["test"], cfg.thumbnails, score)
+    out = probes.baselines(x_tr, y_tr, x_te, y_te, parts["train"], parts["test"], cfg.thumbnails, score)
     device = pick_device(p.train.device)
     if p.weights.source == "imagenet":
         out["outside_lungs"] = {}
         for arch in p.archs:
-            extract = P.feature_extractor(arch, p.weights.dir, device)
-            out["outside_lungs"][arch] = P.outside_lungs(extract, x_tr, y_tr, x_te, cfg.box, score)
-    near, pairs = P.near_duplicate_report(
+            extract = probes.feature_extractor(arch, p.weights.dir, device)
+            out["outside_lungs"][arch] = probes.outside_lungs(extract, x_tr, y_tr, x_te, cfg.box, score)
+    near, pairs = probes.near_duplicate_report(
         parts, p.probe.near_duplicate_bits, p.probe.near_duplicate_framed_bits
     )
     near["split_join_bits"] = [p.split.near_duplicate_bits, p.split.near_duplicate_framed_bits]
     out["near_duplicates"] = near
-    out["source"] = P.source_probe(pd.concat(parts.values(), ignore_index=True), cfg.flag_cramers_v)
+    out["source"] = probes.source_probe(pd.concat(parts.values(), ignore_index=True), cfg.flag_cramers_v)
     flags = [k for k, v in out.items() if v.get("flagged")]
     flags += [f"outside_lungs.{a}" for a, v in out.get("outside_lungs", {}).items() if v["flagged"]]
     out["n_flagged"], out["flagged"] = len(flags), sorted(flags)

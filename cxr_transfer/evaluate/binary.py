@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxr_transfer.evaluate import metrics as E
+from cxr_transfer.evaluate import metrics
 
 POINT = (
     "accuracy",
@@ -41,36 +41,36 @@ def two_columns(p) -> np.ndarray:
 
 def confusion(y, pred) -> dict[str, int]:
     """Counts with label 1 as the positive class."""
-    cm = E.confusion_matrix(np.asarray(y).astype(int), np.asarray(pred).astype(int), 2)
+    cm = metrics.confusion_matrix(np.asarray(y).astype(int), np.asarray(pred).astype(int), 2)
     return {"tn": int(cm[0, 0]), "fp": int(cm[0, 1]), "fn": int(cm[1, 0]), "tp": int(cm[1, 1])}
 
 
 def ece(y, p, bins: int = 10) -> float:
     """Expected calibration error of the decided class's confidence (max(p, 1 - p))."""
-    return E.top_label_ece(
+    return metrics.top_label_ece(
         np.asarray(y).astype(int), two_columns(p), bins, (np.asarray(p) >= 0.5).astype(int)
     )
 
 
 def brier(y, p) -> float:
     """The binary Brier score, mean((p - y)^2): half the K = 2 multi-class one."""
-    return E.brier(np.asarray(y).astype(int), two_columns(p)) / 2
+    return metrics.brier(np.asarray(y).astype(int), two_columns(p)) / 2
 
 
 def point_metrics(y, p, threshold: float = 0.5, bins: int = 10) -> dict:
     """Every figure at one threshold on P(positive), with each class's figures and the counts."""
     y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float)
     pred = (p >= threshold).astype(int)
-    cm = E.confusion_matrix(y, pred, 2)
-    per = E.per_class(cm)
-    neg, pos = ({m: E.finite(per[m][c]) for m in E.COUNTED} for c in (0, 1))
+    cm = metrics.confusion_matrix(y, pred, 2)
+    per = metrics.per_class(cm)
+    neg, pos = ({m: metrics.finite(per[m][c]) for m in metrics.COUNTED} for c in (0, 1))
     rec, spec, f1, f1_neg = pos["recall"], pos["specificity"], pos["f1"], neg["f1"]
     return {
         "accuracy": float(np.trace(cm) / len(y)) if len(y) else None,
-        **{name: E.finite(per[m][c]) for name, (c, m) in NAMES.items()},
+        **{name: metrics.finite(per[m][c]) for name, (c, m) in NAMES.items()},
         "balanced_accuracy": None if rec is None or spec is None else (rec + spec) / 2,
-        "auroc": E.auroc(y, p),
-        "auprc": E.auprc(y, p),
+        "auroc": metrics.auroc(y, p),
+        "auprc": metrics.auprc(y, p),
         "brier": brier(y, p),
         "ece": ece(y, p, bins),  # of the rule's decisions (P >= 0.5), whatever the threshold
         "macro_f1": None if f1 is None or f1_neg is None else (f1 + f1_neg) / 2,
@@ -89,10 +89,10 @@ def undefined_reasons(m: dict, y, p, threshold: float) -> dict[str, str]:
     why = {}
     for name, (c, f) in NAMES.items():
         if m[name] is None:
-            why[name] = E.why_undefined(cls[c], f, int((y == c).sum()), int((pred == c).sum()))
+            why[name] = metrics.why_undefined(cls[c], f, int((y == c).sum()), int((pred == c).sum()))
     for name in ("auroc", "auprc"):
         if m[name] is None:
-            why[name] = E.why_undefined("positive", name, int(y.sum()), int(pred.sum()))
+            why[name] = metrics.why_undefined("positive", name, int(y.sum()), int(pred.sum()))
     for k in ("balanced_accuracy", "macro_f1"):
         if m[k] is None:
             why[k] = "needs both classes in the test set and in the predictions"
@@ -103,4 +103,4 @@ def bootstrap_ci(y, p, threshold, groups, reps, seed, confidence=0.95, bins=10) 
     """Percentile intervals of every POINT figure but NO_INTERVAL's, resampling groups."""
     y, p = np.asarray(y), np.asarray(p)
     stat = lambda i: point_metrics(y[i], p[i], threshold, bins)  # noqa: E731
-    return E.bootstrap(stat, len(y), groups, reps, seed, confidence, keys=POINT)
+    return metrics.bootstrap(stat, len(y), groups, reps, seed, confidence, keys=POINT)

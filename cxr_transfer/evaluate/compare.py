@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from cxr_transfer.core.errors import CxrError
-from cxr_transfer.evaluate import verdicts as V
+from cxr_transfer.evaluate import verdicts
 from cxr_transfer.evaluate.metrics import mcnemar_p
 
 
@@ -57,7 +57,7 @@ def _num(v) -> float:
 
 
 def compare_modes(
-    runs: dict[str, dict[int, V.Scored]],
+    runs: dict[str, dict[int, verdicts.Scored]],
     groups,
     keys: tuple[str, str],
     boot: tuple[int, int, float],
@@ -69,7 +69,7 @@ def compare_modes(
     (name -> {(seed, fold): that fold's figures}) the verdict is over folds."""
     reps, seed, conf = boot
     n = len(next(iter(next(iter(runs.values())).values())).y)
-    rs = V.resample(groups, n, reps, np.random.default_rng(seed))
+    rs = verdicts.resample(groups, n, reps, np.random.default_rng(seed))
     out = {}
     for a, b in comparisons(list(runs)):
         seeds = sorted(set(runs[a]) & set(runs[b]))
@@ -78,9 +78,9 @@ def compare_modes(
         for key in keys:
             if per_fold:
                 d, ratio = folds_difference(per_fold[a], per_fold[b], key)
-                entry[key] = V.over_folds(d, ratio, conf)
+                entry[key] = verdicts.over_folds(d, ratio, conf)
             else:
-                entry[key] = V.difference(key, ra, rb, rs, conf)
+                entry[key] = verdicts.difference(key, ra, rb, rs, conf)
         ca, cb = ra[0].correct, rb[0].correct
         entry["mcnemar_p"] = mcnemar_p(ca, cb)
         entry["discordant"] = {
@@ -94,7 +94,7 @@ def compare_modes(
 def as_json(compare: dict) -> dict:
     """compare.json: each interval as its dict (point, ci, runs, method, level)."""
     return {
-        pair: {k: v.as_dict() if isinstance(v, V.Interval) else v for k, v in c.items()}
+        pair: {k: v.as_dict() if isinstance(v, verdicts.Interval) else v for k, v in c.items()}
         for pair, c in compare.items()
     }
 
@@ -108,7 +108,7 @@ def best_modes(compare: dict, names: list[str], key: str, points: dict[str, floa
         mine = [n for n in names if n.rpartition("-")[0] == arch]
         known = [n for n in mine if points.get(n) is not None]
         leader = max(known, key=lambda n: points[n]) if known else None
-        best, level = None, V.INCONCLUSIVE
+        best, level = None, verdicts.INCONCLUSIVE
         if leader is not None and len(mine) > 1:
             leads = {}
             for other in mine:
@@ -116,29 +116,31 @@ def best_modes(compare: dict, names: list[str], key: str, points: dict[str, floa
                     continue
                 iv, sign = _pair(compare, leader, other, key)
                 leads[other] = iv if sign > 0 else _flip(iv)
-            level = V.best_level(leads)
-            best = leader if level != V.INCONCLUSIVE else None
+            level = verdicts.best_level(leads)
+            best = leader if level != verdicts.INCONCLUSIVE else None
         mode = lambda n: None if n is None else n.rpartition("-")[2]  # noqa: E731
         out[arch] = {"best": mode(best), "level": level, "leader": mode(leader), "modes": len(mine)}
     return out
 
 
-def _pair(compare: dict, a: str, b: str, key: str) -> tuple[V.Interval, int]:
+def _pair(compare: dict, a: str, b: str, key: str) -> tuple[verdicts.Interval, int]:
     """The interval of a minus b (sign +1) or b minus a (-1), whichever compare holds."""
     if f"{a} vs {b}" in compare:
         return compare[f"{a} vs {b}"][key], 1
     return compare[f"{b} vs {a}"][key], -1
 
 
-def _flip(iv: V.Interval) -> V.Interval:
+def _flip(iv: verdicts.Interval) -> verdicts.Interval:
     neg = lambda v: None if v is None else -v  # noqa: E731
-    return V.Interval(neg(iv.point), neg(iv.hi), neg(iv.lo), iv.runs, iv.method, iv.confidence)
+    return verdicts.Interval(neg(iv.point), neg(iv.hi), neg(iv.lo), iv.runs, iv.method, iv.confidence)
 
 
-def _ci(iv: V.Interval) -> str:
+def _ci(iv: verdicts.Interval) -> str:
     if iv.point is None:
         return "n/a (undefined on this test set)"
-    return f"{iv.point:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}]" if iv.ci else f"{iv.point:+.3f} [no interval]"
+    over = {"over_runs": f" over {iv.runs} seeds x the test set", "over_folds": " over the folds"}
+    said = f"{iv.point:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}]" if iv.ci else f"{iv.point:+.3f} [no interval]"
+    return said + over.get(iv.method, "")
 
 
 def answer_lines(
@@ -163,8 +165,8 @@ def answer_lines(
         iv, acc = c[auc_key], c["accuracy"]
         methods.add(iv.method)
         lines.append(
-            f"- **{arch}, {a} vs {b}: {V.ahead(a, b, iv)}.** {a} minus {b}: {auc} {_ci(iv)}, {iv.level()}; "
-            f"accuracy {_ci(acc)}, {acc.level()}."
+            f"- **{arch}, {a} vs {b}: {verdicts.ahead(a, b, iv)}.** {a} minus {b}: "
+            f"{auc} {_ci(iv)}, {iv.level()}; accuracy {_ci(acc)}, {acc.level()}."
         )
     lines.append("")
     for arch, r in best.items():

@@ -10,7 +10,7 @@ import pandas as pd
 
 from cxr_transfer.core.cli import write_csv, write_json
 from cxr_transfer.core.decision import decide, decide_positive
-from cxr_transfer.evaluate import metrics as E
+from cxr_transfer.evaluate import metrics
 from cxr_transfer.evaluate.binary import bootstrap_ci, point_metrics, two_columns, undefined_reasons
 from cxr_transfer.evaluate.calibration import calibrate, log_odds
 from cxr_transfer.evaluate.metrics import threshold_counts, youden_threshold
@@ -127,7 +127,7 @@ def per_source(test: pd.DataFrame, y, p, bins: int = 10) -> dict:
             m = point_metrics(y[idx], p[idx], 0.5, bins)
             keys = ("accuracy", "auroc", "recall", "specificity")
         else:
-            m = E.figures(y[idx], p[idx], bins)
+            m = metrics.figures(y[idx], p[idx], bins)
             keys = ("accuracy", "balanced_accuracy", "auroc_macro")
         out[src] = {"n": len(idx), **{k: m[k] for k in keys}}
     return _round(out)
@@ -137,18 +137,18 @@ def evaluate_k(y, P, groups, classes, positive, reps: int, seed: int, confidence
     """The metrics of one K-class model on the test split (K > 2): scikit-learn's figures at the
     argmax, per class one-vs-rest, the confusion matrix, grouped bootstrap intervals, and why any
     figure is undefined. With `positive`, that class against the rest under the binary names."""
-    y, P = np.asarray(y).astype(int), E.normalise(P)
-    m = E.sklearn_figures(y, P, classes, bins, positive)
+    y, P = np.asarray(y).astype(int), metrics.normalise(P)
+    m = metrics.sklearn_figures(y, P, classes, bins, positive)
     pos = None if positive is None else classes.index(positive)
-    out = {k: m[k] for k in (*E.POINT, *(E.OVR if positive else ()))}
+    out = {k: m[k] for k in (*metrics.POINT, *(metrics.OVR if positive else ()))}
     out["n_test"] = len(y)
     out["n_groups"] = int(len(set(groups))) if groups is not None else len(y)
     out["classes"] = list(classes)
     out["per_class"] = m["per_class"]
     out["confusion_matrix"] = m["confusion_matrix"]
-    out["ci"] = E.bootstrap_ci(y, P, groups, reps, seed, confidence, bins, pos)
+    out["ci"] = metrics.bootstrap_ci(y, P, groups, reps, seed, confidence, bins, pos)
     out["ci_level"] = confidence
-    out["undefined"] = E.undefined_reasons(m, classes)
+    out["undefined"] = metrics.undefined_reasons(m, classes)
     return _round(out)
 
 
@@ -178,7 +178,7 @@ def headline_k(full: dict) -> dict:
 def prediction_table_k(test: pd.DataFrame, P, classes: list[str]) -> pd.DataFrame:
     """Per test image: path, group, true class and label, P(class) for every class (p_<class>)
     and the predicted class (the argmax)."""
-    P = E.normalise(P)
+    P = metrics.normalise(P)
     out = test[["path", "group", "class", "label"]].copy()
     for c, name in enumerate(classes):
         out[f"p_{name}"] = P[:, c].round(6)

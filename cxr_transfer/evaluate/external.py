@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxr_transfer.evaluate import verdicts as V
+from cxr_transfer.evaluate import verdicts
 
 
 def _mean(points: np.ndarray) -> float | None:
@@ -18,10 +18,10 @@ def _mean(points: np.ndarray) -> float | None:
 
 def mode_at_site(
     figure: str,
-    internal: dict[int, V.Scored],
-    external: dict[int, V.Scored],
-    rs_int: V.Resamples,
-    rs_ext: V.Resamples,
+    internal: dict[int, verdicts.Scored],
+    external: dict[int, verdicts.Scored],
+    rs_int: verdicts.Resamples,
+    rs_ext: verdicts.Resamples,
     conf: float,
 ) -> dict:
     """One mode's figures internal and external (means over its runs, paired by seed), the drops
@@ -32,13 +32,13 @@ def mode_at_site(
     out = {"seeds": seeds}
     for key in (figure, "accuracy"):
         out[key] = {
-            "internal": _mean(V.run_draws(key, internal, np.ones((1, len(internal[0].y))))[0]),
-            "external": _mean(V.run_draws(key, external, np.ones((1, len(external[0].y))))[0]),
+            "internal": _mean(verdicts.run_draws(key, internal, np.ones((1, len(internal[0].y))))[0]),
+            "external": _mean(verdicts.run_draws(key, external, np.ones((1, len(external[0].y))))[0]),
             # k folds: each a mean over the fold models, like for like
-            "drop": V.two_sets(key, internal, external, rs_int, rs_ext, conf),
+            "drop": verdicts.two_sets(key, internal, external, rs_int, rs_ext, conf),
         }
-    kept = V.two_sets(figure, internal, external, rs_int, rs_ext, conf, V.retention)
-    out["retention"], out["retention_word"] = kept, V.retention_word(kept)
+    kept = verdicts.two_sets(figure, internal, external, rs_int, rs_ext, conf, verdicts.retention)
+    out["retention"], out["retention_word"] = kept, verdicts.retention_word(kept)
     return out
 
 
@@ -60,8 +60,8 @@ def prevalence(y: np.ndarray, classes: list[str], positive: str | None) -> dict:
 
 def site_verdicts(
     name: str,
-    internal: dict[str, dict[int, V.Scored]],
-    external: dict[str, dict[int, V.Scored]],
+    internal: dict[str, dict[int, verdicts.Scored]],
+    external: dict[str, dict[int, verdicts.Scored]],
     groups: tuple,
     best: dict,
     figure: str,
@@ -77,8 +77,8 @@ def site_verdicts(
     reps, seed, conf = boot
     rng = np.random.default_rng(seed)
     ext0, int0 = (next(iter(next(iter(d.values())).values())) for d in (external, internal))
-    rs_int = V.resample(groups[0], len(int0.y), reps, rng)
-    rs_ext = V.resample(groups[1], len(ext0.y), reps, rng)
+    rs_int = verdicts.resample(groups[0], len(int0.y), reps, rng)
+    rs_ext = verdicts.resample(groups[1], len(ext0.y), reps, rng)
     runs = {n: mode_at_site(figure, internal[n], external[n], rs_int, rs_ext, conf) for n in internal}
     ranks = {}
     for arch, b in best.items():
@@ -86,14 +86,14 @@ def site_verdicts(
         leader = b["best"] or b["leader"]
         if leader is None or len(mine) < 2:
             continue
-        c = V.bonferroni(conf, len(mine) - 1)
+        c = verdicts.bonferroni(conf, len(mine) - 1)
         leads = {}
         for m, n in mine.items():
             if m != leader:
                 seeds = sorted(set(external[mine[leader]]) & set(external[n]))
                 first, second = ([external[x][s] for s in seeds] for x in (mine[leader], n))
-                leads[m] = V.difference(figure, first, second, rs_ext, c)
-        ahead, level = V.ahead_of(leads)
+                leads[m] = verdicts.difference(figure, first, second, rs_ext, c)
+        ahead, level = verdicts.ahead_of(leads)
         ranks[arch] = {
             "leader": leader,
             "leader_established": b["level"],
@@ -101,7 +101,7 @@ def site_verdicts(
             "confidence": c,
             "ahead_at_site": ahead,
             "ahead_level": level,
-            "reversed": V.reverses(b["level"], level),
+            "reversed": verdicts.reverses(b["level"], level),
         }
     return {
         "name": name,
@@ -116,7 +116,7 @@ def _f(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def _ci(iv: V.Interval) -> str:
+def _ci(iv: verdicts.Interval) -> str:
     if iv.point is None:
         return "n/a"
     return f"{iv.point:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}]" if iv.ci else f"{iv.point:+.3f}"
@@ -146,7 +146,11 @@ def _site_words(site: str, r: dict, mine: dict, figure: str) -> str:
     """Reverses (the internal best conclusive, another mode conclusively ahead here), ahead
     (weaker: said with its level and why it is no reversal), or inconclusive."""
     leader, level = r["leader"], r["leader_established"]
-    who = f"the internal best, {leader}," if level != V.INCONCLUSIVE else f"the internal leader, {leader},"
+    who = (
+        f"the internal best, {leader},"
+        if level != verdicts.INCONCLUSIVE
+        else f"the internal leader, {leader},"
+    )
     if mine[leader][figure]["external"] is None:
         return f"AUROC is undefined at {site} (it holds one class): no ranking there."
     rivals = ", ".join(r["ahead_at_site"])
@@ -159,7 +163,7 @@ def _site_words(site: str, r: dict, mine: dict, figure: str) -> str:
         return f"No mode is shown ahead of {who} at {site} (inconclusive at this site)."
     why = (
         "one run per mode"
-        if r["ahead_level"] == V.SUGGESTIVE
+        if r["ahead_level"] == verdicts.SUGGESTIVE
         else f"{leader}'s internal lead was {level}, not conclusive"
     )
     return f"{rivals} is ahead of {who} at {site} ({r['ahead_level']}; no reversal is claimed: {why})."
@@ -180,7 +184,7 @@ def shortcut_line(name: str, base: dict, cnn: str, cnn_row: dict | None, figure:
     head = (
         f"- **{name}**: the strongest baseline ({k.replace('_', ' ')}, fit on the internal training split): "
         f"AUROC {_f(b['internal']['auroc'])} internal -> {_f(b['external']['auroc'])} here, retention "
-        f"{_ci(V.Interval(**_iv(b['retention'])))}: {b['retention_word']}; "
+        f"{_ci(verdicts.Interval(**_iv(b['retention'])))}: {b['retention_word']}; "
     )
     if cnn_row is None or cnn_row["retention"].point is None:
         return head + f"{cnn}: AUROC undefined at this site."
@@ -199,9 +203,12 @@ def _iv(d: dict) -> dict:
 
 def _shortcut_words(base: str, cnn: str) -> str:
     if "unclear" in (base, cnn):
+        which = [w for w, v in (("the baseline", base), ("the CNN", cnn)) if v == "unclear"]
+        known = [f"{w} {v}" for w, v in (("the baseline", base), ("the CNN", cnn)) if v != "unclear"]
         return (
-            "No verdict: an interval holds the line of keeping half the margin over chance "
-            "(more images at this site would tell)."
+            f"No verdict on a shortcut: for {' and '.join(which)} the interval holds the line of keeping "
+            "half the margin over chance (more images at this site would tell)"
+            + (f"; {known[0]}." if known else ".")
         )
     return {
         (

@@ -12,7 +12,7 @@ import pandas as pd
 from cxr_transfer.core.params import EvaluateConfig
 from cxr_transfer.core.tables import read_table
 from cxr_transfer.data.prepare import load_folds, load_store
-from cxr_transfer.evaluate import verdicts as V
+from cxr_transfer.evaluate import verdicts
 from cxr_transfer.evaluate.crossval import fold_figures, spread
 from cxr_transfer.evaluate.evaluation import (
     Scores,
@@ -119,17 +119,22 @@ def evaluate_folds(model, prepared, splits, eval_dir, positive, cfg, score, fold
     fold = np.concatenate([np.full(len(t), i) for i, t in enumerate(tests)])
     pooled = pooled_figures(y, p_test, test, classes, positive, cfg)
     head = headline(pooled) if len(classes) == 2 else headline_k(pooled)
-    full = {"arch": info.arch, "mode": info.mode}
+    # pooled: the confusion counts and per-class figures (the decisions are each fold model's own
+    # argmax, so they pool exactly); the headline figures and their intervals: over the folds
+    full = {"arch": info.arch, "mode": info.mode, **pooled}
+    if "youden" in parts[0][0]:  # the exported model is fold 0's: its own validation threshold
+        full["youden"] = {**parts[0][0]["youden"], "fold": 0}
     for k, v in head.items():  # the mean over folds of each fold's own figure
         vals = [q[0].get(k) for q in parts]
         full[k] = v if k == "n_test" else None if None in vals else round(float(np.mean(vals)), 6)
     ratio = float(np.mean([len(f["test"]) / len(f["train"]) for f in folds["folds"]]))
-    full["ci"] = {
-        k: V.over_folds(
+    full["ci"] = {  # rounded as every other figure of the file
+        k: verdicts.over_folds(
             np.array([[np.nan if q[0].get(k) is None else q[0][k]] for q in parts]), ratio, cfg.confidence
         ).ci
         for k in pooled["ci"]
     }
+    full["ci"] = {k: None if v is None else [round(x, 6) for x in v] for k, v in full["ci"].items()}
     full |= {"ci_level": cfg.confidence, "ci_method": "over_folds", "n_groups": pooled["n_groups"]}
     full["pooled"] = {
         **head,

@@ -13,13 +13,11 @@ import pandas as pd
 from cxr_transfer.core.cli import write_csv, write_json, write_text
 from cxr_transfer.core.params import ModeConfig, Params
 from cxr_transfer.core.sites import active_external, skipped_sites
-from cxr_transfer.evaluate import compare as C
-from cxr_transfer.evaluate import crossval
-from cxr_transfer.evaluate import external as EXT
+from cxr_transfer.evaluate import compare, crossval, external
 from cxr_transfer.evaluate.compare import check_same_images
 from cxr_transfer.evaluate.seeds import aggregate, run_name
 from cxr_transfer.evaluate.verdicts import FoldAverage, Scored, jsonable
-from cxr_transfer.report import summary as R
+from cxr_transfer.report import summary
 from cxr_transfer.report.outputs import write_gradcam, write_pages, write_plots
 from cxr_transfer.train.card import ModelInfo
 from cxr_transfer.train.models import equivalent_modes, get_spec
@@ -49,7 +47,7 @@ def build_report(p: Params, paths: ReportPaths, bundle) -> str:
     (webpage.Bundle, possibly still building in another process)."""
     seeds, cfg = p.train.seeds, p.evaluate
     classes = list(p.data.classes)
-    figures, auroc_key = R.figures_for(len(classes))
+    figures, auroc_key = summary.figures_for(len(classes))
     keys, boot = (auroc_key, "accuracy"), (cfg.bootstrap, cfg.seed, cfg.confidence)
     runs = {f"{a}-{m}": [run_name(a, m, s) for s in seeds] for a in p.archs for m in p.train.modes}
     first = {n: rs[0] for n, rs in runs.items()}  # plots, curves and Grad-CAM show the first seed's run
@@ -67,32 +65,34 @@ def build_report(p: Params, paths: ReportPaths, bundle) -> str:
     groups = next(iter(preds.values()))["group"].to_numpy()
     folds = full[next(iter(full))][0].get("folds")  # k-fold runs: the per-fold figures of each
     per_fold = {n: crossval.by_run(seeds, full[n]) for n in full} if folds else None
-    compare = C.compare_modes(scored, groups, keys, boot, per_fold)
+    pairs = compare.compare_modes(scored, groups, keys, boot, per_fold)
     aggregated = {n: aggregate(hs) for n, hs in heads.items()}
-    best = C.best_modes(compare, list(runs), auroc_key, {n: a.get(auroc_key) for n, a in aggregated.items()})
+    best = compare.best_modes(
+        pairs, list(runs), auroc_key, {n: a.get(auroc_key) for n, a in aggregated.items()}
+    )
     paths.modes_metrics.mkdir(parents=True, exist_ok=True)
     for n, a in aggregated.items():
         write_json(paths.modes_metrics / f"{n}.json", a)
     notes = same_mode_notes(paths.models, first)
     current = {r for rs in runs.values() for r in rs}
-    stale = R.stale_runs({"eval": paths.eval, "dvclive": paths.live}, current)
+    stale = summary.stale_runs({"eval": paths.eval, "dvclive": paths.live}, current)
     if stale:
         notes.append(
             f"{', '.join(stale)}: left by an earlier run that params.yaml no longer asks for (archs, "
             "train.modes or train.seeds); not part of these results (delete them: git rm -r)."
         )
     probe = json.loads(paths.probe.read_text())
-    unit = R.resampling_unit(groups)
-    answer = C.answer_lines(compare, best, keys, R.flagged_probes(probe), unit)
+    unit = summary.resampling_unit(groups)
+    answer = compare.answer_lines(pairs, best, keys, summary.flagged_probes(probe), unit)
     sites, shortcut = external_results(paths, p, runs, scored, best, auroc_key)
     if sites:
-        answer += ["**On images from another site:**", "", *EXT.answer_lines(sites, auroc_key)]
-    table = R.summary_table(full, figures, auroc_key, best_marks(best, sites))
+        answer += ["**On images from another site:**", "", *external.answer_lines(sites, auroc_key)]
+    table = summary.summary_table(full, figures, auroc_key, best_marks(best, sites))
     write_csv(table, paths.out_metrics / "summary.csv")
     curves = write_plots(paths, p, runs, first, preds, {n: ms[0] for n, ms in full.items()})
     shares = write_gradcam(paths, p, first, preds)
-    md = R.summary_markdown(
-        table, C.table_lines(compare, keys), notes, probe, answer, figures, auroc_key, unit
+    md = summary.summary_markdown(
+        table, compare.table_lines(pairs, keys), notes, probe, answer, figures, auroc_key, unit
     )
     if folds:
         head, sep, tail = md.partition("## Mode against mode (same test images")
@@ -102,16 +102,16 @@ def build_report(p: Params, paths: ReportPaths, bundle) -> str:
         )
     if sites:
         head, sep, tail = md.partition("## Mode against mode")
-        md = head + "\n".join(EXT.markdown(sites, auroc_key, unit)) + "\n" + sep + tail
+        md = head + "\n".join(external.markdown(sites, auroc_key, unit)) + "\n" + sep + tail
         head, sep, tail = md.partition("## The results")
         lead = "**At the external sites** (do the shortcut baselines carry over?):"
         md = head + "\n".join([lead, "", *shortcut, "", ""]) + sep + tail
-    md += R.gradcam_share_lines(shares, p.probe.box, classes, p.data.positive)
+    md += summary.gradcam_share_lines(shares, p.probe.box, classes, p.data.positive)
     write_text(paths.out_metrics / "summary.md", md)
-    write_json(paths.out_metrics / "compare.json", {"pairs": C.as_json(compare), "best": best})
+    write_json(paths.out_metrics / "compare.json", {"pairs": compare.as_json(pairs), "best": best})
     write_json(paths.out_metrics / "gradcam_share.json", shares)
-    external = {"sites": jsonable(sites), "shortcut_baselines": shortcut, **skipped_sites(p)}
-    write_json(paths.out_metrics / "external.json", external)
+    at_sites = {"sites": jsonable(sites), "shortcut_baselines": shortcut, **skipped_sites(p)}
+    write_json(paths.out_metrics / "external.json", at_sites)
     write_pages(paths, p, md, curves, first, shares, bundle)
     return md
 
@@ -199,7 +199,7 @@ def external_results(
             "group"
         ].to_numpy()
         ext_groups = pd.read_csv(folder / first_run / "predictions.csv")["group"].to_numpy()
-        site = EXT.site_verdicts(
+        site = external.site_verdicts(
             e.name,
             scored,
             ext,
@@ -214,5 +214,5 @@ def external_results(
         base = json.loads((folder / "baselines.json").read_text())
         arch, b = next(iter(best.items()))
         cnn = f"{arch}-{b['best'] or b['leader']}"
-        lines.append(EXT.shortcut_line(e.name, base, cnn, site["runs"].get(cnn), figure))
+        lines.append(external.shortcut_line(e.name, base, cnn, site["runs"].get(cnn), figure))
     return sites, lines

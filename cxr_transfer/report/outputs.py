@@ -13,9 +13,7 @@ from cxr_transfer.audit.cams import Cams, lung_share
 from cxr_transfer.audit.gradcam import pick_examples, shared_scale
 from cxr_transfer.core.cli import write_csv, write_text
 from cxr_transfer.data.prepare import load_store
-from cxr_transfer.report import charts as C
-from cxr_transfer.report import sections as S
-from cxr_transfer.report import webpage as W
+from cxr_transfer.report import charts, sections, webpage
 from cxr_transfer.train.card import ModelInfo
 
 
@@ -56,7 +54,7 @@ def gradcam_grid(cams: Cams, x_test, per_cell: int, seed: int, out: Path) -> Non
         ]
         toward = "toward the predicted class (true -> predicted)"
     meta = cams.info
-    C.plot_gradcam_grid(
+    charts.plot_gradcam_grid(
         np.asarray(x_test)[idx], maps, titles, out, f"Grad-CAM {toward}: {meta.arch}-{meta.mode}"
     )
 
@@ -67,13 +65,15 @@ def write_plots(paths, p, runs, first, preds, metrics) -> None:
     many = len(p.train.seeds) > 1
     curves = pd.concat(
         [
-            C.read_curves(paths.live / r).assign(model=f"{n}-s{s}" if many else n, seed=s)
+            charts.read_curves(paths.live / r).assign(model=f"{n}-s{s}" if many else n, seed=s)
             for n, rs in runs.items()
             for r, s in zip(rs, p.train.seeds, strict=True)
         ]
     )
     write_csv(curves, paths.plots / "curves.csv")
-    C.plot_curves(curves.assign(model=curves["model"].str.replace(r"-s\d+$", "", regex=True)), paths.plots)
+    charts.plot_curves(
+        curves.assign(model=curves["model"].str.replace(r"-s\d+$", "", regex=True)), paths.plots
+    )
     classes = list(p.data.classes)
     for kind in ("roc", "pr"):
         d = pd.concat([pd.read_csv(paths.eval / r / f"{kind}.csv").assign(model=n) for n, r in first.items()])
@@ -87,8 +87,8 @@ def write_plots(paths, p, runs, first, preds, metrics) -> None:
         ]
     ).to_csv(paths.plots / "confusion.csv", index=False)
     roc = pd.concat([pd.read_csv(paths.eval / r / "roc.csv").assign(model=n) for n, r in first.items()])
-    C.plot_roc(roc, metrics, paths.plots)
-    C.plot_confusions(metrics, classes, p.data.positive, paths.plots)
+    charts.plot_roc(roc, metrics, paths.plots)
+    charts.plot_confusions(metrics, classes, p.data.positive, paths.plots)
     return curves
 
 
@@ -96,16 +96,16 @@ def write_pages(paths, p, md: str, curves: pd.DataFrame, first: dict, shares: di
     """report/index.html (one self-contained page) and the offline template for `dvc plots show`."""
     bundle = bundle.get()
     paths.html.parent.mkdir(parents=True, exist_ok=True)
-    write_text(paths.plots_template, W.dvc_plots_template(bundle))
+    write_text(paths.plots_template, webpage.dvc_plots_template(bundle))
     classes = list(p.data.classes)
     read = lambda name: pd.read_csv(paths.plots / name)  # noqa: E731
-    charts = {
-        **W.curve_specs(curves),
-        **W.roc_pr_specs(read("roc.csv"), read("pr.csv")),
-        "confusion": W.confusion_spec(read("confusion.csv"), classes),
+    specs = {
+        **webpage.curve_specs(curves),
+        **webpage.roc_pr_specs(read("roc.csv"), read("pr.csv")),
+        "confusion": webpage.confusion_spec(read("confusion.csv"), classes),
     }
     grids = "".join(
-        W.image(paths.plots / "gradcam" / f"{n}.png", f"Grad-CAM grid of {n}")
+        webpage.image(paths.plots / "gradcam" / f"{n}.png", f"Grad-CAM grid of {n}")
         for n in first
         if (paths.plots / "gradcam" / f"{n}.png").exists()
     )
@@ -113,23 +113,26 @@ def write_pages(paths, p, md: str, curves: pd.DataFrame, first: dict, shares: di
     split = json.loads(paths.split_report.read_text())
     meta = ModelInfo.read(paths.models / next(iter(first.values())))
     results, _, rest = md.partition("\n## Where do the models look?")
-    sections = [
-        ("", W.markdown(results.replace("# Results on the test split", "", 1))),
+    blocks = [
+        ("", webpage.markdown(results.replace("# Results on the test split", "", 1))),
         (
             "Training curves",
-            '<div class="charts">' + W.chart_slot("val_accuracy") + W.chart_slot("loss") + "</div>",
+            '<div class="charts">'
+            + webpage.chart_slot("val_accuracy")
+            + webpage.chart_slot("loss")
+            + "</div>",
         ),
         (
             "ROC, precision-recall and confusion",
             '<div class="charts">'
-            + W.chart_slot("roc")
-            + W.chart_slot("pr")
+            + webpage.chart_slot("roc")
+            + webpage.chart_slot("pr")
             + "</div>"
-            + W.chart_slot("confusion"),
+            + webpage.chart_slot("confusion"),
         ),
-        ("Where do the models look?", W.markdown(rest) + grids),
-        ("The data", S.data_html(index, split)),
-        ("Environment", S.environment_html(meta, p, paths.params)),
+        ("Where do the models look?", webpage.markdown(rest) + grids),
+        ("The data", sections.data_html(index, split)),
+        ("Environment", sections.environment_html(meta, p, paths.params)),
     ]
     size = meta.image_size
     subtitle = (
@@ -138,5 +141,5 @@ def write_pages(paths, p, md: str, curves: pd.DataFrame, first: dict, shares: di
         f"seeds {', '.join(map(str, p.train.seeds))}"
     )
     write_text(
-        paths.html, W.page("cxr-transfer: results on the test split", subtitle, sections, charts, bundle)
+        paths.html, webpage.page("cxr-transfer: results on the test split", subtitle, blocks, specs, bundle)
     )

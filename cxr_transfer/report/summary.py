@@ -225,12 +225,15 @@ def _trust_rows(probe: dict) -> list[tuple]:
         rows.append(("near-duplicates", "-", "-", False, f"skipped: {r['skipped']}"))
     else:
         within = f"within {r['max_bits']} / {r['max_framed_bits']} bits"
+        other = r["cross_split_pairs"] - r.get("cross_split_same_class", 0)
         say = (
-            f"{r['cross_split_pairs']} near pairs ({within}: looser than the split's join) straddle the "
-            "splits: test images with near-copies in training that the split did not join "
-            "(eval/probe/near_duplicates.csv lists them)"
+            f"{r['cross_split_same_class']} near pairs of one class ({within}: looser than the split's "
+            "join) straddle the splits: test images with probable near copies in training that the "
+            "split did not join (eval/probe/near_duplicates.csv lists them)"
             if r["flagged"]
-            else f"{r['pairs']} near pairs {within} (looser than the split's join), none across splits"
+            else f"{r['pairs']} near pairs {within} (looser than the split's join); none of one class "
+            "across splits"
+            + (f" ({other} of two classes across splits: different images that hash alike)" if other else "")
         )
         rows.append(
             (
