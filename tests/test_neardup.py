@@ -138,8 +138,8 @@ def test_the_frame_follows_the_body_not_the_border():
 
 def test_the_probe_flags_near_pairs_of_one_class_across_splits_not_of_two():
     """At the probe's looser limits: a test image 20 bits from a training image of its class is
-    flagged (a probable near copy the split left apart); a pair of two classes is counted only
-    (different radiographs can hash alike); a pair inside one split is neither."""
+    flagged (a probable near copy the split left apart); a pair of two classes, or one between
+    training and validation, is counted only (different radiographs can hash alike)."""
     from cxr_transfer.audit.probes import near_duplicate_report
 
     rng = np.random.default_rng(0)
@@ -165,7 +165,9 @@ def test_the_probe_flags_near_pairs_of_one_class_across_splits_not_of_two():
     for f in (train, test):
         f["phash_framed"] = f["phash"]
     summary, pairs = near_duplicate_report({"train": train, "test": test}, 24, None)
-    assert summary["cross_split_pairs"] == 2 and summary["cross_split_same_class"] == 1 and summary["flagged"]
+    assert summary["cross_split_pairs"] == 2 and summary["test_pairs_same_class"] == 1 and summary["flagged"]
     assert set(zip(pairs["path_a"], pairs["path_b"], strict=True)) == {("a", "a2"), ("b", "c")}
     summary, _ = near_duplicate_report({"train": train, "test": test.iloc[1:]}, 24, None)
     assert summary["cross_split_pairs"] == 1 and not summary["flagged"]  # two classes: counted only
+    summary, _ = near_duplicate_report({"train": train, "val": test.iloc[:1]}, 24, None)
+    assert summary["cross_split_pairs"] == 1 and not summary["flagged"]  # no test image in it

@@ -237,3 +237,29 @@ def test_the_kept_export_does_not_keep_its_model_alive():
     del model, fwd
     gc.collect()
     assert alive() is None  # the cache entry went with the model
+
+
+def test_a_stage_picks_one_runtime_for_all_its_models(monkeypatch, tmp_path):
+    """The rule weighs the stage's whole work (every fold model's export and session): one model of
+    a few images stays in PyTorch; and a Scorer decides once, at its first model, so fold 0 and
+    folds 1-4 never run on different runtimes."""
+    import cxr_transfer.evaluate.runs as runs
+    from cxr_transfer.train.card import ModelInfo
+
+    assert speed.runtime_for("efficientnet_lite0", 96, 10, 1) == "pytorch"
+    assert speed.runtime_for("no_such_arch", 96, 10**6, 5) == "pytorch"  # no measured rates: PyTorch
+    calls = []
+
+    def counted(*a):
+        calls.append(a)
+        return "pytorch"
+
+    monkeypatch.setattr(runs, "runtime_for", counted)
+    score, spec = runs.Scorer("cpu", "auto", 3), get_spec("resnet18")
+    for fold in range(3):
+        d = tmp_path / f"fold{fold}"
+        d.mkdir()
+        torch.save(build_model("resnet18", None, 2, fold).state_dict(), d / "best.pt")
+        ModelInfo("resnet18", "fe", ["a", "b"], 32, list(spec.mean), list(spec.std), summary={}).write(d)
+        score(d, {"test": images(4).numpy()[:, 0]})
+    assert calls == [("resnet18", 32, 4, 3)] and score.runtime == "pytorch"  # once, for 3 models

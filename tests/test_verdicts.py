@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import t as student_t
 
 from cxr_transfer.evaluate import verdicts
-from cxr_transfer.evaluate.compare import best_modes, compare_modes, folds_difference
+from cxr_transfer.evaluate.compare import answer_lines, best_modes, compare_modes, folds_difference
 from cxr_transfer.evaluate.metrics import auroc
 
 
@@ -176,3 +176,12 @@ def test_a_fold_average_is_the_mean_of_each_fold_model_s_figure_on_its_rows():
     points, draws = verdicts.run_draws("auroc", [fa], np.ones((2, 40)))
     assert points[0] == pytest.approx(np.mean([auroc(y[r], p[r]) for r in rows]))
     assert (fa.y == y).all() and draws.shape == (1, 2)
+
+
+def test_a_tie_for_the_lead_is_said_not_broken_silently_by_the_order_of_params():
+    iv = verdicts.Interval(0.0, 0.0, 0.0, 1, "test_set")
+    compare = {"a-ft vs a-fe": {"auroc": iv, "accuracy": iv}}
+    best = best_modes(compare, ["a-fe", "a-ft"], "auroc", {"a-fe": 1.0, "a-ft": 1.0})["a"]
+    assert best["best"] is None and best["leader"] == "fe" and best["tied_with"] == ["ft"]
+    text = "\n".join(answer_lines(compare, {"a": best}, ("auroc", "accuracy"), None, "images"))
+    assert "fe (tied with ft) has the highest AUROC" in text

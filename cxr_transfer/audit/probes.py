@@ -196,9 +196,10 @@ def near_duplicate_report(
 ) -> tuple[dict, pd.DataFrame]:
     """Near pairs over all splits at limits looser than the split's join (the pairs it left
     apart), listed with paths, splits, classes, the hash that found them and its distance.
-    Flagged where a pair of one class straddles the splits: a test image with a probable near
-    copy in training. A pair of two classes straddling the splits is counted, not flagged: at loose
-    limits two different radiographs can hash alike (the listed pairs say which they are)."""
+    Flagged where a test image and a training or validation image of its class form a pair: a
+    probable near copy that the test figures may be scored on. Other pairs across splits are
+    counted, not flagged: at loose limits two different radiographs can hash alike (a pair of two
+    classes; the listed pairs say which they are)."""
     from cxr_transfer.data.neardup import near_pairs_of
 
     cols = ["path_a", "split_a", "class_a", "path_b", "split_b", "class_b", "hash", "distance"]
@@ -217,13 +218,14 @@ def near_duplicate_report(
         columns=cols,
     )
     cross = pairs["split_a"] != pairs["split_b"]
-    same = int((cross & (pairs["class_a"] == pairs["class_b"])).sum())
+    test = (pairs["split_a"] == "test") | (pairs["split_b"] == "test")
+    same = int((cross & test & (pairs["class_a"] == pairs["class_b"])).sum())
     summary = {
         "max_bits": max_bits,
         "max_framed_bits": max_framed_bits,
         "pairs": len(pairs),
         "cross_split_pairs": int(cross.sum()),
-        "cross_split_same_class": same,
+        "test_pairs_same_class": same,
         "flagged": same > 0,
     }
     return summary, pairs

@@ -119,7 +119,14 @@ def best_modes(compare: dict, names: list[str], key: str, points: dict[str, floa
             level = verdicts.best_level(leads)
             best = leader if level != verdicts.INCONCLUSIVE else None
         mode = lambda n: None if n is None else n.rpartition("-")[2]  # noqa: E731
-        out[arch] = {"best": mode(best), "level": level, "leader": mode(leader), "modes": len(mine)}
+        tied = [mode(n) for n in known if n != leader and round(points[n], 6) == round(points[leader], 6)]
+        out[arch] = {
+            "best": mode(best),
+            "level": level,
+            "leader": mode(leader),
+            "tied_with": tied,  # the same AUROC as the leader: the order of params.yaml picked it
+            "modes": len(mine),
+        }
     return out
 
 
@@ -178,7 +185,8 @@ def answer_lines(
                 f"by {auc}, {r['level']})."
             )
         else:
-            lead = f"{r['leader']} has the highest {auc}, but" if r["leader"] else "AUROC is undefined:"
+            tie = f" (tied with {', '.join(r['tied_with'])})" if r.get("tied_with") else ""
+            lead = f"{r['leader']}{tie} has the highest {auc}, but" if r["leader"] else "AUROC is undefined:"
             lines.append(
                 f"**No best mode is established for {arch}**: {lead} its lead over every other mode "
                 "is not supported by the intervals."

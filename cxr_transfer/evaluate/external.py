@@ -97,6 +97,7 @@ def site_verdicts(
         ranks[arch] = {
             "leader": leader,
             "leader_established": b["level"],
+            "tied_with": b.get("tied_with", []),
             "leads": leads,
             "confidence": c,
             "ahead_at_site": ahead,
@@ -146,10 +147,11 @@ def _site_words(site: str, r: dict, mine: dict, figure: str) -> str:
     """Reverses (the internal best conclusive, another mode conclusively ahead here), ahead
     (weaker: said with its level and why it is no reversal), or inconclusive."""
     leader, level = r["leader"], r["leader_established"]
+    tie = f" (tied with {', '.join(r['tied_with'])})" if r.get("tied_with") else ""
     who = (
         f"the internal best, {leader},"
         if level != verdicts.INCONCLUSIVE
-        else f"the internal leader, {leader},"
+        else f"the internal leader, {leader}{tie},"
     )
     if mine[leader][figure]["external"] is None:
         return f"AUROC is undefined at {site} (it holds one class): no ranking there."

@@ -134,7 +134,7 @@ def evaluate_folds(model, prepared, splits, eval_dir, positive, cfg, score, fold
         ).ci
         for k in pooled["ci"]
     }
-    full["ci"] = {k: None if v is None else [round(x, 6) for x in v] for k, v in full["ci"].items()}
+    full["ci"] = {k: _bounded(k, v) for k, v in full["ci"].items()}
     full |= {"ci_level": cfg.confidence, "ci_method": "over_folds", "n_groups": pooled["n_groups"]}
     full["pooled"] = {
         **head,
@@ -160,6 +160,15 @@ def evaluate_folds(model, prepared, splits, eval_dir, positive, cfg, score, fold
         f"evaluate {model.name}: accuracy {full['accuracy']}, {said}, the mean over {folds['k']} folds, "
         f"each on its own test part ({len(y)} test images)"
     )
+
+
+def _bounded(key: str, ci: list[float] | None) -> list[float] | None:
+    """A t-interval of a figure clipped to the figure's range ([0, 1]; kappa [-1, 1]; log loss
+    [0, inf)), rounded as every figure of the file."""
+    if ci is None:
+        return None
+    lo, hi = {"kappa": (-1.0, 1.0), "log_loss": (0.0, np.inf)}.get(key, (0.0, 1.0))
+    return [round(float(np.clip(x, lo, hi)), 6) for x in ci]
 
 
 def pooled_figures(y, p, test: pd.DataFrame, classes: list[str], positive, cfg) -> dict:

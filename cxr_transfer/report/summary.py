@@ -225,15 +225,18 @@ def _trust_rows(probe: dict) -> list[tuple]:
         rows.append(("near-duplicates", "-", "-", False, f"skipped: {r['skipped']}"))
     else:
         within = f"within {r['max_bits']} / {r['max_framed_bits']} bits"
-        other = r["cross_split_pairs"] - r.get("cross_split_same_class", 0)
         say = (
-            f"{r['cross_split_same_class']} near pairs of one class ({within}: looser than the split's "
-            "join) straddle the splits: test images with probable near copies in training that the "
-            "split did not join (eval/probe/near_duplicates.csv lists them)"
+            f"{r['test_pairs_same_class']} test image(s) of one class with a near pair in training or "
+            f"validation ({within}: looser than the split's join): probable near copies the split did not "
+            "join (eval/probe/near_duplicates.csv lists them)"
             if r["flagged"]
-            else f"{r['pairs']} near pairs {within} (looser than the split's join); none of one class "
-            "across splits"
-            + (f" ({other} of two classes across splits: different images that hash alike)" if other else "")
+            else f"{r['pairs']} near pairs {within} (looser than the split's join), none a test image with "
+            "one of its class elsewhere"
+            + (
+                f"; {r['cross_split_pairs']} across other splits or classes (different images can hash alike)"
+                if r["cross_split_pairs"]
+                else ""
+            )
         )
         rows.append(
             (
