@@ -16,7 +16,7 @@ import torch
 
 from bench import cases
 from bench.gpu import gpu_case, machine
-from cxr_transfer.train.engine import pick_device
+from cxr_transfer.runtime.engine import pick_device
 
 SIZES = {
     "tiny": {

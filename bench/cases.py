@@ -21,16 +21,18 @@ import yaml
 from PIL import Image
 
 from bench.seed import seed_fe_train, seed_loader
-from cxr_transfer.core.params import ModeConfig
+from cxr_transfer.core.params import ModeConfig, TrainConfig
 from cxr_transfer.data.index import build_index
 from cxr_transfer.data.prepare import decode_split
 from cxr_transfer.data.synth import render_cxr
-from cxr_transfer.train.batches import Normalizer
-from cxr_transfer.train.card import ModelInfo
-from cxr_transfer.train.engine import Precision
-from cxr_transfer.train.loop import Checkpoints, fit, make_optimizer
-from cxr_transfer.train.models import build_model, get_spec
-from cxr_transfer.train.modes import image_batches, setup_run
+from cxr_transfer.runtime.batches import Normalizer
+from cxr_transfer.runtime.card import ModelInfo
+from cxr_transfer.runtime.engine import Precision
+from cxr_transfer.runtime.models import build_model, get_spec
+from cxr_transfer.train.checkpoints import Checkpoints
+from cxr_transfer.train.loop import Steps, Stopping, fit
+from cxr_transfer.train.optim import make_optimizer
+from cxr_transfer.train.phases import RunContext, image_batches, setup_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {"Normal": ("NORMAL",), "Covid": ("COVID",)}
@@ -109,10 +111,12 @@ def feature_extraction(work: Path, n: int, size: int, epochs: int) -> dict:
     data = {"train": (x[n_val:], y[n_val:]), "val": (x[:n_val], y[:n_val])}
     model = build_model("efficientnet_lite0", "weights", 2, seed=0)
     cpu, prec = torch.device("cpu"), Precision(None, False)
-    rs = setup_run(model, spec, "head", data, batch_size=32, device=cpu, prec=prec)
     mode = ModeConfig(pretrained=True, trainable="head", optimizer="adam", lr=1e-3, weight_decay=1e-5)
+    rs = setup_run(model, spec, data, mode, TrainConfig(epochs=epochs, batch_size=32), RunContext(cpu, prec))
     opt = make_optimizer(rs.loop.trained.parameters(), mode)
-    state = fit(rs.phases, opt, epochs, epochs + 1, Checkpoints(work / "fe-ck", "b"), prec, cpu)
+    state = fit(
+        rs.phases, Steps(opt, prec, cpu), Stopping(epochs, epochs + 1), Checkpoints(work / "fe-ck", "b")
+    )
     ours_s = time.perf_counter() - t0
     return {
         "images": n,
@@ -433,15 +437,15 @@ def cpu_train(
     archs, sizes, train_batch: int, infer_batch: int, sweep: tuple[int, ...], steps: int, heap: list[dict]
 ) -> dict:
     """CPU images/s per arch and image size, with the heap kept as the torch stages keep it
-    (cxr_transfer.train.speed.keep_freed_memory): training steps (forward, backward, SGD step, batch
+    (cxr_transfer.runtime.speed.keep_freed_memory): training steps (forward, backward, SGD step, batch
     `train_batch`) and inference (no_grad, batch `infer_batch`) in NCHW and channels_last float32;
     channels_last inference at each batch of `sweep`; channels_last bf16 autocast where the CPU
     has native bf16. Each figure is the median of `steps` timed batches after a warm one, random
     weights (the speed does not depend on their values). Also the largest |logit| difference
     between the two formats on one batch (they compute the same function), and the rules
-    cxr_transfer.train.speed derives for the row, for comparison. First, `heap_effect` for each of
+    cxr_transfer.runtime.speed derives for the row, for comparison. First, `heap_effect` for each of
     `heap` (in fresh processes, so before this one keeps its heap)."""
-    from cxr_transfer.train import speed
+    from cxr_transfer.runtime import speed
 
     heap_rows = [heap_effect(**h) for h in heap]
     kept = speed.keep_freed_memory()
@@ -488,7 +492,7 @@ def cpu_train(
 
 def cpu_infer(archs, sizes, images: dict, reps: int) -> dict:
     """CPU inference per arch and size, PyTorch against ONNX Runtime on an in-memory export of the
-    same live model (cxr_transfer.train.onnxrt): images/s of each over `n` random images in the
+    same live model (cxr_transfer.runtime.onnxrt): images/s of each over `n` random images in the
     pass's own batches (median of `reps` passes after a warm batch), the export's seconds, a new
     session's seconds (what each epoch's validation pays once the weights changed), the largest
     logit difference, and the rule speed.onnx_pays draws from these rows. `images`: per size.
@@ -496,8 +500,8 @@ def cpu_infer(archs, sizes, images: dict, reps: int) -> dict:
     ran the 96 px EfficientNet pass at 226 img/s here, with it at 413 (and ONNX Runtime at 478-509:
     the comparison is only fair as the stages run).
     A warm-up export first, so that no row carries the exporter's one-off import."""
-    from cxr_transfer.train import onnxrt, speed
-    from cxr_transfer.train.engine import for_inference
+    from cxr_transfer.runtime import onnxrt, speed
+    from cxr_transfer.runtime.engine import for_inference
 
     cpu = torch.device("cpu")
     res = subprocess.run(  # a fresh process, as a stage is: its first export also starts the exporter
@@ -560,7 +564,7 @@ def cpu_compile(archs, size: int, batch: int, steps: int) -> dict:
     the compile's seconds (the compiled model's first step less an eager step), cold (an empty
     inductor cache, a machine's first run) and warm (the cache the cold run filled: later runs of
     the same model and shapes). The rule speed.compile_pays counts the cold compile."""
-    from cxr_transfer.train import speed
+    from cxr_transfer.runtime import speed
 
     out = {"threads": torch.get_num_threads(), "size": size, "batch": batch, "steps": steps, "runs": []}
     for arch in archs:
@@ -592,7 +596,7 @@ def cpu_compile(archs, size: int, batch: int, steps: int) -> dict:
 
 def _compile_probe(arch: str, size: int, batch: int, steps: int) -> None:
     """Prints one arch's eager and compiled training rates and compile seconds (a fresh process)."""
-    from cxr_transfer.train import speed
+    from cxr_transfer.runtime import speed
 
     speed.keep_freed_memory()
     cl = speed.channels_last(arch, "cpu", training=True)
@@ -613,7 +617,7 @@ def _compile_probe(arch: str, size: int, batch: int, steps: int) -> None:
 def _exporter_start() -> None:
     """Prints the seconds a process's first in-memory export takes beyond its second (the
     exporter's and ONNX Runtime's imports and start), in a process that has what a stage has."""
-    from cxr_transfer.train import engine, onnxrt  # noqa: F401 - what the stages import
+    from cxr_transfer.runtime import engine, onnxrt  # noqa: F401 - what the stages import
 
     times = []
     for _ in range(2):
@@ -653,7 +657,7 @@ def _train_rate(net, x, steps: int, dtype=None) -> float:
 
 def heap_effect(arch: str, size: int, batch: int, n: int) -> dict:
     """The feature pass's inference (channels_last, float32) over n images with glibc's default
-    heap and with the heap kept (cxr_transfer.train.speed.keep_freed_memory), each in a fresh process:
+    heap and with the heap kept (cxr_transfer.runtime.speed.keep_freed_memory), each in a fresh process:
     images/s of a second pass, its minor page faults and its user and kernel seconds."""
     out = {"arch": arch, "size": size, "batch": batch, "images": n}
     for keep in (False, True):
@@ -669,7 +673,7 @@ def heap_effect(arch: str, size: int, batch: int, n: int) -> dict:
 def _heap_probe(arch: str, size: int, batch: int, n: int, keep: bool) -> None:
     import resource
 
-    from cxr_transfer.train import speed
+    from cxr_transfer.runtime import speed
 
     if keep:
         assert speed.keep_freed_memory()
@@ -759,7 +763,7 @@ def streaming(work: Path, n: int, size: int, epochs: int, prepare: list[dict]) -
     loaded whole (the fast path) and streamed batch by batch from the map (train.memory_budget
     below the store): images/s of `epochs` epochs each, and whether the weights came out equal.
     Then `prepare_peak` for each of `prepare`."""
-    from cxr_transfer.train.engine import Precision as Prec
+    from cxr_transfer.runtime.engine import Precision as Prec
 
     work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -772,18 +776,17 @@ def streaming(work: Path, n: int, size: int, epochs: int, prepare: list[dict]) -
     for name, budget in (("in_memory", None), ("streamed", 0)):
         model = build_model("efficientnet_lite0", None, 2, seed=0)
         t0 = time.perf_counter()
+        tc = TrainConfig(epochs=epochs, batch_size=32)
         rs = setup_run(
-            model,
-            get_spec("efficientnet_lite0"),
-            "all",
-            data,
-            batch_size=32,
-            device=cpu,
-            prec=prec,
-            budget=budget,
+            model, get_spec("efficientnet_lite0"), data, mode, tc, RunContext(cpu, prec, budget=budget)
         )
         opt = make_optimizer(rs.loop.trained.parameters(), mode)
-        fit(rs.phases, opt, epochs, epochs + 1, Checkpoints(work / f"ck-{name}", "b"), prec, cpu)
+        fit(
+            rs.phases,
+            Steps(opt, prec, cpu),
+            Stopping(epochs, epochs + 1),
+            Checkpoints(work / f"ck-{name}", "b"),
+        )
         out[f"{name}_images_per_s"] = round(n * epochs / (time.perf_counter() - t0), 1)
         weights.append(model.state_dict())
     out["ratio"] = round(out["streamed_images_per_s"] / out["in_memory_images_per_s"], 2)

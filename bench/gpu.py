@@ -17,11 +17,13 @@ import torch
 from torch import nn
 
 from bench.seed import seed_loader
-from cxr_transfer.core.params import SEED_MODES
-from cxr_transfer.train.engine import Precision, predict_proba
-from cxr_transfer.train.loop import Checkpoints, fit, make_optimizer
-from cxr_transfer.train.models import build_model, get_spec
-from cxr_transfer.train.modes import setup_run
+from cxr_transfer.core.params import SEED_MODES, TrainConfig
+from cxr_transfer.runtime.engine import Precision, predict_proba
+from cxr_transfer.runtime.models import build_model, get_spec
+from cxr_transfer.train.checkpoints import Checkpoints
+from cxr_transfer.train.loop import Steps, Stopping, fit
+from cxr_transfer.train.optim import make_optimizer
+from cxr_transfer.train.phases import RunContext, setup_run
 
 VGG19_GFLOPS_224 = 39.3  # one 224x224 forward pass; a training step is about 3x
 
@@ -96,19 +98,13 @@ def ours_rates(arch, x_store, labels, device, batch, epochs, compile_model=False
     torch.backends.cudnn.benchmark = device.type == "cuda"
     model = build_model(arch, None, 2, seed=0)
     data = {"train": (x_store, labels), "val": (x_store[:batch], labels[:batch])}
-    rs = setup_run(
-        model,
-        spec,
-        "all",
-        data,
-        batch_size=batch,
-        device=device,
-        prec=prec,
-        compile_model=compile_model,
-    )
-    opt = make_optimizer(rs.loop.trained.parameters(), SEED_MODES["scratch"])
+    mode, tc = SEED_MODES["scratch"], TrainConfig(epochs=epochs, batch_size=batch)
+    rs = setup_run(model, spec, data, mode, tc, RunContext(device, prec, compile_model=compile_model))
+    opt = make_optimizer(rs.loop.trained.parameters(), mode)
     with tempfile.TemporaryDirectory() as tmp:
-        state = fit(rs.phases, opt, epochs, epochs + 1, Checkpoints(tmp, "bench"), prec, device)
+        state = fit(
+            rs.phases, Steps(opt, prec, device), Stopping(epochs, epochs + 1), Checkpoints(tmp, "bench")
+        )
     train = max(h.images_per_s for h in state.history[1:]) if epochs > 1 else state.history[0].images_per_s
     predict_proba(model, spec.name, spec.mean, spec.std, x_store[: batch * 4], device, batch * 4)  # warm-up
     sync(device)

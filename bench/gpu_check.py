@@ -26,12 +26,14 @@ import numpy as np
 import torch
 
 from bench.gpu import machine, matmul_tflops, sync
-from cxr_transfer.core.params import FT_GRADUAL, SEED_MODES
+from cxr_transfer.core.params import FT_GRADUAL, SEED_MODES, TrainConfig
 from cxr_transfer.evaluate.binary import point_metrics
-from cxr_transfer.train.engine import Precision, pick_device, predict_proba
-from cxr_transfer.train.loop import Checkpoints, fit, make_optimizer, make_scheduler
-from cxr_transfer.train.models import build_model, get_spec
-from cxr_transfer.train.modes import setup_run
+from cxr_transfer.runtime.engine import Precision, pick_device, predict_proba
+from cxr_transfer.runtime.models import build_model, get_spec
+from cxr_transfer.train.checkpoints import Checkpoints
+from cxr_transfer.train.loop import Steps, Stopping, fit
+from cxr_transfer.train.optim import make_optimizer, make_scheduler
+from cxr_transfer.train.phases import RunContext, setup_run
 
 MODES = {**SEED_MODES, "ft_gradual": FT_GRADUAL}
 SIZES = {  # the generated store, the batch, the archs, and the seed experiment's archs and budget (s)
@@ -110,17 +112,9 @@ def run_mode(
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     model = build_model(arch, None, 2, seed=0)
+    tc = TrainConfig(epochs=epochs, batch_size=batch)
     rs = setup_run(
-        model,
-        get_spec(arch),
-        cfg.trainable,
-        data,
-        batch_size=batch,
-        device=device,
-        prec=prec,
-        freeze_epochs=cfg.freeze_epochs,
-        backbone_lr_mult=cfg.backbone_lr_mult,
-        compile_model=compile_model,
+        model, get_spec(arch), data, cfg, tc, RunContext(device, prec, compile_model=compile_model)
     )
     opt = make_optimizer(rs.groups, cfg)
     sched = make_scheduler(opt, cfg, epochs, len(rs.train))
@@ -134,17 +128,8 @@ def run_mode(
     finished = True
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            fit(
-                rs.phases,
-                opt,
-                epochs,
-                patience,
-                Checkpoints(tmp, "gpu-check"),
-                prec,
-                device,
-                on_epoch,
-                scheduler=sched,
-            )
+            steps = Steps(opt, prec, device, scheduler=sched)
+            fit(rs.phases, steps, Stopping(epochs, patience), Checkpoints(tmp, "gpu-check"), on_epoch)
         except OutOfTime:
             finished = False
     sync(device)
@@ -227,7 +212,7 @@ def compile_rows(eager_runs: list[dict], data, cfg: dict, device, prec) -> dict:
     """torch.compile for training, per arch: ft for two epochs with the compiled model (the first
     epoch carries the compile), against the eager ft run above; the rows speed.COMPILE needs for
     this device type (train.compile: auto adopts it where the compile pays over the run)."""
-    from cxr_transfer.train import speed
+    from cxr_transfer.runtime import speed
 
     rows = []
     for arch in cfg["archs"]:

@@ -9,7 +9,7 @@ import torch
 from cxr_transfer.core.cli import run
 from cxr_transfer.core.params import load_params
 from cxr_transfer.evaluate.runs import Scorer, evaluate_run, models_of
-from cxr_transfer.train.speed import keep_freed_memory
+from cxr_transfer.runtime.speed import keep_freed_memory
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
         "--eval-dir", type=Path, required=True, help="headline and full metrics, predictions, curves"
     )
     a = ap.parse_args()
-    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.train.speed)
+    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.runtime.speed)
     p = load_params(a.params)
     score = Scorer(p.train.device, p.train.memory_budget, models_of(a.prepared))
     print(evaluate_run(a.model, a.prepared, a.splits, a.eval_dir, p.data.positive, p.evaluate, score))

@@ -10,9 +10,9 @@ import torch
 from cxr_transfer.core.cli import run, write_json
 from cxr_transfer.core.params import load_params
 from cxr_transfer.data.prepare import load_store
+from cxr_transfer.runtime.models import load_trained
+from cxr_transfer.runtime.speed import keep_freed_memory
 from cxr_transfer.serve.export import Probabilities, card, check_parity, export_onnx, parity
-from cxr_transfer.train.models import load_trained
-from cxr_transfer.train.speed import keep_freed_memory
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--prepared", type=Path, required=True, help="prepare's folder (test/ is read)")
     ap.add_argument("--out", type=Path, required=True, help="folder for model.onnx and card.json")
     args = ap.parse_args()
-    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.train.speed)
+    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.runtime.speed)
     p = load_params(args.params)
     model, meta = load_trained(args.model)
     wrapped = Probabilities(model, meta.mean, meta.std)

@@ -15,7 +15,7 @@ from cxr_transfer.core.tables import read_table
 from cxr_transfer.data.prepare import load_store
 from cxr_transfer.evaluate.runs import Scorer, evaluate_external, models_of
 from cxr_transfer.evaluate.seeds import run_name
-from cxr_transfer.train.speed import keep_freed_memory
+from cxr_transfer.runtime.speed import keep_freed_memory
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--splits", type=Path, required=True, help="val.csv; train.csv: the acquisition baseline")
     ap.add_argument("--out", type=Path, required=True, help="folder: one subfolder per run, baselines.json")
     a = ap.parse_args()
-    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.train.speed)
+    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.runtime.speed)
     p = load_params(a.params)
     if why := skip_if_not_this_data(p, a.name, a.out):  # the demo's site, the user's data
         print(f"external_eval {a.name}: skipped, {why}")
@@ -42,7 +42,7 @@ def main() -> None:
     }
     score = Scorer(p.train.device, p.train.memory_budget, len(runs) * models_of(a.prepared))
     args = (a.external, a.prepared, a.splits, classes, positive, p.evaluate, score, a.out)
-    lines = evaluate_external(a.name, runs, *args)
+    lines = evaluate_external(runs, *args)
     x_ext, table = load_store(a.external.parent, a.external.name)[0], read_table(a.external / "data.csv")
     boot = (p.probe.bootstrap, p.probe.seed, p.probe.confidence)
     base = external_baselines(p.probe, classes, positive, a.prepared, a.splits, x_ext, table, boot)

@@ -13,7 +13,7 @@ from cxr_transfer.core.params import load_params
 from cxr_transfer.core.tables import read_table
 from cxr_transfer.data.prepare import load_meta, load_store
 from cxr_transfer.data.split import SPLITS
-from cxr_transfer.train.speed import keep_freed_memory
+from cxr_transfer.runtime.speed import keep_freed_memory
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--verdict", type=Path, required=True, help="the lean metrics file: flags, top AUROC")
     ap.add_argument("--details", type=Path, required=True, help="folder for the listed pairs and tables")
     a = ap.parse_args()
-    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.train.speed)
+    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.runtime.speed)
     parts = {s: read_table(a.splits / f"{s}.csv") for s in SPLITS}
     classes = load_meta(a.prepared, "train")["classes"]
     train, test = load_store(a.prepared, "train"), load_store(a.prepared, "test")

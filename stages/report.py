@@ -11,7 +11,7 @@ from pathlib import Path  # noqa: E402
 from cxr_transfer.core.cli import run  # noqa: E402
 from cxr_transfer.core.params import load_params  # noqa: E402
 from cxr_transfer.report.build import ReportPaths, build_report  # noqa: E402
-from cxr_transfer.train.speed import keep_freed_memory  # noqa: E402
+from cxr_transfer.runtime.speed import keep_freed_memory  # noqa: E402
 
 ARGS = {  # --name: (default, help)
     "params": ("params.yaml", "the params file"),
@@ -35,7 +35,7 @@ def main() -> None:
     for name, (default, help_) in ARGS.items():
         ap.add_argument(f"--{name}", type=Path, default=Path(default), help=help_)
     paths = ReportPaths(**vars(ap.parse_args()))
-    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.train.speed)
+    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.runtime.speed)
     print(build_report(load_params(paths.params), paths, BUNDLE or Bundle()))
 
 

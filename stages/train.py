@@ -6,8 +6,8 @@ from pathlib import Path
 
 from cxr_transfer.core.cli import run
 from cxr_transfer.core.params import load_params
+from cxr_transfer.runtime.speed import keep_freed_memory
 from cxr_transfer.train.job import TrainJob, run_training
-from cxr_transfer.train.speed import keep_freed_memory
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--curves", type=Path, help="CSV of every epoch's figures, for dvc plots while it trains")
     ap.add_argument("--resume-dir", type=Path, default=Path(".resume"))
     a = ap.parse_args()
-    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.train.speed)
+    keep_freed_memory()  # no mmap/munmap of every batch's activations (cxr_transfer.runtime.speed)
     job = TrainJob(a.arch, a.mode, a.seed, a.prepared, a.out, a.live, a.resume_dir, a.curves)
     run_training(load_params(a.params), job)
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from cxr_transfer.train.card import ModelInfo
-from cxr_transfer.train.models import load_trained
+from cxr_transfer.runtime.card import ModelInfo
+from cxr_transfer.runtime.models import load_trained
 
 INFERENCE = {"arch": "resnet18", "mode": "fe", "classes": ["Normal", "Covid"], "image_size": 32}
 NORM = {"mean": [0.5] * 3, "std": [0.25] * 3}

@@ -12,12 +12,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cxr_transfer.core.params import ModeConfig
+from cxr_transfer.core.params import ModeConfig, TrainConfig
+from cxr_transfer.runtime.engine import Precision
+from cxr_transfer.runtime.models import build_model, get_spec
+from cxr_transfer.train.checkpoints import Checkpoints
 from cxr_transfer.train.distributed import World, block, gather_rows
-from cxr_transfer.train.engine import Precision
-from cxr_transfer.train.loop import Checkpoints, Objective, balanced_class_weights, fit, make_optimizer
-from cxr_transfer.train.models import build_model, get_spec
-from cxr_transfer.train.modes import setup_run
+from cxr_transfer.train.loop import Objective, Steps, Stopping, balanced_class_weights, fit
+from cxr_transfer.train.optim import make_optimizer
+from cxr_transfer.train.phases import RunContext, setup_run
 
 CPU = torch.device("cpu")
 PREC = Precision.for_device(CPU)
@@ -39,21 +41,12 @@ def train(folder, rank: int = 0, size: int = 1, n: int = 17, weights: bool = Fal
     world = World(rank, size, rank)
     d = data(n)
     model = build_model("resnet18", None, 2, seed=0)
-    rs = setup_run(
-        model,
-        get_spec("resnet18"),
-        "head",
-        d,
-        batch_size=8,
-        augment=augment,
-        device=CPU,
-        prec=PREC,
-        world=world,
-    )
+    tc = TrainConfig(batch_size=8, augment=augment)
+    rs = setup_run(model, get_spec("resnet18"), d, ADAM, tc, RunContext(CPU, PREC, world=world))
     opt = make_optimizer(rs.loop.trained.parameters(), ADAM)
     obj = Objective(balanced_class_weights(d["train"][1], 2) if weights else None)
     ck = Checkpoints(folder / f"rank{rank}", "fp")
-    state = fit(rs.phases, opt, 3, 8, ck, PREC, CPU, objective=obj, main=rank == 0, processes=size)
+    state = fit(rs.phases, Steps(opt, PREC, CPU, obj), Stopping(3, 8), ck, world=world)
     return {k: v.clone() for k, v in rs.loop.trained.state_dict().items()}, state
 
 
@@ -73,7 +66,7 @@ def _worker(rank: int, size: int, port: int, folder, job: str, kw: dict):
             part = torch.arange(n, dtype=torch.float32)[rows].view(-1, 1).repeat(1, 3)
             torch.save(gather_rows(part, w, n), folder / f"out{rank}.pt")
         elif job == "rng":  # each process draws differently, saves, scrambles, resumes
-            from cxr_transfer.train.loop import FitState
+            from cxr_transfer.train.checkpoints import FitState
 
             torch.manual_seed(100 + rank)
             torch.rand(5 + 3 * rank)  # unequal draws: the states differ by rank

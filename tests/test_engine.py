@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from cxr_transfer.core.errors import CxrError
-from cxr_transfer.train import engine
-from cxr_transfer.train.engine import Precision, predict_proba
-from cxr_transfer.train.models import build_model, get_spec
+from cxr_transfer.runtime import engine
+from cxr_transfer.runtime.engine import Precision, predict_proba
+from cxr_transfer.runtime.models import build_model, get_spec
 
 CUDA = torch.device("cuda")
 

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from cxr_transfer.core.errors import CxrError
+from cxr_transfer.runtime.card import ModelInfo
+from cxr_transfer.runtime.models import build_model, get_spec
 from cxr_transfer.serve.export import Probabilities, card, check_parity, export_onnx, parity, parity_figures
-from cxr_transfer.train.card import ModelInfo
-from cxr_transfer.train.models import build_model, get_spec
 
 
 def tiny(arch: str, classes: int = 2) -> nn.Module:

@@ -5,13 +5,13 @@ from PIL import Image
 from skimage import data
 
 from cxr_transfer.audit.gradcam import gradcam, pick_examples
-from cxr_transfer.train.models import build_model, get_spec
+from cxr_transfer.runtime.models import build_model, get_spec
 
 
 def test_gradcam_on_a_real_model_has_the_input_size_and_is_not_constant():
     import timm
 
-    from cxr_transfer.train.weights import load_imagenet
+    from cxr_transfer.runtime.weights import load_imagenet
 
     spec = get_spec("efficientnet_lite0")
     model = timm.create_model(spec.builder, pretrained=False).eval()

@@ -5,9 +5,9 @@ from PIL import Image
 from skimage import data
 
 from cxr_transfer.core.registry import ARCHS
-from cxr_transfer.train import weights
-from cxr_transfer.train.models import build_model, freeze_except, get_spec, trainable_path
-from cxr_transfer.train.weights import WeightsError, load_imagenet
+from cxr_transfer.runtime import weights
+from cxr_transfer.runtime.models import build_model, freeze_except, get_spec, trainable_path
+from cxr_transfer.runtime.weights import WeightsError, load_imagenet
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -154,7 +154,7 @@ def test_freeze_except_leaves_only_the_mode_trainable(arch, trainable, n_trainab
 def test_modes_that_train_the_same_thing_are_named(arch, expect):
     """Where the classifier block is the last layer, ft_classifier is fe under another name."""
     from cxr_transfer.core.params import SEED_MODES
-    from cxr_transfer.train.models import equivalent_modes
+    from cxr_transfer.runtime.models import equivalent_modes
 
     assert equivalent_modes(get_spec(arch), SEED_MODES) == expect
 

@@ -1,4 +1,4 @@
-"""The ONNX Runtime path of the no-gradient passes (cxr_transfer.train.onnxrt): the same numbers as
+"""The ONNX Runtime path of the no-gradient passes (cxr_transfer.runtime.onnxrt): the same numbers as
 PyTorch within the export's parity tolerances, on the model's current weights, and the rule that
 picks it."""
 
@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from cxr_transfer.runtime import onnxrt, speed
+from cxr_transfer.runtime.batches import ArrayBatches
+from cxr_transfer.runtime.engine import FP32, Pass, for_inference, predict_proba, tail_inputs
+from cxr_transfer.runtime.models import build_model, get_spec
 from cxr_transfer.serve.export import LOGIT_ATOL, LOGIT_RTOL
-from cxr_transfer.train import onnxrt, speed
-from cxr_transfer.train.batches import ArrayBatches
-from cxr_transfer.train.engine import FP32, for_inference, predict_proba, tail_inputs
-from cxr_transfer.train.models import build_model, get_spec
 
 CPU = torch.device("cpu")
 
@@ -107,14 +107,14 @@ class Unexportable(nn.Module):
 def test_a_model_the_exporter_cannot_take_stays_in_pytorch_with_one_line(monkeypatch, capfd):
     monkeypatch.setattr(speed, "onnx_pays", lambda *a, **k: True)
     model = Unexportable().eval()
-    fwd = for_inference(model, "resnet18", (0.5,) * 3, (0.5,) * 3, CPU, images=100, size=8)
+    fwd = for_inference(model, "resnet18", (0.5,) * 3, (0.5,) * 3, CPU, plan=Pass(100, 8))
     assert not isinstance(fwd, onnxrt.OnnxForward)
     with torch.no_grad():
         assert fwd(images(4, 8)).shape == (4, 2)
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "in-memory ONNX export failed" in err[0] and "stays in PyTorch" in err[0]
     assert onnxrt.exported(model, (0.5,) * 3, (0.5,) * 3, 8) is None  # not tried again
-    for_inference(model, "resnet18", (0.5,) * 3, (0.5,) * 3, CPU, images=100, size=8)
+    for_inference(model, "resnet18", (0.5,) * 3, (0.5,) * 3, CPU, plan=Pass(100, 8))
     assert capfd.readouterr().err == ""
 
 
@@ -133,7 +133,7 @@ def test_predict_proba_and_the_feature_pass_take_the_rule_s_runtime_and_agree(mo
     assert torch.allclose(p, ref, atol=1e-5)
     monkeypatch.setattr(speed, "onnx_pays", lambda *a, **k: onnx)
     last = model.fc
-    fwd = for_inference(model, "resnet18", spec.mean, spec.std, CPU, upto=last, images=20, size=32)
+    fwd = for_inference(model, "resnet18", spec.mean, spec.std, CPU, upto=last, plan=Pass(20, 32))
     batches = ArrayBatches(x[:, None], np.zeros(20), 8, device=CPU)
     feats = tail_inputs(model, fwd, batches, FP32, CPU)
     assert feats.shape == (20, 512) and close(
@@ -146,8 +146,8 @@ def test_onnx_runs_on_the_cpu_in_float32_only(monkeypatch):
     spec = get_spec("resnet18")
     model = build_model("resnet18", None, 2, seed=0).eval()
     args = (model, "resnet18", spec.mean, spec.std)
-    assert isinstance(for_inference(*args, CPU, images=10, size=32), onnxrt.OnnxForward)
-    assert not isinstance(for_inference(*args, CPU, images=10, size=32, exact=False), onnxrt.OnnxForward)
+    assert isinstance(for_inference(*args, CPU, plan=Pass(10, 32)), onnxrt.OnnxForward)
+    assert not isinstance(for_inference(*args, CPU, plan=Pass(10, 32, exact=False)), onnxrt.OnnxForward)
     assert not isinstance(for_inference(*args, CPU), onnxrt.OnnxForward)  # images unknown
 
 
@@ -193,9 +193,11 @@ def test_the_committed_rule_is_what_the_bench_rows_imply():
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ft", "fe"])
 def test_validation_through_onnx_runtime_gives_pytorch_s_figures_every_epoch(tmp_path, monkeypatch, mode):
-    from cxr_transfer.core.params import SEED_MODES
-    from cxr_transfer.train.loop import Checkpoints, fit, make_optimizer
-    from cxr_transfer.train.modes import setup_run
+    from cxr_transfer.core.params import SEED_MODES, TrainConfig
+    from cxr_transfer.train.checkpoints import Checkpoints
+    from cxr_transfer.train.loop import Steps, Stopping, fit
+    from cxr_transfer.train.optim import make_optimizer
+    from cxr_transfer.train.phases import RunContext, setup_run
 
     rng = np.random.default_rng(0)
     y = np.arange(32) % 2
@@ -208,12 +210,11 @@ def test_validation_through_onnx_runtime_gives_pytorch_s_figures_every_epoch(tmp
         torch.manual_seed(0)
         model = build_model("resnet18", None, 2, seed=0)
         rs = setup_run(
-            model, get_spec("resnet18"), cfg.trainable, data, batch_size=8, device=CPU, prec=FP32, epochs=3
+            model, get_spec("resnet18"), data, cfg, TrainConfig(epochs=3, batch_size=8), RunContext(CPU, FP32)
         )
         assert isinstance(rs.loop.infer, onnxrt.OnnxForward) is (onnx and mode == "ft")  # fe: a linear head
-        state = fit(
-            rs.phases, make_optimizer(rs.groups, cfg), 3, 8, Checkpoints(tmp_path / str(onnx), "f"), FP32, CPU
-        )
+        steps = Steps(make_optimizer(rs.groups, cfg), FP32, CPU)
+        state = fit(rs.phases, steps, Stopping(3, 8), Checkpoints(tmp_path / str(onnx), "f"))
         runs[onnx] = state.history
         if onnx and mode == "ft":
             assert rs.loop.infer.sessions == 3  # one per epoch: each validates that epoch's weights
@@ -244,7 +245,7 @@ def test_a_stage_picks_one_runtime_for_all_its_models(monkeypatch, tmp_path):
     a few images stays in PyTorch; and a Scorer decides once, at its first model, so fold 0 and
     folds 1-4 never run on different runtimes."""
     import cxr_transfer.evaluate.runs as runs
-    from cxr_transfer.train.card import ModelInfo
+    from cxr_transfer.runtime.card import ModelInfo
 
     assert speed.runtime_for("efficientnet_lite0", 96, 10, 1) == "pytorch"
     assert speed.runtime_for("no_such_arch", 96, 10**6, 5) == "pytorch"  # no measured rates: PyTorch

@@ -15,10 +15,10 @@ from PIL import Image
 
 from cxr_transfer.__main__ import main
 from cxr_transfer.data.synth import render_cxr
+from cxr_transfer.runtime.card import ModelInfo
+from cxr_transfer.runtime.models import build_model, get_spec
 from cxr_transfer.serve.export import Probabilities, card, export_onnx, parity
 from cxr_transfer.serve.predict import load_model, warnings_for
-from cxr_transfer.train.card import ModelInfo
-from cxr_transfer.train.models import build_model, get_spec
 from tests.conftest import ROOT
 from tests.test_dicom import make_dicom
 

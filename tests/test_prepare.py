@@ -11,8 +11,8 @@ from cxr_transfer.core.registry import IMAGENET_MEAN, IMAGENET_STD
 from cxr_transfer.data import prepare as prepare_module
 from cxr_transfer.data.prepare import decode_split, load_folds, load_meta, load_store, prepare_splits
 from cxr_transfer.data.split import fold_roles
-from cxr_transfer.train.batches import ArrayBatches, Normalizer, augment_batch, warp
-from cxr_transfer.train.modes import image_batches
+from cxr_transfer.runtime.batches import ArrayBatches, Normalizer, augment_batch, warp
+from cxr_transfer.train.phases import image_batches
 
 
 def test_store_equals_the_seeds_transform_exactly(tmp_path, make_image):

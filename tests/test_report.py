@@ -306,7 +306,7 @@ def test_modes_that_train_the_same_layers_on_an_arch_are_named_one_result(tmp_pa
 
     from cxr_transfer.core.params import SEED_MODES
     from cxr_transfer.report.build import same_mode_notes
-    from cxr_transfer.train.card import ModelInfo
+    from cxr_transfer.runtime.card import ModelInfo
 
     runs = {}
     for arch in ("efficientnet_lite0", "vgg16"):

@@ -12,9 +12,9 @@ from cxr_transfer.core.params import EvaluateConfig
 from cxr_transfer.data.prepare import write_store
 from cxr_transfer.evaluate.binary import point_metrics
 from cxr_transfer.evaluate.runs import Scorer, evaluate_run
-from cxr_transfer.train.card import ModelInfo
-from cxr_transfer.train.engine import predict_proba
-from cxr_transfer.train.models import build_model, get_spec
+from cxr_transfer.runtime.card import ModelInfo
+from cxr_transfer.runtime.engine import predict_proba
+from cxr_transfer.runtime.models import build_model, get_spec
 
 CLASSES = ["Normal", "Covid"]
 
@@ -171,7 +171,6 @@ def test_every_fold_model_is_scored_on_an_external_set_with_its_own_validation(f
     out = tmp_path / "eval"
     cfg = EvaluateConfig(bootstrap=20)
     lines = evaluate_external(
-        "site",
         {"run": root / "model"},
         ext,
         root / "prepared",

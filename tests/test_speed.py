@@ -1,4 +1,4 @@
-"""The per-device speed rules (cxr_transfer.train.speed): what they choose, that they agree with the
+"""The per-device speed rules (cxr_transfer.runtime.speed): what they choose, that they agree with the
 committed CPU measurements, and that the training setup follows them."""
 
 import platform
@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from cxr_transfer.core.params import ModeConfig, TrainConfig
 from cxr_transfer.core.registry import ARCHS
-from cxr_transfer.train import speed
-from cxr_transfer.train.engine import Precision
-from cxr_transfer.train.models import build_model, get_spec
-from cxr_transfer.train.modes import setup_run
+from cxr_transfer.runtime import speed
+from cxr_transfer.runtime.engine import Precision
+from cxr_transfer.runtime.models import build_model, get_spec
+from cxr_transfer.train.phases import RunContext, setup_run
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ROOT / "bench" / "results" / "cpu-full-2026-11-30-cpu-train.json"
@@ -76,7 +77,7 @@ def test_inference_batch_for_throughput(device, size, train_batch, expect):
 
 CHURN = """
 import re, resource, torch
-from cxr_transfer.train.speed import keep_freed_memory, release_freed_memory
+from cxr_transfer.runtime.speed import keep_freed_memory, release_freed_memory
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 def anon_mib():
@@ -125,14 +126,14 @@ def test_the_feature_pass_runs_channels_last_and_training_the_family_rule(monkey
         monkeypatch.setitem(speed.CPU_TRAIN_CHANNELS_LAST, "resnet", trains_cl)
         model = build_model("resnet18", None, 2, 0)
         hook = model.conv1.register_forward_pre_hook(lambda m, a: seen.append(_is_channels_last(a[0])))
+        head = ModeConfig(False, "head", "adam", 1e-3)
         rs = setup_run(
             model,
             get_spec("resnet18"),
-            "head",
             data,
-            batch_size=4,
-            device=CPU,
-            prec=Precision(None, False),
+            head,
+            TrainConfig(batch_size=4),
+            RunContext(CPU, Precision(None, False)),
         )
         hook.remove()
         assert rs.cached_features and rs.channels_last is trains_cl

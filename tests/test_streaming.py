@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_transfer.train.batches import ArrayBatches
-from cxr_transfer.train.engine import FP32, predict_proba, store_budget
-from cxr_transfer.train.models import build_model, get_spec
-from cxr_transfer.train.modes import image_batches
+from cxr_transfer.runtime.batches import ArrayBatches
+from cxr_transfer.runtime.engine import FP32, predict_proba, store_budget
+from cxr_transfer.runtime.models import build_model, get_spec
+from cxr_transfer.train.phases import image_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,9 @@ def test_streaming_prefetch_keeps_the_order_whatever_its_depth(tmp_path):
     x = _store(tmp_path, n=20)
     ref = [xb for xb, _ in ArrayBatches(x[:, None], np.zeros(20), 3, True, 1)]
     for depth in (1, 2, 7, 50):
-        got = [xb for xb, _ in ArrayBatches(x[:, None], np.zeros(20), 3, True, 1, budget=0, prefetch=depth)]
+        batches = ArrayBatches(x[:, None], np.zeros(20), 3, True, 1, budget=0)
+        batches.prefetch = depth
+        got = [xb for xb, _ in batches]
         assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
 
 
@@ -109,7 +111,7 @@ def test_shards_deal_out_every_global_batch(n, procs, stand_ins):
     the seeded order: together the same batches as one process, no image dropped. A last global
     batch smaller than the processes (17 = 2 x 8 + 1) gives the processes without a share one
     stand-in row labelled IGNORE, so every process steps together."""
-    from cxr_transfer.train.batches import IGNORE
+    from cxr_transfer.runtime.batches import IGNORE
 
     x, y = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1), np.arange(n)
     one = list(ArrayBatches(x, y, 8, True, 3))

@@ -6,8 +6,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
 from cxr_transfer.data.synth import render_cxr, synthesize
-from cxr_transfer.train.batches import Normalizer
-from cxr_transfer.train.models import build_model, get_spec
+from cxr_transfer.runtime.batches import Normalizer
+from cxr_transfer.runtime.models import build_model, get_spec
 
 
 def test_deterministic_files(tmp_path):

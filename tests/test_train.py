@@ -7,32 +7,35 @@ import pandas as pd
 import pytest
 import torch
 
-from cxr_transfer.core.params import FT_GRADUAL, ModeConfig
+from cxr_transfer.core.params import FT_GRADUAL, ModeConfig, TrainConfig
+from cxr_transfer.runtime.batches import ArrayBatches, Normalizer
+from cxr_transfer.runtime.engine import Precision
+from cxr_transfer.runtime.models import build_model, get_spec
 from cxr_transfer.train import loop as train_module
-from cxr_transfer.train.batches import ArrayBatches, Normalizer
-from cxr_transfer.train.engine import Precision
+from cxr_transfer.train.checkpoints import Checkpoints, FitState, code_digest, fingerprint
 from cxr_transfer.train.loop import (
-    Checkpoints,
-    FitState,
     Loop,
     Objective,
     Phase,
+    Steps,
+    Stopping,
     TrainingError,
     _run_epoch,
     balanced_class_weights,
-    code_digest,
-    fingerprint,
     fit,
-    make_optimizer,
-    make_scheduler,
 )
-from cxr_transfer.train.models import build_model, get_spec
-from cxr_transfer.train.modes import image_batches, param_groups, setup_run
+from cxr_transfer.train.optim import make_optimizer, make_scheduler
+from cxr_transfer.train.phases import RunContext, image_batches, param_groups, setup_run
 
 CPU = torch.device("cpu")
 PREC = Precision.for_device(CPU)
 ADAM = ModeConfig(pretrained=False, trainable="head", optimizer="adam", lr=1e-3, weight_decay=1e-5)
 SGD_ALL = ModeConfig(pretrained=False, trainable="all", optimizer="sgd", lr=1e-2, momentum=0.9)
+
+
+def mode_with(trainable: str) -> ModeConfig:
+    """ADAM's recipe training `trainable` (head, classifier or all)."""
+    return dataclasses.replace(ADAM, trainable=trainable)
 
 
 def tiny_data(n=24, size=32, seed=0):
@@ -62,28 +65,13 @@ def run(
     if holder is not None:  # lets on_epoch look at the model while it trains
         holder["model"] = model
     spec = get_spec(arch)
-    rs = setup_run(
-        model,
-        spec,
-        mode.trainable,
-        data,
-        batch_size=batch,
-        augment=augment,
-        device=CPU,
-        prec=PREC,
-        compile_model=False,
-        freeze_epochs=mode.freeze_epochs,
-        balanced=mode.sampler == "balanced",
-        backbone_lr_mult=mode.backbone_lr_mult,
-        budget=budget,
-        lr_slice=mode.lr_slice,
-        train_bn=mode.train_bn,
-    )
+    train = TrainConfig(epochs=epochs, batch_size=batch, augment=augment)
+    rs = setup_run(model, spec, data, mode, train, RunContext(CPU, PREC, budget=budget))
     opt = make_optimizer(rs.groups, mode)
     sched = make_scheduler(opt, mode, epochs, len(rs.train))
     ckpt = Checkpoints(folder, "fp")
-    obj = Objective(None, mode.label_smoothing)
-    state = fit(rs.phases, opt, epochs, patience, ckpt, PREC, CPU, on_epoch, scaler, sched, obj)
+    steps = Steps(opt, PREC, CPU, Objective(None, mode.label_smoothing), sched, scaler)
+    state = fit(rs.phases, steps, Stopping(epochs, patience), ckpt, on_epoch)
     return model, rs, opt, state
 
 
@@ -254,7 +242,10 @@ def test_the_fingerprint_covers_the_stage_run_as_main(tmp_path):
     pkg = tmp_path / "cxr_transfer_stage"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    code = "from cxr_transfer.train.loop import code_digest\nprint(code_digest(('cxr_transfer_stage',)))\n"
+    code = (
+        "from cxr_transfer.train.checkpoints import code_digest\n"
+        "print(code_digest(('cxr_transfer_stage',)))\n"
+    )
     (pkg / "main.py").write_text(code)
     env = {"PYTHONPATH": f"{tmp_path}:{Path(train_module.__file__).parents[1]}", "PATH": ""}
 
@@ -278,7 +269,9 @@ def test_a_different_fingerprint_starts_afresh(tmp_path):
     data = tiny_data()
     run("resnet18", ADAM, data, tmp_path, epochs=1)
     model = build_model("resnet18", None, 2, seed=0)
-    rs = setup_run(model, get_spec("resnet18"), "head", data, batch_size=8, device=CPU, prec=PREC)
+    rs = setup_run(
+        model, get_spec("resnet18"), data, mode_with("head"), TrainConfig(batch_size=8), RunContext(CPU, PREC)
+    )
     opt = make_optimizer(rs.loop.trained.parameters(), ADAM)
     assert Checkpoints(tmp_path, "other").load(rs.loop.trained, opt) is None
 
@@ -298,11 +291,11 @@ def test_early_stopping_keeps_the_best_epoch_in_best_pt(tmp_path):
     torch.manual_seed(0)
     model = build_model("resnet18", None, 2, seed=0)
     rs_holder["rs"] = rs = setup_run(
-        model, get_spec("resnet18"), "head", data, batch_size=8, device=CPU, prec=PREC
+        model, get_spec("resnet18"), data, mode_with("head"), TrainConfig(batch_size=8), RunContext(CPU, PREC)
     )
     opt = make_optimizer(rs.loop.trained.parameters(), ADAM)
     ckpt = Checkpoints(tmp_path, "fp")
-    state = fit(rs.phases, opt, 30, 3, ckpt, PREC, CPU, keep)
+    state = fit(rs.phases, Steps(opt, PREC, CPU), Stopping(30, 3), ckpt, keep)
     losses = [h.val_loss for h in state.history]
     assert state.best_epoch == 1 and state.stopped_early and len(losses) == 1 + 3
     assert losses == sorted(losses)  # rising from epoch 1
@@ -315,7 +308,9 @@ def test_a_validation_loss_that_is_never_finite_stops_naming_the_setting(tmp_pat
     data = tiny_data()
     torch.manual_seed(0)
     model = build_model("resnet18", None, 2, seed=0)
-    rs = setup_run(model, get_spec("resnet18"), "head", data, batch_size=8, device=CPU, prec=PREC)
+    rs = setup_run(
+        model, get_spec("resnet18"), data, mode_with("head"), TrainConfig(batch_size=8), RunContext(CPU, PREC)
+    )
     head = rs.loop.trained
 
     def forward(xb):  # finite while training, NaN on validation
@@ -327,7 +322,12 @@ def test_a_validation_loss_that_is_never_finite_stops_naming_the_setting(tmp_pat
     with pytest.raises(
         TrainingError, match=r"not finite in any of 3 epochs \(lr=0.001\).*lower the mode's lr"
     ):
-        fit([Phase(loop, rs.train, rs.val)], opt, 3, 8, Checkpoints(tmp_path, "fp"), PREC, CPU)
+        fit(
+            [Phase(loop, rs.train, rs.val)],
+            Steps(opt, PREC, CPU),
+            Stopping(3, 8),
+            Checkpoints(tmp_path, "fp"),
+        )
 
 
 def test_an_epoch_reads_its_totals_from_the_device_once(tmp_path, monkeypatch):
@@ -335,7 +335,9 @@ def test_an_epoch_reads_its_totals_from_the_device_once(tmp_path, monkeypatch):
     data = tiny_data(n=40)
     torch.manual_seed(0)
     model = build_model("resnet18", None, 2, seed=0)
-    rs = setup_run(model, get_spec("resnet18"), "head", data, batch_size=4, device=CPU, prec=PREC)
+    rs = setup_run(
+        model, get_spec("resnet18"), data, mode_with("head"), TrainConfig(batch_size=4), RunContext(CPU, PREC)
+    )
     opt = make_optimizer(rs.loop.trained.parameters(), ADAM)
     reads = []
     for name in ("item", "__int__", "__float__", "__bool__", "tolist"):
@@ -347,7 +349,7 @@ def test_an_epoch_reads_its_totals_from_the_device_once(tmp_path, monkeypatch):
             return _orig(self, *a)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
-    loss, acc, n, _ = _run_epoch(rs.loop, rs.train, opt, PREC, CPU, None, "t")
+    loss, acc, n, _ = _run_epoch(rs.loop, rs.train, Steps(opt, PREC, CPU), "t", True)
     assert len(rs.train) == 10 and n == 40
     # one read each of the image count, the loss and the hits, not one per batch
     assert sorted(reads) == ["__float__", "__int__", "__int__"]
@@ -391,7 +393,9 @@ def test_classifier_block_trains_on_cached_features_and_matches_the_full_model(t
     torch.manual_seed(0)
     model = build_model("vgg16", None, 2, seed=0)
     spec = get_spec("vgg16")
-    rs = setup_run(model, spec, "classifier", data, batch_size=4, device=CPU, prec=PREC)
+    rs = setup_run(
+        model, spec, data, mode_with("classifier"), TrainConfig(batch_size=4), RunContext(CPU, PREC)
+    )
     assert rs.cached_features and rs.train.x.shape == (8, 512 * 7 * 7)
     model.eval()
     with torch.no_grad():
@@ -508,12 +512,14 @@ def test_select_picks_the_epoch_and_stops_on_the_chosen_figure(
     data = tiny_data()
     torch.manual_seed(0)
     model = build_model("resnet18", None, 2, seed=0)
-    rs = setup_run(model, get_spec("resnet18"), "head", data, batch_size=8, device=CPU, prec=PREC)
+    rs = setup_run(
+        model, get_spec("resnet18"), data, mode_with("head"), TrainConfig(batch_size=8), RunContext(CPU, PREC)
+    )
     real, epoch = train_module._run_epoch, {"n": 0}
 
-    def scripted(loop, batches, optimizer, *a, **k):
-        tl, ta, n, auc = real(loop, batches, optimizer, *a, **k)
-        if optimizer is not None:
+    def scripted(loop, batches, steps, desc, training, *a, **k):
+        tl, ta, n, auc = real(loop, batches, steps, desc, training, *a, **k)
+        if training:
             epoch["n"] += 1
             return tl, ta, n, auc
         vl, vauc = SCRIPT[epoch["n"]]
@@ -524,7 +530,7 @@ def test_select_picks_the_epoch_and_stops_on_the_chosen_figure(
     opt = make_optimizer(rs.loop.trained.parameters(), ADAM)
     ckpt = Checkpoints(tmp_path, "fp")
     keep = lambda log: snapshots.setdefault(log.epoch, rs.loop.trained.weight.detach().clone())  # noqa: E731
-    state = fit(rs.phases, opt, 6, 2, ckpt, PREC, CPU, keep, select=select)
+    state = fit(rs.phases, Steps(opt, PREC, CPU), Stopping(6, 2, select), ckpt, keep)
     assert state.best_epoch == best and len(state.history) == stopped_after
     assert state.best_val_loss == SCRIPT[best][0]
     assert torch.equal(ckpt.best()["weight"], snapshots[best])
@@ -550,8 +556,8 @@ def test_val_auroc_is_scikit_learns_and_nan_without_both_classes():
 def test_the_curves_file_holds_every_epoch_logged_so_far(tmp_path):
     """Rewritten after each epoch (what `dvc plots show` reads while later runs train); a resumed
     run replays its epochs first, so each epoch is in the file once."""
+    from cxr_transfer.train.checkpoints import EpochLog
     from cxr_transfer.train.job import CURVE_COLUMNS, Curves
-    from cxr_transfer.train.loop import EpochLog
 
     path = tmp_path / "live" / "a-fe-s0.csv"
     curves = Curves(path)
@@ -564,7 +570,7 @@ def test_the_curves_file_holds_every_epoch_logged_so_far(tmp_path):
 
 
 def test_one_cycle_is_fastai_s_fine_tune_schedule_step_by_step():
-    from cxr_transfer.train.loop import one_cycle
+    from cxr_transfer.train.optim import one_cycle
 
     # frozen epoch of 100 steps: cosine from lr/25 up to lr over 99 steps, then down toward lr/1e5;
     # the momentum the other way, 0.95 -> 0.85 -> 0.95
@@ -581,7 +587,7 @@ def test_one_cycle_is_fastai_s_fine_tune_schedule_step_by_step():
 
 def test_ft_one_cycle_sets_adam_s_momentum_and_the_three_groups_rates_each_step():
     from cxr_transfer.core.params import FT_ONE_CYCLE
-    from cxr_transfer.train.loop import one_cycle
+    from cxr_transfer.train.optim import one_cycle
 
     model = build_model("resnet18", None, 2, seed=0)
     groups = param_groups(model, get_spec("resnet18"), "all", 1.0, lr_slice=100.0)

@@ -11,8 +11,8 @@ import pandas as pd
 import torch
 
 from cxr_transfer.audit.gradcam import gradcam, mass_inside
-from cxr_transfer.train.batches import Normalizer
-from cxr_transfer.train.models import get_spec, load_trained
+from cxr_transfer.runtime.batches import Normalizer
+from cxr_transfer.runtime.models import get_spec, load_trained
 
 
 class CamModel:

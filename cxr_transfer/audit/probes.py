@@ -234,10 +234,10 @@ def near_duplicate_report(
 def feature_extractor(arch: str, weights_dir: str, device):
     """A function from an (N, S, S) uint8 store to the frozen ImageNet features of each image
     (the input of the architecture's last layer); the model is built once."""
-    from cxr_transfer.train.batches import ArrayBatches
-    from cxr_transfer.train.engine import FP32, for_inference, tail_inputs
-    from cxr_transfer.train.models import build_model, get_spec
-    from cxr_transfer.train.speed import inference_batch
+    from cxr_transfer.runtime.batches import ArrayBatches
+    from cxr_transfer.runtime.engine import FP32, Pass, for_inference, tail_inputs
+    from cxr_transfer.runtime.models import build_model, get_spec
+    from cxr_transfer.runtime.speed import inference_batch
 
     spec, device = get_spec(arch), torch.device(device)
     model = build_model(arch, weights_dir, 2, seed=0).eval()
@@ -245,9 +245,8 @@ def feature_extractor(arch: str, weights_dir: str, device):
 
     def extract(x: np.ndarray) -> np.ndarray:
         size = x.shape[-1]
-        forward = for_inference(  # the rules of every inference pass
-            model, arch, spec.mean, spec.std, device, upto=last, images=len(x), size=size
-        )
+        plan = Pass(len(x), size)  # the rules of every inference pass
+        forward = for_inference(model, arch, spec.mean, spec.std, device, upto=last, plan=plan)
         batch = inference_batch(device.type, size)
         batches = ArrayBatches(np.asarray(x)[:, None], np.zeros(len(x)), batch, device=device)
         with torch.no_grad():

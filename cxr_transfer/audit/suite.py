@@ -8,7 +8,7 @@ import pandas as pd
 
 from cxr_transfer.audit import probes
 from cxr_transfer.core.params import Params
-from cxr_transfer.train.engine import pick_device
+from cxr_transfer.runtime.engine import pick_device
 
 
 def run_probes(

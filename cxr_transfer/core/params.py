@@ -223,6 +223,8 @@ class ModeConfig:
     sampler: str = "shuffle"  # balanced: draw training images with replacement, classes equally often
     lr_slice: float = 1.0  # fastai's slice(lr / lr_slice, lr): rates spread geometrically over layer groups
     train_bn: bool = False  # BatchNorm layers train during the frozen epochs (fastai's train_bn)
+    betas: tuple[float, ...] = (0.9, 0.999)  # Adam/AdamW's (beta1, beta2); one_cycle cycles beta1 per step
+    eps: float = 1e-8  # Adam/AdamW's epsilon
 
     def validate(self, key: str) -> None:
         _choice(self.trainable, f"{key}.trainable", TRAINABLE)
@@ -255,6 +257,12 @@ class ModeConfig:
             f"{key}.lr_slice",
             "and backbone_lr_mult both set the pretrained layers' rates; keep one of them at 1",
         )
+        _check(
+            len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+            f"{key}.betas",
+            f"{list(self.betas)} must be two numbers in [0, 1), e.g. [0.9, 0.999]",
+        )
+        _check(0.0 < self.eps < 1.0, f"{key}.eps", "must be in (0, 1)")
         _check(
             not self.train_bn or self.freeze_epochs > 0,
             f"{key}.train_bn",
@@ -302,6 +310,8 @@ FT_ONE_CYCLE = ModeConfig(
     freeze_epochs=1,
     lr_slice=100.0,
     train_bn=True,
+    betas=(0.95, 0.99),  # fastai's Adam
+    eps=1e-5,
 )
 DEFAULT_MODES = {**SEED_MODES, "ft_gradual": FT_GRADUAL, "ft_one_cycle": FT_ONE_CYCLE}
 

@@ -26,10 +26,10 @@ from cxr_transfer.evaluate.evaluation import (
     score_split,
     write_scored,
 )
-from cxr_transfer.train.card import ModelInfo
-from cxr_transfer.train.engine import model_logits, pick_device, store_budget
-from cxr_transfer.train.models import load_trained
-from cxr_transfer.train.speed import runtime_for
+from cxr_transfer.runtime.card import ModelInfo
+from cxr_transfer.runtime.engine import model_logits, pick_device, store_budget
+from cxr_transfer.runtime.models import load_trained
+from cxr_transfer.runtime.speed import runtime_for
 
 KEPT = ("images_per_s", "best_epoch", "epochs_run", "trainable_params", "total_params")
 
@@ -195,7 +195,6 @@ def validation_parts(prepared: Path, splits: Path) -> list[tuple[str, object, pd
 
 
 def evaluate_external(
-    name: str,
     runs: dict[str, Path],
     external: Path,
     prepared: Path,
@@ -207,11 +206,12 @@ def evaluate_external(
     out: Path,
 ) -> list[str]:
     """Every run's every model (name -> model folder; k folds: each fold's model, into
-    out/<run>/fold<i>/ as models/ lays them out) on the external set prepared in `external`,
+    out/<run>/fold<i>/ as models/ lays them out) on the external set prepared in `external` (its
+    folder's name is the set's),
     thresholded and calibrated on its own internal validation part (never on the external
     images); writes out/<run>/, returns a line per run."""
     x_ext, table = load_store(external.parent, external.name)[0], read_table(external / "data.csv")
-    parts = validation_parts(prepared, splits)
+    name, parts = external.name, validation_parts(prepared, splits)
     lines = []
     for run_dir, model in runs.items():
         accs = []

@@ -19,8 +19,8 @@ from cxr_transfer.evaluate.seeds import aggregate, run_name
 from cxr_transfer.evaluate.verdicts import FoldAverage, Scored, jsonable
 from cxr_transfer.report import summary
 from cxr_transfer.report.outputs import write_gradcam, write_pages, write_plots
-from cxr_transfer.train.card import ModelInfo
-from cxr_transfer.train.models import equivalent_modes, get_spec
+from cxr_transfer.runtime.card import ModelInfo
+from cxr_transfer.runtime.models import equivalent_modes, get_spec
 
 
 @dataclass(frozen=True)

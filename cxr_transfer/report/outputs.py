@@ -14,7 +14,7 @@ from cxr_transfer.audit.gradcam import pick_examples, shared_scale
 from cxr_transfer.core.cli import write_csv, write_text
 from cxr_transfer.data.prepare import load_store
 from cxr_transfer.report import charts, sections, webpage
-from cxr_transfer.train.card import ModelInfo
+from cxr_transfer.runtime.card import ModelInfo
 
 
 def write_gradcam(paths, p, first, preds) -> dict:

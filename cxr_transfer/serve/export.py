@@ -18,9 +18,9 @@ from torch import nn
 from cxr_transfer.core.decision import RULE, decide
 from cxr_transfer.core.errors import CxrError
 from cxr_transfer.core.versions import versions
+from cxr_transfer.runtime.batches import Normalizer
+from cxr_transfer.runtime.card import ModelInfo
 from cxr_transfer.serve.onnx import session
-from cxr_transfer.train.batches import Normalizer
-from cxr_transfer.train.card import ModelInfo
 
 # Parity of ONNX Runtime with PyTorch on the test store, on what matters: the logits (log
 # probabilities) within a relative tolerance, and the same decision except where PyTorch's top

@@ -31,8 +31,8 @@ from cxr_transfer.serve.onnx import Loaded, calibrated, load_onnx
 
 def load_torch(model_dir: Path, device: str = "auto", batch_size: int = 64) -> Loaded:
     """A train stage's folder (model.json, best.pt); decisions by the argmax, as the export's."""
-    from cxr_transfer.train.engine import pick_device, predict_proba
-    from cxr_transfer.train.models import load_trained
+    from cxr_transfer.runtime.engine import pick_device, predict_proba
+    from cxr_transfer.runtime.models import load_trained
 
     dev = pick_device(device, "--device")
     model, meta = load_trained(model_dir)

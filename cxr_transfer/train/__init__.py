@@ -1,1 +1,3 @@
-"""Torch: models, ImageNet weights, the training modes, the loop, batches, device/speed rules and DDP."""
+"""The training job: run setup (phases, frozen features, batches), the loop (optimizer, schedules,
+checkpoints, fit) and DDP. Built on cxr_transfer.runtime; nothing but the train stage, the bench
+and this package imports it."""

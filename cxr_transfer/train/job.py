@@ -16,25 +16,23 @@ from cxr_transfer.core.cli import write_csv
 from cxr_transfer.core.errors import CxrError
 from cxr_transfer.core.params import Params
 from cxr_transfer.data.prepare import load_folds, load_meta, load_store
+from cxr_transfer.runtime.card import ModelInfo
+from cxr_transfer.runtime.engine import Precision, pick_device, store_budget
+from cxr_transfer.runtime.models import build_model, get_spec
+from cxr_transfer.runtime.speed import compile_pays
 from cxr_transfer.train import distributed
-from cxr_transfer.train.card import ModelInfo
-from cxr_transfer.train.engine import Precision, pick_device, store_budget
+from cxr_transfer.train.checkpoints import Checkpoints, code_digest, fingerprint, save_atomic
 from cxr_transfer.train.loop import (
     SELECT_WORDS,
-    Checkpoints,
     Objective,
+    Steps,
+    Stopping,
     balanced_class_weights,
-    code_digest,
-    fingerprint,
     fit,
-    make_optimizer,
-    make_scheduler,
-    save_atomic,
     summarize,
 )
-from cxr_transfer.train.models import build_model, get_spec
-from cxr_transfer.train.modes import setup_run
-from cxr_transfer.train.speed import compile_pays
+from cxr_transfer.train.optim import make_optimizer, make_scheduler
+from cxr_transfer.train.phases import RunContext, setup_run
 from dvclive import Live
 
 
@@ -159,33 +157,17 @@ def train_one(
     torch.backends.cudnn.benchmark = device.type == "cuda"
     weights_dir = p.weights.dir if mode.pretrained and p.weights.source == "imagenet" else None
     model = build_model(job.arch, weights_dir, len(classes), job.seed)
+    compile_model = use_compile(tc.compile, job.arch, device, data, tc.epochs)
+    budget = store_budget(device, tc.memory_budget)
     rs = setup_run(
-        model,
-        spec,
-        mode.trainable,
-        data,
-        batch_size=tc.batch_size,
-        seed=job.seed,
-        augment=tc.augment,
-        device=device,
-        prec=prec,
-        compile_model=use_compile(tc.compile, job.arch, device, data, tc.epochs),
-        freeze_epochs=mode.freeze_epochs,
-        balanced=mode.sampler == "balanced",
-        backbone_lr_mult=mode.backbone_lr_mult,
-        budget=store_budget(device, tc.memory_budget),
-        world=world,
-        sync_batchnorm=tc.sync_batchnorm,
-        epochs=tc.epochs,
-        lr_slice=mode.lr_slice,
-        train_bn=mode.train_bn,
+        model, spec, data, mode, tc, RunContext(device, prec, job.seed, budget, world, compile_model)
     )
     opt = make_optimizer(rs.groups, mode)
     sched = make_scheduler(opt, mode, tc.epochs, len(rs.train))
     weight = (
         balanced_class_weights(data["train"][1], len(classes)) if mode.class_weight == "balanced" else None
     )
-    objective = Objective(weight, mode.label_smoothing)
+    steps = Steps(opt, prec, device, Objective(weight, mode.label_smoothing), sched)
     config = {
         "arch": job.arch,
         "mode": asdict(mode),
@@ -203,21 +185,7 @@ def train_one(
     procs = f", {world.size} processes (torchrun, global batch {tc.batch_size})" if world.size > 1 else ""
 
     def train(on_epoch=lambda log: None):
-        return fit(
-            rs.phases,
-            opt,
-            tc.epochs,
-            tc.patience,
-            ckpt,
-            prec,
-            device,
-            on_epoch=on_epoch,
-            scheduler=sched,
-            objective=objective,
-            main=world.main,
-            processes=world.size,
-            select=tc.select,
-        )
+        return fit(rs.phases, steps, Stopping(tc.epochs, tc.patience, tc.select), ckpt, on_epoch, world)
 
     if not world.main:  # every other rank trains its share and leaves the writing to rank 0
         train()

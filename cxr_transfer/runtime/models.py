@@ -8,8 +8,8 @@ from torch import nn
 
 from cxr_transfer.core.errors import CxrError
 from cxr_transfer.core.registry import ARCHS, ArchSpec
-from cxr_transfer.train.card import ModelInfo
-from cxr_transfer.train.weights import load_imagenet
+from cxr_transfer.runtime.card import ModelInfo
+from cxr_transfer.runtime.weights import load_imagenet
 
 
 def get_spec(arch: str) -> ArchSpec:

@@ -27,7 +27,7 @@ NOISE = 0.02
 CPU_BATCH_PIXELS = 1 << 20
 
 
-# CPU inference through ONNX Runtime (cxr_transfer.train.onnxrt), per family and size: PyTorch's and
+# CPU inference through ONNX Runtime (cxr_transfer.runtime.onnxrt), per family and size: PyTorch's and
 # ONNX Runtime's images/s, the in-memory export's and a new session's seconds, as measured on 2
 # cores (`python -m bench --cases cpu-infer`: bench/results/cpu-full-2026-12-02-cpu-infer.json;
 # tests/test_onnxrt.py checks these are what its rows imply). A family or size without an entry

@@ -1,4 +1,4 @@
-"""Turn a mode (what trains, from which start) into training phases and their batches.
+"""Set a run up: turn a mode (what trains, from which start) into training phases and their batches.
 
 `head` and `classifier` training without augmentation runs a tail module of the network on the
 frozen backbone's features, computed once; everything else runs the full model each epoch. With
@@ -15,15 +15,16 @@ import torch
 from torch import nn
 
 from cxr_transfer.core.errors import CxrError
+from cxr_transfer.core.params import ModeConfig, TrainConfig
 from cxr_transfer.core.registry import ArchSpec
-from cxr_transfer.train import speed
-from cxr_transfer.train.batches import ArrayBatches, Normalizer, augment_batch
+from cxr_transfer.runtime import speed
+from cxr_transfer.runtime.batches import ArrayBatches, Normalizer, augment_batch
+from cxr_transfer.runtime.engine import Pass, Precision, for_inference, image_forward, tail_inputs
+from cxr_transfer.runtime.models import freeze_except, get_module, set_train_mode, trainable_path
+from cxr_transfer.runtime.onnxrt import onnx_forward, started
+from cxr_transfer.runtime.speed import channels_last, inference_batch
 from cxr_transfer.train.distributed import World, block, gather_rows, wrap
-from cxr_transfer.train.engine import Precision, for_inference, image_forward, tail_inputs
 from cxr_transfer.train.loop import Loop, Phase
-from cxr_transfer.train.models import freeze_except, get_module, set_train_mode, trainable_path
-from cxr_transfer.train.onnxrt import onnx_forward, started
-from cxr_transfer.train.speed import channels_last, inference_batch
 
 
 @dataclass
@@ -84,42 +85,48 @@ def param_groups(
     )
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """Where and how one run executes, decided by the job from the machine and the rules (not read
+    from params.yaml): device and precision, the seed, the bytes of image store that may sit on the
+    device (None: no limit), the torchrun world and whether to torch.compile the model."""
+
+    device: torch.device
+    prec: Precision
+    seed: int = 0
+    budget: float | None = None
+    world: World | None = None
+    compile_model: bool = False
+
+
 def setup_run(
     model: nn.Module,
     spec: ArchSpec,
-    trainable: str,
     data: dict[str, tuple[np.ndarray, np.ndarray]],
-    *,
-    batch_size: int,
-    device: torch.device,
-    prec: Precision,
-    seed: int = 0,
-    augment: bool = False,
-    compile_model: bool = False,
-    freeze_epochs: int = 0,
-    balanced: bool = False,
-    backbone_lr_mult: float = 1.0,
-    budget: float | None = None,
-    world: World | None = None,
-    sync_batchnorm: bool = False,
-    epochs: int = 1,
-    lr_slice: float = 1.0,
-    train_bn: bool = False,
+    mode: ModeConfig,
+    train: TrainConfig,
+    ctx: RunContext,
 ) -> RunSetup:
-    """Move the model to `device` and build the phases: what is frozen, the loop and the batches.
+    """Move the model to the device and build the phases of `mode` (what trains, frozen first for
+    `freeze_epochs`, BatchNorm while frozen with `train_bn`, the sampler, the layer groups' rates)
+    under `train` (batch size, augmentation, SyncBatchNorm, epochs): what is frozen, the loop and
+    the batches.
 
-    The train and validation stores go onto the device whole when together they fit `budget`
-    bytes (None: always), and are streamed from their memory maps otherwise. Under torchrun
-    (`world` of several processes) each process trains on its share of every global batch
-    through DistributedDataParallel, computes the frozen features of its block of images and
-    gathers the rest, and validates on the whole validation split (so all agree on the best epoch)."""
-    world = world or World()
+    The train and validation stores go onto the device whole when together they fit the budget
+    (None: always), and are streamed from their memory maps otherwise. Under torchrun (a world of
+    several processes) each process trains on its share of every global batch through
+    DistributedDataParallel, computes the frozen features of its block of images and gathers the
+    rest, and validates on the whole validation split (so all agree on the best epoch)."""
+    device, prec, seed, budget = ctx.device, ctx.prec, ctx.seed, ctx.budget
+    batch_size, augment, epochs = train.batch_size, train.augment, train.epochs
+    balanced = mode.sampler == "balanced"
+    world = ctx.world or World()
     for split in ("train", "val"):
         if len(data[split][1]) == 0:
             raise CxrError(f"the {split} split is empty; check the split stage's output")
     model.to(device)
     norm = Normalizer(spec.mean, spec.std, reuse=device.type == "cpu").to(device)
-    runner = torch.compile(model) if compile_model else model
+    runner = torch.compile(model) if ctx.compile_model else model
     train_cl = channels_last(spec.name, device.type, training=True)
     forward = image_forward(runner, norm, train_cl)
     size = data["train"][0].shape[-1]
@@ -127,27 +134,19 @@ def setup_run(
     streamed = budget is not None and sum(np.asarray(data[s][0]).nbytes for s in ("train", "val")) > budget
     each = 0 if streamed else None  # the budget of each store
     t0 = time.perf_counter()
-    plan = [("head", freeze_epochs), (trainable, None)] if freeze_epochs else [(trainable, None)]
+    trainable, freeze = mode.trainable, mode.freeze_epochs
+    plan = [("head", freeze), (trainable, None)] if freeze else [(trainable, None)]
     phases, cached = [], []
     for part, last in plan:
         path = trainable_path(spec, part)
-        bn = train_bn and last is not None  # the frozen phase of a mode whose BatchNorm trains there
+        bn = mode.train_bn and last is not None  # the frozen phase of a mode whose BatchNorm trains there
         trained = freeze_except(model, path, bn)
         if trained is not model and not augment and not bn:
             # the feature pass: inference, in its own runtime, memory format and batch
             n_images = sum(len(data[s][1]) for s in ("train", "val")) // world.size
+            plan = Pass(n_images, size, exact=prec.dtype is None)
             fwd = for_inference(
-                model,
-                spec.name,
-                spec.mean,
-                spec.std,
-                device,
-                norm,
-                runner,
-                upto=trained,
-                images=n_images,
-                size=size,
-                exact=prec.dtype is None,
+                model, spec.name, spec.mean, spec.std, device, norm, runner, upto=trained, plan=plan
             )
             feats = {}
             for split in ("train", "val"):
@@ -159,7 +158,7 @@ def setup_run(
                 mine = tail_inputs(model, fwd, xb, prec, device).to(device)
                 feats[split] = gather_rows(mine[:0] if none else mine, world, len(y))
             loop = Loop(trained, trained, trained.train, trained.eval)
-            ddp = (lambda t=trained: wrap(t, device, sync_batchnorm)) if world.size > 1 else None
+            ddp = (lambda t=trained: wrap(t, device, train.sync_batchnorm)) if world.size > 1 else None
             tr = ArrayBatches(
                 feats["train"], data["train"][1], batch_size, True, seed, device, balanced, shard=world.shard
             )
@@ -174,7 +173,7 @@ def setup_run(
             )
             loop.infer = _validation_forward(model, spec, device, prec, world, size, len(va.y), epochs)
             ddp = (
-                (lambda: image_forward(wrap(runner, device, sync_batchnorm), norm, train_cl))
+                (lambda: image_forward(wrap(runner, device, train.sync_batchnorm), norm, train_cl))
                 if world.size > 1
                 else None
             )
@@ -182,7 +181,7 @@ def setup_run(
         phases.append(Phase(loop, tr, va, last, lambda p=path, b=bn: freeze_except(model, p, b), ddp))
     seconds = time.perf_counter() - t0 if any(cached) else 0.0
     _memory_format(model, train_cl)  # what the full-model phases run in
-    groups = param_groups(model, spec, trainable, backbone_lr_mult, lr_slice)
+    groups = param_groups(model, spec, trainable, mode.backbone_lr_mult, mode.lr_slice)
     return RunSetup(phases, cached[0], train_cl, streamed, seconds, groups)
 
 

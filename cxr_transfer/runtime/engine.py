@@ -13,8 +13,8 @@ from torch import nn
 
 from cxr_transfer.core.errors import CxrError
 from cxr_transfer.core.params import PRECISIONS
-from cxr_transfer.train import speed
-from cxr_transfer.train.batches import ArrayBatches, Normalizer
+from cxr_transfer.runtime import speed
+from cxr_transfer.runtime.batches import ArrayBatches, Normalizer
 
 
 def pick_device(pref: str = "auto", key: str = "train.device") -> torch.device:
@@ -100,6 +100,18 @@ def image_forward(model: nn.Module, norm: Normalizer, channels_last: bool) -> Ca
     return forward
 
 
+@dataclass(frozen=True)
+class Pass:
+    """What an inference pass is, for the runtime rule: how many images of what size (0: unknown,
+    PyTorch), whether it must be float32 (`exact`), and a stage's runtime decision for all its
+    models ("onnxruntime" / "pytorch", speed.runtime_for; None: decided for this pass alone)."""
+
+    images: int = 0
+    size: int = 0
+    exact: bool = True
+    runtime: str | None = None
+
+
 def for_inference(
     model: nn.Module,
     arch: str,
@@ -110,24 +122,21 @@ def for_inference(
     runner=None,
     *,
     upto: nn.Module | None = None,
-    images: int = 0,
-    size: int = 0,
-    exact: bool = True,
-    runtime: str | None = None,
+    plan: Pass = Pass(),
 ) -> Callable:
     """The one place a model is set up for inference (evaluate, predict, the probes' features and
     the frozen backbone's feature pass): uint8 batch -> logits, or with `upto` the input of that
     module (the frozen backbone's features, flattened). The caller sets eval mode and picks the
     batch (speed.inference_batch).
 
-    On the CPU, a float32 (`exact`) pass of `images` images of `size` px runs through ONNX Runtime
-    where speed.onnx_pays says its export repays itself (cxr_transfer.train.onnxrt); otherwise
+    On the CPU, a float32 pass (`plan`) runs through ONNX Runtime where the stage chose it or
+    speed.onnx_pays says its export repays itself (cxr_transfer.runtime.onnxrt); otherwise
     through PyTorch on `device`, in that device's measured inference memory format (weights
     converted in place), behind its normaliser (or `norm`), through `runner` (a compiled model)
-    where given. `runtime` ("onnxruntime" / "pytorch", speed.runtime_for) is a stage's decision
-    for all its models; None decides for this pass alone."""
-    if device.type == "cpu" and exact and images and size and runtime != "pytorch":
-        from cxr_transfer.train import onnxrt
+    where given."""
+    images, size, runtime = plan.images, plan.size, plan.runtime
+    if device.type == "cpu" and plan.exact and images and size and runtime != "pytorch":
+        from cxr_transfer.runtime import onnxrt
 
         exported = onnxrt.exported(model, mean, std, size, upto)  # None: it failed here before
         first = not onnxrt.started()
@@ -215,11 +224,11 @@ def model_logits(
 
     Always in float32, whatever training used: bf16 scores have about 3 significant digits, and
     the ties they make move AUROC and the threshold chosen on validation. Memory format and (for
-    None) the batch size follow the device's measured rules (cxr_transfer.train.speed); a store larger
+    None) the batch size follow the device's measured rules (cxr_transfer.runtime.speed); a store larger
     than `budget` bytes is streamed from disk."""
     x = np.asarray(x)
     size = x.shape[-1]
-    forward = for_inference(model.eval(), arch, mean, std, device, images=len(x), size=size, runtime=runtime)
+    forward = for_inference(model.eval(), arch, mean, std, device, plan=Pass(len(x), size, True, runtime))
     batch_size = batch_size or speed.inference_batch(device.type, size)
     batches = ArrayBatches(x[:, None], np.zeros(len(x)), batch_size, device=device, budget=budget)
     return predict_logits(forward, batches, FP32, device)

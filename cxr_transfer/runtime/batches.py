@@ -49,7 +49,6 @@ class ArrayBatches:
         device="cpu",
         balanced=False,
         budget: float | None = None,
-        prefetch: int = 2,
         shard: tuple[int, int] | None = None,
     ):
         if len(x) == 0:
@@ -62,7 +61,7 @@ class ArrayBatches:
             self.x = torch.as_tensor(np.array(x) if isinstance(x, np.ndarray) else x).to(device)
         self.y = torch.as_tensor(np.asarray(y), dtype=torch.long).to(device)
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
-        self.prefetch = max(1, prefetch)
+        self.prefetch = 2  # streamed batches read ahead (a test varies it)
         self.shard = shard  # (rank, processes): each batch's items rank, rank + processes, ...
         # balanced: each epoch draws n images with replacement, every class equally likely
         self.weights = (1.0 / torch.bincount(self.y.cpu()).double())[self.y.cpu()] if balanced else None
