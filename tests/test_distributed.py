@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cxr_transfer.core.params import ModeConfig, TrainConfig
+from cxr_transfer.runtime.batches import IGNORE
 from cxr_transfer.runtime.engine import Precision
 from cxr_transfer.runtime.models import build_model, get_spec
 from cxr_transfer.train.checkpoints import Checkpoints
@@ -47,7 +48,8 @@ def train(folder, rank: int = 0, size: int = 1, n: int = 17, weights: bool = Fal
     obj = Objective(balanced_class_weights(d["train"][1], 2) if weights else None)
     ck = Checkpoints(folder / f"rank{rank}", "fp")
     state = fit(rs.phases, Steps(opt, PREC, CPU, obj), Stopping(3, 8), ck, world=world)
-    return {k: v.clone() for k, v in rs.loop.trained.state_dict().items()}, state
+    seen = sum(int((yb != IGNORE).sum()) for _, yb in rs.train)  # this process's images per epoch
+    return {k: v.clone() for k, v in rs.loop.trained.state_dict().items()}, state, seen
 
 
 def _worker(rank: int, size: int, port: int, folder, job: str, kw: dict):
@@ -56,10 +58,9 @@ def _worker(rank: int, size: int, port: int, folder, job: str, kw: dict):
     dist.init_process_group("gloo", rank=rank, world_size=size)
     try:
         if job == "train":
-            weights, state = train(folder, rank, size, **kw)
-            torch.save(
-                {"weights": weights, "losses": [h.val_loss for h in state.history]}, folder / f"out{rank}.pt"
-            )
+            weights, state, seen = train(folder, rank, size, **kw)
+            out = {"weights": weights, "losses": [h.val_loss for h in state.history], "seen": seen}
+            torch.save(out, folder / f"out{rank}.pt")
         elif job == "gather":
             n, w = kw["n"], World(rank, size, rank)
             rows = block(w, n)
@@ -104,8 +105,10 @@ def test_two_processes_train_what_one_process_trains(tmp_path, kw):
     """17 images in global batches of 8: shares 4+4, 4+4, 1+stand-in. Each step's loss is divided
     by the global batch's normaliser (summed over the processes), so uneven shares and class
     weights leave the objective that of one process; augmentation draws for the global batch."""
-    one, one_state = train(tmp_path / "one", **kw)
-    two = spawn(tmp_path, "train", **kw)[0]
+    one, one_state, one_seen = train(tmp_path / "one", **kw)
+    ranks = spawn(tmp_path, "train", **kw)
+    assert [r["seen"] for r in ranks] == [9, 8] and one_seen == 17  # sharded: 4+4+1 and 4+4, not 17 each
+    two = ranks[0]
     assert one.keys() == two["weights"].keys()
     for k in one:
         assert torch.allclose(one[k], two["weights"][k], rtol=0, atol=1e-6), (

@@ -89,11 +89,23 @@ def test_every_skip_reason_is_counted_and_listed(seed_layout, make_image, rel, m
     ],
 )
 def test_reads_many_formats_and_modes(seed_layout, make_image, name, mode, fmt):
-    make_image(seed_layout / "COVID" / name, mode=mode, fmt=fmt, seed=7)
+    """Each format and mode indexes, and decodes to the grayscale pixels it was written from:
+    exactly where the format is lossless (16 bits scaled back, a palette, RGBA, BMP, TIFF), within
+    JPEG's loss where it is not; an inverted CMYK or a misread palette would be far off."""
+    from cxr_transfer.data.imageio import read_gray
+
+    path = make_image(seed_layout / "COVID" / name, mode=mode, fmt=fmt, seed=7)
     df, rep = index(seed_layout)
     row = df[df["image_name"] == name]
     assert len(row) == 1 and row["format"].iloc[0] == fmt
     assert rep["skipped"] == 0
+    written = np.random.default_rng(7).integers(0, 256, (24, 24), dtype=np.uint8)  # write_image's pixels
+    gray, _ = read_gray(path, None)
+    err = np.abs(gray.astype(int) - written.astype(int))
+    if fmt == "JPEG":
+        assert err.mean() < 10 and err.max() < 40  # 7.3 mean here; inverted: 126
+    else:
+        assert err.max() == 0
 
 
 def test_16_bit_is_scaled_not_clipped():

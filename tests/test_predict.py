@@ -321,3 +321,41 @@ def test_links_and_odd_names_are_skipped_rows_and_every_input_skipped_exits_non_
         f"predict: error: no image could be scored: all 4 files were skipped (reasons in {out})"
     )
     assert len(pd.read_csv(out)) == 4  # the reasons are still written
+
+
+def test_predict_on_12_bit_files_equals_predict_proba_on_what_prepare_made_of_them(tmp_path):
+    """A model trained on 12-bit data (bits_stored: 12 in its card): predict decodes the files by
+    the card's bits and gives predict_proba's probabilities on prepare's array. A card that lost
+    bits_stored would scale the 12 bits as 16 (16 times darker images) and score differently."""
+    from cxr_transfer.data.prepare import decode_split
+    from cxr_transfer.runtime.engine import predict_proba
+    from cxr_transfer.serve.predict import predict_files
+
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(4):
+        a = (rng.random((40, 40)) * 4095).astype(np.uint16)  # 12 bits in a 16-bit PNG
+        a[10:30, 10:30] = 4000 if i % 2 else 300
+        path = tmp_path / f"x{i}.png"
+        Image.fromarray(a).save(path)
+        files.append(str(path))
+    x = decode_split(files, 32, workers=0, bits_stored=12)  # what prepare stores
+    spec = get_spec("resnet18")
+    net = build_model("resnet18", None, 2, 0).eval()
+    folder = tmp_path / "run"
+    folder.mkdir()
+    torch.save(net.state_dict(), folder / "best.pt")
+    meta = {
+        **json.loads(json.dumps(dict(arch="resnet18", mode="fe", seed=0, classes=CLASSES))),
+        "image_size": 32,
+    }
+    meta |= {"mean": list(spec.mean), "std": list(spec.std), "bits_stored": 12, "training_images": TRAINING}
+    (folder / "model.json").write_text(json.dumps(meta))
+    want = predict_proba(net, "resnet18", spec.mean, spec.std, x, torch.device("cpu")).numpy()
+    rows = [r for chunk, _ in predict_files(load_model(folder), files, 4) for r in chunk]
+    got = np.array([[r["p_Normal"], r["p_Covid"]] for r in rows])
+    assert np.abs(got - want).max() < 1e-5
+    (folder / "model.json").write_text(json.dumps({**meta, "bits_stored": None}))  # the card loses it
+    rows = [r for chunk, _ in predict_files(load_model(folder), files, 4) for r in chunk]
+    lost = np.array([[r["p_Normal"], r["p_Covid"]] for r in rows])
+    assert np.abs(lost - want).max() > 1e-3  # the test can tell

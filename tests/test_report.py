@@ -260,6 +260,23 @@ def test_k_class_summary_compare_and_confusion_plot(tmp_path):
     assert (tmp_path / "confusion.png").stat().st_size > 5000
 
 
+def test_the_confusion_chart_draws_rows_actual_and_columns_predicted(tmp_path, monkeypatch):
+    """An asymmetric matrix: a transposed chart (or swapped labels) would draw another picture."""
+    from cxr_transfer.report import charts
+
+    drawn = {}
+    monkeypatch.setattr(charts, "save_figure", lambda fig, path: drawn.setdefault("fig", fig))
+    m = {"confusion": {"tn": 5, "fp": 1, "fn": 7, "tp": 30}}  # 7 Covid called Normal, 1 Normal called Covid
+    charts.plot_confusions({"a-ft": m}, ["Normal", "Covid"], "Covid", tmp_path)
+    ax = drawn["fig"].axes[0]
+    assert ax.images[0].get_array().tolist() == [[5, 1], [7, 30]]
+    assert (ax.get_ylabel(), ax.get_xlabel()) == ("actual", "predicted")
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Normal", "Covid"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Normal", "Covid"]
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert cells == {(0, 0): "5", (0, 1): "1", (1, 0): "7", (1, 1): "30"}  # (row, column)
+
+
 def _binary_case(n=60):
     """(y, p, groups, y_val, p_val) of a model with some skill."""
     rng = np.random.default_rng(0)

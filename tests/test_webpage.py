@@ -21,6 +21,14 @@ def _curves():
     return pd.DataFrame(rows)
 
 
+def drawn(svg: str) -> dict[str, int]:
+    """Vega's marks in an SVG: for each mark type, how many shapes its groups hold."""
+    out: dict[str, int] = {}
+    for kind, body in re.findall(r'<g class="mark-(\w+) role-mark[^"]*"[^>]*>(.*?)</g>', svg, re.S):
+        out[kind] = out.get(kind, 0) + len(re.findall(r"<(?:path|text|line)\b", body))
+    return out
+
+
 def test_every_chart_spec_compiles_and_draws_its_data():
     roc = pd.DataFrame({"fpr": [0, 0, 0.5, 1], "tpr": [0, 0.5, 1, 1], "model": "a-fe"})
     pr = pd.DataFrame({"recall": [0, 0.5, 1], "precision": [1, 0.8, 0.5], "model": "a-fe"})
@@ -33,10 +41,21 @@ def test_every_chart_spec_compiles_and_draws_its_data():
         "confusion": webpage.confusion_spec(conf, ["Normal", "Covid"]),
     }
     assert set(specs) == {"val_accuracy", "loss", "roc", "pr", "confusion"}
+    want = {  # marks drawn, counted against the data: an empty chart also has a <path> and a <rect>
+        "val_accuracy": {"line": 2, "symbol": 6},  # a line per model, a point per (model, epoch)
+        "loss": {"line": 4, "symbol": 12},  # a line per (model, train/val)
+        "confusion": {"rect": 3, "text": 3},  # a cell and its count per (actual, predicted) row
+        "roc": {"line": 2},  # the model's curve and the chance diagonal
+        "pr": {"line": 1},
+    }
     for name, spec in specs.items():
         svg = vlc.vegalite_to_svg(spec, vl_version=webpage.VL_VERSION)
-        assert "<path" in svg or "<rect" in svg, name
+        assert drawn(svg) == want[name], name
         assert spec["title"] in svg or spec["title"].replace("'", "&#39;") in svg, name
+    conf_svg = vlc.vegalite_to_svg(specs["confusion"], vl_version=webpage.VL_VERSION)
+    cells = re.search(r'<g class="mark-text role-mark[^"]*"[^>]*>(.*?)</g>', conf_svg, re.S).group(1)
+    texts = re.findall(r"<text[^>]*>(\d+)</text>", cells)
+    assert sorted(texts) == ["1", "1", "1"]
     loss = specs["loss"]["data"]["values"]
     assert len(loss) == 12 and {r["split"] for r in loss} == {"train", "val"}  # 2 models x 3 epochs x 2
     counts = {(r["actual"], r["predicted"]): r["n"] for r in specs["confusion"]["data"]["values"]}
