@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from bench import cases
+from bench import cpu_cases, data_cases, pipeline_cases
 from bench.gpu import gpu_case, machine
 from cxr_transfer.runtime.engine import pick_device
 
@@ -266,36 +266,40 @@ def main(argv=None) -> dict:
         work = Path(tmp)
         if "input" in want:
             c = cfg["input"]
-            results["input"] = [cases.input_pipeline(work, c["n"], s, c["reps"]) for s in c["sizes"]]
+            results["input"] = [data_cases.input_pipeline(work, c["n"], s, c["reps"]) for s in c["sizes"]]
         if "fe" in want:
-            results["fe"] = cases.feature_extraction(work, **cfg["fe"])
+            results["fe"] = data_cases.feature_extraction(work, **cfg["fe"])
         if "index" in want:
-            results["index"] = cases.indexing(work, **cfg["index"])
+            results["index"] = data_cases.indexing(work, **cfg["index"])
         if "neardup" in want:
-            results["neardup"] = cases.near_duplicates(**cfg["neardup"])
+            results["neardup"] = data_cases.near_duplicates(**cfg["neardup"])
         if "probe" in want:
-            results["probe"] = cases.probe_stage(**cfg["probe"])
+            results["probe"] = data_cases.probe_stage(**cfg["probe"])
         if "demo" in want:
-            results["demo"] = cases.demo(work, cfg["demo"], args.rev)
+            results["demo"] = pipeline_cases.demo(work, cfg["demo"], args.rev)
         if "demo-6k" in want:  # the demo's pipeline at the defaults on 6,000 generated images
-            results["demo-6k"] = cases.demo(work, {**(cfg["demo"] or {}), **cfg["demo-6k"]}, args.rev)
+            results["demo-6k"] = pipeline_cases.demo(
+                work, {**(cfg["demo"] or {}), **cfg["demo-6k"]}, args.rev
+            )
         if "dataset" in want:
-            results["dataset"] = cases.dataset_scale(work, **cfg["dataset"])
+            results["dataset"] = pipeline_cases.dataset_scale(work, **cfg["dataset"])
         if "onnx" in want:
-            results["onnx"] = cases.onnx_inference(work, **cfg["onnx"])
+            results["onnx"] = cpu_cases.onnx_inference(work, **cfg["onnx"])
         if "cpu-train" in want:
-            results["cpu-train"] = cases.cpu_train(**cfg["cpu-train"])
+            results["cpu-train"] = cpu_cases.cpu_train(**cfg["cpu-train"])
         if "cpu-infer" in want:
-            results["cpu-infer"] = cases.cpu_infer(**cfg["cpu-infer"])
+            results["cpu-infer"] = cpu_cases.cpu_infer(**cfg["cpu-infer"])
         if "cpu-compile" in want:
-            results["cpu-compile"] = cases.cpu_compile(**cfg["cpu-compile"])
+            results["cpu-compile"] = cpu_cases.cpu_compile(**cfg["cpu-compile"])
         if "folds" in want:
-            results["folds"] = cases.folds_cost(work, cfg["folds"]["k"], cfg["demo"], results.get("demo"))
+            results["folds"] = pipeline_cases.folds_cost(
+                work, cfg["folds"]["k"], cfg["demo"], results.get("demo")
+            )
         if "stream" in want:
-            results["stream"] = cases.streaming(work / "stream", **cfg["stream"])
+            results["stream"] = data_cases.streaming(work / "stream", **cfg["stream"])
         if "gpu" in want:
             c = cfg["gpu"]
-            paths, labels = cases.make_pngs(work / "gpu", c["n"], 299)
+            paths, labels = data_cases.make_pngs(work / "gpu", c["n"], 299)
             results["gpu"] = gpu_case(
                 work,
                 paths,

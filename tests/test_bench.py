@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench import cases
+from bench import pipeline_cases
 from bench.__main__ import main, table
 from tests.conftest import ROOT
 
@@ -96,15 +96,17 @@ def test_the_folds_case_sets_one_split_against_k_folds(tmp_path, monkeypatch):
         stages |= {"train@a-fe-0": 4.0 * (k or 1), "train@a-ft-0": 10.0 * (k or 1), "evaluate@a-fe-0": 3.0}
         return {"stages": stages, "cold_total_seconds": sum(stages.values()) + 2.0}
 
-    monkeypatch.setattr(cases, "demo", fake_demo)
-    r = cases.folds_cost(tmp_path, 5, {("train", "epochs"): 1})
+    monkeypatch.setattr(pipeline_cases, "demo", fake_demo)
+    r = pipeline_cases.folds_cost(tmp_path, 5, {("train", "epochs"): 1})
     assert ran == [None, 5]
     assert (r["single"]["train_seconds"], r["k5"]["train_seconds"]) == (14.0, 70.0)
     assert r["single"]["decode_and_probe_seconds"] == r["k5"]["decode_and_probe_seconds"] == 9.5
     assert r["bound_seconds"] == 5 * 14.0 + 60 and r["within_bound"] is True
     assert r["fixed_part_seconds"] == pytest.approx(r["k5"]["cold_total_seconds"] - 70.0)
     assert "| 9.5 s | 9.5 s | 1.0x | not x5 |" in table({"folds": r})
-    reused = cases.folds_cost(tmp_path, 3, {}, single=fake_demo(tmp_path, {("split", "folds"): None}))
+    reused = pipeline_cases.folds_cost(
+        tmp_path, 3, {}, single=fake_demo(tmp_path, {("split", "folds"): None})
+    )
     assert ran == [None, 5, None, 3] and reused["k"] == 3  # the given one-split run is not run again
 
 

@@ -95,7 +95,7 @@ def test_prepare_peak_memory_does_not_grow_with_the_store(tmp_path):
     """A 1,200-image train store at 256 px is 75 MiB; prepare writes it through a memory map in
     chunks, so its anonymous memory (what cannot be paged back to the file) grows far less, and
     a store 4x larger does not make it grow more (the bench's `stream` case, at a tiny size)."""
-    from bench.cases import prepare_peak
+    from bench.data_cases import prepare_peak
 
     small, large = prepare_peak(tmp_path / "a", 1200, 256), prepare_peak(tmp_path / "b", 4800, 256)
     assert small["store_mib"] == pytest.approx(1200 * 256 * 256 / 2**20, abs=0.2) and large["store_mib"] > 290
