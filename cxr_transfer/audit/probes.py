@@ -207,6 +207,8 @@ def near_duplicate_report(
         skipped = "probe.near_duplicate_bits and probe.near_duplicate_framed_bits are null"
         return {"skipped": skipped, "flagged": False}, pd.DataFrame(columns=cols)
     df = pd.concat([p.assign(split=s) for s, p in parts.items()], ignore_index=True)
+    if "class" not in df:  # no labels given: every pair counts as one class's
+        df["class"] = ""
     i, j, d, col = near_pairs_of(df, {"phash": max_bits, "phash_framed": max_framed_bits})
     pairs = pd.DataFrame(
         {
