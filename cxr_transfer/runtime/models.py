@@ -121,7 +121,8 @@ def equivalent_modes(spec: ArchSpec, modes: dict) -> dict[str, str]:
     seen: dict[tuple, str] = {}
     same = {}
     for name, m in modes.items():
-        key = (trainable_path(spec, m.trainable), *(v for k, v in vars(m).items() if k != "trainable"))
+        rest = (tuple(v) if isinstance(v, list) else v for k, v in vars(m).items() if k != "trainable")
+        key = (trainable_path(spec, m.trainable), *rest)  # lists (from model.json) as tuples
         if key in seen:
             same[name] = seen[key]
         else:

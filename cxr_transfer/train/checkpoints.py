@@ -40,7 +40,7 @@ class FitState:
 
 
 def rng_state() -> dict:
-    out = {"cpu": torch.getrng_state()}
+    out = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda"] = torch.cuda.get_rng_state_all()
     return out
