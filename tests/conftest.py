@@ -1,5 +1,6 @@
-"""Shared fixtures: tiny images written into tmp_path."""
+"""Shared fixtures: tiny images written into tmp_path; and one thread per test worker."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,13 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# pytest-xdist runs a worker per core: each worker, and every stage or process a test starts, gets
+# one OpenMP thread, so two workers do not oversubscribe two cores (two processes spinning two
+# threads each run many times slower, not twice). Set before any test module imports torch.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
 
 
 def write_image(path: Path, size=(24, 24), value: int | None = None, mode="L", fmt=None, seed=0) -> Path:
