@@ -213,12 +213,13 @@ def test_the_demo_s_site_goes_with_the_demo_s_data_only(tmp_path):
     """site-b (with_root: data/raw) is scored while data.root is data/raw; with a user's own
     data.root its stages write why they skip, and the report never shows it."""
     from cxr_transfer.core.params import parse_params
-    from cxr_transfer.core.sites import active_external, skip_if_not_this_data, skipped_sites
+    from cxr_transfer.core.sites import belongs, skip_if_not_this_data, skipped_sites
 
     demo = parse_params({})
-    assert [e.name for e in active_external(demo)] == ["site-b"] and skipped_sites(demo) == {}
+    assert [e.name for e in demo.external if belongs(e, demo.data.root)] == ["site-b"]
+    assert skipped_sites(demo) == {}
     mine = parse_params({"data": {"root": "/data/mine"}})
-    assert active_external(mine) == []
+    assert not belongs(mine.external[0], mine.data.root)
     why = skipped_sites(mine)["skipped"]["site-b"]
     assert why == "scored only while data.root is data/raw (its with_root); data.root is /data/mine"
     assert skip_if_not_this_data(mine, "site-b", tmp_path / "out", tmp_path / "r.json") == why
@@ -226,7 +227,7 @@ def test_the_demo_s_site_goes_with_the_demo_s_data_only(tmp_path):
     assert skip_if_not_this_data(demo, "site-b", tmp_path / "out2") is None
     assert not (tmp_path / "out2").exists()
     own = parse_params({"data": {"root": "/data/mine"}, "external": [{"name": "h2", "root": "/data/h2"}]})
-    assert [e.name for e in active_external(own)] == ["h2"]  # a site without with_root goes with any data
+    assert belongs(own.external[0], own.data.root)  # a site without with_root goes with any data
 
 
 def test_an_external_site_may_hold_only_some_classes(tmp_path):

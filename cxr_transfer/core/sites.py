@@ -16,11 +16,6 @@ def belongs(e: ExternalConfig, data_root: str) -> bool:
     return e.with_root is None or Path(e.with_root) == Path(data_root)
 
 
-def active_external(p: Params) -> list[ExternalConfig]:
-    """The external sets that go with params' data.root."""
-    return [e for e in p.external if belongs(e, p.data.root)]
-
-
 def skipped_sites(p: Params) -> dict:
     """{"skipped": {name: why}} for the external sets that do not go with data.root (empty when none)."""
     why = {

@@ -12,7 +12,6 @@ import pandas as pd
 
 from cxr_transfer.core.cli import write_csv, write_json, write_text
 from cxr_transfer.core.params import ModeConfig, Params
-from cxr_transfer.core.sites import active_external, skipped_sites
 from cxr_transfer.evaluate import compare, crossval, external
 from cxr_transfer.evaluate.compare import check_same_images
 from cxr_transfer.evaluate.seeds import aggregate, run_name
@@ -110,7 +109,12 @@ def build_report(p: Params, paths: ReportPaths, bundle) -> str:
     write_text(paths.out_metrics / "summary.md", md)
     write_json(paths.out_metrics / "compare.json", {"pairs": compare.as_json(pairs), "best": best})
     write_json(paths.out_metrics / "gradcam_share.json", shares)
-    at_sites = {"sites": jsonable(sites), "shortcut_baselines": shortcut, **skipped_sites(p)}
+    skipped = {e.name: why for e in p.external if (why := skipped_site(paths.eval / "external" / e.name))}
+    at_sites = {
+        "sites": jsonable(sites),
+        "shortcut_baselines": shortcut,
+        **({"skipped": skipped} if skipped else {}),
+    }
     write_json(paths.out_metrics / "external.json", at_sites)
     write_pages(paths, p, md, curves, first, shares, bundle)
     return md
@@ -134,6 +138,12 @@ def external_view(folder: Path, classes: list[str], positive):
     subs = [folder, *sorted(folder.glob("fold*"), key=lambda q: int(q.name[4:]))]
     parts = [(Scored.of(pd.read_csv(q / "predictions.csv"), classes, positive), None) for q in subs]
     return parts[0][0] if len(parts) == 1 else FoldAverage(tuple(parts), len(parts[0][0].y))
+
+
+def skipped_site(folder: Path) -> str | None:
+    """Why external_eval skipped a site (its skipped.json: the demo's site with a user's data)."""
+    f = folder / "skipped.json"
+    return json.loads(f.read_text())["skipped"] if f.exists() else None
 
 
 READERS = (
@@ -186,7 +196,9 @@ def external_results(
     classes, cfg = list(p.data.classes), p.evaluate
     first_run = next(iter(runs.values()))[0]
     groups = pd.read_csv(paths.eval / first_run / "predictions.csv")["group"].to_numpy()
-    for e in active_external(p):
+    for e in p.external:
+        if skipped_site(paths.eval / "external" / e.name):  # not this data's site (external_eval said why)
+            continue
         folder = paths.eval / "external" / e.name
         ext = {
             n: {
