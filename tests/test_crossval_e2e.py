@@ -66,6 +66,9 @@ def test_k_fold_cross_validation_by_one_setting_tests_every_image_once(tmp_path)
         for k in (1, 2):
             sidecar = json.loads((work / "models" / f"{n}-s0" / f"fold{k}" / "model.json").read_text())
             assert (sidecar["fold"], sidecar["folds"]) == (k, 3)
+            assert (work / "models" / f"{n}-s0" / f"fold{k}" / "dvclive" / "metrics.json").exists()
+    # the git-tracked DVCLive folders hold fold 0 alone, as with one split: nothing untracked is left
+    assert not list((work / "dvclive").rglob("fold*"))
     pair = json.loads((work / "metrics" / "compare.json").read_text())["pairs"][" vs ".join(reversed(runs))]
     d = [a["accuracy"] - b["accuracy"] for a, b in zip(per_fold[runs[1]], per_fold[runs[0]], strict=True)]
     ratio = np.mean([r["n_test"] / r["n_train"] for r in per_fold[runs[1]]])

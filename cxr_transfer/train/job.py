@@ -124,7 +124,10 @@ def run_training(p: Params, job: TrainJob) -> None:
     pool = load_meta(job.prepared, "folds")
     for i, fold in enumerate(folds["folds"]):  # fold 0 at the top of the run folder, fold i in fold<i>/
         data = {s: (x[fold[s]], y[fold[s]]) for s in ("train", "val")}
-        out, live = (job.out, job.live) if i == 0 else (job.out / f"fold{i}", job.live / f"fold{i}")
+        # fold 0 logs to the run's DVCLive folder (git-tracked, as with one split); the other folds
+        # log beside their weights (DVC-cached), so a k-fold experiment adds no untracked folders
+        out = job.out if i == 0 else job.out / f"fold{i}"
+        live = job.live if i == 0 else out / "dvclive"
         cv = {"fold": i, "k": folds["k"], "data": pool["sha1"]}
         train_one(p, job, data, metas, out, live, job.resume_dir / job.out.name / f"f{i}", cv)
     shutil.rmtree(job.resume_dir / job.out.name, ignore_errors=True)
