@@ -194,7 +194,8 @@ def check(device: torch.device, size: str) -> dict:
             print(_line(r), flush=True)
     if cfg["compile"]:
         out["compile"] = compile_rows(out["runs"], data, cfg, device, prec)
-    stop_at = time.perf_counter() + cfg["budget"]
+    t_seed = time.perf_counter()
+    stop_at = t_seed + cfg["budget"]
     out["seed_experiment"] = {"budget_s": cfg["budget"], "runs": []}
     for arch in cfg["seed"]:
         for mode in ("scratch", "fe", "ft_classifier"):
@@ -203,6 +204,7 @@ def check(device: torch.device, size: str) -> dict:
             r = run_mode(arch, mode, data, cfg["batch"], SEED_EPOCHS, SEED_PATIENCE, device, prec, stop_at)
             out["seed_experiment"]["runs"].append(r)
             print("seed experiment: " + _line(r), flush=True)
+    out["seed_experiment"]["elapsed_s"] = round(time.perf_counter() - t_seed, 2)
     out["wall_s"] = round(time.perf_counter() - t_start, 1)
     out["peak_gib"] = _peak_gib(device)
     return out

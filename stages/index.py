@@ -15,14 +15,9 @@ def main() -> None:
     ap.add_argument("--report", type=Path, required=True, help="index report JSON to write")
     args = ap.parse_args()
     p = load_params(args.params)
+    d = p.data
     df, report = index_folder(
-        Path(p.data.root),
-        p.data.classes,
-        p.data.metadata,
-        p.data.metadata_paths(),
-        p.index.max_pixels,
-        p.index.workers,
-        p.data.bits_stored,
+        Path(d.root), d.classes, d.metadata, d.metadata_paths(), p.index, d.bits_stored, labels=d.labels
     )
     write_csv(df, args.out)
     # a committed file: an absolute data.root (a personal or hospital path) is not written, its name is

@@ -45,6 +45,16 @@ class MetadataConfig:
 
 
 @dataclass(frozen=True)
+class LabelsConfig:
+    """Labels from a table instead of class folders: each row names an image (a path relative to
+    data.root, or a bare file name) and its label (a class name or one of its aliases)."""
+
+    file: str | None = None  # relative to data.root (CSV or Excel); null = class folders
+    filename_column: str = "file"
+    label_column: str = "label"
+
+
+@dataclass(frozen=True)
 class DataConfig:
     root: str = "data/raw"
     classes: dict[str, tuple[str, ...]] = field(
@@ -53,6 +63,7 @@ class DataConfig:
     positive: str | None = "Covid"  # two classes: required; more: optional (that class vs the rest)
     bits_stored: int | None = None
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
 
     def __post_init__(self):
         _check(
@@ -70,11 +81,16 @@ class DataConfig:
             )
         if self.bits_stored is not None:
             _check(8 <= self.bits_stored <= 16, "data.bits_stored", "must be null or in [8, 16]")
-        for f in self.metadata.file or ():
+        for f, k in [
+            *((f, "data.metadata.file") for f in self.metadata.file or ()),
+            (self.labels.file, "data.labels.file"),
+        ]:
+            if f is None:
+                continue
             inside = not Path(f).is_absolute() and ".." not in Path(f).parts and f.strip() != ""
             _check(
                 inside,
-                "data.metadata.file",
+                k,
                 f"{f!r}: give the table's path relative to data.root (DVC tracks data.root, so a change "
                 "to the table reruns the index stage)",
             )

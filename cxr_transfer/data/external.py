@@ -82,8 +82,7 @@ def prepare_external(p: Params, name: str, internal: pd.DataFrame, out: Path) ->
         classes,
         ext.metadata,
         metadata_paths,
-        p.index.max_pixels,
-        p.index.workers,
+        p.index,
         p.data.bits_stored,
         key,
         all_classes=False,  # a site may hold only some of the classes: scored on what is defined

@@ -19,6 +19,7 @@ from cxr_transfer.data.acquisition import STATS, pixel_facts
 from cxr_transfer.data.dicom import is_dicom
 from cxr_transfer.data.groups import group_names
 from cxr_transfer.data.imageio import IMAGE_EXTS, OS_FILES, Unreadable, file_problem, read_gray, shown
+from cxr_transfer.data.labels import labelled, table_columns
 from cxr_transfer.data.metadata import plan
 from cxr_transfer.data.neardup import framed_phash, phash
 
@@ -173,13 +174,12 @@ def build_index(
     key: str = "data.root",
     all_classes: bool = True,
 ) -> tuple[pd.DataFrame, dict]:
-    """Walk, decode and tabulate; returns (data frame, report dict). `groups` and `sources` map
-    file names to patient ids and to image sources (hospital, archive), from the metadata table;
-    `key` names the params key the folder came from in messages (an external set's root). Every
-    class must have images unless `all_classes` is False (an external site may hold only some)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise IndexError_(f"{key} {root} does not exist or is not a folder; set {key} in params.yaml")
+    """Walk the class folders, decode and tabulate; returns (data frame, report dict). `groups`
+    and `sources` map file names to patient ids and to image sources (hospital, archive), from the
+    metadata table; `key` names the params key the folder came from in messages (an external set's
+    root). Every class must have images unless `all_classes` is False (an external site may hold
+    only some)."""
+    root = _checked_root(root, key)
     aliases = {a.lower(): c for c, al in classes.items() for a in (c, *al)}
     found, skipped = walk(root, aliases)
     if not found:
@@ -187,6 +187,23 @@ def build_index(
             f"no images found under {root} in folders named {sorted(aliases)}; "
             f"check {key} and data.classes ({len(skipped)} files skipped)"
         )
+    decode = (max_pixels, workers, bits_stored)
+    return tabulate(root, classes, (found, skipped), decode, (groups, sources), all_classes)
+
+
+def _checked_root(root, key: str) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise IndexError_(f"{key} {root} does not exist or is not a folder; set {key} in params.yaml")
+    return root
+
+
+def tabulate(root: Path, classes, candidates: tuple, decode: tuple, lookups: tuple, all_classes: bool = True):
+    """Decode the candidate (relative path, class) pairs and tabulate them: `candidates` is
+    (found, skipped so far), `decode` (max_pixels, workers, bits_stored), `lookups` (patient ids,
+    sources) by file name. Returns (data frame, report)."""
+    (found, skipped), (groups, sources) = candidates, lookups
+    max_pixels, workers, bits_stored = decode
     infos = decode_all([str(root / p) for p, _ in found], max_pixels, workers, bits_stored)
     labels = {c: i for i, c in enumerate(classes)}
     rows = []
@@ -215,30 +232,52 @@ def index_folder(
     classes,
     metadata,
     metadata_paths,
-    max_pixels: int,
-    workers: int,
+    cfg,
     bits_stored=None,
     key="data.root",
     all_classes=True,
+    labels=None,
 ):
-    """Index one folder of class folders with its metadata tables (patients, sources): the index
-    stage's whole job, shared by the external test sets. Returns (data frame, report)."""
+    """Index one folder with its metadata tables (patients, sources): the index stage's whole job,
+    shared by the external test sets. Classes come from the class folders, or with `labels`
+    (data.labels, a file set) from a table naming each image and its label, whose patient and
+    source columns then work as the metadata table's. `cfg`: params' index section. Returns (data
+    frame, report)."""
+    root = _checked_root(root, key)
+    table = root / labels.file if labels is not None and labels.file else None
+    candidates = None
+    if table is not None:  # the labels table first: its own columns are checked before anything else
+        aliases = {a.lower(): c for c, al in classes.items() for a in (c, *al)}
+        candidates = labelled(root, table, (labels.filename_column, labels.label_column), aliases)
     mp = plan(
-        Path(root),
+        root,
         classes,
         metadata_paths,
         metadata.filename_column,
         metadata.patient_column,
         metadata.source_column,
     )
+    filename_col = metadata.filename_column
+    if (
+        table is not None and not metadata_paths
+    ):  # the table's own patient and source columns, where it has them
+        mp, filename_col = table_columns(table, metadata), labels.filename_column
     groups = sources = None
     if mp.tables and mp.patient_column:
-        groups = read_columns(mp.tables, metadata.filename_column, mp.patient_column, "patient_column")
+        groups = read_columns(mp.tables, filename_col, mp.patient_column, "patient_column")
     if mp.tables and mp.source_column:
-        sources = read_columns(mp.tables, metadata.filename_column, mp.source_column, "source_column")
-    df, report = build_index(
-        Path(root), classes, max_pixels, workers, groups, bits_stored, sources, key, all_classes
-    )
+        sources = read_columns(mp.tables, filename_col, mp.source_column, "source_column")
+    decode = (cfg.max_pixels, cfg.workers, bits_stored)
+    if table is None:
+        df, report = build_index(root, classes, *decode[:2], groups, bits_stored, sources, key, all_classes)
+    else:
+        found, skipped = candidates
+        if not found:
+            raise IndexError_(
+                f"{table}: no row names an image of a configured class ({len(skipped)} skipped)"
+            )
+        df, report = tabulate(root, classes, (found, skipped), decode, (groups, sources), all_classes)
+        report["labels"] = {"table": table.name, "rows_used": len(found)}
     report["metadata"] = {
         "tables": [t.name for t in mp.tables],
         "found": mp.found,

@@ -91,5 +91,9 @@ def barrier(world: World) -> None:
 
 
 def stop(world: World) -> None:
+    """Leave the process group together: every rank waits at a barrier before it is destroyed, so
+    no rank exits while another still talks to it (gloo then aborted a rank at exit, now and then,
+    under load: "terminate called without an active exception")."""
     if world.size > 1 and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
