@@ -206,6 +206,7 @@ def probe_stage(n: int, size: int, seed: int = 0) -> dict:
 _PEAK_CHILD = """
 import sys, threading, time
 from pathlib import Path
+from cxr_transfer.core.params import DataConfig, PrepareConfig
 from cxr_transfer.data.prepare import prepare_splits
 peak, done = [0], [False]
 def anon():
@@ -221,7 +222,7 @@ base = anon()
 t = threading.Thread(target=watch)
 t.start()
 t0 = time.perf_counter()
-prepare_splits(work / "split", work / "raw", work / "prep", size, ["Normal", "Covid"], workers=1)
+prepare_splits(work / "split", work / "prep", DataConfig(str(work / "raw")), PrepareConfig(size, workers=1))
 secs = time.perf_counter() - t0
 done[0] = True
 t.join()

@@ -15,15 +15,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     p = load_params(args.params)
-    metas = prepare_splits(
-        args.splits,
-        Path(p.data.root),
-        args.out,
-        p.prepare.image_size,
-        list(p.data.classes),
-        p.prepare.workers,
-        p.data.bits_stored,
-    )
+    metas = prepare_splits(args.splits, args.out, p.data, p.prepare)
     counts = {s: m["n"] for s, m in metas.items()}
     print(f"prepare: {counts} images at {p.prepare.image_size}x{p.prepare.image_size} -> {args.out}")
 

@@ -7,12 +7,18 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from cxr_transfer.core.params import DataConfig, PrepareConfig
 from cxr_transfer.core.registry import IMAGENET_MEAN, IMAGENET_STD
 from cxr_transfer.data import prepare as prepare_module
 from cxr_transfer.data.prepare import decode_split, load_folds, load_meta, load_store, prepare_splits
 from cxr_transfer.data.split import fold_roles
 from cxr_transfer.runtime.batches import ArrayBatches, Normalizer, augment_batch, warp
 from cxr_transfer.train.phases import image_batches
+
+
+def data_at(root) -> DataConfig:
+    """The demo's two classes at `root`."""
+    return DataConfig(str(root), {"Normal": ("NORMAL",), "Covid": ("COVID",)})
 
 
 def test_store_equals_the_seeds_transform_exactly(tmp_path, make_image):
@@ -42,7 +48,7 @@ def test_prepare_splits_writes_memory_mappable_stores(tmp_path, seed_layout):
     rows = [{"path": str(f.relative_to(seed_layout)), "label": int("COVID" in str(f))} for f in files]
     for s, sl in (("train", slice(0, 8)), ("val", slice(8, 10)), ("test", slice(10, 12))):
         pd.DataFrame(rows[sl]).to_csv(split_dir / f"{s}.csv", index=False)
-    metas = prepare_splits(split_dir, seed_layout, tmp_path / "prep", 16, ["Normal", "Covid"], workers=2)
+    metas = prepare_splits(split_dir, tmp_path / "prep", data_at(seed_layout), PrepareConfig(16, workers=2))
     assert {s: m["n"] for s, m in metas.items()} == {"train": 8, "val": 2, "test": 2}
     x, y = load_store(tmp_path / "prep", "train")
     assert isinstance(x, np.memmap) and x.dtype == np.uint8 and x.shape == (8, 16, 16)
@@ -79,7 +85,7 @@ def test_k_folds_decode_each_image_once_and_index_the_folds(tmp_path, seed_layou
     decoded = []
     real = prepare_module.load_resized
     monkeypatch.setattr(prepare_module, "load_resized", lambda p, *a: decoded.append(p) or real(p, *a))
-    prepare_splits(split_dir, seed_layout, tmp_path / "prep", 16, ["Normal", "Covid"], workers=1)
+    prepare_splits(split_dir, tmp_path / "prep", data_at(seed_layout), PrepareConfig(16, workers=1))
     assert sorted(decoded) == sorted(str(seed_layout / p) for p in df["path"])  # each image once
     folds = load_folds(tmp_path / "prep")
     assert folds["k"] == 3 and len(folds["folds"]) == 3

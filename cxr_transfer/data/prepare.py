@@ -12,6 +12,7 @@ import pandas as pd
 
 from cxr_transfer.core.cli import atomic_path, write_json, write_text
 from cxr_transfer.core.parallel import chunked_map
+from cxr_transfer.core.params import DataConfig, PrepareConfig
 from cxr_transfer.data.imageio import read_gray, resize_gray8
 
 
@@ -76,22 +77,19 @@ def write_store(folder: Path, x_fill, df: pd.DataFrame, size: int, split: str, b
 
 
 def prepare_splits(
-    split_dir: Path,
-    root: Path,
-    out_dir: Path,
-    size: int,
-    classes: list[str],
-    workers: int = 0,
-    bits_stored: int | None = None,
+    split_dir: Path, out_dir: Path, data: DataConfig, prepare: PrepareConfig
 ) -> dict[str, dict]:
-    """Decode every split csv under split_dir into out_dir/<split>/ (x.npy, y.npy, meta.json).
+    """Decode every split csv under split_dir into out_dir/<split>/ (x.npy, y.npy, meta.json): the
+    images under data.root, 8-bit by data.bits_stored's rule, at prepare.image_size, decoded by
+    prepare.workers processes.
 
     One folder per split, so DVC can give each stage only the splits it reads: training never
     depends on the test store. With k folds (split_dir/folds.csv), every image is decoded once
     into out_dir/folds/ with each fold's train/val/test as index lists (folds.json), and the
     train/val/test stores are fold 0's parts copied from it (what fold-unaware readers use);
     otherwise out_dir/folds/ holds only a meta.json saying there are no folds."""
-    base = {"classes": classes, "bits_stored": bits_stored}  # predict applies the same 8-bit rule
+    root, size, workers, bits_stored = Path(data.root), prepare.image_size, prepare.workers, data.bits_stored
+    base = {"classes": list(data.classes), "bits_stored": bits_stored}  # predict applies the same 8-bit rule
     pool, metas = None, {}
     (out_dir / "folds").mkdir(parents=True, exist_ok=True)
     folds_csv = split_dir / "folds.csv"
