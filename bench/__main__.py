@@ -1,5 +1,5 @@
 """python -m bench [--size tiny|full] [--cases input,fe,index,demo,gpu,neardup,probe,dataset,onnx,
-cpu-train,stream,folds] [--tag T]
+cpu-train,stream,preprocess,folds] [--tag T]
 
 Runs the seed's way and ours side by side, writes bench/results/<device>-<date>.json and prints a
 Markdown table. `tiny` checks that everything runs (the test suite uses it); `full` is the measure."""
@@ -50,6 +50,7 @@ SIZES = {
         "cpu-compile": dict(archs=("resnet18",), size=32, batch=4, steps=1),
         "stream": dict(n=64, size=32, epochs=1, prepare=[dict(n=50, size=64)]),
         "folds": dict(k=3),
+        "preprocess": dict(n=16, source=64, size=32, reps=1),
         "demo-6k": {("synthesize", "n_per_class"): 16},
     },
     "full": {
@@ -84,6 +85,7 @@ SIZES = {
         "cpu-compile": dict(archs=("efficientnet_lite0", "resnet18"), size=96, batch=32, steps=5),
         "stream": dict(n=1024, size=96, epochs=1, prepare=[dict(n=2000, size=256), dict(n=8000, size=256)]),
         "folds": dict(k=5),
+        "preprocess": dict(n=400, source=1024, size=224, reps=3),
         "demo-6k": {("synthesize", "n_per_class"): 3000},
     },
 }
@@ -225,6 +227,15 @@ def table(results: dict) -> str:
             f"{head} | {r['compiled_images_per_s']} img/s after a {r['compile_seconds']} s compile "
             f"| {r['ratio']}x | pays from {r['pays_from_images']} image-steps |"
         )
+    if "preprocess" in results:
+        r = results["preprocess"]
+        for q in r["runs"][1:]:
+            rows.append(
+                f"| prepare {r['images']} PNGs {r['source_size']}px -> {r['size']}px "
+                f"({r['workers']} processes), intensity {q['intensity']}, crop {q['crop']} "
+                f"| none/none: {r['runs'][0]['images_per_s']} img/s "
+                f"| {q['images_per_s']} img/s | {q['relative_to_none']}x | - |"
+            )
     if "stream" in results:
         r = results["stream"]
         rows.append(
@@ -246,7 +257,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--size", choices=sorted(SIZES), default="full")
     ap.add_argument(
         "--cases",
-        default="input,fe,index,demo,gpu,neardup,probe,dataset,onnx,cpu-train,stream",
+        default="input,fe,index,demo,gpu,neardup,probe,dataset,onnx,cpu-train,stream,preprocess",
         help="folds (a cold demo with k folds beside one split), demo-6k (6,000 images), cpu-infer and "
         "cpu-compile run only when named",
     )
@@ -295,6 +306,8 @@ def main(argv=None) -> dict:
             results["folds"] = pipeline_cases.folds_cost(
                 work, cfg["folds"]["k"], cfg["demo"], results.get("demo")
             )
+        if "preprocess" in want:
+            results["preprocess"] = data_cases.preprocessing(work, **cfg["preprocess"])
         if "stream" in want:
             results["stream"] = data_cases.streaming(work / "stream", **cfg["stream"])
         if "gpu" in want:

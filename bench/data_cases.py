@@ -20,6 +20,7 @@ from bench.seed import seed_fe_train, seed_loader
 from cxr_transfer.core.params import ModeConfig, TrainConfig
 from cxr_transfer.data.index import build_index
 from cxr_transfer.data.prepare import decode_split
+from cxr_transfer.data.preprocess import Preprocess
 from cxr_transfer.data.synth import render_cxr
 from cxr_transfer.runtime.batches import Normalizer
 from cxr_transfer.runtime.engine import Precision
@@ -87,6 +88,24 @@ def input_pipeline(work: Path, n: int, size: int, reps: int) -> dict:
         "ours_prepare_once_s": round(prepare_s, 2),
         "target_ratio": 20,
     }
+
+
+def preprocessing(work: Path, n: int, source: int, size: int, reps: int) -> dict:
+    """Images/s of prepare's decoding (one process per core, as the stage runs) for every
+    prepare.intensity x prepare.crop option, n PNGs of source x source px to size x size."""
+    paths, _ = make_pngs(work / f"pre{source}", n, source)
+    runs = []
+    for crop in ("none", "body"):
+        for intensity in ("none", "equalize", "clahe", "percentile"):
+            pre = Preprocess(intensity, crop)
+            rate = _median_rate(
+                lambda pre=pre: decode_split(paths, size, workers=0, desc="", pre=pre), n, reps
+            )
+            runs.append({"intensity": intensity, "crop": crop, "images_per_s": round(rate, 1)})
+    plain = runs[0]["images_per_s"]
+    for r in runs:
+        r["relative_to_none"] = round(r["images_per_s"] / plain, 2)
+    return {"images": n, "source_size": source, "size": size, "workers": os.cpu_count(), "runs": runs}
 
 
 def feature_extraction(work: Path, n: int, size: int, epochs: int) -> dict:

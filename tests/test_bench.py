@@ -43,6 +43,22 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
     (pp,) = st["prepare"]
     assert pp["store_mib"] == round(50 * 64 * 64 / 2**20, 1) and pp["peak_anon_growth_mib"] < 64
     assert f"| {st['ratio']}x |" in res["table"]
+    pre = saved["preprocess"]  # every intensity x crop option, each against none/none
+    assert (
+        [(q["intensity"], q["crop"]) for q in pre["runs"]][:5]
+        == [
+            ("none", "none"),
+            ("equalize", "none"),
+            ("clahe", "none"),
+            ("percentile", "none"),
+            ("none", "body"),
+        ]
+        and len(pre["runs"]) == 8
+        and pre["images"] == 16
+    )
+    clahe = pre["runs"][2]
+    assert clahe["relative_to_none"] == round(clahe["images_per_s"] / pre["runs"][0]["images_per_s"], 2)
+    assert f"| {clahe['images_per_s']} img/s | {clahe['relative_to_none']}x |" in res["table"]
     inp = saved["input"][0]
     assert inp["images"] == 64
     assert inp["ratio"] == pytest.approx(

@@ -187,14 +187,22 @@ class SplitConfig:
             _check(0.0 < v < 1.0, f"split.{key}", f"{v} must be in (0, 1)")
 
 
+INTENSITIES = ("none", "equalize", "clahe", "percentile")
+CROPS = ("none", "body")
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
     image_size: int = 96
     workers: int = 0
+    intensity: str = "none"  # data/preprocess.py: none | equalize | clahe | percentile
+    crop: str = "none"  # none | body
 
     def __post_init__(self):
         _check(16 <= self.image_size <= 1024, "prepare.image_size", "must be in [16, 1024]")
         _check(self.workers >= 0, "prepare.workers", "must be >= 0 (0 = one per CPU core)")
+        _choice(self.intensity, "prepare.intensity", INTENSITIES)
+        _choice(self.crop, "prepare.crop", CROPS)
 
 
 WEIGHT_SOURCES = ("imagenet", "none")

@@ -15,7 +15,7 @@ from cxr_transfer.core.params import Params
 from cxr_transfer.data.groups import group_names
 from cxr_transfer.data.index import index_folder
 from cxr_transfer.data.neardup import near_pairs_of
-from cxr_transfer.data.prepare import decode_into, write_store
+from cxr_transfer.data.prepare import decode_into, preprocess_of, write_store
 
 
 def internal_copies(
@@ -99,15 +99,11 @@ def prepare_external(p: Params, name: str, internal: pd.DataFrame, out: Path) ->
     out.mkdir(parents=True, exist_ok=True)
     write_csv(kept, out / "data.csv")
     size, paths = p.prepare.image_size, [str(root / q) for q in kept["path"]]
-    fill = lambda x: decode_into(x, paths, size, p.prepare.workers, f"prepare {ext.name}", p.data.bits_stored)  # noqa: E731
-    write_store(
-        out,
-        fill,
-        kept,
-        size,
-        ext.name,
-        {"classes": list(p.data.classes), "bits_stored": p.data.bits_stored},
-    )
+    pre = preprocess_of(p.prepare)  # the training data's crop and intensity rule
+    desc, bits = f"prepare {ext.name}", p.data.bits_stored
+    fill = lambda x: decode_into(x, paths, size, p.prepare.workers, desc, bits, pre)  # noqa: E731
+    base = {"classes": list(p.data.classes), "bits_stored": p.data.bits_stored, "preprocess": pre.to_json()}
+    write_store(out, fill, kept, size, ext.name, base)
     shown_root = ext.root if not root.is_absolute() else f"<absolute>/{root.name}"  # a committed file
     report = {
         "name": ext.name,

@@ -13,40 +13,57 @@ import pandas as pd
 from cxr_transfer.core.cli import atomic_path, write_json, write_text
 from cxr_transfer.core.parallel import chunked_map
 from cxr_transfer.core.params import DataConfig, PrepareConfig
-from cxr_transfer.data.imageio import read_gray, resize_gray8
+from cxr_transfer.data.imageio import read_gray
+from cxr_transfer.data.preprocess import PLAIN, Preprocess, preprocessed
 
 
-def load_resized(path: str, size: int, bits_stored: int | None = None) -> np.ndarray:
+def load_resized(path: str, size: int, bits_stored: int | None = None, pre: Preprocess = PLAIN) -> np.ndarray:
     """Grayscale + Resize((size, size)), as the seed's transform did, minus the float copy; by
-    index's decoding rule (read_gray), with no pixel limit (index enforced it)."""
-    return resize_gray8(read_gray(path, None, bits_stored, colour=False)[0], size)
+    index's decoding rule (read_gray), with no pixel limit (index enforced it); cropped and
+    standardised as `pre` says (predict applies the same function to new images)."""
+    return preprocessed(read_gray(path, None, bits_stored, colour=False)[0], size, pre)
 
 
-def _chunk(args: tuple[list[str], int, int | None]) -> np.ndarray:
-    paths, size, bits = args
+def _chunk(args: tuple[list[str], int, int | None, Preprocess]) -> np.ndarray:
+    paths, size, bits, pre = args
     if not paths:
         return np.zeros((0, size, size), np.uint8)
-    return np.stack([load_resized(p, size, bits) for p in paths])
+    return np.stack([load_resized(p, size, bits, pre) for p in paths])
 
 
 def decode_into(
-    out: np.ndarray, paths: list[str], size: int, workers: int, desc: str, bits_stored=None
+    out: np.ndarray,
+    paths: list[str],
+    size: int,
+    workers: int,
+    desc: str,
+    bits_stored=None,
+    pre: Preprocess = PLAIN,
 ) -> None:
     """Decode the images at `paths` into rows of `out` (an array or a memory-mapped file), in
     order, a chunk at a time: memory holds one chunk per worker, never the whole split twice."""
     k = 0
-    for part in chunked_map(_chunk, paths, (size, bits_stored), workers, desc):
+    for part in chunked_map(_chunk, paths, (size, bits_stored, pre), workers, desc):
         out[k : k + len(part)] = part
         k += len(part)
 
 
 def decode_split(
-    paths: list[str], size: int, workers: int = 0, desc: str = "prepare", bits_stored: int | None = None
+    paths: list[str],
+    size: int,
+    workers: int = 0,
+    desc: str = "prepare",
+    bits_stored: int | None = None,
+    pre: Preprocess = PLAIN,
 ) -> np.ndarray:
     """(N, size, size) uint8 array of the images at `paths`, decoded in parallel, in order."""
     out = np.empty((len(paths), size, size), np.uint8)
-    decode_into(out, paths, size, workers, desc, bits_stored)
+    decode_into(out, paths, size, workers, desc, bits_stored, pre)
     return out
+
+
+def preprocess_of(prepare: PrepareConfig) -> Preprocess:
+    return Preprocess(prepare.intensity, prepare.crop)
 
 
 def store_digest(x: np.ndarray, y: np.ndarray) -> str:
@@ -81,7 +98,7 @@ def prepare_splits(
 ) -> dict[str, dict]:
     """Decode every split csv under split_dir into out_dir/<split>/ (x.npy, y.npy, meta.json): the
     images under data.root, 8-bit by data.bits_stored's rule, at prepare.image_size, decoded by
-    prepare.workers processes.
+    prepare.workers processes, cropped and standardised by prepare.crop and prepare.intensity.
 
     One folder per split, so DVC can give each stage only the splits it reads: training never
     depends on the test store. With k folds (split_dir/folds.csv), every image is decoded once
@@ -89,14 +106,16 @@ def prepare_splits(
     train/val/test stores are fold 0's parts copied from it (what fold-unaware readers use);
     otherwise out_dir/folds/ holds only a meta.json saying there are no folds."""
     root, size, workers, bits_stored = Path(data.root), prepare.image_size, prepare.workers, data.bits_stored
-    base = {"classes": list(data.classes), "bits_stored": bits_stored}  # predict applies the same 8-bit rule
+    pre = preprocess_of(prepare)
+    # predict applies the same 8-bit rule and preprocessing (the model card carries both)
+    base = {"classes": list(data.classes), "bits_stored": bits_stored, "preprocess": pre.to_json()}
     pool, metas = None, {}
     (out_dir / "folds").mkdir(parents=True, exist_ok=True)
     folds_csv = split_dir / "folds.csv"
     if folds_csv.exists():
         df = pd.read_csv(folds_csv)
         paths = [str(root / p) for p in df["path"]]
-        fill = lambda x: decode_into(x, paths, size, workers, "prepare (all folds)", bits_stored)  # noqa: E731
+        fill = lambda x: decode_into(x, paths, size, workers, "prepare (all folds)", bits_stored, pre)  # noqa: E731
         cols = sorted((c for c in df.columns if c[:1] == "f" and c[1:].isdigit()), key=lambda c: int(c[1:]))
         metas["folds"] = write_store(out_dir / "folds", fill, df, size, "folds", {**base, "k": len(cols)})
         folds = [{s: np.flatnonzero(df[c] == s).tolist() for s in ("train", "val", "test")} for c in cols]
@@ -109,7 +128,7 @@ def prepare_splits(
         paths = [str(root / p) for p in df["path"]]
         if pool is None:
             fill = lambda x, paths=paths, split=split: decode_into(  # noqa: E731
-                x, paths, size, workers, f"prepare {split}", bits_stored
+                x, paths, size, workers, f"prepare {split}", bits_stored, pre
             )
         else:  # fold 0's part: copied rows of the decoded pool, not decoded again
             rows = np.array([pool[1][p] for p in df["path"]], dtype=np.int64)

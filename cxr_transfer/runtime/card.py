@@ -34,6 +34,7 @@ ORDER = (  # the file's key order, as it has always been written; the summary's 
     "classes",
     "image_size",
     "bits_stored",
+    "preprocess",
     "training_images",
     "data_sha1",
     "mean",
@@ -63,6 +64,7 @@ class ModelInfo:
     std: list[float]
     seed: int | None = None
     bits_stored: int | None = None
+    preprocess: dict | None = None  # {intensity, crop} (data/preprocess.py); absent = none/none
     training_images: dict | None = None
     data_sha1: dict | None = None  # the train and val stores' content hashes (k folds: the fold)
     mode_config: dict | None = None

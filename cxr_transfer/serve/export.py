@@ -2,7 +2,8 @@
 
 The graph takes what prepare stores, uint8 (B, 1, S, S) images, and returns class probabilities:
 the normalisation and the softmax are inside it, so a user of the file needs no code of ours,
-only the card's preprocessing (8-bit grayscale, PIL bilinear resize to S x S).
+only the card's preprocessing (8-bit grayscale, the crop if any, PIL bilinear resize to S x S,
+the intensity standardisation if any).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 from cxr_transfer.core.decision import RULE, decide
 from cxr_transfer.core.errors import CxrError
 from cxr_transfer.core.versions import versions
+from cxr_transfer.data.preprocess import Preprocess, steps_of
 from cxr_transfer.runtime.batches import Normalizer
 from cxr_transfer.runtime.card import ModelInfo
 from cxr_transfer.serve.onnx import session
@@ -149,6 +151,7 @@ def card(
     verdicts, where the training data came from, the parameters and the software."""
     meta = info.to_json()
     classes, size = meta["classes"], meta["image_size"]
+    pre = Preprocess.from_json(meta.get("preprocess"))
     binary = len(classes) == 2
     youden = full.get("youden", {})
     # one rule per model, whatever runs it (predict through PyTorch or ONNX Runtime, evaluate):
@@ -186,9 +189,11 @@ def card(
             "steps": [
                 "decode (PNG, JPEG, TIFF..., DICOM with its Modality and VOI LUTs, MONOCHROME1 inverted)",
                 "8-bit grayscale (16-bit images: full range of bits_stored bits, else the file's 16)",
-                f"resize to {size}x{size}, PIL bilinear (antialiased when shrinking), aspect not kept",
+                *steps_of(pre, size),
             ],
             "bits_stored": meta.get("bits_stored"),
+            "intensity": pre.intensity,
+            "crop": pre.crop,
             "normalisation_in_graph": {"scale": "1/255", "mean": meta["mean"], "std": meta["std"]},
         },
         "decision": decision,

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_transfer.core.errors import CxrError, first_line
+from cxr_transfer.data.preprocess import PLAIN, Preprocess
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Loaded:
     runtime: str
     positive: str | None = None
     bits_stored: int | None = None
+    preprocess: Preprocess = PLAIN  # crop and intensity, applied by predict before the model
     training_images: dict | None = None
     torch_model_dir: Path | None = None
     temperature: float | None = None  # from the card: p_<class>_calibrated = softmax(log p / T)
@@ -111,6 +113,10 @@ def load_onnx(onnx_path: Path, batch_size: int = 64) -> Loaded:
             raise CxrError(f"{onnx_path}: ONNX Runtime failed ({first_line(e)})") from None
 
     pre = card["preprocessing"]
+    try:
+        steps = Preprocess.from_json(pre)
+    except ValueError as e:
+        raise CxrError(f"{card_path}: preprocessing {e} (re-run the export stage)") from None
     return Loaded(
         classes=classes,
         image_size=size,
@@ -118,6 +124,7 @@ def load_onnx(onnx_path: Path, batch_size: int = 64) -> Loaded:
         runtime="onnxruntime",
         positive=card.get("positive"),
         bits_stored=pre.get("bits_stored"),
+        preprocess=steps,
         training_images=(card.get("training_data") or {}).get("training_images"),
         temperature=(card.get("calibration") or {}).get("temperature"),
     )

@@ -23,9 +23,9 @@ from cxr_transfer.data.imageio import (
     Unreadable,
     file_problem,
     read_gray,
-    resize_gray8,
     shown,
 )
+from cxr_transfer.data.preprocess import Preprocess, preprocessed
 from cxr_transfer.serve.onnx import Loaded, calibrated, load_onnx
 
 
@@ -36,6 +36,10 @@ def load_torch(model_dir: Path, device: str = "auto", batch_size: int = 64) -> L
 
     dev = pick_device(device, "--device")
     model, meta = load_trained(model_dir)
+    try:
+        steps = Preprocess.from_json(meta.preprocess)
+    except ValueError as e:
+        raise CxrError(f"{Path(model_dir) / 'model.json'}: preprocess {e} (re-run the train stage)") from None
 
     def proba(x):
         return predict_proba(model, meta.arch, meta.mean, meta.std, x, dev, batch_size).numpy()
@@ -46,6 +50,7 @@ def load_torch(model_dir: Path, device: str = "auto", batch_size: int = 64) -> L
         proba=proba,
         runtime="pytorch",
         bits_stored=meta.bits_stored,
+        preprocess=steps,
         training_images=meta.training_images,
         torch_model_dir=Path(model_dir),
     )
@@ -125,7 +130,7 @@ def read_one(path: str, model: Loaded, max_pixels: int) -> tuple[np.ndarray | No
         gray, facts = read_gray(path, max_pixels, model.bits_stored)
     except Unreadable as e:
         return None, {"path": path, "skipped": str(e)}
-    small = resize_gray8(gray, model.image_size)
+    small = preprocessed(gray, model.image_size, model.preprocess)  # prepare's function
     return small, {"path": path, "warning": "; ".join(warnings_for(facts, small, model.training_images))}
 
 

@@ -213,6 +213,7 @@ def train_one(
         classes=classes,
         image_size=metas["train"]["image_size"],
         bits_stored=metas["train"].get("bits_stored"),
+        preprocess=metas["train"].get("preprocess"),
         training_images=metas["train"].get("source_images"),
         data_sha1=config["data"],
         mean=list(spec.mean),
