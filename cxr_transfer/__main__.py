@@ -81,7 +81,7 @@ def main(argv=None) -> None:
     if args.command == "experiments":
         from cxr_transfer.report.experiments import show
 
-        run(lambda: print(show(args.figures, rest)), args.command)
+        run(lambda: print(show(args.figures, rest, args.against)), args.command)
         return
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -100,7 +100,16 @@ def _add_experiments(sub) -> None:
         "--figures",
         nargs="+",
         default=["accuracy", "auroc"],
-        help="headline keys to show per mode (accuracy auroc; auroc_macro for more than two classes)",
+        help="headline keys to show per mode, internal and at each external site, with their intervals "
+        "(accuracy auroc; auroc_macro for more than two classes)",
+    )
+    p.add_argument(
+        "--against",
+        nargs="?",
+        const="",
+        metavar="EXPERIMENT",
+        help="also set each experiment's modes against this row's (default: the baseline commit's), on "
+        "the same images, paired by seed, with Bonferroni intervals over every comparison (AUROC)",
     )
 
 

@@ -3,6 +3,7 @@ process trains, to 1e-6, where the global batches split unevenly (17 images), wi
 weights, with augmentation, and with fewer feature rows than processes; each process resumes with
 its own random state."""
 
+import dataclasses
 import os
 import socket
 
@@ -12,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cxr_transfer.core.params import ModeConfig, TrainConfig
+from cxr_transfer.core.params import FT_ROBUST, ModeConfig, TrainConfig
 from cxr_transfer.runtime.batches import IGNORE
 from cxr_transfer.runtime.engine import Precision
 from cxr_transfer.runtime.models import build_model, get_spec
@@ -37,14 +38,17 @@ def data(n: int, size: int = 32):
 
 def train(folder, rank: int = 0, size: int = 1, n: int = 17, weights: bool = False, augment: bool = False):
     """fit() on a frozen resnet18 with a trained head (features cached, or recomputed every step
-    from augmented images): per-image gradients, so one process and several can agree exactly."""
+    from augmented images: train.augment and ft_robust's acquisition changes): per-image
+    gradients, so one process and several can agree exactly."""
     torch.manual_seed(0)
     world = World(rank, size, rank)
     d = data(n)
     model = build_model("resnet18", None, 2, seed=0)
     tc = TrainConfig(batch_size=8, augment=augment)
-    rs = setup_run(model, get_spec("resnet18"), d, ADAM, tc, RunContext(CPU, PREC, world=world))
-    opt = make_optimizer(rs.loop.trained.parameters(), ADAM)
+    mode = dataclasses.replace(ADAM, acquisition=FT_ROBUST.acquisition) if augment else ADAM
+    rs = setup_run(model, get_spec("resnet18"), d, mode, tc, RunContext(CPU, PREC, world=world))
+    assert rs.cached_features is not augment
+    opt = make_optimizer(rs.loop.trained.parameters(), mode)
     obj = Objective(balanced_class_weights(d["train"][1], 2) if weights else None)
     ck = Checkpoints(folder / f"rank{rank}", "fp")
     state = fit(rs.phases, Steps(opt, PREC, CPU, obj), Stopping(3, 8), ck, world=world)

@@ -169,6 +169,70 @@ def test_augmentation_is_per_image_seeded_and_keeps_the_range():
         assert torch.corrcoef(torch.stack([r, orig]))[0, 1] > 0.9
 
 
+def _anatomy(n: int = 8, size: int = 32) -> torch.Tensor:
+    yy, xx = np.mgrid[0:size, 0:size]
+    smooth = 40 + 120 * xx / (size - 1) + 60 * np.exp(-((xx - 20) ** 2 + (yy - 12) ** 2) / 40)
+    return torch.as_tensor(smooth.astype(np.uint8))[None, None].repeat(n, 1, 1, 1)
+
+
+def _high_freq(x: torch.Tensor) -> torch.Tensor:
+    """Per image: mean absolute difference of neighbouring pixels (what blur and down-sampling remove)."""
+    x = x.float()
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(1, 2, 3))
+
+
+def test_each_acquisition_change_does_what_its_key_says():
+    from cxr_transfer.core.params import AcquisitionConfig
+    from cxr_transfer.runtime.batches import acquisition_shift
+
+    grid = _anatomy()
+    grid[..., ::4, :] = 255  # fine detail: lines every 4 rows
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    assert torch.equal(acquisition_shift(grid, gen(), AcquisitionConfig()), grid)  # all off: unchanged
+    blur = acquisition_shift(grid, gen(), AcquisitionConfig(blur=2.0))
+    low = acquisition_shift(grid, gen(), AcquisitionConfig(resolution=0.7))
+    u = torch.rand(8, 6, generator=gen())  # the draws each call made, per image
+    sigma, kept = u[:, 1] * 2.0, 1 - u[:, 0] * 0.7
+    # a blur of sigma >= 0.5 px, or a resolution drop below 90%, removes detail; sharper ones may
+    # round back to the same pixels; and more blur removes more
+    assert (sigma >= 0.5).sum() >= 4 and (kept < 0.9).sum() >= 4  # the draws test both
+    assert (_high_freq(blur)[sigma >= 0.5] < _high_freq(grid)[0] * 0.8).all()
+    assert (_high_freq(low)[kept < 0.9] < _high_freq(grid)[0] * 0.9).all()
+    order = sigma.argsort()
+    assert (_high_freq(blur)[order].diff() <= 1e-3).all()
+    flat = torch.full((8, 1, 32, 32), 128, dtype=torch.uint8)
+    noisy = acquisition_shift(flat, gen(), AcquisitionConfig(noise=0.1)).float()
+    sd = noisy.flatten(1).std(dim=1)
+    u = torch.rand(8, 6, generator=gen())[:, 2]  # the draws it made: sd = u * 0.1 * 255
+    assert torch.allclose(sd, u * 25.5, rtol=0.15, atol=1.0)
+    bright = acquisition_shift(flat, gen(), AcquisitionConfig(brightness=0.2)).float().mean(dim=(1, 2, 3))
+    s = torch.rand(8, 6, generator=gen())[:, 5] * 2 - 1
+    assert torch.allclose(bright, (128 / 255 + s * 0.2) * 255, atol=0.6)
+    gamma = acquisition_shift(grid, gen(), AcquisitionConfig(gamma=0.5)).float()
+    g = torch.exp((torch.rand(8, 6, generator=gen())[:, 3] * 2 - 1) * np.log1p(0.5))
+    want = ((grid.float() / 255) ** g.view(8, 1, 1, 1) * 255).round()
+    assert torch.equal(gamma, want)
+
+
+def test_acquisition_draws_for_the_global_batch_so_shares_match_one_process():
+    """A process given rows first::step of a global batch gets exactly those rows of what one
+    process makes of the whole batch: noise fields included."""
+    from cxr_transfer.core.params import FT_ROBUST
+    from cxr_transfer.runtime.batches import acquisition_shift
+
+    batch = _anatomy(7)
+    batch[:, :, 4:8] = torch.arange(7, dtype=torch.uint8).view(7, 1, 1, 1) * 30  # distinct images
+    whole = acquisition_shift(batch, torch.Generator().manual_seed(2), FT_ROBUST.acquisition)
+    for first in (0, 1):
+        share = batch[first::2]
+        got = acquisition_shift(
+            share, torch.Generator().manual_seed(2), FT_ROBUST.acquisition, rows=(7, first, 2)
+        )
+        assert torch.equal(got, whole[first::2])
+    other = acquisition_shift(batch, torch.Generator().manual_seed(3), FT_ROBUST.acquisition)
+    assert not torch.equal(other, whole)  # another seed, other changes
+
+
 def test_the_store_digest_is_the_sha1_of_pixels_then_labels_read_in_slices():
     import hashlib
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cxr_transfer.core.params import FT_GRADUAL, ModeConfig, TrainConfig
+from cxr_transfer.core.params import FT_GRADUAL, FT_ROBUST, ModeConfig, TrainConfig
 from cxr_transfer.runtime.batches import ArrayBatches, Normalizer
 from cxr_transfer.runtime.engine import Precision
 from cxr_transfer.runtime.models import build_model, get_spec
@@ -31,6 +31,8 @@ CPU = torch.device("cpu")
 PREC = Precision.for_device(CPU)
 ADAM = ModeConfig(pretrained=False, trainable="head", optimizer="adam", lr=1e-3, weight_decay=1e-5)
 SGD_ALL = ModeConfig(pretrained=False, trainable="all", optimizer="sgd", lr=1e-2, momentum=0.9)
+# SGD_ALL trained on images whose acquisition changes per image (every key on, as ft_robust)
+ROBUST = dataclasses.replace(SGD_ALL, acquisition=FT_ROBUST.acquisition)
 
 
 def mode_with(trainable: str) -> ModeConfig:
@@ -153,11 +155,13 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, mode, augment
 def test_a_kill_at_any_rename_of_a_checkpoint_save_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch):
     """The saves of epoch 3 are cut before each of their file renames in turn (as a kill would
     cut them); every resumed run must end with the uninterrupted run's weights and history: the
-    checkpoint is one commit, never weights of one epoch with the state of another."""
+    checkpoint is one commit, never weights of one epoch with the state of another. The mode
+    trains on augmented images (train.augment and every acquisition change): the resumed epochs
+    draw what the uninterrupted ones drew."""
     import os
 
     data = tiny_data()
-    ref, _, _, ref_state = run("resnet18", SGD_ALL, data, tmp_path / "ref", epochs=4)
+    ref, _, _, ref_state = run("resnet18", ROBUST, data, tmp_path / "ref", epochs=4, augment=True)
     real_replace, renames = os.replace, []
     epoch = {"n": 0}
 
@@ -174,7 +178,7 @@ def test_a_kill_at_any_rename_of_a_checkpoint_save_resumes_to_the_uninterrupted_
         return real_save(self, module, optimizer, state, *a, **k)
 
     monkeypatch.setattr(Checkpoints, "save", save)
-    run("resnet18", SGD_ALL, data, tmp_path / "probe", epochs=4)
+    run("resnet18", ROBUST, data, tmp_path / "probe", epochs=4, augment=True)
     assert renames and renames[-1] == "last.pt", renames  # the last rename commits the epoch
     for cut in range(len(renames)):
         calls = {"n": 0}
@@ -189,9 +193,9 @@ def test_a_kill_at_any_rename_of_a_checkpoint_save_resumes_to_the_uninterrupted_
         monkeypatch.setattr(os, "replace", cutting)
         folder = tmp_path / f"cut{cut}"
         with pytest.raises(KeyboardInterrupt):
-            run("resnet18", SGD_ALL, data, folder, epochs=4)
+            run("resnet18", ROBUST, data, folder, epochs=4, augment=True)
         monkeypatch.setattr(os, "replace", real_replace)
-        resumed, _, _, state = run("resnet18", SGD_ALL, data, folder, epochs=4)
+        resumed, _, _, state = run("resnet18", ROBUST, data, folder, epochs=4, augment=True)
         assert [h.epoch for h in state.history] == [1, 2, 3, 4]
         assert [h.val_loss for h in state.history] == [h.val_loss for h in ref_state.history], cut
         for (k, v), (k2, v2) in zip(ref.state_dict().items(), resumed.state_dict().items(), strict=True):

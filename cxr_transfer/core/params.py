@@ -226,6 +226,37 @@ SAMPLERS = ("shuffle", "balanced")
 
 
 @dataclass(frozen=True)
+class AcquisitionConfig:
+    """Simulated changes of scanner and exposure, drawn afresh for every training image on the
+    batch's device (runtime/batches.acquisition_shift); each key's 0 turns its change off. u is
+    uniform on [0, 1) and s on [-1, 1), one draw per image and key."""
+
+    resolution: float = 0.0  # down-sample to (1 - u * resolution) of the size, then back up
+    blur: float = 0.0  # Gaussian blur, sigma = u * blur pixels (at prepare.image_size)
+    noise: float = 0.0  # additive Gaussian noise, sd = u * noise of the full range
+    gamma: float = 0.0  # x ** exp(s * log(1 + gamma))
+    contrast: float = 0.0  # (x - mean) * (1 + s * contrast) + mean
+    brightness: float = 0.0  # + s * brightness of the full range
+
+    @property
+    def active(self) -> bool:
+        return any(getattr(self, f.name) for f in dataclasses.fields(self))
+
+    def validate(self, key: str) -> None:
+        limits = {
+            "resolution": 0.9,
+            "blur": 10.0,
+            "noise": 0.5,
+            "gamma": 3.0,
+            "contrast": 0.9,
+            "brightness": 0.5,
+        }
+        for name, top in limits.items():
+            v = getattr(self, name)
+            _check(0.0 <= v <= top, f"{key}.{name}", f"{v} must be in [0, {top}] (0 = off)")
+
+
+@dataclass(frozen=True)
 class ModeConfig:
     """One way to train. The keys after weight_decay are the recipe; their defaults are the
     seed's (constant rate, no warmup, one rate for every layer, plain cross-entropy)."""
@@ -249,6 +280,16 @@ class ModeConfig:
     train_bn: bool = False  # BatchNorm layers train during the frozen epochs (fastai's train_bn)
     betas: tuple[float, ...] = (0.9, 0.999)  # Adam/AdamW's (beta1, beta2); one_cycle cycles beta1 per step
     eps: float = 1e-8  # Adam/AdamW's epsilon
+    acquisition: AcquisitionConfig = AcquisitionConfig()  # off: see AcquisitionConfig
+
+    @classmethod
+    def from_json(cls, d: dict) -> ModeConfig:
+        """From model.json's mode_config (lists for tuples; absent recipe keys: their defaults)."""
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        d["acquisition"] = AcquisitionConfig(**(d.get("acquisition") or {}))
+        return cls(**d)
 
     def validate(self, key: str) -> None:
         _choice(self.trainable, f"{key}.trainable", TRAINABLE)
@@ -287,6 +328,7 @@ class ModeConfig:
             f"{list(self.betas)} must be two numbers in [0, 1), e.g. [0.9, 0.999]",
         )
         _check(0.0 < self.eps < 1.0, f"{key}.eps", "must be in (0, 1)")
+        self.acquisition.validate(f"{key}.acquisition")
         _check(
             not self.train_bn or self.freeze_epochs > 0,
             f"{key}.train_bn",
@@ -337,7 +379,15 @@ FT_ONE_CYCLE = ModeConfig(
     betas=(0.95, 0.99),  # fastai's Adam
     eps=1e-5,
 )
-DEFAULT_MODES = {**SEED_MODES, "ft_gradual": FT_GRADUAL, "ft_one_cycle": FT_ONE_CYCLE}
+# ft, trained on images whose acquisition changes from batch to batch: resolution, blur, noise,
+# gamma, contrast and brightness each drawn per image (AcquisitionConfig), for a second site's scanner.
+FT_ROBUST = dataclasses.replace(
+    SEED_MODES["ft"],
+    acquisition=AcquisitionConfig(
+        resolution=0.5, blur=1.0, noise=0.03, gamma=0.3, contrast=0.2, brightness=0.1
+    ),
+)
+DEFAULT_MODES = {**SEED_MODES, "ft_gradual": FT_GRADUAL, "ft_one_cycle": FT_ONE_CYCLE, "ft_robust": FT_ROBUST}
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")

@@ -34,15 +34,19 @@ def check_same_images(paths: dict[str, list]) -> None:
             raise CxrError(f"{n} and {names[0]} were evaluated on different test images; rerun evaluate")
 
 
-def folds_difference(a: dict[tuple[int, int], dict], b: dict[tuple[int, int], dict], key: str):
+def folds_difference(
+    a: dict[tuple[int, int], dict], b: dict[tuple[int, int], dict], key: str, minus: bool = True
+):
     """(k, S) a minus b on every (seed, fold) run both have, paired by that key (NaN where a figure
-    is undefined), and n_test / n_train."""
+    is undefined), and n_test / n_train; `minus=False`: a's own figures."""
     common = set(a) & set(b)
     seeds, folds = sorted({s for s, _ in common}), sorted({f for _, f in common})
     d = np.array(
         [
             [
-                _num(a[(s, f)].get(key)) - _num(b[(s, f)].get(key)) if (s, f) in common else np.nan
+                _num(a[(s, f)].get(key)) - (_num(b[(s, f)].get(key)) if minus else 0.0)
+                if (s, f) in common
+                else np.nan
                 for s in seeds
             ]
             for f in folds
@@ -88,6 +92,32 @@ def compare_modes(
             "a_wrong_b_right": int((~ca & cb).sum()),
         }
         out[f"{a} vs {b}"] = entry
+    return out
+
+
+def figure_intervals(
+    runs: dict[str, dict[int, verdicts.Scored]],
+    groups,
+    keys: tuple[str, ...],
+    boot: tuple[int, int, float],
+    per_fold: dict[str, dict] | None = None,
+) -> dict[str, dict[str, verdicts.Interval]]:
+    """Each run's own figures with the interval of the procedure its runs allow (one run: the
+    test-set bootstrap; seeds: over runs; k folds: over the fold means), on the same resamples
+    as the comparisons."""
+    reps, seed, conf = boot
+    n = len(next(iter(next(iter(runs.values())).values())).y)
+    rs = verdicts.resample(groups, n, reps, np.random.default_rng(seed))
+    out = {}
+    for name, by_seed in runs.items():
+        mine = [by_seed[s] for s in sorted(by_seed)]
+        out[name] = {}
+        for key in keys:
+            if per_fold:
+                values, ratio = folds_difference(per_fold[name], per_fold[name], key, minus=False)
+                out[name][key] = verdicts.over_folds(values, ratio, conf)
+            else:
+                out[name][key] = verdicts.combine(*verdicts.run_draws(key, mine, rs.w), conf, rs.units)
     return out
 
 

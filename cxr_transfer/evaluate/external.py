@@ -34,6 +34,10 @@ def mode_at_site(
         out[key] = {
             "internal": _mean(verdicts.run_draws(key, internal, np.ones((1, len(internal[0].y))))[0]),
             "external": _mean(verdicts.run_draws(key, external, np.ones((1, len(external[0].y))))[0]),
+            # the figure at the site with its interval: the site's images resampled (over seeds)
+            "external_interval": verdicts.combine(
+                *verdicts.run_draws(key, external, rs_ext.w), conf, rs_ext.units
+            ),
             # k folds: each a mean over the fold models, like for like
             "drop": verdicts.two_sets(key, internal, external, rs_int, rs_ext, conf),
         }

@@ -69,9 +69,7 @@ def build_report(p: Params, paths: ReportPaths, bundle) -> str:
     best = compare.best_modes(
         pairs, list(runs), auroc_key, {n: a.get(auroc_key) for n, a in aggregated.items()}
     )
-    paths.modes_metrics.mkdir(parents=True, exist_ok=True)
-    for n, a in aggregated.items():
-        write_json(paths.modes_metrics / f"{n}.json", a)
+    own = compare.figure_intervals(scored, groups, keys, boot, per_fold)
     notes = same_mode_notes(paths.models, first)
     current = {r for rs in runs.values() for r in rs}
     stale = summary.stale_runs({"eval": paths.eval, "dvclive": paths.live}, current)
@@ -84,6 +82,9 @@ def build_report(p: Params, paths: ReportPaths, bundle) -> str:
     unit = summary.resampling_unit(groups)
     answer = compare.answer_lines(pairs, best, keys, summary.flagged_probes(probe), unit)
     sites, shortcut = external_results(paths, p, runs, scored, best, auroc_key)
+    paths.modes_metrics.mkdir(parents=True, exist_ok=True)
+    for n, a in aggregated.items():
+        write_json(paths.modes_metrics / f"{n}.json", mode_metrics(a, own[n], sites, n, keys))
     if sites:
         answer += ["**On images from another site:**", "", *external.answer_lines(sites, auroc_key)]
     table = summary.summary_table(full, figures, auroc_key, best_marks(best, sites))
@@ -118,6 +119,31 @@ def build_report(p: Params, paths: ReportPaths, bundle) -> str:
     write_json(paths.out_metrics / "external.json", at_sites)
     write_pages(paths, p, md, curves, first, shares, bundle)
     return md
+
+
+def mode_metrics(headline: dict, own: dict, sites: list[dict], name: str, keys) -> dict:
+    """metrics/modes/<arch>-<mode>.json, what `dvc exp show` and `cxr-transfer experiments` put
+    side by side: the headline (means over seeds), each of `keys` with its interval (the
+    verdict procedure's: `<figure>_ci_low`, `<figure>_ci_high`), and per external site the same
+    figures there (`external.<site>.<figure>`, with theirs)."""
+    out = dict(headline)
+    for key in keys:
+        iv = own[key]
+        out |= {f"{key}_ci_low": _r(iv.lo), f"{key}_ci_high": _r(iv.hi)}
+    at = {}
+    for s in sites:
+        run = s["runs"].get(name)
+        if run is None:
+            continue
+        at[s["name"]] = {}
+        for key in keys:
+            iv = run[key]["external_interval"]
+            at[s["name"]] |= {key: _r(iv.point), f"{key}_ci_low": _r(iv.lo), f"{key}_ci_high": _r(iv.hi)}
+    return out | ({"external": at} if at else {})
+
+
+def _r(v):
+    return None if v is None else round(float(v), 6)
 
 
 def internal_view(pred: pd.DataFrame, classes: list[str], positive):
@@ -176,7 +202,9 @@ def same_mode_notes(models: Path, runs: dict[str, str]) -> list[str]:
     by_arch: dict[str, dict[str, ModeConfig]] = {}
     for name, run_dir in runs.items():
         arch, _, mode = name.rpartition("-")
-        by_arch.setdefault(arch, {})[mode] = ModeConfig(**ModelInfo.read(models / run_dir).mode_config)
+        by_arch.setdefault(arch, {})[mode] = ModeConfig.from_json(
+            ModelInfo.read(models / run_dir).mode_config
+        )
     for arch, cfgs in by_arch.items():
         for m, other in equivalent_modes(get_spec(arch), cfgs).items():
             notes.append(

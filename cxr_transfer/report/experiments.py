@@ -1,10 +1,17 @@
-"""`cxr-transfer experiments`: DVC's experiment table, narrow.
+"""`cxr-transfer experiments`: DVC's experiment table, narrow, and each experiment against a baseline.
 
 `dvc exp show` prints every param (about 90 here), every dependency and every metric, and DVC has
 no setting for a default column set; a metric whose name several files share gets its file's
 path as a prefix (`metrics/modes/efficientnet_lite0-fe.json:accuracy`, 49 characters). This
 reads `dvc exp show --csv` and prints one row per experiment with the params that differ between
-the rows and, per arch x mode, the chosen figures under short names (`fe acc`).
+the rows and, per arch x mode, the chosen figures under short names (`fe acc`), internal and at
+each external site, each with its interval (the report's verdict procedure, from
+metrics/modes/<run>.json).
+
+Intervals that overlap or not say little about two experiments: `against` compares each
+experiment's models with the baseline's on the same images (their predictions, read from each
+experiment's commit), paired by seed, under the verdict procedures (docs/verdicts.md), with a
+Bonferroni confidence over every comparison it prints.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import pandas as pd
 from cxr_transfer.core.errors import CxrError
 
 SHORT = {"accuracy": "acc", "auroc": "AUROC", "auroc_macro": "AUROC", "balanced_accuracy": "bal acc"}
+SITE_FIGURE = re.compile(r"^external\.(?P<site>.+)\.(?P<figure>[^.]+)$")
 MODE_FILE = re.compile(r"^metrics/modes/(?P<name>.+)\.json:(?P<figure>.+)$")
 VERDICTS = {"shortcut_flags"}
 FIXED = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}
@@ -55,13 +63,28 @@ def narrow(
     for c in other:  # params and the probes' verdict, where the rows differ
         if table[c].nunique() > 1:
             out[c] = table[c]
+    sites = sorted({m["site"] for mm in mode_cols.values() if (m := SITE_FIGURE.match(mm["figure"]))})
+    blank = pd.Series([""] * len(table), index=table.index)
     for n in names:
         short = n if keep_arch else n.rpartition("-")[2]
-        for f in figures:
-            col = f"metrics/modes/{n}.json:{f}"
-            if col in table:
-                out[f"{short} {SHORT.get(f, f)}"] = table[col].map(_round)
+        for where in ["", *sites]:
+            base = f"metrics/modes/{n}.json:{f'external.{where}.' if where else ''}"
+            for f in figures:
+                if base + f not in table:
+                    continue
+                lo, hi = (table.get(f"{base}{f}_ci_{end}", blank) for end in ("low", "high"))
+                cells = zip(table[base + f], lo, hi, strict=True)
+                out[f"{short} {where + ' ' if where else ''}{SHORT.get(f, f)}"] = [_cell(*c) for c in cells]
     return out
+
+
+def _cell(v: str, lo: str, hi: str) -> str:
+    """A figure to 3 decimals, with its interval where the run has one; '-' where none."""
+    fig = _round(v)
+    try:
+        return f"{fig} [{float(lo):.3f}, {float(hi):.3f}]"
+    except ValueError:
+        return fig
 
 
 def _round(v: str) -> str:
@@ -88,6 +111,13 @@ def param_keys(path: Path = Path("params.yaml")) -> set[str]:
     return out
 
 
-def show(figures: list[str], dvc_args: list[str]) -> str:
-    table = narrow(read_table(dvc_args), figures, param_keys())
-    return table.to_string(index=False)
+def show(figures: list[str], dvc_args: list[str], against: str | None = None) -> str:
+    """The narrow table; with `against` ("" = the baseline commit's row) each experiment's modes
+    against that row's, paired (report/paired.py)."""
+    raw = read_table(dvc_args)
+    out = narrow(raw, figures, param_keys()).to_string(index=False)
+    if against is None:
+        return out
+    from cxr_transfer.report.paired import against as paired
+
+    return "\n".join([out, "", *paired(raw, against or None)])

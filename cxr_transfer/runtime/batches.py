@@ -191,3 +191,70 @@ def augment_batch(
     contrast = (1.0 + r[:, 4] * max_contrast).view(b, 1, 1, 1)
     y = (y - mean) * contrast + mean + (r[:, 5] * max_brightness).view(b, 1, 1, 1)
     return (y * 255.0).clamp_(0, 255).round_().to(torch.uint8)
+
+
+def _resampled(y: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Each image down-sampled to `factor` (B,) of its size (antialiased) and back up, bilinear:
+    a detector or a converter with fewer pixels."""
+    h, w = y.shape[-2:]
+    out = []
+    for img, f in zip(y, factor.tolist(), strict=True):
+        small = (max(1, round(h * f)), max(1, round(w * f)))
+        if small == (h, w):
+            out.append(img)
+            continue
+        d = F.interpolate(img[None], size=small, mode="bilinear", antialias=True, align_corners=False)
+        out.append(F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)[0])
+    return torch.stack(out)
+
+
+def _blurred(y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Each image blurred by a Gaussian of its own `sigma` (B,) pixels (torchvision's kernel,
+    3 sigma each side, edges reflected); sigma below 0.1 px leaves it as is."""
+    from torchvision.transforms.v2 import functional as TF
+
+    out = []
+    for img, s in zip(y, sigma.tolist(), strict=True):
+        if s < 0.1:
+            out.append(img)
+            continue
+        k = 2 * math.ceil(3 * s) + 1
+        k = min(k, 2 * (min(img.shape[-2:]) // 2) - 1)  # an odd kernel no wider than the image
+        out.append(TF.gaussian_blur(img, [k, k], [s, s]))
+    return torch.stack(out)
+
+
+def acquisition_shift(x: torch.Tensor, gen: torch.Generator, acq, rows: tuple[int, int, int] | None = None):
+    """A uint8 batch (B, 1, H, W) as other scanners and exposures might have made it, on its
+    device: per image, a resolution drop, a blur, additive noise, then gamma, contrast and
+    brightness, each by `acq`'s range (an AcquisitionConfig; a key at 0 is skipped).
+
+    Draws come from the CPU generator `gen`: six per image, then (with noise) one field per
+    image, each for the global batch of `rows` (size, first row, step) and sliced to this
+    process's rows, as augment_batch does, so one process and several, and a resumed run and an
+    uninterrupted one, draw the same changes for the same images."""
+    b, _, h, w = x.shape
+    total, first, step = rows or (b, 0, 1)
+    u = torch.rand(total, 6, generator=gen)[first::step][:b]
+    u = torch.cat([u, torch.zeros(b - len(u), 6)]) if len(u) < b else u  # a stand-in row: no change
+    field = None
+    if acq.noise:
+        field = torch.randn(total, 1, h, w, generator=gen)[first::step][:b]
+        field = torch.cat([field, torch.zeros(b - len(field), 1, h, w)]) if len(field) < b else field
+    u = u.to(x.device)
+    s = u * 2 - 1
+    y = x.float() / 255.0
+    if acq.resolution:
+        y = _resampled(y, 1.0 - u[:, 0] * acq.resolution)
+    if acq.blur:
+        y = _blurred(y, u[:, 1] * acq.blur)
+    if field is not None:
+        y = y + field.to(x.device) * (u[:, 2] * acq.noise).view(b, 1, 1, 1)
+    if acq.gamma:
+        y = y.clamp(0, 1) ** torch.exp(s[:, 3] * math.log1p(acq.gamma)).view(b, 1, 1, 1)
+    if acq.contrast:
+        mean = y.mean(dim=(1, 2, 3), keepdim=True)
+        y = (y - mean) * (1.0 + s[:, 4] * acq.contrast).view(b, 1, 1, 1) + mean
+    if acq.brightness:
+        y = y + (s[:, 5] * acq.brightness).view(b, 1, 1, 1)
+    return (y * 255.0).clamp_(0, 255).round_().to(torch.uint8)

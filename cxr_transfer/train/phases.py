@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from cxr_transfer.core.errors import CxrError
-from cxr_transfer.core.params import ModeConfig, TrainConfig
+from cxr_transfer.core.params import AcquisitionConfig, ModeConfig, TrainConfig
 from cxr_transfer.core.registry import ArchSpec
 from cxr_transfer.runtime import speed
-from cxr_transfer.runtime.batches import ArrayBatches, Normalizer, augment_batch
+from cxr_transfer.runtime.batches import ArrayBatches, Normalizer, acquisition_shift, augment_batch
 from cxr_transfer.runtime.engine import Pass, Precision, for_inference, image_forward, tail_inputs
 from cxr_transfer.runtime.models import freeze_except, get_module, set_train_mode, trainable_path
 from cxr_transfer.runtime.onnxrt import onnx_forward, started
@@ -119,6 +119,7 @@ def setup_run(
     rest, and validates on the whole validation split (so all agree on the best epoch)."""
     device, prec, seed, budget = ctx.device, ctx.prec, ctx.seed, ctx.budget
     batch_size, augment, epochs = train.batch_size, train.augment, train.epochs
+    augmented = augment or mode.acquisition.active  # images change every step: no feature cache
     balanced = mode.sampler == "balanced"
     world = ctx.world or World()
     for split in ("train", "val"):
@@ -141,7 +142,7 @@ def setup_run(
         path = trainable_path(spec, part)
         bn = mode.train_bn and last is not None  # the frozen phase of a mode whose BatchNorm trains there
         trained = freeze_except(model, path, bn)
-        if trained is not model and not augment and not bn:
+        if trained is not model and not augmented and not bn:
             # the feature pass: inference, in its own runtime, memory format and batch
             n_images = sum(len(data[s][1]) for s in ("train", "val")) // world.size
             plan = Pass(n_images, size, exact=prec.dtype is None)
@@ -167,7 +168,7 @@ def setup_run(
         else:
             tr = image_batches(*data["train"], batch_size, device, True, seed, balanced, each, world.shard)
             va = image_batches(*data["val"], batch_size, device, budget=each)
-            aug = _augmenter(tr, seed) if augment else None
+            aug = _augmenter(tr, seed, augment, mode.acquisition) if augmented else None
             loop = Loop(
                 trained, forward, lambda t=trained, b=bn: set_train_mode(model, t, b), model.eval, aug
             )
@@ -200,12 +201,26 @@ def _memory_format(model: nn.Module, cl: bool) -> None:
     model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
-def _augmenter(tr: ArrayBatches, seed: int):
-    gens: dict[int, torch.Generator] = {}
+ACQUISITION_STREAM = 500_009  # the acquisition draws' generator is another stream than augment's
 
-    def augment_fn(xb):  # one generator per epoch, seeded by (seed, epoch): a resumed run matches
-        if tr.epoch not in gens:
-            gens[tr.epoch] = torch.Generator().manual_seed(seed * 7919 + tr.epoch)
-        return augment_batch(xb, gens[tr.epoch], rows=tr.current)
+
+def _augmenter(tr: ArrayBatches, seed: int, geometric: bool, acq: AcquisitionConfig):
+    """train.augment's shifts, zooms and jitter, then the mode's acquisition changes: each from
+    its own generator per epoch, seeded by (seed, epoch), so a resumed run draws what an
+    uninterrupted one drew and turning one on leaves the other's draws as they were."""
+    gens: dict[tuple[str, int], torch.Generator] = {}
+
+    def gen(kind: str) -> torch.Generator:
+        if (kind, tr.epoch) not in gens:
+            offset = ACQUISITION_STREAM if kind == "acquisition" else 0
+            gens[kind, tr.epoch] = torch.Generator().manual_seed(seed * 7919 + tr.epoch + offset)
+        return gens[kind, tr.epoch]
+
+    def augment_fn(xb):
+        if geometric:
+            xb = augment_batch(xb, gen("augment"), rows=tr.current)
+        if acq.active:
+            xb = acquisition_shift(xb, gen("acquisition"), acq, rows=tr.current)
+        return xb
 
     return augment_fn
