@@ -29,7 +29,9 @@ def main() -> None:
         print(f"split: warning: {warning}", file=sys.stderr)
     if folds is not None:
         sizes = [v["test"]["images"] for v in summary["folds"]["folds"].values()]
-        print(f"split: {cfg.folds} folds, test images per fold {sizes}; fold 0 is written as train/val/test")
+        k = len(sizes)
+        how = "leave-one-source-out " if cfg.folds_by == "source" else ""
+        print(f"split: {k} {how}folds, test images per fold {sizes}; fold 0 is written as train/val/test")
     near = summary["near_duplicates"]
     print(
         f"split: {summary['counts']}, group overlap {summary['group_overlap']}, "

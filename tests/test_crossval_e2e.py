@@ -80,3 +80,70 @@ def test_k_fold_cross_validation_by_one_setting_tests_every_image_once(tmp_path)
     summary = (work / "metrics" / "summary.md").read_text()
     assert summary.startswith("# Results out of fold (3-fold cross-validation)")
     assert "## Cross-validation: 3 folds" in summary and "Nadeau-Bengio" in summary
+
+
+def _with_sources(work, where: dict) -> None:
+    """The tiny project's images copied to own/ with a metadata table giving each a source:
+    `where(cls, i)` -> the source of the i-th image of class cls."""
+    import shutil
+
+    from tests.test_pipeline import sh
+
+    sh(work, "dvc", "repro", "synthesize")
+    shutil.copytree(work / "data" / "raw", work / "own")
+    rows = []
+    for folder, cls in (("NORMAL", "Normal"), ("COVID", "Covid")):
+        for i, f in enumerate(sorted((work / "own" / folder).iterdir())):
+            rows.append({"FILE NAME": f.name, "SOURCE": where[cls](i)})
+    pd.DataFrame(rows).to_csv(work / "own" / "meta.csv", index=False)
+
+
+SOURCE_KEYS = [
+    "-S", "data.root=own", "-S", "data.metadata.file=meta.csv", "-S", "data.metadata.source_column=SOURCE",
+    "-S", "data.metadata.patient_column=null", "-S", "split.folds_by=source", "-S", "train.modes=[fe]",
+]  # fmt: skip
+
+
+def test_leave_one_source_out_runs_where_two_sources_hold_both_classes(tmp_path):
+    """h1 and h2 hold both classes, h3 only Covid: `dvc exp run -S split.folds_by=source` gives
+    two folds, each source's images scored by the model trained without that source; h3 trains
+    in both and is never scored; the summary says which sources were the folds."""
+    work = make_project(tmp_path / "proj", TINY)
+    _with_sources(
+        work,
+        {"Normal": lambda i: "h1" if i < 7 else "h2", "Covid": lambda i: ("h1", "h2", "h3")[min(i // 5, 2)]},
+    )
+    would_run(work, "exp", "run", "report", *SOURCE_KEYS)
+    split = json.loads((work / "metrics" / "split.json").read_text())
+    assert split["folds"]["by_source"]["folds"] == {"f0": "h1", "f1": "h2"}
+    assert split["folds"]["by_source"]["never_tested"] == 4  # Covid images 10-13
+    data = pd.read_csv(work / "data" / "data.csv")
+    pred = pd.read_csv(work / "eval" / "efficientnet_lite0-fe-s0" / "predictions.csv")
+    src = dict(zip(data["path"], data["source"], strict=True))
+    assert sorted(pred["path"]) == sorted(p for p, s in src.items() if s in ("h1", "h2"))
+    assert (pred["fold"] == pred["path"].map(src).map({"h1": 0, "h2": 1})).all()
+    summary = (work / "metrics" / "summary.md").read_text()
+    assert "## Cross-validation: 2 folds (one per source)" in summary
+    assert "Leave-one-source-out: each of the 2 sources that hold every class (h1, h2)" in summary
+
+
+def test_leave_one_source_out_refuses_sources_that_each_hold_one_class(tmp_path):
+    """Each source one class (the COVID-19 Radiography Database's case): the split stage stops
+    with one line saying the data cannot separate source from label, and nothing is trained."""
+    import subprocess
+    import sys
+
+    work = make_project(tmp_path / "proj", TINY)
+    _with_sources(work, {"Normal": lambda i: "hospital-a", "Covid": lambda i: "archive-b"})
+    env = {"PATH": f"{sys.executable.rpartition('/')[0]}:/usr/bin:/bin", "DVC_NO_ANALYTICS": "1"}
+    r = subprocess.run(["dvc", "exp", "run", *SOURCE_KEYS], cwd=work, env=env, capture_output=True, text=True)
+    assert r.returncode != 0
+    said = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("split: error:")]
+    why = [
+        "split.folds_by: source: 0 of 2 sources hold every class (archive-b: Covid; hospital-a: Normal),",
+        "so the data cannot separate source from label: a model may score by recognising the source,",
+        "and no split of these images can tell; only an external set can (params.yaml external:).",
+        "Use folds_by: group, and read its results beside the source-confounding probe",
+    ]
+    assert said == ["split: error: " + " ".join(why)]
+    assert "Running stage 'split'" in r.stdout and "Running stage 'train" not in r.stdout

@@ -146,3 +146,18 @@ def test_the_verdict_is_the_flag_count_alone():
     probe = {"pixels_8": {"auroc": 0.91, "flagged": True}, "n_flagged": 1, "flagged": ["pixels_8"]}
     assert probes.verdict(probe) == {"shortcut_flags": 1}
     assert probes.verdict({**probe, "n_flagged": 0}) == {"shortcut_flags": 0}
+
+
+def test_sources_of_one_class_each_are_said_to_be_inseparable_from_the_label():
+    """The COVID-19 Radiography Database's case: every source supplies one class. The trust row
+    says the data cannot separate source from label, not merely that V is high."""
+    from cxr_transfer.report.summary import source_row
+
+    df = pd.DataFrame({"source": ["a"] * 30 + ["b"] * 20, "class": ["Covid"] * 30 + ["Normal"] * 20})
+    row = source_row(probes.source_probe(df, 0.5), 0.5)
+    assert row[:4] == ("source confounding", "Cramer's V 1.000 over 2 sources", ">= 0.5", True)
+    assert row[4].startswith("no source holds every class: the data cannot separate source from label")
+    mixed = df.assign(source=["a"] * 25 + ["b"] * 25)  # b holds both classes
+    assert source_row(probes.source_probe(mixed, 0.5), 0.5)[4].startswith(
+        "the image source predicts the class"
+    )

@@ -174,6 +174,7 @@ def test_the_split_stage_work_joins_near_copies_then_splits_or_folds(folds):
         near_duplicate_bits=12,
         near_duplicate_framed_bits=None,
         folds=folds,
+        folds_by="group",
         test_size=0.2,
         val_size=0.2,
         seed=42,
@@ -189,3 +190,72 @@ def test_the_split_stage_work_joins_near_copies_then_splits_or_folds(folds):
         assert (table_k["f0"] == "test").sum() == len(parts["test"]) and summary["folds"]["k"] == folds
     else:
         assert table_k is None and summary["folds"] is None
+
+
+def sourced(held: dict[str, dict[str, int]]) -> pd.DataFrame:
+    """A collection whose images carry a source: {source: {class: images}}."""
+    rows = []
+    for src, counts in held.items():
+        for cls, n in counts.items():
+            label = ["Normal", "Covid"].index(cls)
+            for i in range(n):
+                path = f"{src}/{cls}/{i}.png"
+                rows.append({"path": path, "label": label, "class": cls, "group": path, "source": src})
+    return pd.DataFrame(rows)
+
+
+def test_leave_one_source_out_folds_are_the_sources_that_hold_both_classes():
+    """Sources A and B hold both classes, C only Covid (the Radiography Database's way): two
+    folds, each testing exactly one of A and B with a model trained on the rest (C included);
+    C is never tested, and split.json counts each source's classes per part."""
+    from cxr_transfer.core.params import SplitConfig
+    from cxr_transfer.data.split import split_data
+
+    df = sourced({"A": {"Normal": 30, "Covid": 20}, "B": {"Normal": 25, "Covid": 25}, "C": {"Covid": 40}})
+    parts, folds, summary = split_data(
+        df, SplitConfig(folds_by="source", near_duplicate_bits=None, near_duplicate_framed_bits=None)
+    )
+    by = summary["folds"]["by_source"]
+    assert by["folds"] == {"f0": "A", "f1": "B"} and by["never_tested"] == 40
+    assert by["held"] == {"A": ["Covid", "Normal"], "B": ["Covid", "Normal"], "C": ["Covid"]}
+    for f, src in by["folds"].items():
+        tested = folds[folds[f] == "test"]
+        assert set(tested["source"]) == {src} and len(tested) == (df["source"] == src).sum()
+        trained = folds[folds[f] != "test"]
+        assert src not in set(trained["source"]) and "C" in set(trained["source"])
+    assert summary["folds"]["images_tested_once"] == 100  # A and B, once each; C never
+    assert summary["sources"]["test"] == {"A": {"Covid": 20, "Normal": 30}}  # fold 0's test part
+    assert summary["sources"]["train"]["C"] == {
+        "Covid": sum(folds.loc[folds["source"] == "C", "f0"] == "train")
+    }
+
+
+def test_without_two_sources_holding_both_classes_the_split_says_what_the_data_cannot_tell():
+    from cxr_transfer.core.params import SplitConfig
+    from cxr_transfer.data.split import split_data
+
+    df = sourced({"A": {"Normal": 30}, "B": {"Covid": 30}, "C": {"Covid": 10, "Normal": 10}})
+    with pytest.raises(SplitError) as e:
+        split_data(
+            df, SplitConfig(folds_by="source", near_duplicate_bits=None, near_duplicate_framed_bits=None)
+        )
+    msg = str(e.value)
+    assert msg.startswith(
+        "split.folds_by: source: 1 of 3 sources hold every class (A: Normal; B: Covid; C: Covid, Normal), "
+        "so the data cannot separate source from label"
+    )
+    assert "only an external set can" in msg and "\n" not in msg
+    with pytest.raises(SplitError, match="no image has a source"):
+        split_data(
+            df.assign(source=""),
+            SplitConfig(folds_by="source", near_duplicate_bits=None, near_duplicate_framed_bits=None),
+        )
+
+
+def test_folds_by_source_takes_no_fold_count():
+    from cxr_transfer.core.params import ParamError, SplitConfig
+
+    with pytest.raises(ParamError, match="split.folds: leave it null with folds_by: source"):
+        SplitConfig(folds_by="source", folds=5)
+    with pytest.raises(ParamError, match="split.folds_by: 'hospital' is not one of"):
+        SplitConfig(folds_by="hospital")

@@ -164,6 +164,9 @@ class IndexConfig:
         _check(self.workers >= 0, "index.workers", "must be >= 0 (0 = one per CPU core)")
 
 
+FOLDS_BY = ("group", "source")
+
+
 @dataclass(frozen=True)
 class SplitConfig:
     test_size: float = 0.2
@@ -172,8 +175,15 @@ class SplitConfig:
     near_duplicate_bits: int | None = 12  # whole-image pHash: resized and re-encoded copies
     near_duplicate_framed_bits: int | None = 24  # pHash of the body's frame: cropped copies
     folds: int | None = None  # None: one train/val/test split; k >= 3: grouped, stratified k-fold
+    folds_by: str = "group"  # source: leave-one-source-out, one fold per source holding both classes
 
     def __post_init__(self):
+        _choice(self.folds_by, "split.folds_by", FOLDS_BY)
+        _check(
+            self.folds_by == "group" or self.folds is None,
+            "split.folds",
+            "leave it null with folds_by: source (one fold per source that holds every class)",
+        )
         _check(
             self.folds is None or 3 <= self.folds <= 20,
             "split.folds",

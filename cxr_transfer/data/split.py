@@ -77,13 +77,45 @@ def _group_folds(df: pd.DataFrame, n_splits: int, seed: int, what: str) -> np.nd
     return folds
 
 
-def fold_roles(df: pd.DataFrame, k: int, val_size: float, seed: int) -> pd.DataFrame:
+def source_folds(df: pd.DataFrame) -> tuple[np.ndarray, list[str], dict]:
+    """Leave-one-source-out: the test fold of every row (-1: never tested), the sources that are
+    folds, and what each source holds. A source is a fold when it holds every class (its test
+    part can score a model); a source of one class only trains, in every fold. Fewer than two
+    such sources: a SplitError saying the data cannot separate source from label."""
+    known = df["source"].astype(str) if "source" in df else pd.Series("", index=df.index)
+    if (known == "").all():
+        raise SplitError(
+            "split.folds_by: source: no image has a source; give data.metadata.source_column (or a labels "
+            "table's source column), or use folds_by: group"
+        )
+    classes = sorted(df["class"].unique())
+    held = {s: sorted(df.loc[known == s, "class"].unique()) for s in sorted(set(known) - {""})}
+    both = [s for s, c in held.items() if c == classes]
+    if len(both) < 2:
+        each = "; ".join(f"{s}: {', '.join(c)}" for s, c in held.items())
+        raise SplitError(
+            f"split.folds_by: source: {len(both)} of {len(held)} sources hold every class ({each}), so the "
+            "data cannot separate source from label: a model may score by recognising the source, and no "
+            "split of these images can tell; only an external set can (params.yaml external:). Use "
+            "folds_by: group, and read its results beside the source-confounding probe"
+        )
+    fold = np.full(len(df), -1, dtype=np.int64)
+    for i, s in enumerate(both):
+        fold[(known == s).to_numpy()] = i
+    return fold, both, {s: c for s, c in held.items()}
+
+
+def fold_roles(
+    df: pd.DataFrame, k: int, val_size: float, seed: int, test_fold: np.ndarray | None = None
+) -> pd.DataFrame:
     """k-fold cross-validation: columns f0..f{k-1}, each row's role (train/val/test) in each fold.
 
     Every row is `test` in exactly one fold (grouped, stratified k-fold); each fold's validation
     part is carved from its training part the same way, as one of round(1 / val_size) grouped
-    stratified folds of it (0.2 -> a fifth), seeded per fold."""
-    test_fold = _group_folds(df, k, seed, f"split.folds={k}")
+    stratified folds of it (0.2 -> a fifth), seeded per fold. `test_fold` given (leave-one-source-
+    out): each row's test fold, -1 for rows tested in none."""
+    if test_fold is None:
+        test_fold = _group_folds(df, k, seed, f"split.folds={k}")
     roles = pd.DataFrame(index=df.index)
     n_val = max(2, round(1 / val_size))
     for i in range(k):
@@ -195,8 +227,14 @@ def split_data(df: pd.DataFrame, cfg) -> tuple[dict[str, pd.DataFrame], pd.DataF
     Returns the parts, the folds table (None without folds) and split.json's summary."""
     groups_before = df["group"].nunique()
     df, n_near = join_near_duplicates(df, cfg.near_duplicate_bits, cfg.near_duplicate_framed_bits)
-    folds = None
-    if cfg.folds:  # every image in one fold's test part; train/val/test.csv are fold 0's parts
+    folds = by_source = None
+    if cfg.folds_by == "source":  # one fold per source holding every class
+        test_fold, names, held = source_folds(df)
+        roles = fold_roles(df, len(names), cfg.val_size, cfg.seed, test_fold)
+        folds, which = pd.concat([df, roles], axis=1), roles["f0"]
+        by_source = {"folds": {f"f{i}": s for i, s in enumerate(names)}, "held": held}
+        by_source["never_tested"] = int((test_fold < 0).sum())
+    elif cfg.folds:  # every image in one fold's test part; train/val/test.csv are fold 0's parts
         roles = fold_roles(df, cfg.folds, cfg.val_size, cfg.seed)
         folds, which = pd.concat([df, roles], axis=1), roles["f0"]
     else:
@@ -211,5 +249,20 @@ def split_data(df: pd.DataFrame, cfg) -> tuple[dict[str, pd.DataFrame], pd.DataF
         "groups_after": int(df["group"].nunique()),
     }
     summary["largest_group"] = largest_group(df, cfg.test_size)
-    summary["folds"] = fold_summary(df, roles) if cfg.folds else None
+    summary["folds"] = fold_summary(df, roles) if folds is not None else None
+    if by_source:
+        summary["folds"]["by_source"] = by_source
+    summary["sources"] = source_counts(parts)
     return parts, folds, summary
+
+
+def source_counts(parts: dict[str, pd.DataFrame]) -> dict | None:
+    """Images per source and class in each split (None when no image has a source)."""
+    if not any("source" in p and (p["source"].astype(str) != "").any() for p in parts.values()):
+        return None
+    out = {}
+    for s, p in parts.items():
+        src = p["source"].astype(str).replace("", "(none)")
+        table = pd.crosstab(src, p["class"]) if len(p) else pd.DataFrame()
+        out[s] = {str(r): {str(c): int(n) for c, n in row.items() if n} for r, row in table.iterrows()}
+    return out

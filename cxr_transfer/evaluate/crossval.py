@@ -56,17 +56,25 @@ def by_run(seeds, metrics: list[dict]) -> dict[tuple[int, int], dict]:
     return {(s, f["fold"]): f for s, m in zip(seeds, metrics, strict=True) for f in m["folds"]["per_fold"]}
 
 
-def markdown(full: dict[str, list[dict]], auroc_key: str) -> list[str]:
+def markdown(full: dict[str, list[dict]], auroc_key: str, sources: list[str] | None = None) -> list[str]:
     """The summary's cross-validation section: each run's per-fold figures and their spread
-    (`full`: name -> metrics.json of each seed's run, the first seed's shown)."""
+    (`full`: name -> metrics.json of each seed's run, the first seed's shown; `sources`: the
+    fold's sources, in fold order, for leave-one-source-out)."""
     first = next(iter(full.values()))[0]["folds"]
     k = first["k"]
     auc = "AUROC" if auroc_key == "auroc" else "macro AUROC"
+    grouped = f"Every image was tested once, by the one model of the {k} that never saw it (grouped, "
+    grouped += "stratified folds)"
+    by_source = (
+        f"Leave-one-source-out: each of the {k} sources that hold every class ({', '.join(sources or [])}) "
+        "was one fold's test part, scored by the one model trained without it (sources of one class "
+        "only trained, in every fold, and were never tested)"
+    )
+    how = by_source if sources else grouped
     lines = [
-        f"## Cross-validation: {k} folds",
+        f"## Cross-validation: {k} folds" + (" (one per source)" if sources else ""),
         "",
-        f"Every image was tested once, by the one model of the {k} that never saw it (grouped, stratified "
-        "folds), thresholded and calibrated on its own fold's validation part. The results table gives "
+        f"{how}, thresholded and calibrated on its own fold's validation part. The results table gives "
         "the mean of each fold's own figures with the interval over folds (pooling the k models' scores "
         "would mix their score scales; the pooled figures are in eval/<run>/metrics.json, `pooled`). "
         "Each fold's own figures:",

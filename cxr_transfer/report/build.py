@@ -96,7 +96,14 @@ def build_report(p: Params, paths: ReportPaths, bundle) -> str:
     )
     if folds:
         head, sep, tail = md.partition("## Mode against mode (same test images")
-        md = head + "\n".join(crossval.markdown(full, auroc_key)) + "\n" + sep + ", out of fold" + tail
+        md = (
+            head
+            + "\n".join(crossval.markdown(full, auroc_key, fold_sources(paths)))
+            + "\n"
+            + sep
+            + ", out of fold"
+            + tail
+        )
         md = md.replace(
             "# Results on the test split", f"# Results out of fold ({folds['k']}-fold cross-validation)", 1
         )
@@ -140,6 +147,14 @@ def mode_metrics(headline: dict, own: dict, sites: list[dict], name: str, keys) 
             iv = run[key]["external_interval"]
             at[s["name"]] |= {key: _r(iv.point), f"{key}_ci_low": _r(iv.lo), f"{key}_ci_high": _r(iv.hi)}
     return out | ({"external": at} if at else {})
+
+
+def fold_sources(paths) -> list[str] | None:
+    """The sources that were folds, in fold order (leave-one-source-out), from metrics/split.json."""
+    f = paths.out_metrics / "split.json"
+    folds = json.loads(f.read_text()).get("folds") if f.exists() else None
+    by = (folds or {}).get("by_source")
+    return [by["folds"][f"f{i}"] for i in range(len(by["folds"]))] if by else None
 
 
 def _r(v):

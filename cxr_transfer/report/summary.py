@@ -247,25 +247,34 @@ def _trust_rows(probe: dict) -> list[tuple]:
                 say,
             )
         )
-    r = probe["source"]
-    if "skipped" in r:
-        rows.append(("source confounding", "-", "-", False, f"skipped: {r['skipped']}"))
-    else:
-        say = (
-            "the image source predicts the class: a model can score by recognising the hospital"
-            if r["flagged"]
-            else "the sources hold both classes in similar proportions"
-        )
-        rows.append(
-            (
-                "source confounding",
-                f"Cramer's V {fmt(r['cramers_v'])} over {r['sources']} sources",
-                f">= {probe['flag_cramers_v']}",
-                r["flagged"],
-                say,
-            )
-        )
+    rows.append(source_row(probe["source"], probe["flag_cramers_v"]))
     return rows
+
+
+def source_row(r: dict, flag_v: float) -> tuple:
+    """The trust table's source-confounding row: Cramer's V of source x class, and plainly what
+    the data cannot tell when no source holds every class."""
+    if "skipped" in r:
+        return ("source confounding", "-", "-", False, f"skipped: {r['skipped']}")
+    say = (
+        "the image source predicts the class: a model can score by recognising the hospital"
+        if r["flagged"]
+        else "the sources hold both classes in similar proportions"
+    )
+    table = r.get("table") or {}
+    if table and not any(all(n > 0 for n in row.values()) for row in table.values()):
+        say = (
+            "no source holds every class: the data cannot separate source from label (a model may "
+            "score by recognising the source, and no split of these images can tell); only an "
+            "external set can tell them apart"
+        )
+    return (
+        "source confounding",
+        f"Cramer's V {fmt(r['cramers_v'])} over {r['sources']} sources",
+        f">= {flag_v}",
+        r["flagged"],
+        say,
+    )
 
 
 def gradcam_share_lines(shares: dict, box: float, classes: list[str], positive: str | None) -> str:
