@@ -81,7 +81,7 @@ def main(argv=None) -> None:
     if args.command == "experiments":
         from cxr_transfer.report.experiments import show
 
-        run(lambda: print(show(args.figures, rest, args.against)), args.command)
+        run(lambda: print(show(args.figures, rest, args.against, args.modes, args.intervals)), args.command)
         return
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -100,8 +100,14 @@ def _add_experiments(sub) -> None:
         "--figures",
         nargs="+",
         default=["accuracy", "auroc"],
-        help="headline keys to show per mode, internal and at each external site, with their intervals "
-        "(accuracy auroc; auroc_macro for more than two classes)",
+        help="headline keys to show per mode (accuracy auroc; auroc_macro for more than two classes)",
+    )
+    p.add_argument("--modes", nargs="+", help="only these modes' columns and comparisons (default: all)")
+    p.add_argument(
+        "--intervals",
+        action="store_true",
+        help="each figure with its interval (metrics/intervals/, from each experiment's commit), and the "
+        "same figures at each external site",
     )
     p.add_argument(
         "--against",

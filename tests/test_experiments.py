@@ -33,6 +33,18 @@ def test_the_narrow_table_keeps_changed_params_and_names_modes_briefly():
     assert t["fe AUROC"].tolist()[2] == "-"  # a failed or partial experiment: no figure
 
 
+def test_a_running_experiment_is_labelled_and_not_compared(tmp_path):
+    """A running experiment's row shows its baseline's files until it ends: the narrow table says
+    so and --against leaves it out, saying why."""
+    from cxr_transfer.report.paired import against
+
+    t = _table().assign(State=["", "", "Running"])
+    assert narrow(t, ["accuracy"], PARAMS)["experiment"].tolist() == ["workspace", "main", "size64 (running)"]
+    (tmp_path / "params.yaml").write_text("{}\n")
+    lines = against(t, "workspace", tmp_path)
+    assert lines[-1] == "size64: running, not compared"
+
+
 def test_several_archs_keep_their_names():
     t = narrow(_table(("a", "b")), ["accuracy"], PARAMS)
     assert [c for c in t.columns if c.endswith(" acc")] == ["a-fe acc", "a-ft acc", "b-fe acc", "b-ft acc"]
@@ -100,11 +112,12 @@ def test_against_pairs_each_experiment_with_the_baseline_on_the_same_images(tmp_
         "eval/external/site-b/a-ft-s0/predictions.csv": _predictions(rng, 200, 1.5, shuffled),
     }
     e_rev = _commit(tmp_path, exp, "clahe")
+    s_rev = _commit(tmp_path, base, "same")  # DVC's run cache: the baseline's models again
     table = pd.DataFrame(
         {
-            "Experiment": ["", "", "clahe"],
-            "rev": ["workspace", "main", e_rev[:7]],
-            "typ": ["baseline", "baseline", "branch_commit"],
+            "Experiment": ["", "", "clahe", "same"],
+            "rev": ["workspace", "main", e_rev[:7], s_rev[:7]],
+            "typ": ["baseline", "baseline", "branch_commit", "branch_commit"],
         }
     )
     table.loc[1, "rev"] = b_rev
@@ -125,4 +138,7 @@ def test_against_pairs_each_experiment_with_the_baseline_on_the_same_images(tmp_
     assert f"{iv.point:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}], 1 run (test_set)" in site
     assert iv.lo > 0 and site.endswith("-> clahe ahead (suggestive)")  # one seed: never conclusive
     assert "  clahe ft internal:" in "\n".join(lines)
-    assert lines[-1] == f"clahe a-fe internal: not the same images as {b_rev}'s; not compared"
+    assert lines[-2] == f"clahe a-fe internal: not the same images as {b_rev}'s; not compared"
+    # identical predictions are no comparison: not tested, not counted in the correction
+    assert lines[-1] == f"same: 3 of its runs score exactly as {b_rev}'s (the same models); not compared"
+    assert len([x for x in lines if x.startswith("  ")]) == 2

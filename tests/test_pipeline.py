@@ -115,6 +115,13 @@ def test_repro_writes_every_output(repo):
         keys = keys or set(m)
         assert set(m) == keys and "seeds" not in m  # identical keys for every mode; one seed: one run
         assert m == json.loads((repo / "eval" / f"{n}-s0" / "headline.json").read_text())
+        # beside the lean headline, its intervals: one run, the test-set bootstrap evaluate also drew
+        iv = json.loads((repo / "metrics" / "intervals" / f"{n}.json").read_text())
+        full = json.loads((repo / "eval" / f"{n}-s0" / "metrics.json").read_text())
+        assert iv["auroc"] == pytest.approx(m["auroc"]) and iv["accuracy"] == pytest.approx(m["accuracy"])
+        assert [iv["accuracy_ci_low"], iv["accuracy_ci_high"]] == pytest.approx(
+            full["ci"]["accuracy"], abs=1e-6
+        )
         pred = pd.read_csv(repo / "eval" / f"{n}-s0" / "predictions.csv")
         assert len(pred) == m["n_test"] == 6
         assert m["accuracy"] == pytest.approx((pred["predicted"] == pred["class"]).mean())
@@ -365,6 +372,10 @@ def test_another_seed_trains_only_the_new_runs_and_the_report_aggregates_them(re
         assert agg["seeds"] == 2 and agg["accuracy"] == pytest.approx(sum(accs) / 2, abs=1e-6)
         assert agg["accuracy_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5, abs=1e-6)
         assert "accuracy_ci_low" not in agg  # a single run's bootstrap interval is not the mean's
+        iv = json.loads((work / "metrics" / "intervals" / f"efficientnet_lite0-{m}.json").read_text())
+        assert iv["accuracy"] == pytest.approx(agg["accuracy"], abs=1e-6)  # the mean's, over the seeds
+        if iv["accuracy_ci_low"] is not None:
+            assert iv["accuracy_ci_low"] < agg["accuracy"] < iv["accuracy_ci_high"]
     table = pd.read_csv(work / "metrics" / "summary.csv").set_index("NETWORK")
     assert table.loc["efficientnet_lite0-ft", "Seeds"] == 2
     assert table.loc["efficientnet_lite0-ft", "AUROC"] == pytest.approx(
@@ -594,18 +605,17 @@ def test_the_browser_check_catches_a_page_that_loads_from_a_cdn(tmp_path):
 
 
 def test_the_experiments_table_is_narrow_and_reads_the_headline_files(repo):
-    out = sh(repo, sys.executable, "-m", "cxr_transfer", "experiments", "--figures", "accuracy", "auroc")
+    out = sh(
+        repo, sys.executable, "-m", "cxr_transfer", "experiments", "--figures", "accuracy", "--intervals"
+    )
     lines = out.strip().splitlines()
     assert lines[0].split()[:3] == ["experiment", "fe", "acc"] and max(map(len, lines)) < 200
     fe = json.loads((repo / "metrics" / "modes" / "efficientnet_lite0-fe.json").read_text())
-    row = dict(
-        zip(
-            lines[0].replace(" acc", "_acc").replace(" AUROC", "_AUROC").split(),
-            lines[1].split(),
-            strict=True,
-        )
-    )
-    assert row["experiment"] == "workspace" and row["fe_acc"] == f"{fe['accuracy']:.3f}"
+    iv = json.loads((repo / "metrics" / "intervals" / "efficientnet_lite0-fe.json").read_text())
+    cell = f"{fe['accuracy']:.3f} [{iv['accuracy_ci_low']:.3f}, {iv['accuracy_ci_high']:.3f}]"
+    assert (
+        lines[1].split()[0] == "workspace" and lines[1].split()[1:4] == cell.split()
+    )  # the figure, its interval
 
 
 def test_a_folder_remote_round_trip_restores_the_results_without_retraining(repo, tmp_path):

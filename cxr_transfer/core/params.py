@@ -290,7 +290,7 @@ class ModeConfig:
     train_bn: bool = False  # BatchNorm layers train during the frozen epochs (fastai's train_bn)
     betas: tuple[float, ...] = (0.9, 0.999)  # Adam/AdamW's (beta1, beta2); one_cycle cycles beta1 per step
     eps: float = 1e-8  # Adam/AdamW's epsilon
-    acquisition: AcquisitionConfig = AcquisitionConfig()  # off: see AcquisitionConfig
+    acquisition: AcquisitionConfig = field(default_factory=AcquisitionConfig)  # off: see AcquisitionConfig
 
     @classmethod
     def from_json(cls, d: dict) -> ModeConfig:

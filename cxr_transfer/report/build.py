@@ -83,8 +83,10 @@ def build_report(p: Params, paths: ReportPaths, bundle) -> str:
     answer = compare.answer_lines(pairs, best, keys, summary.flagged_probes(probe), unit)
     sites, shortcut = external_results(paths, p, runs, scored, best, auroc_key)
     paths.modes_metrics.mkdir(parents=True, exist_ok=True)
-    for n, a in aggregated.items():
-        write_json(paths.modes_metrics / f"{n}.json", mode_metrics(a, own[n], sites, n, keys))
+    (paths.out_metrics / "intervals").mkdir(parents=True, exist_ok=True)
+    for n, a in aggregated.items():  # the lean headline (a DVC metric) and its intervals beside it
+        write_json(paths.modes_metrics / f"{n}.json", a)
+        write_json(paths.out_metrics / "intervals" / f"{n}.json", interval_file(own[n], sites, n, keys))
     if sites:
         answer += ["**On images from another site:**", "", *external.answer_lines(sites, auroc_key)]
     table = summary.summary_table(full, figures, auroc_key, best_marks(best, sites))
@@ -128,12 +130,13 @@ def build_report(p: Params, paths: ReportPaths, bundle) -> str:
     return md
 
 
-def mode_metrics(headline: dict, own: dict, sites: list[dict], name: str, keys) -> dict:
-    """metrics/modes/<arch>-<mode>.json, what `dvc exp show` and `cxr-transfer experiments` put
-    side by side: the headline (means over seeds), each of `keys` with its interval (the
-    verdict procedure's: `<figure>_ci_low`, `<figure>_ci_high`), and per external site the same
-    figures there (`external.<site>.<figure>`, with theirs)."""
-    out = dict(headline)
+def interval_file(own: dict, sites: list[dict], name: str, keys) -> dict:
+    """metrics/intervals/<arch>-<mode>.json, beside the headline in metrics/modes (which stays lean,
+    so `dvc metrics show` fits a terminal), what `cxr-transfer experiments` reads from each
+    experiment's commit: each of `keys` with its point and interval (the verdict procedure's:
+    `<figure>`, `<figure>_ci_low`, `<figure>_ci_high`), and per external site the same figures
+    there (`external.<site>`)."""
+    out = {key: _r(own[key].point) for key in keys}
     for key in keys:
         iv = own[key]
         out |= {f"{key}_ci_low": _r(iv.lo), f"{key}_ci_high": _r(iv.hi)}

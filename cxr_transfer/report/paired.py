@@ -50,6 +50,13 @@ class Tree:
             return f.read_text() if f.is_file() else None
         return self._git("show", f"{self.rev}:{path}")
 
+    def files(self, path: str) -> list[str]:
+        if self.rev is None:
+            d = self.root / path
+            return sorted(q.name for q in d.iterdir() if q.is_file()) if d.is_dir() else []
+        out = self._git("ls-tree", "--name-only", f"{self.rev}:{path}")
+        return sorted(out.split()) if out else []
+
     def folders(self, path: str) -> list[str]:
         if self.rev is None:
             d = self.root / path
@@ -112,9 +119,11 @@ def per_fold(tree: Tree, name: str, seeds: list[int]) -> dict | None:
     return crossval.by_run(seeds, metrics)
 
 
-def against(table: pd.DataFrame, baseline: str | None, root: Path = Path(".")) -> list[str]:
-    """The lines of `cxr-transfer experiments --against`: each other row's modes minus the
-    baseline row's, internal and at every external site both have, on the AUROC."""
+def against(
+    table: pd.DataFrame, baseline: str | None, root: Path = Path("."), modes: list[str] | None = None
+) -> list[str]:
+    """The lines of `cxr-transfer experiments --against`: each other row's modes (`modes`: only
+    these) minus the baseline row's, internal and at every external site both have, on the AUROC."""
     label = table["Experiment"].where(table["Experiment"] != "", table["rev"])
     rows = list(zip(label, table["rev"], table["typ"], strict=True))
     if baseline is None:
@@ -135,21 +144,34 @@ def against(table: pd.DataFrame, baseline: str | None, root: Path = Path(".")) -
     figure = summary.figures_for(len(classes))[1]
     sets = [INTERNAL, *[e for e in btree.folders("eval/external")]]
     base_frames = {w: frames_at(btree, w) for w in sets}
-    todo, notes = [], []
+    todo, notes, same = [], [], {}
+    state = dict(zip(label, table["State"] if "State" in table else [""] * len(table), strict=True))
     for r in rows:
+        if state.get(r[0]) in ("Running", "Queued", "Failed"):
+            notes.append(f"{r[0]}: {state[r[0]].lower()}, not compared")
+            continue
         if r == base or (r[1] == "workspace" and base[1] != "workspace" and _same_as(table, r, base)):
             continue
         tree = tree_of(r)
         for where in sets:
             theirs, ours = base_frames[where], frames_at(tree, where)
             for name in sorted(set(theirs) & set(ours)):
+                if modes and name.rpartition("-")[2] not in modes:
+                    continue
                 seeds = sorted(set(theirs[name]) & set(ours[name]))
                 order = theirs[name][seeds[0]][0]["path"] if seeds else None
                 mine = [aligned(ours[name][s], order) for s in seeds] if seeds else [None]
                 if any(m is None for m in mine):
                     notes.append(f"{r[0]} {name} {where}: not the same images as {base[0]}'s; not compared")
                     continue
+                if all(_same_scores(m, theirs[name][s]) for m, s in zip(mine, seeds, strict=True)):
+                    same.setdefault(r[0], []).append(f"{name} {where}")
+                    continue
                 todo.append((r, tree, where, name, seeds, mine))
+    for exp, what in same.items():  # the same models (DVC's run cache): no test, and none counted
+        notes.append(
+            f"{exp}: {len(what)} of its runs score exactly as {base[0]}'s (the same models); not compared"
+        )
     if not todo:
         return [f"Nothing to compare with {base[0]}: no other experiment shares its runs and images.", *notes]
     conf = verdicts.bonferroni(cfg.confidence, len(todo))
@@ -178,6 +200,14 @@ def against(table: pd.DataFrame, baseline: str | None, root: Path = Path(".")) -
             f"{verdicts.ahead(r[0], base[0], iv)}"
         )
     return lines + notes
+
+
+def _same_scores(mine: list[pd.DataFrame], theirs: list[pd.DataFrame]) -> bool:
+    """Whether two runs' predictions (already in the same row order) are identical."""
+    cols = [c for c in theirs[0].columns if c == "probability" or c.startswith("p_")]
+    return len(mine) == len(theirs) and all(
+        a[cols].to_numpy().tolist() == b[cols].to_numpy().tolist() for a, b in zip(mine, theirs, strict=True)
+    )
 
 
 def _same_as(table: pd.DataFrame, row, base) -> bool:
