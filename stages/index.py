@@ -17,7 +17,7 @@ def main() -> None:
     p = load_params(args.params)
     d = p.data
     df, report = index_folder(
-        Path(d.root), d.classes, d.metadata, d.metadata_paths(), p.index, d.bits_stored, labels=d.labels
+        Path(d.root), d.classes, d.metadata, p.index, d.bits_stored, labels=d.labels, sources=d.sources
     )
     write_csv(df, args.out)
     # a committed file: an absolute data.root (a personal or hospital path) is not written, its name is

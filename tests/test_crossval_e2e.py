@@ -128,15 +128,23 @@ def test_leave_one_source_out_runs_where_two_sources_hold_both_classes(tmp_path)
 
 
 def test_leave_one_source_out_refuses_sources_that_each_hold_one_class(tmp_path):
-    """Each source one class (the COVID-19 Radiography Database's case): the split stage stops
-    with one line saying the data cannot separate source from label, and nothing is trained."""
+    """Each source one class (the COVID-19 Radiography Database's case), here given as one folder
+    of class folders per source (data.sources): the split stage stops with one line saying the
+    data cannot separate source from label, and nothing is trained."""
+    import shutil
     import subprocess
     import sys
 
+    from tests.test_pipeline import sh
+
     work = make_project(tmp_path / "proj", TINY)
-    _with_sources(work, {"Normal": lambda i: "hospital-a", "Covid": lambda i: "archive-b"})
+    sh(work, "dvc", "repro", "synthesize")  # the sources as folders under data.root (data.sources)
+    shutil.copytree(work / "data" / "raw" / "NORMAL", work / "own" / "hospital-a" / "NORMAL")
+    shutil.copytree(work / "data" / "raw" / "COVID", work / "own" / "archive-b" / "COVID")
+    keys = ["-S", "data.root=own", "-S", "data.sources={hospital-a: hospital-a, archive-b: archive-b}"]
+    keys += ["-S", "split.folds_by=source", "-S", "train.modes=[fe]"]
     env = {"PATH": f"{sys.executable.rpartition('/')[0]}:/usr/bin:/bin", "DVC_NO_ANALYTICS": "1"}
-    r = subprocess.run(["dvc", "exp", "run", *SOURCE_KEYS], cwd=work, env=env, capture_output=True, text=True)
+    r = subprocess.run(["dvc", "exp", "run", *keys], cwd=work, env=env, capture_output=True, text=True)
     assert r.returncode != 0
     said = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("split: error:")]
     why = [

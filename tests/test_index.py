@@ -319,6 +319,49 @@ def test_link_loops_dangling_links_and_non_utf8_names_are_skipped_and_listed(see
     assert len(pd.read_csv(out)) == 12 and "latin\\\\xe9\\\\xff.png" in report.read_text()
 
 
+def test_check_params_names_every_entry_dvc_cannot_hash_in_one_line(seed_layout, tmp_path):
+    """DVC hashes data.root before index runs and stops at the first such entry with its own error
+    (naming no file for a name that is not UTF-8); check_params, which runs first on every dvc
+    repro, names them all in one line, folders with such names included."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, write_image
+
+    covid = seed_layout / "COVID"
+    os.symlink("b.png", covid / "a.png")
+    os.symlink("a.png", covid / "b.png")
+    os.symlink("/nonexistent/x.png", covid / "x.png")
+    os.mkfifo(covid / "pipe.png")
+    normal = os.fsencode(seed_layout / "NORMAL")
+    write_image(Path(os.fsdecode(normal + b"/latin\xe9\xff.png")), seed=77)
+    os.mkdir(os.fsdecode(normal + b"/scans\xff"))
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  root: {seed_layout}\nexternal: []\n")
+    ok = tmp_path / "ok"
+    cmd = [sys.executable, "-m", "stages.check_params", "--params", str(params), "--out", str(ok)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == "" and not (tmp_path / "ok").exists(), r.stderr
+    (line,) = r.stderr.splitlines()
+    assert line.startswith("check_params: error: data.root: 6 entries DVC cannot hash"), line
+    for entry, why in [
+        ("COVID/a.png", "symbolic link loop"),
+        ("COVID/b.png", "symbolic link loop"),
+        ("COVID/x.png", "dangling symbolic link (its target is missing)"),
+        ("COVID/pipe.png", "not a regular file (a FIFO, socket or device)"),
+        ("NORMAL/latin\\xe9\\xff.png", "file name is not valid UTF-8 (rename the file)"),
+        ("NORMAL/scans\\xff", "folder name is not valid UTF-8 (rename it)"),
+    ]:
+        assert f"{seed_layout}/{entry} ({why})" in line, entry
+    for f in ("COVID/a.png", "COVID/b.png", "COVID/x.png", "COVID/pipe.png"):
+        os.remove(seed_layout / f)
+    os.remove(os.fsdecode(normal + b"/latin\xe9\xff.png"))
+    os.rmdir(os.fsdecode(normal + b"/scans\xff"))
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and (tmp_path / "ok").read_text() == "params.yaml is valid\n", r.stderr
+
+
 def test_the_index_stage_writes_data_csv_atomically(seed_layout, tmp_path, monkeypatch):
     """A failure mid-write (here: the CSV writer raising half-way) leaves the previous data.csv
     whole and no temporary file behind."""

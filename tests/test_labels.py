@@ -30,7 +30,7 @@ def make(tmp_path, rows):
 def index(root, **kw):
     cfg = LabelsConfig("labels.csv", "Image Index", "Finding Labels")
     meta = MetadataConfig(patient_column="Patient ID")
-    return index_folder(root, CLASSES, meta, [], IndexConfig(workers=1), labels=cfg, **kw)
+    return index_folder(root, CLASSES, meta, IndexConfig(workers=1), labels=cfg, **kw)
 
 
 def test_a_labels_table_with_three_classes_indexes_what_it_names_and_counts_every_skip(tmp_path):
@@ -63,7 +63,7 @@ def test_a_table_without_the_named_column_is_one_line_naming_it(tmp_path):
     root = make(tmp_path, [["n1.png", "No Finding", "p1"]])
     with pytest.raises(CxrError) as e:
         index_folder(
-            root, CLASSES, MetadataConfig(), [], IndexConfig(workers=1), labels=LabelsConfig("labels.csv")
+            root, CLASSES, MetadataConfig(), IndexConfig(workers=1), labels=LabelsConfig("labels.csv")
         )
     assert "no column 'file' (data.labels.filename_column)" in str(e.value) and "\n" not in str(e.value)
 

@@ -99,3 +99,31 @@ def test_the_database_with_three_and_four_classes_configured(tmp_path):
         assert report["images_without_source"] == 0
         assert sorted(df["label"].unique()) == list(range(len(classes)))
         assert (df.loc[df["class"] == "Viral_Pneumonia", "source"] == "https://example.org/other").all()
+
+
+def test_source_folders_give_each_image_its_folders_source_and_count_the_images_outside(tmp_path):
+    """data.sources: {name: folder under data.root}; an image's source is its folder's, whatever
+    its file name (both sources hold a 0.png), and an image under no source folder is a counted
+    skip. The split then counts each source's classes per part."""
+    from cxr_transfer.core.params import IndexConfig, MetadataConfig
+    from cxr_transfer.data.index import index_folder
+    from cxr_transfer.data.split import source_counts
+
+    root = tmp_path / "merged"
+    for i in range(4):
+        write_image(root / "hospital-a" / "NORMAL" / f"{i}.png", seed=i)
+        write_image(root / "hospital-a" / "COVID" / f"{i}.png", seed=10 + i)
+        write_image(root / "archive-b" / "COVID" / f"{i}.png", seed=20 + i)
+    write_image(root / "stray" / "NORMAL" / "x.png", seed=30)
+    folders = {"hospital-a": "hospital-a", "archive-b": "archive-b"}
+    meta = MetadataConfig(patient_column=None)
+    df, rep = index_folder(root, CLASSES, meta, IndexConfig(workers=1), sources=folders)
+    assert rep["source_folders"] == {"hospital-a": 8, "archive-b": 4}
+    assert rep["skipped_by_reason"] == {"outside every data.sources folder": 1}
+    src = df.set_index("path")["source"]
+    assert src["archive-b/COVID/0.png"] == "archive-b" and src["hospital-a/COVID/0.png"] == "hospital-a"
+    assert rep["per_class"] == {"Normal": 4, "Covid": 8}
+    assert source_counts({"train": df})["train"] == {
+        "archive-b": {"Covid": 4},
+        "hospital-a": {"Covid": 4, "Normal": 4},
+    }

@@ -255,16 +255,31 @@ def test_a_runs_curves_reach_dvc_plots_as_soon_as_it_has_trained(repo, tmp_path)
     assert curves["val_acc"].tolist() == pytest.approx(pd.read_csv(dvclive, sep="\t")["acc"].tolist())
 
 
+def ran(out: str) -> set[str]:
+    """The stages a dvc repro / exp run output says it ran."""
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
+
+
+def assert_up_to_date(repo: Path) -> None:
+    """Nothing left to run: dvc status lists only check_params, which is always changed (it scans
+    data.root before DVC hashes it), and a repro runs it alone and leaves dvc.lock as it was."""
+    assert sh(repo, "dvc", "status").split() == ["check_params:", "always", "changed"]
+    lock = (repo / "dvc.lock").read_text()
+    assert ran(sh(repo, "dvc", "repro")) == {"check_params"}
+    assert (repo / "dvc.lock").read_text() == lock
+
+
 def test_second_repro_does_nothing(repo):
     out = sh(repo, "dvc", "repro")
-    assert "Data and pipelines are up to date" in out
-    assert "Running stage" not in out
+    assert ran(out) == {"check_params"}, out
+    skipped = {line.split("'")[1] for line in out.splitlines() if line.endswith("didn't change, skipping")}
+    assert len(skipped) == len(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) - 1, out
+    assert_up_to_date(repo)
 
 
 def would_run(repo: Path, *args: str) -> set[str]:
     """Stages `dvc repro --dry` (or `dvc exp run`) runs, from its 'Running stage' lines."""
-    out = sh(repo, "dvc", *args)
-    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
+    return ran(sh(repo, "dvc", *args))
 
 
 LITE0 = [f"efficientnet_lite0-{m}-0" for m in MODES]  # stage names: arch-mode-seed
@@ -276,11 +291,15 @@ def _dry_run_with(repo: Path, changes: dict) -> set[str]:
     set_params(repo, changes)
     try:
         # check_params runs for real (its output is the same bytes for every valid file); a dry run
-        # cannot know that and --force-downstream would then name every stage below it
+        # cannot know that, and from an always-changed stage --force-downstream names every stage
+        # below it: the dry run reads dvc.yaml without always_changed
         assert would_run(repo, "repro", "check_params") == {"check_params"}
+        dvc_yaml = (repo / "dvc.yaml").read_text()
+        assert "    always_changed: true" in dvc_yaml
+        (repo / "dvc.yaml").write_text(dvc_yaml.replace("always_changed: true", "always_changed: false"))
         return would_run(repo, "repro", "--dry", "--force-downstream")
     finally:
-        sh(repo, "git", "checkout", "params.yaml", "dvc.lock")
+        sh(repo, "git", "checkout", "params.yaml", "dvc.lock", "dvc.yaml")
 
 
 def test_a_misspelled_or_bad_key_stops_repro_and_exp_run_before_anything_runs(repo):
@@ -301,12 +320,35 @@ def test_a_misspelled_or_bad_key_stops_repro_and_exp_run_before_anything_runs(re
                 assert r.returncode != 0, out
                 assert f"check_params: error: {line}" in out.splitlines(), out
                 assert "Traceback" not in out
-                ran = {s.split("'")[1] for s in out.splitlines() if s.startswith("Running stage '")}
-                assert ran == {"check_params"}, out
+                assert ran(out) == {"check_params"}, out
         finally:
             sh(repo, "git", "checkout", "params.yaml", "dvc.lock")
     # the key fixed, nothing is left to run: the check's marker was kept (persist) when it failed
-    assert "Data and pipelines are up to date" in sh(repo, "dvc", "repro")
+    assert_up_to_date(repo)
+
+
+def test_entries_dvc_cannot_hash_stop_repro_at_check_params_even_with_params_yaml_unchanged(repo, tmp_path):
+    """DVC hashes data.root before index runs and would stop at the first dangling link, link loop
+    or name that is not UTF-8 with its own error. check_params is always changed, so a folder that
+    gains them after params.yaml was checked still stops at it, with all of them in one line."""
+    db = radiography_db(tmp_path / "xrays", ("COVID", "Normal"), n=3)
+    set_params(repo, {("data", "root"): str(db)})
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    try:
+        assert would_run(repo, "repro", "check_params") == {"check_params"}  # checked, the folder clean
+        os.symlink("missing.png", db / "COVID" / "images" / "dangling.png")
+        os.symlink("loop.png", db / "COVID" / "images" / "loop.png")
+        (Path(os.fsdecode(os.fsencode(db / "Normal" / "images") + b"/caf\xe9.png"))).write_bytes(b"")
+        r = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0 and ran(out) == {"check_params"}, out
+        (line,) = [x for x in out.splitlines() if x.startswith("check_params: error:")]
+        assert "data.root: 3 entries DVC cannot hash" in line, line
+        for entry in ("COVID/images/dangling.png", "COVID/images/loop.png", "Normal/images/caf\\xe9.png"):
+            assert f"{db}/{entry} (" in line, entry
+        assert "Errno" not in out and "surrogates" not in out and "Traceback" not in out, out
+    finally:
+        sh(repo, "git", "checkout", "params.yaml", "dvc.lock")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -336,7 +378,7 @@ def test_changing_image_size_reruns_prepare_and_everything_below_it(repo):
         "report",
         *(f"export@{n[:-2]}" for n in LITE0),
     }
-    assert "up to date" in sh(repo, "dvc", "status")  # the workspace is untouched
+    assert_up_to_date(repo)  # the workspace is untouched
 
 
 def test_changing_the_ft_lr_reruns_only_the_ft_stages_and_report(repo):
@@ -344,7 +386,7 @@ def test_changing_the_ft_lr_reruns_only_the_ft_stages_and_report(repo):
     ran = _dry_run_with(repo, {("modes", "ft"): {**p["modes"]["ft"], "lr": 0.0005}})
     ft = "efficientnet_lite0-ft"
     assert ran == {f"train@{ft}-0", f"evaluate@{ft}-0", "report", f"export@{ft}"}
-    assert would_run(repo, "repro", "--dry") == set()
+    assert would_run(repo, "repro", "--dry") == {"check_params"}
 
 
 def test_another_seed_trains_only_the_new_runs_and_the_report_aggregates_them(repo, tmp_path):
@@ -465,6 +507,9 @@ TOOL_FILES = (".git/", ".dvc/", ".gitignore", ".dvcignore", ".resume/", "params.
 # check_params' marker: declared by the root stages so they run after the whole-file check; the
 # same bytes for every valid file, so it orders and never reruns anything (nothing reads it)
 ORDER_DEPS = {"data/params.ok"}
+# check_params lists the data folders (names and file types, never contents) to name what DVC cannot
+# hash; declaring them would make DVC hash them before it runs. It reads every key (the whole file).
+LISTS_ONLY = {"check_params"}
 
 
 def _under(path: str, prefixes, sep: str = "/") -> bool:
@@ -472,14 +517,15 @@ def _under(path: str, prefixes, sep: str = "/") -> bool:
     return any(path == p or path.startswith(p.rstrip(sep) + sep) for p in prefixes)
 
 
-def _declared_vs_read(stage: dict, trace: dict, root: Path) -> dict[str, set]:
-    declared_keys = set(stage.get("params", {}).get("params.yaml", {}))
-    read_keys = set(trace["params"])
+def _declared_vs_read(stage: dict, trace: dict, root: Path, lists_only: bool = False) -> dict[str, set]:
     deps = {d["path"] for d in stage.get("deps", [])}
     outs = {o["path"] for o in stage.get("outs", [])}
+    read_keys = set(trace["params"])
+    whole_file = lists_only and "params.yaml" in deps  # every key declared
+    declared_keys = read_keys if whole_file else set(stage.get("params", {}).get("params.yaml", {}))
     files = set()
     code_dirs = {os.path.dirname(m) for m in trace["modules"]}  # the import system lists these
-    for f in trace["opened"] + trace["listed"]:
+    for f in trace["opened"] + ([] if lists_only else trace["listed"]):
         rel = os.path.relpath(f, root)
         if rel.startswith("..") or rel == "." or rel in code_dirs or _under(rel, TOOL_FILES):
             continue
@@ -523,7 +569,8 @@ def traced_problems(work: Path, names, tmp_path: Path) -> dict:
         sh(work, sys.executable, str(ROOT / "tests" / "trace_stage.py"), str(out), *argv[2:])
         trace = json.loads(out.read_text())
         assert trace["exit"] == 0, name
-        found = {k: sorted(v) for k, v in _declared_vs_read(lock[name], trace, work).items() if v}
+        seen = _declared_vs_read(lock[name], trace, work, lists_only=name in LISTS_ONLY)
+        found = {k: sorted(v) for k, v in seen.items() if v}
         if found:
             problems[name] = found
     print(json.dumps(problems, indent=1))
@@ -553,7 +600,7 @@ def test_radiography_database_layout_by_changing_data_root_alone(repo, tmp_path)
     assert sorted(data["source"].unique()) == sorted(URLS.values())
     n = [json.loads((work / "data" / "prepared" / s / "meta.json").read_text())["n"] for s in SPLITS]
     assert sum(n) == 10
-    assert "up to date" in sh(repo, "dvc", "status")  # the shared project is untouched
+    assert_up_to_date(repo)  # the shared project is untouched
 
 
 CHROMIUM = find_chromium()
@@ -632,8 +679,7 @@ def test_a_folder_remote_round_trip_restores_the_results_without_retraining(repo
     sh(tmp_path, "git", "clone", "-q", str(origin), str(fresh))
     assert not (fresh / "models").exists() and not (fresh / "data" / "prepared").exists()
     sh(fresh, "dvc", "pull")
-    out = sh(fresh, "dvc", "repro")
-    assert "Running stage" not in out and "Data and pipelines are up to date." in out, out
+    assert_up_to_date(fresh)
 
     show = ("dvc", "metrics", "show", "--json")
     assert json.loads(stdout(fresh, *show)) == json.loads(stdout(origin, *show)) != {}

@@ -64,6 +64,7 @@ class DataConfig:
     bits_stored: int | None = None
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
+    sources: dict[str, str] | None = None  # source name -> its folder under data.root (class folders)
 
     def __post_init__(self):
         _check(
@@ -109,6 +110,32 @@ class DataConfig:
             for alias in (name, *aliases):
                 other = seen.setdefault(alias.lower(), name)
                 _check(other == name, f"data.classes.{name}", f"alias {alias!r} also names {other}")
+
+        if self.sources is not None:
+            self._check_sources()
+
+    def _check_sources(self) -> None:
+        _check(len(self.sources) >= 1, "data.sources", "name at least one source, or set it to null")
+        _check(
+            self.metadata.source_column is None,
+            "data.sources",
+            "data.metadata.source_column also gives each image a source; keep one of the two",
+        )
+        aliases = {a.lower() for c, al in self.classes.items() for a in (c, *al)}
+        seen: dict[tuple, str] = {}
+        for name, folder in self.sources.items():
+            key = f"data.sources.{name}"
+            bad = name != name.strip() or name == "" or any(c in "|" or not c.isprintable() for c in name)
+            _check(not bad, key, "a source name is a table cell: no |, control characters or outer spaces")
+            parts = Path(folder).parts
+            inside = not Path(folder).is_absolute() and ".." not in parts and folder.strip() not in ("", ".")
+            _check(inside, key, f"{folder!r}: give the source's folder relative to data.root (DVC hashes it)")
+            clash = next((p for p in parts if p.lower() in aliases), None)
+            _check(clash is None, key, f"{folder!r}: {clash!r} names a class; a source's folder holds those")
+            for other, name2 in seen.items():
+                nested = parts[: len(other)] == other or other[: len(parts)] == parts
+                _check(not nested, key, f"{folder!r} nests with data.sources.{name2}; give separate folders")
+            seen[parts] = name
 
     def metadata_paths(self) -> list[Path]:
         """The metadata tables, which lie inside data.root (so DVC tracks their contents)."""

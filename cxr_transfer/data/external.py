@@ -75,13 +75,11 @@ def prepare_external(p: Params, name: str, internal: pd.DataFrame, out: Path) ->
     # each class's folder aliases: the set's own where it names them, else the training data's
     classes = {c: (ext.classes or p.data.classes)[c] for c in (ext.classes or p.data.classes)}
     root = Path(ext.root)
-    metadata_paths = [root / f for f in ext.metadata.file or ()]
     key = f"external[{[e.name for e in p.external].index(ext.name)}].root"
     df, report = index_folder(
         root,
         classes,
         ext.metadata,
-        metadata_paths,
         p.index,
         p.data.bits_stored,
         key,

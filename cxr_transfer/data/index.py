@@ -227,28 +227,47 @@ def tabulate(root: Path, classes, candidates: tuple, decode: tuple, lookups: tup
     return df[COLUMNS].sort_values("path").reset_index(drop=True), report
 
 
+def source_folders(found: list, skipped: list, folders: dict[str, str]) -> tuple[list, dict[str, str]]:
+    """The candidates under one of data.sources' folders (source name -> folder relative to
+    data.root) and each one's source; a candidate under none is a skip with its reason."""
+    prefixes = {name: Path(folder).parts for name, folder in folders.items()}
+    keep, where = [], {}
+    for rel, cls in found:
+        parts = Path(rel).parts
+        name = next((n for n, pre in prefixes.items() if parts[: len(pre)] == pre), None)
+        if name is None:
+            skipped.append({"path": rel, "reason": "outside every data.sources folder"})
+        else:
+            keep.append((rel, cls))
+            where[rel] = name
+    return keep, where
+
+
 def index_folder(
     root: Path,
     classes,
     metadata,
-    metadata_paths,
     cfg,
     bits_stored=None,
     key="data.root",
     all_classes=True,
     labels=None,
+    sources=None,
 ):
     """Index one folder with its metadata tables (patients, sources): the index stage's whole job,
     shared by the external test sets. Classes come from the class folders, or with `labels`
     (data.labels, a file set) from a table naming each image and its label, whose patient and
-    source columns then work as the metadata table's. `cfg`: params' index section. Returns (data
-    frame, report)."""
+    source columns then work as the metadata table's. `sources` (data.sources: source name ->
+    folder under root) gives each image the source of the folder it lies in. `cfg`: params' index
+    section. Returns (data frame, report)."""
     root = _checked_root(root, key)
+    metadata_paths = [root / f for f in metadata.file or ()]
     table = root / labels.file if labels is not None and labels.file else None
-    candidates = None
+    aliases = {a.lower(): c for c, al in classes.items() for a in (c, *al)}
     if table is not None:  # the labels table first: its own columns are checked before anything else
-        aliases = {a.lower(): c for c, al in classes.items() for a in (c, *al)}
         candidates = labelled(root, table, (labels.filename_column, labels.label_column), aliases)
+    else:
+        candidates = walk(root, aliases)
     mp = plan(
         root,
         classes,
@@ -262,22 +281,28 @@ def index_folder(
         table is not None and not metadata_paths
     ):  # the table's own patient and source columns, where it has them
         mp, filename_col = table_columns(table, metadata), labels.filename_column
-    groups = sources = None
+    groups = by_name = None
     if mp.tables and mp.patient_column:
         groups = read_columns(mp.tables, filename_col, mp.patient_column, "patient_column")
     if mp.tables and mp.source_column:
-        sources = read_columns(mp.tables, filename_col, mp.source_column, "source_column")
+        by_name = read_columns(mp.tables, filename_col, mp.source_column, "source_column")
+    found, skipped = candidates
+    if sources:
+        found, where = source_folders(found, skipped, sources)
+    if not found:
+        raise IndexError_(
+            f"no images found under {root} in folders named {sorted(aliases)}; check {key} and "
+            f"data.classes ({len(skipped)} files skipped)"
+            if table is None
+            else f"{table}: no row names an image of a configured class ({len(skipped)} skipped)"
+        )
     decode = (cfg.max_pixels, cfg.workers, bits_stored)
-    if table is None:
-        df, report = build_index(root, classes, *decode[:2], groups, bits_stored, sources, key, all_classes)
-    else:
-        found, skipped = candidates
-        if not found:
-            raise IndexError_(
-                f"{table}: no row names an image of a configured class ({len(skipped)} skipped)"
-            )
-        df, report = tabulate(root, classes, (found, skipped), decode, (groups, sources), all_classes)
+    df, report = tabulate(root, classes, (found, skipped), decode, (groups, by_name), all_classes)
+    if table is not None:
         report["labels"] = {"table": table.name, "rows_used": len(found)}
+    if sources:
+        df["source"] = df["path"].map(where)
+        report["source_folders"] = {n: int((df["source"] == n).sum()) for n in sources}
     report["metadata"] = {
         "tables": [t.name for t in mp.tables],
         "found": mp.found,
