@@ -6,6 +6,7 @@ nothing here communicates. The backend is nccl on CUDA, gloo on the CPU."""
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -90,10 +91,24 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
+_WORKER = {"left": False}  # this process left a group as a rank other than 0
+
+
 def stop(world: World) -> None:
     """Leave the process group together: every rank waits at a barrier before it is destroyed, so
-    no rank exits while another still talks to it (gloo then aborted a rank at exit, now and then,
-    under load: "terminate called without an active exception")."""
+    no rank exits while another still talks to it."""
     if world.size > 1 and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        _WORKER["left"] = _WORKER["left"] or not world.main
+
+
+def exit_if_worker() -> None:
+    """A rank other than 0 ends here once its training is done, skipping the interpreter's
+    shutdown: gloo's threads could still abort it there under load after the group was destroyed
+    ("terminate called without an active exception", exit -6, the run failed). It writes nothing
+    but its log, flushed first."""
+    if _WORKER["left"]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -119,6 +119,7 @@ def run_training(p: Params, job: TrainJob) -> None:
     if folds is None:
         data = {s: load_store(job.prepared, s) for s in ("train", "val")}
         train_one(p, job, data, metas, job.out, job.live, job.resume_dir / job.out.name)
+        distributed.exit_if_worker()
         return
     x, y = load_store(job.prepared, "folds")
     pool = load_meta(job.prepared, "folds")
@@ -131,6 +132,7 @@ def run_training(p: Params, job: TrainJob) -> None:
         cv = {"fold": i, "k": folds["k"], "data": pool["sha1"]}
         train_one(p, job, data, metas, out, live, job.resume_dir / job.out.name / f"f{i}", cv)
     shutil.rmtree(job.resume_dir / job.out.name, ignore_errors=True)
+    distributed.exit_if_worker()
 
 
 def use_compile(setting: str | bool, arch: str, device, data, epochs: int) -> bool:
