@@ -33,18 +33,24 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def matmul_tflops(device: torch.device, n: int, iters: int) -> float:
-    """Measured dense matrix rate: bf16 on CUDA, fp32 elsewhere."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        a @ b
-    sync(device)
+def matmul_tflops(device: torch.device, n: int, iters: int, tf32: bool = False) -> float:
+    """Measured dense matrix rate: bf16 on CUDA (float32 with TF32 where `tf32`: the rate of a
+    float32 pass, whose convolutions cuDNN runs in TF32), fp32 elsewhere."""
+    dtype = torch.bfloat16 if device.type == "cuda" and not tf32 else torch.float32
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            a @ b
+        sync(device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
     return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12
 
 

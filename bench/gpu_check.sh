@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU day in one command (README: "One prepared GPU run"): installs what the machine lacks from
 # bench/wheels/ (no registry needed), says what is still missing, then runs the check.
-#   bash bench/gpu_check.sh                          # one CUDA GPU, about 10 minutes
+#   bash bench/gpu_check.sh --out "$OUT"             # one CUDA GPU, at most 6 minutes (--budget)
 #   bash bench/gpu_check.sh --device cpu --size tiny --out /tmp/x   # the test suite's run
 set -euo pipefail
 cd "$(dirname "$0")/.."

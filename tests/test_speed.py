@@ -159,6 +159,16 @@ def test_torch_compile_is_adopted_where_its_compile_time_is_repaid(monkeypatch):
     assert use_compile(True, "resnet18", cpu, data, 1) and not use_compile(
         False, "efficientnet_lite0", cpu, data, 99
     )
+    # only epochs that train every layer repay it: fe never does, ft_gradual's frozen epoch does not
+    from cxr_transfer.core.params import FT_GRADUAL, SEED_MODES
+
+    assert not use_compile("auto", "efficientnet_lite0", cpu, data, 400, SEED_MODES["fe"])
+    assert not use_compile("auto", "efficientnet_lite0", cpu, data, 400, SEED_MODES["ft_classifier"])
+    assert use_compile("auto", "efficientnet_lite0", cpu, data, 40, SEED_MODES["ft"])
+    assert FT_GRADUAL.freeze_epochs == 1 and not use_compile(
+        "auto", "efficientnet_lite0", cpu, data, 30, FT_GRADUAL
+    )
+    assert use_compile("auto", "efficientnet_lite0", cpu, data, 32, FT_GRADUAL)  # 31,000 image-steps
 
 
 def test_the_committed_compile_rule_is_what_the_bench_rows_imply():

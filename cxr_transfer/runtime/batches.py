@@ -59,7 +59,8 @@ class ArrayBatches:
             self.x = x  # read batch by batch (a memory-mapped .npy is never loaded whole)
         else:
             self.x = torch.as_tensor(np.array(x) if isinstance(x, np.ndarray) else x).to(device)
-        self.y = torch.as_tensor(np.asarray(y), dtype=torch.long).to(device)
+        self.y_host = torch.as_tensor(np.asarray(y), dtype=torch.long)
+        self.y = self.y_host.to(device)
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
         self.prefetch = 2  # streamed batches read ahead (a test varies it)
         self.shard = shard  # (rank, processes): each batch's items rank, rank + processes, ...
@@ -117,8 +118,8 @@ class ArrayBatches:
                 xb = ahead.pop(0).result()
                 if k + self.prefetch < len(picks):
                     ahead.append(pool.submit(self._read, picks[k + self.prefetch]))
-                yidx = idx.to(self.y.device) if isinstance(idx, torch.Tensor) else idx
-                yield xb.to(self.device, non_blocking=True), self.y[yidx]
+                yb = self.y_host[idx]  # the labels go up with their batch: no index upload, no wait
+                yield xb.to(self.device, non_blocking=True), to_device(yb, self.device)
 
 
 class Normalizer(torch.nn.Module):
@@ -146,6 +147,12 @@ class Normalizer(torch.nn.Module):
         if out is None or out.device != x.device:
             out = self._out[shape] = torch.empty(shape, device=x.device)
         return torch.addcmul(self.shift, x, self.scale, out=out)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`: on CUDA from pinned memory without blocking the host (a pageable
+    copy waits for the device at every step), elsewhere as it is."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
 def warp(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -182,8 +189,9 @@ def augment_batch(
     total, first, step = rows or (b, 0, 1)
     r = torch.rand(total, 6, generator=gen)[first::step][:b]
     r = torch.cat([r, torch.full((b - len(r), 6), 0.5)]) if len(r) < b else r  # a stand-in: no change
-    r = (r * 2 - 1).to(x.device)  # uniform in [-1, 1)
-    shift = r[:, :2] * max_shift * torch.tensor([w, h], device=x.device)
+    r = r * 2 - 1  # uniform in [-1, 1)
+    shift = to_device(r[:, :2] * max_shift * torch.tensor([w, h]), x.device)
+    r = to_device(r, x.device)
     y = warp(x.float(), shift, 1.0 + r[:, 2] * max_scale) / 255.0
     gamma = torch.exp(r[:, 3] * math.log1p(max_gamma)).view(b, 1, 1, 1)
     y = y.clamp(0, 1) ** gamma
@@ -241,15 +249,16 @@ def acquisition_shift(x: torch.Tensor, gen: torch.Generator, acq, rows: tuple[in
     if acq.noise:
         field = torch.randn(total, 1, h, w, generator=gen)[first::step][:b]
         field = torch.cat([field, torch.zeros(b - len(field), 1, h, w)]) if len(field) < b else field
-    u = u.to(x.device)
+    factor, sigma = 1.0 - u[:, 0] * acq.resolution, u[:, 1] * acq.blur  # read on the host: no sync
+    u = to_device(u, x.device)
     s = u * 2 - 1
     y = x.float() / 255.0
     if acq.resolution:
-        y = _resampled(y, 1.0 - u[:, 0] * acq.resolution)
+        y = _resampled(y, factor)
     if acq.blur:
-        y = _blurred(y, u[:, 1] * acq.blur)
+        y = _blurred(y, sigma)
     if field is not None:
-        y = y + field.to(x.device) * (u[:, 2] * acq.noise).view(b, 1, 1, 1)
+        y = y + to_device(field, x.device) * (u[:, 2] * acq.noise).view(b, 1, 1, 1)
     if acq.gamma:
         y = y.clamp(0, 1) ** torch.exp(s[:, 3] * math.log1p(acq.gamma)).view(b, 1, 1, 1)
     if acq.contrast:

@@ -113,7 +113,10 @@ def run_training(p: Params, job: TrainJob) -> None:
         )
     if tc.deterministic:  # before any CUDA work: cuBLAS reads this when it starts
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        # CUDA has no deterministic backward for some layers (VGG's adaptive average pooling):
+        # there PyTorch warns, naming the layer, instead of stopping the run
+        cuda = tc.device != "cpu" and torch.cuda.is_available()
+        torch.use_deterministic_algorithms(True, warn_only=cuda)
     metas = {s: load_meta(job.prepared, s) for s in ("train", "val")}
     folds = load_folds(job.prepared)
     if folds is None:
@@ -135,13 +138,17 @@ def run_training(p: Params, job: TrainJob) -> None:
     distributed.exit_if_worker()
 
 
-def use_compile(setting: str | bool, arch: str, device, data, epochs: int) -> bool:
+def use_compile(setting: str | bool, arch: str, device, data, epochs: int, mode=None) -> bool:
     """train.compile: true or false as given; auto where its compile time is repaid by the faster
-    steps of the planned run (epochs x training images; speed.compile_pays)."""
+    steps of the planned run's full-model epochs (those x training images; speed.compile_pays).
+    A mode that never trains every layer (fe, ft_classifier: one frozen feature pass, then the
+    head) has none, and ft_gradual's frozen epochs do not count."""
     if setting != "auto":
         return bool(setting)
+    if mode is not None:
+        epochs = epochs - mode.freeze_epochs if mode.trainable == "all" else 0
     x = data["train"][0]
-    return compile_pays(arch, device.type, x.shape[-1], epochs * len(x))
+    return epochs > 0 and compile_pays(arch, device.type, x.shape[-1], epochs * len(x))
 
 
 def train_one(
@@ -162,7 +169,7 @@ def train_one(
     torch.backends.cudnn.benchmark = device.type == "cuda"
     weights_dir = p.weights.dir if mode.pretrained and p.weights.source == "imagenet" else None
     model = build_model(job.arch, weights_dir, len(classes), job.seed)
-    compile_model = use_compile(tc.compile, job.arch, device, data, tc.epochs)
+    compile_model = use_compile(tc.compile, job.arch, device, data, tc.epochs, mode)
     budget = store_budget(device, tc.memory_budget)
     rs = setup_run(
         model, spec, data, mode, tc, RunContext(device, prec, job.seed, budget, world, compile_model)

@@ -45,6 +45,10 @@ class Objective:
     weight: torch.Tensor | None = None
     label_smoothing: float = 0.0
 
+    def on(self, device: torch.device) -> Objective:
+        """This objective with its class weights on `device` (moved once, not at every step)."""
+        return self if self.weight is None else replace(self, weight=self.weight.to(device))
+
     def terms(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed loss, its normaliser): the batch loss is their ratio, as in torch's 'mean'.
         Rows labelled IGNORE (a process's stand-in under torchrun) count in neither."""
@@ -138,7 +142,7 @@ def _run_epoch(loop: Loop, batches, steps: Steps, desc: str, training: bool, pro
     gradient average divides by: the objective of one process on the same global batch, whatever
     the share sizes or class weights. The returned figures are this process's share."""
     prec, device = steps.prec, steps.device
-    obj = steps.objective if steps.objective is not None and training else Objective()
+    obj = (steps.objective if steps.objective is not None and training else Objective()).on(device)
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     total_w = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
