@@ -4,9 +4,11 @@ scales with the dataset's size."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from bench.data_cases import make_pngs
+from cxr_transfer.core.profile import PHASES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,13 +115,15 @@ def demo(work: Path, params: dict | None = None, rev: str | None = None) -> dict
         ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"],
     ):
         _sh(dst, *cmd)
-    stages, total = _timed_repro(dst)
+    stages, total, phases = _timed_repro(dst)
     noop = _sh(dst, "dvc", "repro")
     return {
         "rev": rev or "working tree",
         "stages": stages,
+        "phases": phases,
         "training": _training_rates(dst),
         "test": _test_figures(dst),
+        "results_sha256": _result_digests(dst),
         "cold_total_seconds": round(total, 1),
         "noop_seconds": round(noop, 2),
         "target_cold_seconds": 180,
@@ -181,14 +186,18 @@ def _test_figures(project: Path) -> dict[str, dict]:
     return out
 
 
-def _timed_repro(cwd: Path) -> tuple[dict[str, float], float]:
-    """One `dvc repro`, as a user runs it: its wall time, and each stage's from the moment DVC
+def _timed_repro(cwd: Path) -> tuple[dict[str, float], float, dict[str, dict]]:
+    """One `dvc repro`, as a user runs it: its wall time, each stage's from the moment DVC
     prints "Running stage '<name>'" to the next such line (the last: to the end; DVC's own
-    bookkeeping between stages falls in the stage before)."""
+    bookkeeping between stages falls in the stage before), and where each stage's process spent
+    its time (cxr_transfer.core.profile; revisions without it give none)."""
+    log = cwd / ".bench-profile.jsonl"
+    log.unlink(missing_ok=True)
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "PYTHONUNBUFFERED": "1",  # each line when it is printed, not when a pipe buffer fills
+        "CXR_PROFILE": str(log),
     }
     t0 = time.perf_counter()
     starts: list[tuple[str, float]] = []
@@ -202,4 +211,91 @@ def _timed_repro(cwd: Path) -> tuple[dict[str, float], float]:
     if proc.returncode != 0:
         raise RuntimeError(f"dvc repro failed in {cwd}")
     ends = [t for _, t in starts[1:]] + [end]
-    return {n: round(e - t, 2) for (n, t), e in zip(starts, ends, strict=True)}, end - t0
+    stages = {n: round(e - t, 2) for (n, t), e in zip(starts, ends, strict=True)}
+    return stages, end - t0, _phases(stages, log)
+
+
+def _phases(stages: dict[str, float], log: Path) -> dict[str, dict]:
+    """Each stage's profile line (one per process, in the order DVC ran them) with `dvc`: the
+    stage's time outside its process (DVC's hashing, lock and start-up)."""
+    if not log.exists():
+        return {}
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    if len(lines) != len(stages):  # a stage without cli.run (or several processes): no join
+        return {}
+    out = {}
+    for (name, secs), line in zip(stages.items(), lines, strict=True):
+        if name.split("@")[0] != line["stage"]:
+            return {}
+        out[name] = {k: line[k] for k in ("seconds", *PHASES)}
+        out[name]["dvc"] = round(secs - line["seconds"], 3)
+    return out
+
+
+RESULT_FILES = (
+    "eval/*/metrics.json",
+    "eval/*/predictions.csv",
+    "eval/external/*/*/metrics.json",
+    "eval/external/*/*/predictions.csv",
+    "metrics/modes/*.json",
+    "metrics/gradcam_share.json",
+    "metrics/shortcuts.json",
+    "metrics/compare.json",
+    "metrics/external.json",
+)
+
+
+TIMINGS = {"train_seconds", "feature_seconds", "images_per_s"}  # in eval/*/metrics.json: not results
+
+
+def _result_digests(project: Path) -> dict[str, str]:
+    """sha256 of every file holding a result, JSON without its timing keys: equal digests, equal
+    results."""
+
+    def untimed(v):
+        if isinstance(v, dict):
+            return {k: untimed(x) for k, x in v.items() if k not in TIMINGS}
+        return [untimed(x) for x in v] if isinstance(v, list) else v
+
+    out = {}
+    for f in sorted(f for g in RESULT_FILES for f in project.glob(g)):
+        data = f.read_bytes()
+        if f.suffix == ".json":
+            data = json.dumps(untimed(json.loads(data)), sort_keys=True).encode()
+        out[str(f.relative_to(project))] = hashlib.sha256(data).hexdigest()[:16]
+    return out
+
+
+def _differ(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def compare_revs(work: Path, params: dict | None, revs: list[str | None], repeat: int) -> dict:
+    """The same cold demo at several revisions (None: the working tree), alternating (A B A B ...)
+    `repeat` times, so the VM's drift during the run falls on every revision alike: each run, each
+    revision's median stage by stage, and whether every result file matches the first revision's."""
+    runs = [demo(work, params, rev) for _ in range(repeat) for rev in revs]
+    names = [r["rev"] for r in runs[: len(revs)]]
+    by_rev = {}
+    for name in names:
+        mine = [r for r in runs if r["rev"] == name]
+        stages = {s: statistics.median(r["stages"].get(s, 0.0) for r in mine) for s in mine[0]["stages"]}
+        by_rev[name] = {
+            "cold_total_seconds": [r["cold_total_seconds"] for r in mine],
+            "median_cold_seconds": round(statistics.median(r["cold_total_seconds"] for r in mine), 1),
+            "median_stages": {s: round(v, 2) for s, v in stages.items()},
+        }
+    first = runs[0]["results_sha256"]
+    return {
+        "revs": names,
+        "repeat": repeat,
+        "order": [r["rev"] for r in runs],
+        "runs": runs,
+        "by_rev": by_rev,
+        "ratio_to_first": {
+            n: round(by_rev[n]["median_cold_seconds"] / by_rev[names[0]]["median_cold_seconds"], 3)
+            for n in names
+        },
+        # per run, in order: the result files unlike the first run's
+        "results_differ_from_first": [_differ(first, r["results_sha256"]) for r in runs],
+    }

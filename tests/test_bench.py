@@ -85,6 +85,15 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys):
     }
     demo = saved["demo"]  # one dvc repro: its stages' times partition its wall time after DVC's start-up
     assert demo["cold_total_seconds"] >= sum(demo["stages"].values()) - 0.05  # (rounding to 0.1 s)
+    assert set(demo["phases"]) == set(demo["stages"])  # every stage's process profiled, joined by order
+    for name, ph in demo["phases"].items():
+        parts = ph["import"] + ph["load"] + ph["work"] + ph["write"]
+        assert parts == pytest.approx(ph["seconds"], abs=0.01)
+        assert ph["seconds"] + ph["dvc"] == pytest.approx(demo["stages"][name], abs=0.01)
+        assert 0 < ph["seconds"] <= demo["stages"][name] and ph["import"] > 0.05
+    assert demo["phases"]["train@efficientnet_lite0-fe-0"]["load"] > 0  # ImageNet weights, the store
+    assert demo["phases"]["export@efficientnet_lite0-fe"]["write"] > 0  # model.onnx
+    assert "eval/efficientnet_lite0-fe-s0/predictions.csv" in demo["results_sha256"]
     ds = saved["dataset"]
     assert ds["images"] == 60 and set(ds["stages"]) == {"index", "split", "prepare"}
     assert ds["total_seconds"] == pytest.approx(sum(v["seconds"] for v in ds["stages"].values()), abs=0.1)
@@ -124,6 +133,37 @@ def test_the_folds_case_sets_one_split_against_k_folds(tmp_path, monkeypatch):
         tmp_path, 3, {}, single=fake_demo(tmp_path, {("split", "folds"): None})
     )
     assert ran == [None, 5, None, 3] and reused["k"] == 3  # the given one-split run is not run again
+
+
+def test_two_revisions_alternate_and_compare_medians_and_results(tmp_path, monkeypatch):
+    """--rev A,. --repeat 2 runs A, the tree, A, the tree; each revision's median stage by stage,
+    the ratio of the medians, and any result file unlike the first run's are reported."""
+    ran = []
+    seconds = iter([100.0, 60.0, 120.0, 70.0])  # the VM drifts: the second round is slower for both
+
+    def fake_demo(work, params, rev):
+        ran.append(rev)
+        total = next(seconds)
+        digests = {"eval/a/metrics.json": "1", "metrics/modes/a.json": "2" if rev or len(ran) < 4 else "3"}
+        return {
+            "rev": rev or "working tree",
+            "stages": {"train@a": total / 2, "evaluate@a": total / 4},
+            "cold_total_seconds": total,
+            "results_sha256": digests,
+        }
+
+    monkeypatch.setattr(pipeline_cases, "demo", fake_demo)
+    r = pipeline_cases.compare_revs(tmp_path, None, ["abc1234", None], 2)
+    assert ran == ["abc1234", None, "abc1234", None]
+    assert r["order"] == ["abc1234", "working tree", "abc1234", "working tree"]
+    before, after = r["by_rev"]["abc1234"], r["by_rev"]["working tree"]
+    assert before["median_cold_seconds"] == 110.0 and after["median_cold_seconds"] == 65.0
+    assert after["median_stages"] == {"train@a": 32.5, "evaluate@a": 16.25}
+    assert r["ratio_to_first"]["working tree"] == round(65 / 110, 3)
+    assert r["results_differ_from_first"] == [[], [], [], ["metrics/modes/a.json"]]
+    row = table({"demo": r})
+    assert "| demo cold `dvc repro`, median of 2 alternating runs (abc1234 -> working tree) | 110.0 s" in row
+    assert "| 65.0 s (results differ) | 0.591x | <= 150 s |" in row
 
 
 @pytest.mark.slow  # trains every mode of two archs and the seed experiment, at 32 px

@@ -11,12 +11,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cxr_transfer.core.errors import CxrError
+from cxr_transfer.core.profile import phase, profiled
 
 
 def run(main: Callable[[], None], stage: str) -> None:
     """Call a stage's main(); expected failures print `stage: error: ...` and exit 2."""
     try:
-        main()
+        profiled(stage, main)
     except (CxrError, FileNotFoundError) as e:
         print(f"{stage}: error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -37,8 +38,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # what open() would give, not mkstemp's 0600
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        with phase("write"):
+            yield Path(tmp)
+            os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

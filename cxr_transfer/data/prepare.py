@@ -13,6 +13,7 @@ import pandas as pd
 from cxr_transfer.core.cli import atomic_path, write_json, write_text
 from cxr_transfer.core.parallel import chunked_map
 from cxr_transfer.core.params import DataConfig, PrepareConfig
+from cxr_transfer.core.profile import phase
 from cxr_transfer.data.imageio import read_gray
 from cxr_transfer.data.preprocess import PLAIN, Preprocess, preprocessed
 
@@ -174,7 +175,8 @@ def _split_dir(prepared: Path, split: str) -> Path:
 def load_store(prepared: Path, split: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The uint8 images (memory-mapped) and int64 labels of one split."""
     folder = _split_dir(prepared, split)
-    return np.load(folder / "x.npy", mmap_mode="r" if mmap else None), np.load(folder / "y.npy")
+    with phase("load"):
+        return np.load(folder / "x.npy", mmap_mode="r" if mmap else None), np.load(folder / "y.npy")
 
 
 def load_meta(prepared: Path, split: str) -> dict:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from cxr_transfer.core.errors import CxrError
+from cxr_transfer.core.profile import phase
 from cxr_transfer.core.registry import ARCHS, ArchSpec
 from cxr_transfer.runtime.card import ModelInfo
 from cxr_transfer.runtime.weights import load_imagenet
@@ -103,7 +104,8 @@ def load_trained(model_dir) -> tuple[nn.Module, ModelInfo]:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CxrError(f"{sidecar}: unusable ({type(e).__name__}: {e}); re-run the train stage") from None
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        with phase("load"):
+            state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as e:  # truncated zip, pickle, a state dict of another network: torch's own classes
         why = first_line(e, 160)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from cxr_transfer.core.errors import CxrError
+from cxr_transfer.core.profile import phase
 from cxr_transfer.core.registry import ArchSpec
 
 LITE0_FILE = "efficientnet-lite0-57934424.pth"
@@ -80,7 +81,8 @@ def locate(spec: ArchSpec, folder: str | Path) -> Path:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        with phase("load"):
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise WeightsError(f"{path}: not a readable weights file ({type(e).__name__}); replace it") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):

@@ -1,0 +1,60 @@
+"""The stage profile (CXR_PROFILE): import, load, work and write add up to the process's time, an
+import inside a load counts once (as import), and nothing is written when it is off."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STAGE = textwrap.dedent(
+    """
+    import time
+    from pathlib import Path
+
+    from cxr_transfer.core.cli import atomic_path, run
+    from cxr_transfer.core.profile import phase
+
+    def main():
+        with phase("load"):
+            time.sleep(0.3)
+            import slow_module  # 0.4 s at import: counts as import, not load
+        time.sleep(0.2)  # work
+        with atomic_path(Path("out.txt")) as tmp:
+            time.sleep(0.25)
+            tmp.write_text("x")
+
+    run(main, "fake")
+    """
+)
+
+
+def _run(tmp_path: Path, env_extra: dict) -> subprocess.CompletedProcess:
+    (tmp_path / "slow_module.py").write_text("import time\ntime.sleep(0.4)\n")
+    (tmp_path / "fake_stage.py").write_text(STAGE)
+    env = {"PYTHONPATH": f"{ROOT}:{tmp_path}", "PATH": "/usr/bin:/bin", **env_extra}
+    return subprocess.run(
+        [sys.executable, "fake_stage.py"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    )
+
+
+def test_phases_add_up_and_nest(tmp_path):
+    log = tmp_path / "profile.jsonl"
+    _run(tmp_path, {"CXR_PROFILE": str(log)})
+    (line,) = [json.loads(x) for x in log.read_text().splitlines()]
+    assert line["stage"] == "fake"
+    assert 0.3 <= line["load"] < 0.4  # the sleep, not the import inside it
+    assert 0.4 <= line["import"] < 1.5  # the slow module, the interpreter's start and cxr_transfer's
+    assert 0.25 <= line["write"] < 0.35
+    assert 0.2 <= line["work"] < 0.3
+    parts = sum(line[k] for k in ("import", "load", "work", "write"))
+    assert abs(parts - line["seconds"]) < 0.03  # the process's start is counted once, as import
+    assert (tmp_path / "out.txt").read_text() == "x"
+
+
+def test_off_writes_nothing(tmp_path):
+    _run(tmp_path, {})
+    assert (tmp_path / "out.txt").read_text() == "x"
+    assert not list(tmp_path.glob("*.jsonl"))
