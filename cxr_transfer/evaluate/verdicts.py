@@ -23,7 +23,15 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import t as student_t
+
+
+def _t_quantile(p: float, df: float) -> float:
+    """Student's t quantile. scipy.stats is imported here, not with the module: it costs every
+    stage that imports this one about 0.5 s, and only the seed and fold intervals call it."""
+    from scipy.stats import t as student_t
+
+    return float(student_t.ppf(p, df))
+
 
 CONCLUSIVE, SUGGESTIVE, INCONCLUSIVE = "conclusive", "suggestive", "inconclusive"
 METHODS = {
@@ -189,7 +197,7 @@ def over_runs(points, draws: np.ndarray, confidence: float, units: int) -> Inter
     if v <= 1e-18:
         return Interval(m, None, None, r, "over_runs", confidence)
     df = _degrees(v, spread, v_test, r, units)
-    half = float(student_t.ppf((1 + confidence) / 2, df)) * math.sqrt(v)
+    half = _t_quantile((1 + confidence) / 2, df) * math.sqrt(v)
     return Interval(m, m - half, m + half, r, "over_runs", confidence)
 
 
@@ -221,7 +229,7 @@ def over_folds(per_fold: np.ndarray, test_over_train: float, confidence: float) 
     sd = float(means.std(ddof=1))
     if sd <= 1e-12 * max(1.0, abs(m)):  # identical differences: no spread, no interval (never width 0)
         return Interval(m, None, None, runs, "over_folds", confidence)
-    half = float(student_t.ppf((1 + confidence) / 2, k - 1)) * math.sqrt((1 / k + test_over_train) * sd**2)
+    half = _t_quantile((1 + confidence) / 2, k - 1) * math.sqrt((1 / k + test_over_train) * sd**2)
     return Interval(m, m - half, m + half, runs, "over_folds", confidence)
 
 
