@@ -71,6 +71,42 @@ def test_gradcam_works_on_frozen_models():
     assert cam.shape == (2, 64, 64) and np.isfinite(cam).all()
 
 
+def _reference_gradcam(model, layer, x, target):
+    """Grad-CAM by the definition, with the whole network's backward: the layer's output as an
+    autograd leaf, the class logit's gradient with respect to it."""
+    acts = []
+
+    def keep(module, inputs, out):
+        acts.append(out.detach().requires_grad_(True))
+        return acts[-1] * 1.0  # a non-leaf copy: DenseNet's in-place ReLU comes next
+
+    h = layer.register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            logits = model(x.requires_grad_(True))
+            (g,) = torch.autograd.grad(logits[:, target].sum(), acts[0])
+    finally:
+        h.remove()
+    cam = torch.relu((g.mean(dim=(2, 3), keepdim=True) * acts[0].detach()).sum(1, keepdim=True))
+    return torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear")[:, 0].numpy()
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "densenet121", "efficientnet_lite0"])
+def test_gradcam_equals_the_whole_network_backward(arch):
+    """The head-only backward gives the maps of a backward through every layer, bit for bit
+    (DenseNet: its ReLU after the CAM layer runs in place, which a module backward hook refused)."""
+    torch.manual_seed(0)
+    model = build_model(arch, None, 2, seed=0).eval()
+    layer = model.get_submodule(get_spec(arch).cam_layer)
+    x = torch.randn(3, 3, 64, 64)
+    cams = [gradcam(model, layer, x, target=t, each=False) for t in (0, 1)]
+    for t, cam in enumerate(cams):
+        assert cam.shape == (3, 64, 64)
+        np.testing.assert_array_equal(cam, _reference_gradcam(model, layer, x.clone(), t))
+    assert max(c.max() for c in cams) > 0  # a map that is not all zero was compared
+    assert not any(p.grad is not None for p in model.parameters())  # no gradient left on the weights
+
+
 def test_pick_examples_is_seeded_and_covers_each_cell():
     y = np.array([1, 1, 1, 0, 0, 0, 1, 0])
     pred = np.array([1, 0, 1, 0, 1, 0, 1, 1])

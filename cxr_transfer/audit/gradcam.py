@@ -12,22 +12,27 @@ def gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target, each: b
     """(B, H, W) maps for class `target` (one class for all, or one per image): the layer's
     activations weighted by the spatial mean of their gradients, rectified and upsampled to the
     input's size. `each`: every map stretched to [0, 1] on its own (one image's picture); else the
-    raw values, for a scale shared by several maps (`shared_scale`)."""
-    acts, grads = [], []
-    h1 = layer.register_forward_hook(lambda m, i, o: acts.append(o))
-    h2 = layer.register_full_backward_hook(lambda m, gi, go: grads.append(go[0]))
+    raw values, for a scale shared by several maps (`shared_scale`).
+
+    The forward runs without autograd up to `layer`; the graph starts at its output, so the
+    backward runs through the layers after it only (the head), not the whole network."""
+    acts = []
+
+    def start_graph(module, inputs, out):
+        acts.append(out.detach().requires_grad_(True))
+        torch.set_grad_enabled(True)
+        return acts[-1].clone()  # not the leaf itself: a later in-place op (DenseNet's ReLU) is fine
+
+    h = layer.register_forward_hook(start_graph)
     model.eval()
     try:
-        with torch.enable_grad():
-            x = x.detach().clone().requires_grad_(True)
-            logits = model(x)
-            model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            logits = model(x.detach())  # grad mode is back on from `layer` onward (the hook)
             t = torch.as_tensor(target, device=logits.device).long().expand(len(x))
-            logits.gather(1, t[:, None]).sum().backward()
+            (g,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), acts[0])
     finally:
-        h1.remove()
-        h2.remove()
-    a, g = acts[0].detach(), grads[0].detach()
+        h.remove()
+    a = acts[0].detach()
     cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     if not each:
