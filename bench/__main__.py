@@ -127,7 +127,8 @@ def table(results: dict) -> str:
         base = r["by_rev"][first]
         for name in rest:
             mine = r["by_rev"][name]
-            same = all(not d for d in r["results_differ_from_first"])
+            runs = zip(r["order"], r["results_differ_from_first"], strict=True)
+            same = not any(d for run, d in runs if run == name)
             rows.append(
                 f"| {what}, median of {r['repeat']} alternating runs ({first} -> {name}) "
                 f"| {base['median_cold_seconds']} s | {mine['median_cold_seconds']} s "

@@ -115,18 +115,19 @@ def demo(work: Path, params: dict | None = None, rev: str | None = None) -> dict
         ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"],
     ):
         _sh(dst, *cmd)
-    stages, total, phases = _timed_repro(dst)
+    stages, total, (phases, unjoined) = _timed_repro(dst)
     noop = _sh(dst, "dvc", "repro")
     return {
         "rev": rev or "working tree",
         "stages": stages,
         "phases": phases,
+        "phases_unjoined": unjoined,  # why no phases, if none (an older revision, torchrun ...)
         "training": _training_rates(dst),
         "test": _test_figures(dst),
         "results_sha256": _result_digests(dst),
         "cold_total_seconds": round(total, 1),
         "noop_seconds": round(noop, 2),
-        "target_cold_seconds": 180,
+        "target_cold_seconds": 150,
         "target_noop_seconds": 5,
     }
 
@@ -186,7 +187,7 @@ def _test_figures(project: Path) -> dict[str, dict]:
     return out
 
 
-def _timed_repro(cwd: Path) -> tuple[dict[str, float], float, dict[str, dict]]:
+def _timed_repro(cwd: Path) -> tuple[dict[str, float], float, tuple[dict[str, dict], str | None]]:
     """One `dvc repro`, as a user runs it: its wall time, each stage's from the moment DVC
     prints "Running stage '<name>'" to the next such line (the last: to the end; DVC's own
     bookkeeping between stages falls in the stage before), and where each stage's process spent
@@ -215,21 +216,22 @@ def _timed_repro(cwd: Path) -> tuple[dict[str, float], float, dict[str, dict]]:
     return stages, end - t0, _phases(stages, log)
 
 
-def _phases(stages: dict[str, float], log: Path) -> dict[str, dict]:
+def _phases(stages: dict[str, float], log: Path) -> tuple[dict[str, dict], str | None]:
     """Each stage's profile line (one per process, in the order DVC ran them) with `dvc`: the
-    stage's time outside its process (DVC's hashing, lock and start-up)."""
+    stage's time outside its line (DVC's hashing and lock file, the process's start by the shell
+    and its interpreter's shutdown); else no phases and why."""
     if not log.exists():
-        return {}
+        return {}, "no profile lines (a revision without cxr_transfer.core.profile)"
     lines = [json.loads(x) for x in log.read_text().splitlines()]
-    if len(lines) != len(stages):  # a stage without cli.run (or several processes): no join
-        return {}
+    if len(lines) != len(stages):
+        return {}, f"{len(lines)} profile lines for {len(stages)} stages"
     out = {}
     for (name, secs), line in zip(stages.items(), lines, strict=True):
         if name.split("@")[0] != line["stage"]:
-            return {}
+            return {}, f"stage {name} ran as {line['stage']}"
         out[name] = {k: line[k] for k in ("seconds", *PHASES)}
         out[name]["dvc"] = round(secs - line["seconds"], 3)
-    return out
+    return out, None
 
 
 RESULT_FILES = (
@@ -274,8 +276,16 @@ def compare_revs(work: Path, params: dict | None, revs: list[str | None], repeat
     """The same cold demo at several revisions (None: the working tree), alternating (A B A B ...)
     `repeat` times, so the VM's drift during the run falls on every revision alike: each run, each
     revision's median stage by stage, and whether every result file matches the first revision's."""
-    runs = [demo(work, params, rev) for _ in range(repeat) for rev in revs]
-    names = [r["rev"] for r in runs[: len(revs)]]
+    runs = []
+    for _ in range(repeat):
+        for rev in revs:
+            try:
+                runs.append(demo(work, params, rev))
+            except (RuntimeError, subprocess.CalledProcessError) as e:  # kept: the others still count
+                runs.append({"rev": rev or "working tree", "error": str(e)})
+    failed = [r for r in runs if "error" in r]
+    runs = [r for r in runs if "error" not in r]
+    names = list(dict.fromkeys(r["rev"] for r in runs))
     by_rev = {}
     for name in names:
         mine = [r for r in runs if r["rev"] == name]
@@ -291,6 +301,7 @@ def compare_revs(work: Path, params: dict | None, revs: list[str | None], repeat
         "repeat": repeat,
         "order": [r["rev"] for r in runs],
         "runs": runs,
+        "failed": failed,
         "by_rev": by_rev,
         "ratio_to_first": {
             n: round(by_rev[n]["median_cold_seconds"] / by_rev[names[0]]["median_cold_seconds"], 3)

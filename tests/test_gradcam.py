@@ -5,6 +5,7 @@ from PIL import Image
 from skimage import data
 
 from cxr_transfer.audit.gradcam import gradcam, pick_examples
+from cxr_transfer.core.errors import CxrError
 from cxr_transfer.runtime.models import build_model, get_spec
 
 
@@ -72,22 +73,24 @@ def test_gradcam_works_on_frozen_models():
 
 
 def _reference_gradcam(model, layer, x, target):
-    """Grad-CAM by the definition, with the whole network's backward: the layer's output as an
-    autograd leaf, the class logit's gradient with respect to it."""
+    """Grad-CAM by the definition, with the whole network's backward (down to the input, every
+    weight's gradient too): the layer's output kept in the graph, its gradient retained."""
     acts = []
 
     def keep(module, inputs, out):
-        acts.append(out.detach().requires_grad_(True))
-        return acts[-1] * 1.0  # a non-leaf copy: DenseNet's in-place ReLU comes next
+        out.retain_grad()
+        acts.append(out)
+        return out * 1.0  # DenseNet's in-place ReLU comes next: it must not modify the kept output
 
     h = layer.register_forward_hook(keep)
     try:
         with torch.enable_grad():
-            logits = model(x.requires_grad_(True))
-            (g,) = torch.autograd.grad(logits[:, target].sum(), acts[0])
+            logits = model(x.clone().requires_grad_(True))
+            logits[:, target].sum().backward()
     finally:
         h.remove()
-    cam = torch.relu((g.mean(dim=(2, 3), keepdim=True) * acts[0].detach()).sum(1, keepdim=True))
+    a, g = acts[0].detach(), acts[0].grad
+    cam = torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True))
     return torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear")[:, 0].numpy()
 
 
@@ -100,11 +103,25 @@ def test_gradcam_equals_the_whole_network_backward(arch):
     layer = model.get_submodule(get_spec(arch).cam_layer)
     x = torch.randn(3, 3, 64, 64)
     cams = [gradcam(model, layer, x, target=t, each=False) for t in (0, 1)]
+    assert not any(p.grad is not None for p in model.parameters())  # no gradient left on the weights
     for t, cam in enumerate(cams):
         assert cam.shape == (3, 64, 64)
-        np.testing.assert_array_equal(cam, _reference_gradcam(model, layer, x.clone(), t))
+        np.testing.assert_array_equal(cam, _reference_gradcam(model, layer, x, t))
     assert max(c.max() for c in cams) > 0  # a map that is not all zero was compared
-    assert not any(p.grad is not None for p in model.parameters())  # no gradient left on the weights
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_gradcam_leaves_the_grad_mode_as_it_found_it(grad):
+    net = QuadrantNet()
+    with torch.set_grad_enabled(grad):
+        gradcam(net, net.conv, torch.rand(1, 1, 8, 8), target=1)
+        assert torch.is_grad_enabled() is grad
+        with pytest.raises(RuntimeError, match="out of bounds"):  # a class the head does not have
+            gradcam(net, net.conv, torch.rand(1, 1, 8, 8), target=5)
+        assert torch.is_grad_enabled() is grad
+        with pytest.raises(CxrError, match="never ran"):  # a layer outside the model
+            gradcam(net, torch.nn.Conv2d(1, 2, 1), torch.rand(1, 1, 8, 8), target=1)
+        assert torch.is_grad_enabled() is grad
 
 
 def test_pick_examples_is_seeded_and_covers_each_cell():

@@ -1,5 +1,6 @@
 """The stage profile (CXR_PROFILE): import, load, work and write add up to the process's time, an
-import inside a load counts once (as import), and nothing is written when it is off."""
+import inside a load counts once (as import), another thread's phases do not count, and nothing
+is written when it is off (nor does an unwritable profile file fail the stage)."""
 
 import json
 import subprocess
@@ -11,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 STAGE = textwrap.dedent(
     """
+    import threading
     import time
     from pathlib import Path
 
@@ -22,6 +24,9 @@ STAGE = textwrap.dedent(
             time.sleep(0.3)
             import slow_module  # 0.4 s at import: counts as import, not load
         time.sleep(0.2)  # work
+        side = threading.Thread(target=lambda: [phase("load").__enter__(), time.sleep(0.3)])
+        side.start()
+        side.join()  # 0.3 s of work for the main thread, waiting; the thread's "load" is not counted
         with atomic_path(Path("out.txt")) as tmp:
             time.sleep(0.25)
             tmp.write_text("x")
@@ -48,7 +53,8 @@ def test_phases_add_up_and_nest(tmp_path):
     assert 0.3 <= line["load"] < 0.4  # the sleep, not the import inside it
     assert 0.4 <= line["import"] < 1.5  # the slow module, the interpreter's start and cxr_transfer's
     assert 0.25 <= line["write"] < 0.35
-    assert 0.2 <= line["work"] < 0.3
+    assert 0.5 <= line["work"] < 0.6
+    assert line["rank"] == 0 and line["argv"] == []
     parts = sum(line[k] for k in ("import", "load", "work", "write"))
     assert abs(parts - line["seconds"]) < 0.03  # the process's start is counted once, as import
     assert (tmp_path / "out.txt").read_text() == "x"
@@ -58,3 +64,8 @@ def test_off_writes_nothing(tmp_path):
     _run(tmp_path, {})
     assert (tmp_path / "out.txt").read_text() == "x"
     assert not list(tmp_path.glob("*.jsonl"))
+
+
+def test_an_unwritable_profile_file_does_not_fail_the_stage(tmp_path):
+    _run(tmp_path, {"CXR_PROFILE": str(tmp_path / "missing" / "profile.jsonl")})  # check=True: exit 0
+    assert (tmp_path / "out.txt").read_text() == "x"

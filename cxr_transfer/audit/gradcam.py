@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxr_transfer.core.errors import CxrError
+
 
 def gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target, each: bool = True) -> np.ndarray:
     """(B, H, W) maps for class `target` (one class for all, or one per image): the layer's
@@ -28,6 +30,8 @@ def gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target, each: b
     try:
         with torch.no_grad():
             logits = model(x.detach())  # grad mode is back on from `layer` onward (the hook)
+            if not acts:
+                raise CxrError(f"Grad-CAM: the layer {type(layer).__name__} never ran in the model's forward")
             t = torch.as_tensor(target, device=logits.device).long().expand(len(x))
             (g,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), acts[0])
     finally:
