@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 STAGE = textwrap.dedent(
@@ -69,3 +71,45 @@ def test_off_writes_nothing(tmp_path):
 def test_an_unwritable_profile_file_does_not_fail_the_stage(tmp_path):
     _run(tmp_path, {"CXR_PROFILE": str(tmp_path / "missing" / "profile.jsonl")})  # check=True: exit 0
     assert (tmp_path / "out.txt").read_text() == "x"
+
+
+EXIT_STAGE = textwrap.dedent(
+    """
+    import atexit
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    from cxr_transfer.core.cli import run
+
+    def main():
+        atexit.register(lambda: Path("atexit.txt").write_text("ran"))
+        if sys.argv[1:] == ["thread"]:
+            threading.Thread(target=lambda: [time.sleep(0.3), Path("thread.txt").write_text("done")]).start()
+        print("last words, unflushed", end="")
+
+    run(main, "fake")
+    Path("after_run.txt").write_text("the interpreter went on")
+    """
+)
+
+
+@pytest.mark.parametrize("thread", [False, True])
+def test_a_finished_stage_exits_at_once_after_its_atexit_handlers(tmp_path, thread):
+    """The stage's process ends right after main (the script's next line never runs), with its
+    atexit handlers run and its output flushed; a non-daemon thread still running is waited for
+    (the usual exit)."""
+    (tmp_path / "stage.py").write_text(EXIT_STAGE)
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run(
+        [sys.executable, "stage.py", *(["thread"] if thread else [])],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0 and r.stdout == "last words, unflushed"
+    assert (tmp_path / "atexit.txt").read_text() == "ran"
+    assert (tmp_path / "after_run.txt").exists() is thread  # os._exit: the script's next line never ran
+    assert (tmp_path / "thread.txt").exists() is thread
