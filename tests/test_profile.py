@@ -113,3 +113,17 @@ def test_a_finished_stage_exits_at_once_after_its_atexit_handlers(tmp_path, thre
     assert (tmp_path / "atexit.txt").read_text() == "ran"
     assert (tmp_path / "after_run.txt").exists() is thread  # os._exit: the script's next line never ran
     assert (tmp_path / "thread.txt").exists() is thread
+
+
+def test_a_stage_run_inside_another_program_leaves_it_running(tmp_path):
+    """Run by runpy from another script (as the dependency tracer does), the stage returns to it:
+    only the program the interpreter was started with may end the process."""
+    (tmp_path / "stage.py").write_text(EXIT_STAGE)
+    (tmp_path / "runner.py").write_text(
+        "import runpy\nfrom pathlib import Path\n"
+        "runpy.run_path('stage.py', run_name='__main__')\nPath('runner.txt').write_text('went on')\n"
+    )
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "runner.py"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == "last words, unflushed"
+    assert (tmp_path / "after_run.txt").exists() and (tmp_path / "runner.txt").read_text() == "went on"

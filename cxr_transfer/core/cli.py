@@ -25,8 +25,22 @@ def run(main: Callable[[], None], stage: str) -> None:
     except (CxrError, FileNotFoundError) as e:
         print(f"{stage}: error: {e}", file=sys.stderr)
         sys.exit(2)
-    if getattr(sys.modules.get("__main__"), "main", None) is main:  # the program's own entry point
+    if _started_as(main):
         exit_finished()
+
+
+def _started_as(main: Callable[[], None]) -> bool:
+    """`main` is the entry point of the program the interpreter was started with (`python -m
+    stages.<name>` or `python <script>`), not of a module run inside another program (runpy in a
+    tracer, a test calling it): only then may the process end with it."""
+    mod = sys.modules.get("__main__")
+    if getattr(mod, "main", None) is not main:
+        return False
+    args, spec = sys.orig_argv[1:], getattr(mod, "__spec__", None)
+    if spec is not None:
+        return "-m" in args and args[args.index("-m") + 1 : args.index("-m") + 2] == [spec.name]
+    path = os.path.abspath(getattr(mod, "__file__", "") or "")
+    return any(os.path.abspath(a) == path for a in args if not a.startswith("-"))
 
 
 def exit_finished() -> None:
