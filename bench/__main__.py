@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -303,6 +304,12 @@ def main(argv=None) -> dict:
         if "probe" in want:
             results["probe"] = data_cases.probe_stage(**cfg["probe"])
         revs = [None if r == "." else r for r in (args.rev or ".").split(",")]
+        for rev in filter(None, revs):  # one line for a revision git does not know, not a traceback
+            known = subprocess.run(
+                ["git", "rev-parse", "--verify", "-q", f"{rev}^{{commit}}"], capture_output=True
+            )
+            if known.returncode != 0:
+                ap.error(f"--rev {rev}: not a commit of this repository (git log --oneline lists them)")
         for case in ("demo", "demo-6k"):  # demo-6k: the demo's pipeline at the defaults on 6,000 images
             params = cfg["demo"] if case == "demo" else {**(cfg["demo"] or {}), **cfg["demo-6k"]}
             if case not in want:

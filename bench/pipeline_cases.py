@@ -285,6 +285,8 @@ def compare_revs(work: Path, params: dict | None, revs: list[str | None], repeat
                 runs.append({"rev": rev or "working tree", "error": str(e)})
     failed = [r for r in runs if "error" in r]
     runs = [r for r in runs if "error" not in r]
+    if not runs:
+        raise RuntimeError(f"every run failed: {failed[0]['error']}")
     names = list(dict.fromkeys(r["rev"] for r in runs))
     by_rev = {}
     for name in names:

@@ -37,8 +37,8 @@ def _started_as(main: Callable[[], None]) -> bool:
     if getattr(mod, "main", None) is not main:
         return False
     args, spec = sys.orig_argv[1:], getattr(mod, "__spec__", None)
-    if spec is not None:
-        return "-m" in args and args[args.index("-m") + 1 : args.index("-m") + 2] == [spec.name]
+    if spec is not None:  # python [options] -m <name>
+        return any(a == "-m" and b == spec.name for a, b in zip(args, args[1:], strict=False))
     path = os.path.abspath(getattr(mod, "__file__", "") or "")
     return any(os.path.abspath(a) == path for a in args if not a.startswith("-"))
 
