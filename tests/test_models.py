@@ -176,3 +176,38 @@ def test_channels_last_computes_the_same_logits_and_gradients_as_nchw(arch):
     grad_b = net.get_submodule(get_spec(arch).last_layer).weight.grad
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4) and a.abs().max() > 1e-3  # not all zero
     assert torch.allclose(grad_a, grad_b, atol=1e-4, rtol=1e-3)
+
+
+def test_relu6_runs_out_of_place_with_the_in_place_models_every_bit():
+    """build_model makes EfficientNet-Lite0's ReLU6 layers out of place (PyTorch's in-place hardtanh
+    is a clamp and a copy back): three Adam steps in channels_last on the same batches leave every
+    weight, every BatchNorm statistic and the logits equal to the in-place model's, bit for bit."""
+    ours = build_model("efficientnet_lite0", None, num_classes=2, seed=0)
+    relus = [m for m in ours.modules() if isinstance(m, torch.nn.ReLU6)]
+    assert len(relus) == 33 and not any(m.inplace for m in relus)
+    theirs = build_model("efficientnet_lite0", None, num_classes=2, seed=0)
+    for m in theirs.modules():
+        if isinstance(m, torch.nn.ReLU6):
+            m.inplace = True
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 8, 3, 64, 64, generator=g)
+    y = torch.randint(0, 2, (3, 8), generator=g)
+    states = []
+    for model in (ours, theirs):
+        model = model.to(memory_format=torch.channels_last).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for xb, yb in zip(x, y, strict=True):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(
+                model(xb.contiguous(memory_format=torch.channels_last)), yb
+            ).backward()
+            opt.step()
+        with torch.no_grad():
+            logits = model.eval()(x[0])
+        states.append((model.state_dict(), logits))
+    (a, la), (b, lb) = states
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(la, lb)
+    assert not torch.equal(
+        a["conv_stem.weight"], build_model("efficientnet_lite0", None, 2, 0).state_dict()["conv_stem.weight"]
+    )

@@ -53,6 +53,19 @@ def build_model(arch: str, weights_dir: str | None, num_classes: int, seed: int)
         if not isinstance(last, nn.Linear):
             raise TypeError(f"{arch}: {spec.last_layer} is {type(last).__name__}, expected Linear")
         set_module(model, spec.last_layer, nn.Linear(last.in_features, num_classes))
+    return _out_of_place_clamps(model)
+
+
+def _out_of_place_clamps(model: nn.Module) -> nn.Module:
+    """ReLU6 (EfficientNet-Lite, MobileNet) and other Hardtanh activations computed out of place.
+
+    PyTorch runs an in-place hardtanh as a clamp into a new tensor and a copy back: on 2 CPU cores
+    EfficientNet-Lite0's training step at 96 px took 3% longer in place (the copies were 8% of its
+    time). The values and gradients are the same bit for bit (the backward's mask is the same for
+    the input as for the output); the price is one more activation kept per layer while training."""
+    for module in model.modules():
+        if isinstance(module, nn.Hardtanh) and module.inplace:
+            module.inplace = False
     return model
 
 
