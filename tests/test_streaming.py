@@ -145,3 +145,23 @@ def test_sync_batchnorm_is_refused_on_the_cpu_and_keeps_the_parameters_on_conver
     converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     assert converted is model and [id(p) for p in model.parameters()] == before
     assert isinstance(model.bn1, torch.nn.SyncBatchNorm)
+
+
+@pytest.mark.parametrize(
+    "n, procs, sizes",
+    [(17, 1, [8, 9]), (16, 1, [8, 8]), (18, 1, [8, 8, 2]), (19, 2, [8, 11]), (20, 2, [8, 8, 4]), (1, 1, [1])],
+)
+def test_a_last_training_batch_too_small_for_batchnorm_joins_the_one_before(n, procs, sizes):
+    """min_share=2 (the training batches): a last global batch that would leave a process fewer
+    than two images joins the batch before (17 = 8 + 9; under 2 processes 19 = 8 + 11, as 3 images
+    would give one process a lone image); every image is still seen once, in the seeded order."""
+    x, y = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1), np.arange(n)
+    plain = torch.cat([yb for _, yb in ArrayBatches(x, y, 8, True, 3)])
+    shards = [list(ArrayBatches(x, y, 8, True, 3, shard=(r, procs), min_share=2)) for r in range(procs)]
+    assert len(ArrayBatches(x, y, 8, True, 3, shard=(0, procs), min_share=2)) == len(sizes)
+    got = [sum(len(s[k][1]) for s in shards) for k in range(len(sizes))]
+    assert got == sizes and all(len(s) == len(sizes) for s in shards)
+    merged = torch.cat([torch.cat([s[k][1] for s in shards]) for k in range(len(sizes))])
+    assert sorted(merged.tolist()) == list(range(n))
+    if procs == 1:
+        assert torch.equal(merged, plain)  # the same order, only cut differently

@@ -628,3 +628,16 @@ def test_ft_one_cycle_trains_batchnorm_while_the_rest_of_the_body_is_frozen(tmp_
     assert all(not torch.equal(before[k], snaps[1][k]) for k in bns)  # ... BatchNorm trained, stats too
     assert not torch.equal(before["fc.weight"], snaps[1]["fc.weight"])
     assert not torch.equal(snaps[1]["conv1.weight"], snaps[2]["conv1.weight"])  # then everything
+
+
+def test_a_lone_last_image_at_32_px_trains_instead_of_failing_in_batchnorm(tmp_path):
+    """17 training images in batches of 8 at 32 px: EfficientNet-Lite0's last feature map is 1x1,
+    so a last batch of one image gave BatchNorm one value per channel (PyTorch raises "Expected
+    more than 1 value per channel when training"); the lone image joins the batch before: two
+    steps an epoch, every image counted."""
+    data = tiny_data(n=17)
+    model, rs, opt, state = run("efficientnet_lite0", SGD_ALL, data, tmp_path, epochs=1)
+    assert len(rs.train) == 2
+    assert [len(yb) for _, yb in rs.train] == [8, 9]
+    assert opt.state[next(iter(model.parameters()))]["momentum_buffer"] is not None
+    assert state.history[0].train_acc * 17 == pytest.approx(round(state.history[0].train_acc * 17))

@@ -33,6 +33,11 @@ class ArrayBatches:
     row in it, the step between its rows) of the batch last yielded: augmentation draws for the
     whole global batch and takes these rows, as one process would.
 
+    With `min_share` 2 (the training batches of images), a last global batch that would leave a
+    process fewer than two images joins the batch before it: BatchNorm in training mode needs more
+    than one value per channel, and a lone image whose last feature map is 1x1 (32 px and smaller)
+    has one. Nothing changes where the batch size divides the images or the remainder is larger.
+
     A numpy store larger than `budget` bytes (None: no limit) is not copied: it stays memory-mapped
     on disk and each batch is read from it when needed, by a background thread that keeps
     `prefetch` batches ready (in pinned memory, copied without blocking, on CUDA). Both ways yield
@@ -50,6 +55,7 @@ class ArrayBatches:
         balanced=False,
         budget: float | None = None,
         shard: tuple[int, int] | None = None,
+        min_share: int = 1,
     ):
         if len(x) == 0:
             raise CxrError("empty split: no images to batch")
@@ -64,11 +70,21 @@ class ArrayBatches:
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
         self.prefetch = 2  # streamed batches read ahead (a test varies it)
         self.shard = shard  # (rank, processes): each batch's items rank, rank + processes, ...
+        self.min_share = min_share
         # balanced: each epoch draws n images with replacement, every class equally likely
         self.weights = (1.0 / torch.bincount(self.y.cpu()).double())[self.y.cpu()] if balanced else None
 
     def __len__(self) -> int:
-        return -(-len(self.y) // self.batch_size)
+        return len(self._spans())
+
+    def _spans(self) -> list[tuple[int, int]]:
+        """(start, end) of each global batch in the epoch's order."""
+        n, b = len(self.y), self.batch_size
+        starts = list(range(0, n, b))
+        processes = self.shard[1] if self.shard else 1
+        if self.min_share > 1 and len(starts) > 1 and n - starts[-1] < self.min_share * processes:
+            starts.pop()  # a short last batch joins the one before
+        return list(zip(starts, [*starts[1:], n], strict=True))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -87,11 +103,9 @@ class ArrayBatches:
         here = torch.device("cpu") if self.streaming else self.y.device  # where the indices live
         if order is not None:
             order = order.to(here)  # once per epoch, not once per batch
-        picks = [
-            order[i : i + self.batch_size] if order is not None else slice(i, i + self.batch_size)
-            for i in range(0, n, self.batch_size)
-        ]
-        sizes = [min(self.batch_size, n - i) for i in range(0, n, self.batch_size)]
+        spans = self._spans()
+        picks = [order[i:j] if order is not None else slice(i, j) for i, j in spans]
+        sizes = [j - i for i, j in spans]
         rank, size = self.shard or (0, 1)
         stand_in = [False] * len(picks)
         if self.shard is not None:  # the global batch, dealt out: this process's share of each
