@@ -27,7 +27,8 @@ The JSON (<out>/gpu-check-<card>-<size>-<date>.json) is rewritten after every ru
 `complete: false` until the end; a run cut by the budget or by an error leaves everything before
 it. Every line of the log is flushed. Imports: this package's runtime, train and evaluate modules
 (torch, torchvision, timm, numpy, scikit-learn, PyYAML, tqdm), nothing of DVC, pandas or
-matplotlib; the GPU image's torch 2.11 / torchvision 0.26 have every API they call (docs/performance.md).
+matplotlib. Run on the GPU image's torch 2.11 / torchvision 0.26 on the CPU, compile phase included
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -269,8 +270,13 @@ MFU = {"vgg": 0.25, "other": 0.03}
 H100 = {"bf16_tflops": 989.0, "tf32_tflops": 494.0}  # dense rates of the SXM card's datasheet
 
 
-def check(device: torch.device, size: str, path: Path, budget: float | None = None) -> dict:
-    cfg = SIZES[size]
+def check(
+    device: torch.device, size: str, path: Path, budget: float | None = None, compile_archs=None
+) -> dict:
+    cfg = dict(SIZES[size])
+    if compile_archs is not None:  # --compile: these archs in the compile phase, with its reserve
+        cfg["compile"] = tuple(get_spec(a).name for a in compile_archs)
+        cfg["compile_reserve"] = max(cfg["compile_reserve"], FIXED["compile"] * len(cfg["compile"]))
     budget = cfg["budget"] if budget is None else budget
     t_start = time.perf_counter()
     deadline = t_start + budget
@@ -432,6 +438,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, help="the folder the JSON goes to (the GPU machine's $OUT)")
     ap.add_argument("--budget", type=float, help="seconds for the whole check (default: the size's)")
     ap.add_argument("--plan", action="store_true", help="print the planned work's H100 estimate and exit")
+    ap.add_argument(
+        "--compile",
+        type=lambda v: [a for a in v.split(",") if a],
+        help="archs for the compile phase, comma-separated (default: the size's; tiny has none), "
+        "e.g. --device cpu --size tiny --compile efficientnet_lite0 --budget 300 (Inductor on 2 "
+        "CPU cores: about a minute)",
+    )
     args = ap.parse_args(argv)
     if args.plan:
         est = plan(args.size, **H100)
@@ -442,7 +455,7 @@ def main(argv=None) -> dict:
     device = pick_device(args.device, "--device")
     card = machine(device).get("card", device.type).replace(" ", "_")
     path = args.out / f"gpu-check-{card}-{args.size}-{dt.date.today().isoformat()}.json"
-    out = check(device, args.size, path, args.budget)
+    out = check(device, args.size, path, args.budget, args.compile)
     print(
         f"gpu-check: {len(out['runs'])} runs, {len(out['seed_experiment']['runs'])} of the seed experiment "
         f"and {len(out['compile']['runs'])} compiled in {out['wall_s']} s ({out['precision']}; matmul "

@@ -166,6 +166,29 @@ def test_two_revisions_alternate_and_compare_medians_and_results(tmp_path, monke
     assert "| 65.0 s (results differ) | 0.591x | <= 150 s |" in row
 
 
+def test_a_rev_with_warm_runs_under_cxr_warm_and_is_labelled_so(tmp_path, monkeypatch):
+    """--rev .,.+warm: the working tree twice, the second under CXR_WARM=1 (the env the repro
+    gets), each labelled by what ran; the server of a warm run is stopped after it."""
+    assert pipeline_cases.parse_rev(".+warm") == (None, True)
+    assert pipeline_cases.parse_rev("abc1234+warm") == ("abc1234", True)
+    assert pipeline_cases.parse_rev(None) == (None, False) and pipeline_cases.parse_rev("abc") == (
+        "abc",
+        False,
+    )
+    seen, stopped = [], []
+
+    def fake_repro(cwd, warm=False):
+        seen.append(warm)
+        return {"check_params": 0.1}, 1.0, ({}, "none")
+
+    monkeypatch.setattr(pipeline_cases, "_timed_repro", fake_repro)
+    monkeypatch.setattr(pipeline_cases, "_sh", lambda *a: 0.5)
+    monkeypatch.setattr("cxr_transfer.core.warm.stop_servers", lambda root: stopped.append(root) or 0)
+    labels = [pipeline_cases.demo(tmp_path, None, r)["rev"] for r in (None, ".+warm")]
+    assert labels == ["working tree", "working tree+warm"] and seen == [False, True]
+    assert stopped == [tmp_path / "demo"] * 2
+
+
 @pytest.mark.slow  # trains every mode of two archs and the seed experiment, at 32 px
 def test_the_prepared_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     """bench/gpu_check.sh --device cpu --size tiny: the GPU day's script, through the same code
@@ -313,6 +336,29 @@ def test_the_gpu_check_s_compile_phase_records_an_inductor_failure_and_goes_on(t
     assert (row["eager_images_per_s"], row["compiled_images_per_s"]) == (640.0, 800.0)
     rule = saved["derived_compile_rule"]["cpu"]["vgg"]["224"]
     assert rule == {"eager_images_per_s": 640.0, "compiled_images_per_s": 800.0, "compile_seconds": 60.0}
+
+
+def test_the_gpu_check_s_compile_option_adds_the_phase_at_the_tiny_size(tmp_path, monkeypatch):
+    """--compile efficientnet_lite0 (what the run on torch 2.11 used): after the modes and the seed
+    experiment, ft compiled for two epochs on the ragged size (38 - 5 = 33 images) for that arch
+    only; an unknown arch is refused before anything runs."""
+    import torch
+
+    from bench import gpu_check
+    from cxr_transfer.core.errors import CxrError
+
+    calls = []
+    monkeypatch.setattr(gpu_check, "run_mode", _fake_run(calls))
+    monkeypatch.setattr(gpu_check, "forward_gflops", lambda arch, size: 1.0)
+    out = gpu_check.check(torch.device("cpu"), "tiny", tmp_path / "c.json", 200, ["efficientnet_lite0"])
+    assert calls[-1] == ("efficientnet_lite0", "ft", 2, True)
+    assert [c for c in calls if c[3]] == [calls[-1]]
+    (row,) = out["compile"]["runs"]
+    assert (row["arch"], row["train_images"], row["compile_seconds"]) == ("efficientnet_lite0", 33, 60.0)
+    assert out["complete"] and gpu_check.SIZES["tiny"]["compile"] == ()  # the size itself unchanged
+    with pytest.raises(CxrError, match="unknown arch 'nosuch'"):
+        gpu_check.check(torch.device("cpu"), "tiny", tmp_path / "d.json", 200, ["nosuch"])
+    assert not (tmp_path / "d.json").exists()
 
 
 def test_the_gpu_check_s_planned_work_fits_its_budget_on_one_h100():
