@@ -281,7 +281,8 @@ def main(argv=None) -> dict:
     ap.add_argument(
         "--rev",
         help="demo and demo-6k: run the project as this git revision had it; several, comma-separated "
-        "('.' = the working tree), run alternating, e.g. --rev main,. --repeat 2: main . main .",
+        "('.' = the working tree), run alternating, e.g. --rev main,. --repeat 2: main . main .; "
+        "'+warm' after one runs it under CXR_WARM=1 (e.g. --rev .,.+warm)",
     )
     ap.add_argument("--repeat", type=int, default=1, help="--rev with several revisions: rounds")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile in the gpu case")
@@ -304,7 +305,8 @@ def main(argv=None) -> dict:
         if "probe" in want:
             results["probe"] = data_cases.probe_stage(**cfg["probe"])
         revs = [None if r == "." else r for r in (args.rev or ".").split(",")]
-        for rev in filter(None, revs):  # one line for a revision git does not know, not a traceback
+        known_revs = (pipeline_cases.parse_rev(r)[0] for r in revs)
+        for rev in filter(None, known_revs):  # one line for a revision git does not know, not a traceback
             known = subprocess.run(
                 ["git", "rev-parse", "--verify", "-q", f"{rev}^{{commit}}"], capture_output=True
             )

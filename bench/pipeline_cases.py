@@ -87,10 +87,22 @@ def _sh(cwd: Path, *cmd: str) -> float:
 PROJECT = ("stages", "cxr_transfer", "weights", ".dvc", "dvc.yaml", "params.yaml")
 
 
+def parse_rev(spec: str | None) -> tuple[str | None, bool]:
+    """A --rev entry: a git revision or '.' (the working tree, also None), with '+warm' for a run
+    under CXR_WARM=1 (stages forked from a warm server: cxr_transfer/core/warm.py)."""
+    spec = spec or "."
+    rev = spec.removesuffix("+warm")
+    return (None if rev == "." else rev), spec != rev
+
+
 def demo(work: Path, params: dict | None = None, rev: str | None = None) -> dict:
     """A cold `dvc repro` of the demo in a fresh copy of the project (one run, per-stage times from
     its log), then a no-op; each run's test accuracy and AUROC beside. `rev`: the project as a git
-    revision had it (a before/after on one machine), else the working tree."""
+    revision had it (a before/after on one machine), else the working tree; '+warm' after it
+    (parse_rev): under CXR_WARM=1, its server stopped after the run, so that every run starts
+    without one."""
+    rev, warm = parse_rev(rev)
+    label = (rev or "working tree") + ("+warm" if warm else "")
     dst = work / "demo"
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
@@ -115,10 +127,15 @@ def demo(work: Path, params: dict | None = None, rev: str | None = None) -> dict
         ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"],
     ):
         _sh(dst, *cmd)
-    stages, total, (phases, unjoined) = _timed_repro(dst)
-    noop = _sh(dst, "dvc", "repro")
+    try:
+        stages, total, (phases, unjoined) = _timed_repro(dst, warm)
+        noop = _sh(dst, "dvc", "repro")
+    finally:
+        from cxr_transfer.core.warm import stop_servers
+
+        stop_servers(dst)
     return {
-        "rev": rev or "working tree",
+        "rev": label,
         "stages": stages,
         "phases": phases,
         "phases_unjoined": unjoined,  # why no phases, if none (an older revision, torchrun ...)
@@ -187,7 +204,9 @@ def _test_figures(project: Path) -> dict[str, dict]:
     return out
 
 
-def _timed_repro(cwd: Path) -> tuple[dict[str, float], float, tuple[dict[str, dict], str | None]]:
+def _timed_repro(
+    cwd: Path, warm: bool = False
+) -> tuple[dict[str, float], float, tuple[dict[str, dict], str | None]]:
     """One `dvc repro`, as a user runs it: its wall time, each stage's from the moment DVC
     prints "Running stage '<name>'" to the next such line (the last: to the end; DVC's own
     bookkeeping between stages falls in the stage before), and where each stage's process spent
@@ -199,6 +218,7 @@ def _timed_repro(cwd: Path) -> tuple[dict[str, float], float, tuple[dict[str, di
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "PYTHONUNBUFFERED": "1",  # each line when it is printed, not when a pipe buffer fills
         "CXR_PROFILE": str(log),
+        "CXR_WARM": "1" if warm else "0",
     }
     t0 = time.perf_counter()
     starts: list[tuple[str, float]] = []

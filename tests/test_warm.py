@@ -1,0 +1,114 @@
+"""Stages forked from a warm server (CXR_WARM=1): the same files, output and exit status as a
+process of their own, and never a server whose code or environment differs from the stage's."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cxr_transfer.core import warm
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the warm server is Linux-only")
+
+
+def test_only_python_dash_m_stages_is_forwarded():
+    assert warm.stage_of_argv(["python", "-m", "stages.train", "--run", "x"]) == "stages.train"
+    assert warm.stage_of_argv(["python", "-X", "importtime", "-m", "stages.train"]) is None
+    assert warm.stage_of_argv(["python", "-m", "bench", "--cases", "demo"]) is None
+    assert warm.stage_of_argv(["python", "stages/train.py"]) is None
+
+
+def test_the_key_follows_the_code_and_the_environment_but_not_dvc_s_variables(tmp_path, monkeypatch):
+    for folder in ("cxr_transfer", "stages"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.py").write_text("x = 1\n")
+    monkeypatch.setenv("DVC_STAGE", "one")
+    base = warm.key(tmp_path)
+    monkeypatch.setenv("DVC_STAGE", "two")  # DVC's per-stage variables: the same server
+    assert warm.key(tmp_path) == base
+    monkeypatch.setenv("KMP_AFFINITY", "compact")  # read at import by OpenMP: another server
+    assert warm.key(tmp_path) != base
+    monkeypatch.delenv("KMP_AFFINITY")
+    assert warm.key(tmp_path) == base
+    f = tmp_path / "stages" / "a.py"
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 1))  # an edited stage script
+    assert warm.key(tmp_path) != base
+
+
+def _stage(args, env, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, "-m", "stages.check_params", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.mark.slow  # a server that imports torch, timm and the project (about 5 s on 2 cores)
+def test_a_stage_forked_from_the_warm_server_writes_prints_and_exits_as_a_process_of_its_own(tmp_path):
+    """The first CXR_WARM=1 stage starts the server and waits for it; it and the next ones run in
+    children of the server (its log names them) and give what a process of their own gives: the
+    same output file and printed line, the same one-line error and exit status 2 on bad params."""
+    short = Path(tempfile.mkdtemp(prefix="w", dir="/tmp"))  # a socket's path has at most 107 bytes
+    env = {**os.environ, "CXR_WARM": "1", "TMPDIR": str(short), "OMP_NUM_THREADS": "1"}
+    cold_env = {**env, "CXR_WARM": "0"}
+    bad = yaml.safe_load((ROOT / "params.yaml").read_text())
+    bad["train"]["epochs"] = 0
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    bad_args = ["--params", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "x")]
+    try:
+        cold = _stage(["--out", str(tmp_path / "cold.ok")], cold_env)
+        assert not (short / f"cxr-warm-{os.getuid()}").exists()  # CXR_WARM=0: no server
+        runs = [_stage(["--out", str(tmp_path / f"warm{i}.ok")], env) for i in range(2)]
+        for i, r in enumerate(runs):
+            assert r.returncode == 0, r.stderr
+            assert (tmp_path / f"warm{i}.ok").read_text() == (tmp_path / "cold.ok").read_text()
+            assert r.stdout == cold.stdout
+        cold_bad, warm_bad = _stage(bad_args, cold_env), _stage(bad_args, env)
+        assert cold_bad.returncode == warm_bad.returncode == 2
+        assert warm_bad.stderr == cold_bad.stderr and "train.epochs" in warm_bad.stderr
+        (log,) = (short / f"cxr-warm-{os.getuid()}").glob("*.log")
+        lines = [line.split() for line in log.read_text().splitlines()]
+        assert [(x[0], x[4]) for x in lines] == [("stages.check_params", c) for c in ("0", "0", "2")]
+    finally:
+        assert warm.stop_servers(ROOT, short) == 1
+        shutil.rmtree(short)
+
+
+@pytest.mark.slow  # the warm server's start, then a stage killed a second into its work
+def test_a_client_killed_by_sigkill_takes_its_forked_stage_with_it(tmp_path):
+    """SIGKILL cannot be passed on: the server sees the client's connection close and kills the
+    child's process group (synthesize's worker processes included), so no stage outlives the
+    process DVC started."""
+    short = Path(tempfile.mkdtemp(prefix="w", dir="/tmp"))
+    env = {**os.environ, "CXR_WARM": "1", "TMPDIR": str(short), "OMP_NUM_THREADS": "1"}
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["synthesize"]["n_per_class"] = 3000  # about 40 s of work on 2 cores
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump(p))
+    assert _stage(["--out", str(tmp_path / "ok")], env).returncode == 0  # starts the server
+    try:
+        cmd = [sys.executable, "-m", "stages.synthesize", "--params", str(tmp_path / "big.yaml")]
+        client = subprocess.Popen(
+            [*cmd, "--out", str(tmp_path / "raw"), "--external", str(tmp_path / "b")], cwd=ROOT, env=env
+        )
+        deadline = time.monotonic() + 30
+        while not any((tmp_path / "raw").rglob("*.png")) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the child is writing images
+        client.kill()
+        client.wait()
+        (log,) = (short / f"cxr-warm-{os.getuid()}").glob("*.log")
+        deadline = time.monotonic() + 20
+        while "stages.synthesize" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        line = log.read_text().splitlines()[-1].split()
+        assert line[0] == "stages.synthesize" and line[4] == "-9"  # killed, as its client was
+        written = len(list((tmp_path / "raw").rglob("*.png")))
+        time.sleep(1.0)
+        assert len(list((tmp_path / "raw").rglob("*.png"))) == written < 6000  # nothing writes on
+    finally:
+        assert warm.stop_servers(ROOT, short) == 1
+        shutil.rmtree(short)
