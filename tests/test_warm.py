@@ -3,6 +3,7 @@ process of their own, and never a server whose code or environment differs from 
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -79,36 +80,52 @@ def test_a_stage_forked_from_the_warm_server_writes_prints_and_exits_as_a_proces
         shutil.rmtree(short)
 
 
-@pytest.mark.slow  # the warm server's start, then a stage killed a second into its work
-def test_a_client_killed_by_sigkill_takes_its_forked_stage_with_it(tmp_path):
-    """SIGKILL cannot be passed on: the server sees the client's connection close and kills the
-    child's process group (synthesize's worker processes included), so no stage outlives the
-    process DVC started."""
+@pytest.mark.slow  # the warm server's start, then two long stages killed a second into their work
+def test_signals_and_sigkill_reach_the_forked_stage_and_other_stages_run_beside_it(tmp_path):
+    """A stage runs while another one runs (the server waits on neither); SIGTERM to the client is
+    passed on to the child's process group and the client dies of it, as a process of its own
+    would; SIGKILL cannot be passed on: the server sees the client's connection close and kills
+    the child's group (synthesize's worker processes included), so no stage outlives the process
+    DVC started."""
     short = Path(tempfile.mkdtemp(prefix="w", dir="/tmp"))
     env = {**os.environ, "CXR_WARM": "1", "TMPDIR": str(short), "OMP_NUM_THREADS": "1"}
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p["synthesize"]["n_per_class"] = 3000  # about 40 s of work on 2 cores
     (tmp_path / "big.yaml").write_text(yaml.safe_dump(p))
     assert _stage(["--out", str(tmp_path / "ok")], env).returncode == 0  # starts the server
-    try:
+    (log,) = (short / f"cxr-warm-{os.getuid()}").glob("*.log")
+
+    def synthesize(out: Path) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "stages.synthesize", "--params", str(tmp_path / "big.yaml")]
-        client = subprocess.Popen(
-            [*cmd, "--out", str(tmp_path / "raw"), "--external", str(tmp_path / "b")], cwd=ROOT, env=env
-        )
+        client = subprocess.Popen([*cmd, "--out", str(out), "--external", str(out / "b")], cwd=ROOT, env=env)
         deadline = time.monotonic() + 30
-        while not any((tmp_path / "raw").rglob("*.png")) and time.monotonic() < deadline:
+        while not any(out.rglob("*.png")) and time.monotonic() < deadline:
             time.sleep(0.1)  # the child is writing images
-        client.kill()
-        client.wait()
-        (log,) = (short / f"cxr-warm-{os.getuid()}").glob("*.log")
+        return client
+
+    def last_exit(n_lines: int) -> str:
         deadline = time.monotonic() + 20
-        while "stages.synthesize" not in log.read_text() and time.monotonic() < deadline:
+        while len(log.read_text().splitlines()) < n_lines and time.monotonic() < deadline:
             time.sleep(0.1)
         line = log.read_text().splitlines()[-1].split()
-        assert line[0] == "stages.synthesize" and line[4] == "-9"  # killed, as its client was
-        written = len(list((tmp_path / "raw").rglob("*.png")))
+        assert line[0] == "stages.synthesize"
+        return line[4]
+
+    try:
+        client = synthesize(tmp_path / "a")
+        t0 = time.monotonic()
+        assert _stage(["--out", str(tmp_path / "beside")], env).returncode == 0  # while it runs
+        assert time.monotonic() - t0 < 10 and client.poll() is None
+        client.terminate()
+        assert client.wait() == -signal.SIGTERM  # the client died of it, as the child did
+        assert last_exit(3) == "-15"
+        client = synthesize(tmp_path / "k")
+        client.kill()
+        client.wait()
+        assert last_exit(4) == "-9"  # killed, as its client was
+        written = len(list((tmp_path / "k").rglob("*.png")))
         time.sleep(1.0)
-        assert len(list((tmp_path / "raw").rglob("*.png"))) == written < 6000  # nothing writes on
+        assert len(list((tmp_path / "k").rglob("*.png"))) == written < 6000  # nothing writes on
     finally:
         assert warm.stop_servers(ROOT, short) == 1
         shutil.rmtree(short)

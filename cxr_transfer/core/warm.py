@@ -120,8 +120,11 @@ def forward_if_warm() -> None:
     code = _ask(path, module, sys.orig_argv[3:], root)
     if code is None and _start_server(path, root):
         code = _ask(path, module, sys.orig_argv[3:], root)
+    if code is not None and code < 0:  # the child died of a signal: so does this process
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
     if code is not None:
-        os._exit(code)
+        os._exit(code if code >= 0 else 128 - code)
 
 
 def _ask(path: Path, module: str, args: list[str], root: Path) -> int | None:
@@ -212,24 +215,66 @@ def serve(path: Path) -> None:
     if threading.active_count() != 1:  # a Python thread's locks could be held at the fork
         _failed(path, f"{threading.active_count()} Python threads after the imports")
         return
+    if not hasattr(os, "pidfd_open"):  # Linux 5.3 and Python 3.9: the loop waits on pidfds
+        _failed(path, "os.pidfd_open is missing (Linux 5.3 or later)")
+        return
     if _alive(path):
         return
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(8)
-    listener.settimeout(SERVER_IDLE)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop_servers: the socket file goes too
     try:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                return
-            with conn, contextlib.suppress(OSError):  # a client gone mid-request: serve the next
-                _serve_one(conn, listener)
+        _loop(listener, path.with_suffix(".log"))
     finally:
         listener.close()
         path.unlink(missing_ok=True)
+
+
+def _loop(listener: socket.socket, log: Path) -> None:
+    """One thread, one selector: new requests, the children running (a pidfd each: readable when
+    the child ends) and their clients (readable only when gone). Several stages may run at once
+    (two dvc repro in one folder, a stage run by hand beside one); with no child running and no
+    request for SERVER_IDLE seconds, return."""
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ, ("listener",))
+    running = 0
+    while True:
+        events = sel.select(None if running else SERVER_IDLE)
+        if not events and not running:
+            return
+        for k, _ in events:
+            what = k.data[0]
+            if what == "listener":
+                conn, _ = listener.accept()
+                started = _start_child(conn, listener)
+                if started is None:
+                    conn.close()
+                    continue
+                pid, pidfd, module, cwd = started
+                t0 = time.perf_counter()
+                sel.register(pidfd, selectors.EVENT_READ, ("child", pid, conn, module, cwd, t0))
+                sel.register(conn, selectors.EVENT_READ, ("client", pid))
+                running += 1
+            elif what == "client":  # the client sends nothing after its request: readable = gone
+                with contextlib.suppress(OSError):
+                    os.killpg(k.data[1], signal.SIGKILL)  # SIGKILL cannot be passed on: do it here
+                sel.unregister(k.fileobj)
+            else:
+                _, pid, conn, module, cwd, t0 = k.data
+                sel.unregister(k.fileobj)
+                os.close(k.fd)
+                with contextlib.suppress(KeyError, ValueError):
+                    sel.unregister(conn)
+                status = os.waitpid(pid, 0)[1]
+                running -= 1
+                code = os.waitstatus_to_exitcode(status)
+                with contextlib.suppress(OSError), open(log, "a") as f:
+                    f.write(f"{module} pid {pid} exit {code} {time.perf_counter() - t0:.2f} s {cwd}\n")
+                with contextlib.suppress(OSError):  # the client is gone (killed): nobody to tell
+                    conn.sendall(struct.pack("!q", status))
+                conn.close()
 
 
 def _preload() -> None:
@@ -280,11 +325,15 @@ def _alive(path: Path) -> bool:
         probe.close()
 
 
-def _serve_one(conn: socket.socket, listener: socket.socket) -> None:
+def _start_child(conn: socket.socket, listener: socket.socket) -> tuple[int, int, str, str] | None:
+    """Read a request and fork its child: (pid, its pidfd, module, folder); None for a probe
+    (_alive) or a broken request (the client then runs the stage itself)."""
     conn.settimeout(30.0)
     try:
         head, fds, _flags, _addr = socket.recv_fds(conn, 8, 3)
         if len(head) != 8 or len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
             raise OSError("bad request")
         (size,) = struct.unpack("!Q", head)
         body = b""
@@ -294,10 +343,10 @@ def _serve_one(conn: socket.socket, listener: socket.socket) -> None:
                 raise OSError("short request")
             body += chunk
         req = json.loads(body)
-    except (OSError, ValueError):  # a probe (_alive) or a broken request: no fork
+    except (OSError, ValueError):
         with contextlib.suppress(OSError):
             conn.sendall(struct.pack("!q", -1))
-        return
+        return None
     pid = os.fork()
     if pid == 0:
         listener.close()
@@ -308,36 +357,16 @@ def _serve_one(conn: socket.socket, listener: socket.socket) -> None:
     for fd in fds:
         os.close(fd)
     conn.settimeout(None)
-    t0 = time.perf_counter()
     with contextlib.suppress(OSError):  # the client gone already: the child is still waited for
         conn.sendall(struct.pack("!q", pid))
-    status = _wait(pid, conn)
-    with contextlib.suppress(OSError), open(Path(listener.getsockname()).with_suffix(".log"), "a") as log:
-        code = os.waitstatus_to_exitcode(status)
-        log.write(f"{req['module']} pid {pid} exit {code} {time.perf_counter() - t0:.2f} s {req['cwd']}\n")
-    with contextlib.suppress(OSError):  # the client is gone (killed): nobody to tell
-        conn.sendall(struct.pack("!q", status))
-
-
-def _wait(pid: int, conn: socket.socket) -> int:
-    """The child's wait status; if its client goes first (killed, even by SIGKILL, which it
-    cannot pass on), the child's process group is killed: a stage never outlives its process."""
     try:
         pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):  # before Linux 5.3: wait only
-        return os.waitpid(pid, 0)[1]
-    with selectors.DefaultSelector() as sel:
-        sel.register(pidfd, selectors.EVENT_READ)
-        sel.register(conn, selectors.EVENT_READ)
-        while True:
-            ready = [k.fileobj for k, _ in sel.select()]
-            if pidfd in ready:
-                os.close(pidfd)
-                return os.waitpid(pid, 0)[1]
-            if conn in ready:  # the client sends nothing after its request: readable = gone
-                with contextlib.suppress(OSError):
-                    os.killpg(pid, signal.SIGKILL)
-                sel.unregister(conn)
+    except OSError:  # no descriptor left: wait for this child here, then serve the next
+        status = os.waitpid(pid, 0)[1]
+        with contextlib.suppress(OSError):
+            conn.sendall(struct.pack("!q", status))
+        return None
+    return pid, pidfd, req["module"], req["cwd"]
 
 
 def _child(req: dict, fds: list[int]) -> None:
@@ -348,6 +377,7 @@ def _child(req: dict, fds: list[int]) -> None:
 
     code = 0
     try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the server's handler is not the stage's
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -370,6 +400,9 @@ def _child(req: dict, fds: list[int]) -> None:
         else:
             print(e.code, file=sys.stderr)
             code = 1
+    except KeyboardInterrupt:  # Ctrl-C passed on: end by SIGINT, as Python's own exit does
+        traceback.print_exc()
+        code = -signal.SIGINT
     except BaseException:
         traceback.print_exc()
         code = 1
@@ -384,7 +417,10 @@ def _child(req: dict, fds: list[int]) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
-        os._exit(code)
+        if code < 0:
+            signal.signal(-code, signal.SIG_DFL)
+            os.kill(os.getpid(), -code)
+        os._exit(code if code >= 0 else 128 - code)
 
 
 if __name__ == "__main__":
