@@ -33,10 +33,10 @@ class ArrayBatches:
     row in it, the step between its rows) of the batch last yielded: augmentation draws for the
     whole global batch and takes these rows, as one process would.
 
-    With `min_share` 2 (the training batches of images), a last global batch that would leave a
-    process fewer than two images joins the batch before it: BatchNorm in training mode needs more
-    than one value per channel, and a lone image whose last feature map is 1x1 (32 px and smaller)
-    has one. Nothing changes where the batch size divides the images or the remainder is larger.
+    Shuffled (training) batches never end with a global batch that would leave a process fewer
+    than two images: it joins the batch before it. BatchNorm in training mode needs more than one
+    value per channel, and a lone image whose last feature map is 1x1 (32 px and smaller) has one.
+    Nothing changes where the batch size divides the images or the remainder is larger.
 
     A numpy store larger than `budget` bytes (None: no limit) is not copied: it stays memory-mapped
     on disk and each batch is read from it when needed, by a background thread that keeps
@@ -55,7 +55,6 @@ class ArrayBatches:
         balanced=False,
         budget: float | None = None,
         shard: tuple[int, int] | None = None,
-        min_share: int = 1,
     ):
         if len(x) == 0:
             raise CxrError("empty split: no images to batch")
@@ -70,7 +69,7 @@ class ArrayBatches:
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
         self.prefetch = 2  # streamed batches read ahead (a test varies it)
         self.shard = shard  # (rank, processes): each batch's items rank, rank + processes, ...
-        self.min_share = min_share
+        self.min_share = 2 if shuffle else 1  # images per process in the last batch, at least
         # balanced: each epoch draws n images with replacement, every class equally likely
         self.weights = (1.0 / torch.bincount(self.y.cpu()).double())[self.y.cpu()] if balanced else None
 
@@ -82,7 +81,7 @@ class ArrayBatches:
         n, b = len(self.y), self.batch_size
         starts = list(range(0, n, b))
         processes = self.shard[1] if self.shard else 1
-        if self.min_share > 1 and len(starts) > 1 and n - starts[-1] < self.min_share * processes:
+        if len(starts) > 1 and n - starts[-1] < self.min_share * processes and self.min_share > 1:
             starts.pop()  # a short last batch joins the one before
         return list(zip(starts, [*starts[1:], n], strict=True))
 

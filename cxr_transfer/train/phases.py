@@ -50,12 +50,12 @@ class RunSetup:
 
 
 def image_batches(
-    x, y, batch_size: int, device, shuffle=False, seed=0, balanced=False, budget=None, shard=None, min_share=1
+    x, y, batch_size: int, device, shuffle=False, seed=0, balanced=False, budget=None, shard=None
 ):
     """Batches of (B,1,S,S) uint8 images from an (N,S,S) store (streamed when over `budget` bytes;
-    this process's share of each batch with `shard`; `min_share` 2 for training: ArrayBatches)."""
+    this process's share of each batch with `shard`)."""
     x = np.asarray(x)[:, None]
-    return ArrayBatches(x, y, batch_size, shuffle, seed, device, balanced, budget, shard, min_share)
+    return ArrayBatches(x, y, batch_size, shuffle, seed, device, balanced, budget, shard=shard)
 
 
 def param_groups(
@@ -166,9 +166,7 @@ def setup_run(
             va = ArrayBatches(feats["val"], data["val"][1], batch_size, False, seed, device)
             cached.append(True)
         else:
-            tr = image_batches(
-                *data["train"], batch_size, device, True, seed, balanced, each, world.shard, min_share=2
-            )
+            tr = image_batches(*data["train"], batch_size, device, True, seed, balanced, each, world.shard)
             va = image_batches(*data["val"], batch_size, device, budget=each)
             aug = _augmenter(tr, seed, augment, mode.acquisition) if augmented else None
             loop = Loop(
