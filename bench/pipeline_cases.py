@@ -59,6 +59,7 @@ def dataset_scale(work: Path, n: int, prepare_size: int) -> dict:
     for name, cmd in commands.items():
         r = subprocess.run(
             [sys.executable, "-c", _PEAK, sys.executable, "-m", *cmd],
+            env={**os.environ, "CXR_WARM": "0"},  # the stage in the process measured, not a fork
             cwd=ROOT,
             check=True,
             capture_output=True,

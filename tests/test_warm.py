@@ -27,20 +27,40 @@ def test_only_python_dash_m_stages_is_forwarded():
 
 
 def test_the_key_follows_the_code_and_the_environment_but_not_dvc_s_variables(tmp_path, monkeypatch):
-    for folder in ("cxr_transfer", "stages"):
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / "a.py").write_text("x = 1\n")
+    packages = [tmp_path / "cxr_transfer", tmp_path / "stages"]
+    for folder in packages:
+        folder.mkdir()
+        (folder / "a.py").write_text("x = 1\n")
     monkeypatch.setenv("DVC_STAGE", "one")
-    base = warm.key(tmp_path)
+    base = warm.key(tmp_path, packages)
     monkeypatch.setenv("DVC_STAGE", "two")  # DVC's per-stage variables: the same server
-    assert warm.key(tmp_path) == base
+    assert warm.key(tmp_path, packages) == base
     monkeypatch.setenv("KMP_AFFINITY", "compact")  # read at import by OpenMP: another server
-    assert warm.key(tmp_path) != base
+    assert warm.key(tmp_path, packages) != base
     monkeypatch.delenv("KMP_AFFINITY")
-    assert warm.key(tmp_path) == base
+    assert warm.key(tmp_path, packages) == base
+    assert warm.key(tmp_path / "stages", packages) != base  # another working folder
+    old = os.umask(0o077)
+    try:
+        assert warm.key(tmp_path, packages) != base  # files made with other modes
+    finally:
+        os.umask(old)
     f = tmp_path / "stages" / "a.py"
     os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 1))  # an edited stage script
-    assert warm.key(tmp_path) != base
+    assert warm.key(tmp_path, packages) != base
+
+
+def test_the_socket_folder_must_be_this_user_s_alone(tmp_path, monkeypatch):
+    """A folder someone else could enter (or made first in a shared /tmp) is not used."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    folder = warm.socket_dir()
+    assert folder == tmp_path / f"cxr-warm-{os.getuid()}" and (folder.stat().st_mode & 0o777) == 0o700
+    folder.chmod(0o755)
+    assert warm.socket_dir() is None
+    folder.rmdir()
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    folder.symlink_to(tmp_path / "elsewhere")
+    assert warm.socket_dir() is None
 
 
 def _stage(args, env, cwd=ROOT):
@@ -55,7 +75,13 @@ def test_a_stage_forked_from_the_warm_server_writes_prints_and_exits_as_a_proces
     children of the server (its log names them) and give what a process of their own gives: the
     same output file and printed line, the same one-line error and exit status 2 on bad params."""
     short = Path(tempfile.mkdtemp(prefix="w", dir="/tmp"))  # a socket's path has at most 107 bytes
-    env = {**os.environ, "CXR_WARM": "1", "TMPDIR": str(short), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "CXR_WARM": "1",
+        "TMPDIR": str(short),
+        "XDG_RUNTIME_DIR": str(short),
+        "OMP_NUM_THREADS": "1",
+    }
     cold_env = {**env, "CXR_WARM": "0"}
     bad = yaml.safe_load((ROOT / "params.yaml").read_text())
     bad["train"]["epochs"] = 0
@@ -88,7 +114,13 @@ def test_signals_and_sigkill_reach_the_forked_stage_and_other_stages_run_beside_
     the child's group (synthesize's worker processes included), so no stage outlives the process
     DVC started."""
     short = Path(tempfile.mkdtemp(prefix="w", dir="/tmp"))
-    env = {**os.environ, "CXR_WARM": "1", "TMPDIR": str(short), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "CXR_WARM": "1",
+        "TMPDIR": str(short),
+        "XDG_RUNTIME_DIR": str(short),
+        "OMP_NUM_THREADS": "1",
+    }
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p["synthesize"]["n_per_class"] = 3000  # about 40 s of work on 2 cores
     (tmp_path / "big.yaml").write_text(yaml.safe_dump(p))

@@ -4,23 +4,30 @@ timm and the project already imported.
 Every stage is a fresh `python -m stages.<name>` process under DVC, and a stage that builds a
 network spends 2-3 s importing torch, torchvision, timm and scikit-learn before its work (the
 demo runs 15 such stages). With CXR_WARM=1 the first stage starts a server in the background that
-imports them once and waits on a Unix socket; each later stage's process (the client) connects,
-hands over its arguments, environment, working folder and its standard streams (the file
-descriptors themselves, so DVC reads the output as before), and the server forks a child that
-runs the stage's module as `__main__` (runpy, as `python -m` does). The client waits for the
-child's exit status and exits with it; Ctrl-C or a kill of the client is passed on to the child.
+imports them once and waits on a Unix socket; every stage's process (the client) connects, hands
+over its arguments, environment, working folder and its standard streams (the file descriptors
+themselves, so DVC reads the output as before), and the server forks a child that runs the
+stage's module as `__main__` (runpy, as `python -m` does). The client waits for the child's exit
+status and exits with it (or dies of its signal); INT, TERM, HUP, QUIT, USR1 and USR2 sent to the
+client are passed on to the child's process group, and a client that dies without passing one on
+(SIGKILL) takes the child with it.
 
-The server is only used where it cannot differ from a fresh process:
-- its key is the interpreter, the project folder, every environment variable but DVC's own (they
-  change per stage) and the modification time and size of every .py file of the project and of
-  the site-packages folders: an edited file or another environment gets a new server (the old one
-  leaves after SERVER_IDLE seconds without a request);
+The server is used only where a child behaves as a fresh process would:
+- its key is the interpreter, the working folder, the umask and CPU affinity, every environment
+  variable but DVC's own (they change per stage) and the modification time and size of every .py
+  file of the project's two packages and of the site-packages folders themselves: an edited file
+  or another environment gets a new server (the old one leaves after SERVER_IDLE seconds idle);
 - it forks as PyTorch's DataLoader forks its workers, after the imports: no Python thread but
   the main one (fork copies the calling thread alone), the libraries' idle native pools (OpenBLAS
-  re-creates its own after a fork), and no torch code run (no OpenMP pool, no CUDA context);
+  re-creates its own after a fork), and no torch code run (no OpenMP pool, no CUDA context); the
+  child reseeds Python's and NumPy's global generators, as a new process seeds them;
+- the socket lives in a folder only this user can enter ($XDG_RUNTIME_DIR, else the temporary
+  folder), and the server serves only its own user's processes and only `stages.<name>` modules;
 - the client forwards only `python -m stages.<name>` on Linux, outside torchrun; in every other
-  case, when no server answers (the first stage starts one and runs as usual), or when the
-  request fails before the fork, the stage runs in its own process as it always did.
+  case, when the server cannot start, or when a request fails before the fork, the stage runs in
+  its own process as it always did.
+What is not the same: the hash seed (PYTHONHASHSEED) and resource limits are the server's, and
+warnings printed while modules are imported appear only in the first, cold, process.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import os
 import selectors
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -41,8 +49,9 @@ from pathlib import Path
 
 ENV = "CXR_WARM"
 MODULE = "cxr_transfer.core.warm"  # the server runs as python -m MODULE <socket>
-SERVER_IDLE = 120.0  # seconds without a request before the server exits
+SERVER_IDLE = 120.0  # seconds without a request and no stage running before the server exits
 START_WAIT = 60.0  # seconds the first stage waits for the server it started
+RETRY_FAILED = 600.0  # seconds after which a server that could not start is tried again
 PRELOAD = (  # what stages import inside functions, beside what their modules import at the top
     "torch",
     "torchvision",
@@ -53,6 +62,7 @@ PRELOAD = (  # what stages import inside functions, beside what their modules im
     "onnx",
     "onnxruntime",
 )
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 in_child = False  # True in a child of the server: its stage runs here, never forwarded again
 STAGES = "stages"  # the stage scripts' package (this module only names it: it imports none of them)
 
@@ -64,25 +74,41 @@ def wanted() -> bool:
 def stage_of_argv(orig_argv: list[str]) -> str | None:
     """`stages.<name>` when the interpreter was started as `python -m stages.<name> ...` (and
     nothing else: no other interpreter option), else None."""
-    if len(orig_argv) >= 3 and orig_argv[1] == "-m" and orig_argv[2].startswith(STAGES + "."):
+    if len(orig_argv) >= 3 and orig_argv[1] == "-m" and _is_stage(orig_argv[2]):
         return orig_argv[2]
     return None
 
 
-def key(root: Path) -> str:
+def _is_stage(module) -> bool:
+    parts = module.split(".") if isinstance(module, str) else []
+    return len(parts) == 2 and parts[0] == STAGES and parts[1].isidentifier()
+
+
+def package_dirs() -> list[Path]:
+    """The folders of the project's two packages, wherever they are imported from."""
+    here = Path(__file__).resolve().parent.parent  # cxr_transfer/
+    stages = sys.modules.get(STAGES)
+    return [here, Path(stages.__file__).resolve().parent if stages else here.parent / STAGES]
+
+
+def key(cwd: Path, packages: list[Path]) -> str:
     """What a stage's process depends on beyond its arguments (module docstring)."""
     files = []
-    for folder in ("cxr_transfer", STAGES):
-        for path in sorted((root / folder).rglob("*.py")):
+    for folder in packages:
+        for path in sorted(folder.rglob("*.py")):
             st = path.stat()
-            files.append((str(path.relative_to(root)), st.st_mtime_ns, st.st_size))
+            files.append((str(path), st.st_mtime_ns, st.st_size))
     paths = [p for p in sys.path[1:] if p and os.path.isdir(p)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
+    umask = os.umask(0o022)
+    os.umask(umask)
     blob = json.dumps(
         [
             sys.executable,
             sys.version,
-            str(root),
+            str(cwd),
+            umask,
+            sorted(os.sched_getaffinity(0)),
             sorted(env.items()),
             files,
             [(p, os.stat(p).st_mtime_ns) for p in paths],
@@ -91,8 +117,18 @@ def key(root: Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def socket_path(k: str) -> Path:
-    return Path(tempfile.gettempdir()) / f"cxr-warm-{os.getuid()}" / f"{k}.sock"
+def socket_dir() -> Path | None:
+    """This user's folder for the sockets, made if missing; None unless it is a real folder that
+    this user owns and nobody else may enter (a shared /tmp: someone may have made it first)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    base = Path(runtime) if runtime and os.path.isdir(runtime) else Path(tempfile.gettempdir())
+    folder = base / f"cxr-warm-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,35 +144,39 @@ def forward_if_warm() -> None:
     module = stage_of_argv(sys.orig_argv)
     if module is None:
         return
-    root = Path.cwd()
+    cwd = Path.cwd()
     try:
-        path = socket_path(key(root))
+        folder = socket_dir()
+        if folder is None:
+            return
+        path = folder / f"{key(cwd, package_dirs())}.sock"
+        failed = path.with_suffix(".failed")
+        if failed.exists() and time.time() - failed.stat().st_mtime < RETRY_FAILED:
+            return  # this key's server could not start a moment ago: run here
     except OSError:
         return
     if len(os.fsencode(path)) > 100:  # a Unix socket's path holds at most 107 bytes
         return
-    if path.with_suffix(".failed").exists():  # this key's server could not start: run here
+    code = _ask(path, module, sys.orig_argv[3:], cwd)
+    if code is None and _start_server(path, cwd):
+        code = _ask(path, module, sys.orig_argv[3:], cwd)
+    if code is None:
         return
-    code = _ask(path, module, sys.orig_argv[3:], root)
-    if code is None and _start_server(path, root):
-        code = _ask(path, module, sys.orig_argv[3:], root)
-    if code is not None and code < 0:  # the child died of a signal: so does this process
-        signal.signal(-code, signal.SIG_DFL)
+    if code < 0:  # the child died of a signal: so does this process
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL and SIGSTOP keep their action
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
-    if code is not None:
-        os._exit(code if code >= 0 else 128 - code)
+    os._exit(code if code >= 0 else 128 - code)
 
 
-def _ask(path: Path, module: str, args: list[str], root: Path) -> int | None:
+def _ask(path: Path, module: str, args: list[str], cwd: Path) -> int | None:
     """The exit status of the stage run by the server, or None when no server took it."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(str(path))
-        request = json.dumps(
-            {"module": module, "args": args, "cwd": str(root), "env": dict(os.environ)}
-        ).encode()
-        socket.send_fds(conn, [struct.pack("!Q", len(request))], [0, 1, 2])
-        conn.sendall(request)
+        request = json.dumps({"module": module, "args": args, "cwd": str(cwd), "env": dict(os.environ)})
+        socket.send_fds(conn, [struct.pack("!Q", len(request.encode()))], [0, 1, 2])
+        conn.sendall(request.encode())
         pid = _read_int(conn)
     except OSError:
         conn.close()
@@ -149,38 +189,41 @@ def _ask(path: Path, module: str, args: list[str], root: Path) -> int | None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signum)
 
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for s in FORWARDED:
         signal.signal(s, forward)
     status = _read_int(conn)
     conn.close()
-    if status is None:
+    if status is None:  # the server died: the stage must not outlive this process
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
         print(
-            f"{module}: error: the warm server ended before the stage did; rerun without {ENV}",
-            file=sys.stderr,
+            f"{module}: error: the warm server ended during the stage; rerun without {ENV}", file=sys.stderr
         )
         return 1
-    return os.waitstatus_to_exitcode(status) if status >= 0 else 1
+    return os.waitstatus_to_exitcode(status)
 
 
 def _read_int(conn: socket.socket) -> int | None:
     data = b""
     while len(data) < 8:
-        chunk = conn.recv(8 - len(data))
+        try:
+            chunk = conn.recv(8 - len(data))
+        except InterruptedError:
+            continue
         if not chunk:
             return None
         data += chunk
     return struct.unpack("!q", data)[0]
 
 
-def _start_server(path: Path, root: Path) -> bool:
+def _start_server(path: Path, cwd: Path) -> bool:
     """Start the server in the background (its own session, no terminal, streams closed) and
     wait until it listens (about 4 s on 2 cores: the imports a cold stage would pay itself);
     False if it ended first or took over START_WAIT seconds."""
     try:
-        path.parent.mkdir(mode=0o700, exist_ok=True)
         server = subprocess.Popen(
             [sys.executable, "-m", MODULE, str(path)],
-            cwd=root,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -203,8 +246,9 @@ def _start_server(path: Path, root: Path) -> bool:
 
 def serve(path: Path) -> None:
     """Import what stages import, then fork a child per request until SERVER_IDLE seconds pass
-    without one. Exits at once where another server holds `path`; where the imports fail or leave
-    a Python thread running, writes `<path>.failed` (the clients then run cold) and exits."""
+    with no request and no stage running. Exits at once where another server holds `path`; where
+    the imports fail or leave a Python thread running, writes `<path>.failed` (the clients then
+    run cold for RETRY_FAILED seconds) and exits."""
     import threading
 
     try:
@@ -224,12 +268,15 @@ def serve(path: Path) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(8)
+    mine = os.stat(path).st_ino
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop_servers: the socket file goes too
     try:
         _loop(listener, path.with_suffix(".log"))
     finally:
         listener.close()
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == mine:  # not another server's, bound after ours
+                path.unlink()
 
 
 def _loop(listener: socket.socket, log: Path) -> None:
@@ -237,7 +284,7 @@ def _loop(listener: socket.socket, log: Path) -> None:
     the child ends) and their clients (readable only when gone). Several stages may run at once
     (two dvc repro in one folder, a stage run by hand beside one); with no child running and no
     request for SERVER_IDLE seconds, return."""
-    sel = selectors.DefaultSelector()
+    sel = selectors.EpollSelector()  # Linux only, as the server is: fileno() for the child to close
     sel.register(listener, selectors.EVENT_READ, ("listener",))
     running = 0
     while True:
@@ -247,20 +294,23 @@ def _loop(listener: socket.socket, log: Path) -> None:
         for k, _ in events:
             what = k.data[0]
             if what == "listener":
-                conn, _ = listener.accept()
-                started = _start_child(conn, listener)
-                if started is None:
-                    conn.close()
-                    continue
-                pid, pidfd, module, cwd = started
-                t0 = time.perf_counter()
-                sel.register(pidfd, selectors.EVENT_READ, ("child", pid, conn, module, cwd, t0))
-                sel.register(conn, selectors.EVENT_READ, ("client", pid))
-                running += 1
+                with contextlib.suppress(OSError):
+                    conn, _ = listener.accept()
+                    started = _start_child(conn, sel)
+                    if started is None:
+                        conn.close()
+                        continue
+                    pid, pidfd, module, cwd = started
+                    sel.register(
+                        pidfd, selectors.EVENT_READ, ("child", pid, conn, module, cwd, time.perf_counter())
+                    )
+                    sel.register(conn, selectors.EVENT_READ, ("client", pid))
+                    running += 1
             elif what == "client":  # the client sends nothing after its request: readable = gone
                 with contextlib.suppress(OSError):
                     os.killpg(k.data[1], signal.SIGKILL)  # SIGKILL cannot be passed on: do it here
-                sel.unregister(k.fileobj)
+                with contextlib.suppress(KeyError, ValueError):  # its child may have ended first
+                    sel.unregister(k.fileobj)
             else:
                 _, pid, conn, module, cwd, t0 = k.data
                 sel.unregister(k.fileobj)
@@ -300,14 +350,17 @@ def _failed(path: Path, why: str) -> None:
 
 def stop_servers(root: Path, sockets: Path | None = None) -> int:
     """End every warm server whose folder is `root` (and whose socket is under `sockets`, if
-    given); Linux /proc. Returns how many were sent SIGTERM."""
+    given); Linux /proc. Servers lead their own session, their running stages do not: those are
+    left alone. Returns how many were sent SIGTERM."""
     n = 0
     for proc in Path("/proc").iterdir():
         try:
+            pid = int(proc.name)
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            mine = sockets is None or cmd[3].decode().startswith(f"{sockets}{os.sep}")
-            if cmd[1:3] == [b"-m", MODULE.encode()] and mine and os.readlink(proc / "cwd") == str(root):
-                os.kill(int(proc.name), signal.SIGTERM)
+            ours = sockets is None or cmd[3].decode().startswith(f"{sockets}{os.sep}")
+            server = cmd[1:3] == [b"-m", MODULE.encode()] and os.getsid(pid) == pid
+            if server and ours and os.readlink(proc / "cwd") == str(root):
+                os.kill(pid, signal.SIGTERM)
                 n += 1
         except (OSError, ValueError, IndexError):
             continue
@@ -325,37 +378,66 @@ def _alive(path: Path) -> bool:
         probe.close()
 
 
-def _start_child(conn: socket.socket, listener: socket.socket) -> tuple[int, int, str, str] | None:
-    """Read a request and fork its child: (pid, its pidfd, module, folder); None for a probe
-    (_alive) or a broken request (the client then runs the stage itself)."""
+def _read_request(conn: socket.socket) -> tuple[dict, list[int]] | None:
+    """A client's request and its three descriptors; None (descriptors closed) for a probe
+    (_alive), another user's process, or anything but `stages.<name>` with its fields."""
     conn.settimeout(30.0)
+    fds: list[int] = []
     try:
+        pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         head, fds, _flags, _addr = socket.recv_fds(conn, 8, 3)
-        if len(head) != 8 or len(fds) != 3:
-            for fd in fds:
-                os.close(fd)
-            raise OSError("bad request")
+        if uid != os.getuid() or len(head) != 8 or len(fds) != 3:
+            raise ValueError("not a request of this user's")
         (size,) = struct.unpack("!Q", head)
         body = b""
         while len(body) < size:
             chunk = conn.recv(min(1 << 20, size - len(body)))
             if not chunk:
-                raise OSError("short request")
+                raise ValueError("short request")
             body += chunk
         req = json.loads(body)
+        ok = (
+            _is_stage(req.get("module"))
+            and isinstance(req.get("args"), list)
+            and all(isinstance(a, str) for a in req["args"])
+            and isinstance(req.get("cwd"), str)
+            and isinstance(req.get("env"), dict)
+        )
+        if not ok:
+            raise ValueError("not a stage's request")
+        return req, fds
     except (OSError, ValueError):
+        for fd in fds:
+            os.close(fd)
         with contextlib.suppress(OSError):
             conn.sendall(struct.pack("!q", -1))
         return None
-    pid = os.fork()
+
+
+def _start_child(conn: socket.socket, sel: selectors.EpollSelector) -> tuple[int, int, str, str] | None:
+    """Read a request and fork its child: (pid, its pidfd, module, folder); None when there is
+    no child (the client then runs the stage itself, or has been told its status)."""
+    got = _read_request(conn)
+    if got is None:
+        return None
+    req, fds = got
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)  # none lands before the child's reset
+    try:
+        pid = os.fork()
+    except OSError:
+        pid = -1
     if pid == 0:
-        listener.close()
-        conn.close()
-        _child(req, fds)  # never returns
-    with contextlib.suppress(OSError):  # its own process group (the child sets it too: no race)
-        os.setpgid(pid, pid)
+        inherited = [*(k.fd for k in sel.get_map().values()), sel.fileno(), conn.fileno()]
+        _child(req, fds, inherited, blocked)  # never returns
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     for fd in fds:
         os.close(fd)
+    if pid < 0:
+        with contextlib.suppress(OSError):
+            conn.sendall(struct.pack("!q", -1))
+        return None
+    with contextlib.suppress(OSError):  # its own process group (the child sets it too: no race)
+        os.setpgid(pid, pid)
     conn.settimeout(None)
     with contextlib.suppress(OSError):  # the client gone already: the child is still waited for
         conn.sendall(struct.pack("!q", pid))
@@ -369,15 +451,20 @@ def _start_child(conn: socket.socket, listener: socket.socket) -> tuple[int, int
     return pid, pidfd, req["module"], req["cwd"]
 
 
-def _child(req: dict, fds: list[int]) -> None:
+def _child(req: dict, fds: list[int], inherited: list[int], blocked) -> None:
     """Become the stage's process: its streams, folder, environment and arguments, then run its
-    module as __main__; the exit status is the process's."""
-    import runpy
-    import traceback
-
+    module as __main__; the exit status is the process's (an int as Python's, & 0xFF)."""
     code = 0
     try:
+        import random
+        import runpy
+        import traceback
+
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the server's handler is not the stage's
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        for fd in inherited:  # the server's listener, other stages' clients and pidfds
+            with contextlib.suppress(OSError):
+                os.close(fd)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -387,40 +474,53 @@ def _child(req: dict, fds: list[int]) -> None:
         os.environ.update(req["env"])
         for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
             stream.reconfigure(line_buffering=stream is sys.stderr or os.isatty(fd))
+        random.seed()  # a new process's global generators are seeded afresh, not the server's
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed()
         sys.modules[MODULE].in_child = True  # stages/__init__.py's forward_if_warm: run here
         module = req["module"]
         sys.orig_argv = [sys.executable, "-m", module, *req["args"]]
         sys.argv = [module, *req["args"]]
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-    except SystemExit as e:
-        if e.code is None:
-            code = 0
-        elif isinstance(e.code, int):
-            code = e.code
-        else:
-            print(e.code, file=sys.stderr)
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            if e.code is None:
+                code = 0
+            elif isinstance(e.code, int):
+                code = e.code & 0xFF
+            else:
+                print(e.code, file=sys.stderr)
+                code = 1
+        except KeyboardInterrupt:  # Ctrl-C passed on: end by SIGINT, as Python's own exit does
+            traceback.print_exc()
+            code = -signal.SIGINT
+        except BaseException:
+            traceback.print_exc()
             code = 1
-    except KeyboardInterrupt:  # Ctrl-C passed on: end by SIGINT, as Python's own exit does
-        traceback.print_exc()
-        code = -signal.SIGINT
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    try:
-        import atexit
-        import threading
-
-        for t in threading.enumerate():  # as the interpreter's exit does: wait for non-daemon threads
-            if t is not threading.current_thread() and not t.daemon:
-                t.join()
-        atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _finish()
     finally:
         if code < 0:
             signal.signal(-code, signal.SIG_DFL)
             os.kill(os.getpid(), -code)
         os._exit(code if code >= 0 else 128 - code)
+
+
+def _finish() -> None:
+    """What the interpreter's exit does before its teardown: wait for non-daemon threads, run the
+    atexit handlers, flush Python's and C's standard streams."""
+    import atexit
+    import ctypes
+    import threading
+
+    with contextlib.suppress(Exception):
+        threading._shutdown()
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).fflush(None)
 
 
 if __name__ == "__main__":
