@@ -4,9 +4,9 @@ random state), and the fingerprint that ties a run folder to one configuration, 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -131,18 +131,20 @@ class Checkpoints:
 
 
 def code_digest(prefixes: tuple[str, ...] = ("cxr_transfer", "stages")) -> str:
-    """sha1 of every .py file of the packages `prefixes`: the code a run can be made of, loaded
-    or not, so a stage in its own process and one forked from the warm server (which has every
-    module loaded: cxr_transfer/core/warm.py) agree.
+    """sha1 of the source of every loaded module under `prefixes`: the code a run was made by.
 
     Part of the resume fingerprint, so weights left by a killed run are never continued by
     changed code (DVC reruns the stage after a code change; resuming would mix the two)."""
+    files = {}
+    for name, mod in list(sys.modules.items()):
+        # `python -m stages.train` runs the stage as __main__: its spec still says stages.train
+        real = getattr(getattr(mod, "__spec__", None), "name", None) or name
+        path = getattr(mod, "__file__", None)
+        if path and real.split(".")[0] in prefixes and Path(path).exists():
+            files[real] = Path(path)
     h = hashlib.sha1()
-    for prefix in prefixes:
-        spec = importlib.util.find_spec(prefix)
-        for root in (spec.submodule_search_locations or []) if spec else []:
-            for path in sorted(Path(root).rglob("*.py")):
-                h.update(f"{prefix}/{path.relative_to(root)}".encode() + b"\0" + path.read_bytes())
+    for real in sorted(files):
+        h.update(real.encode() + b"\0" + files[real].read_bytes())
     return h.hexdigest()
 
 
