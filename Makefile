@@ -15,8 +15,11 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 venv: $(STAMP)
 
-repro: venv   # stages forked from a warm process (docs/performance.md): the same results, 0.6x the time
-	CXR_WARM=1 dvc repro
+# make repro: stages forked from a warm process (docs/performance.md); make repro CXR_WARM=0: off
+CXR_WARM ?= 1
+
+repro: venv
+	CXR_WARM=$(CXR_WARM) dvc repro
 
 lint: venv
 	ruff check .
