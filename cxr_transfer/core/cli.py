@@ -52,13 +52,20 @@ def exit_finished() -> None:
     usual way (that thread is waited for)."""
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         return
-    atexit._run_exitfuncs()
+    run_exit_handlers()
+    os._exit(0)
+
+
+def run_exit_handlers() -> None:
+    """What the interpreter's exit does before its teardown: the atexit handlers, then Python's
+    and C's standard streams flushed (what C extensions wrote through C's stdio buffers)."""
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    with contextlib.suppress(Exception):  # what C extensions wrote through C's stdio buffers
+    with contextlib.suppress(Exception):
         ctypes.CDLL(None).fflush(None)
-    os._exit(0)
 
 
 _UMASK = os.umask(0o022)

@@ -506,21 +506,15 @@ def _child(req: dict, fds: list[int], inherited: list[int], blocked) -> None:
 
 
 def _finish() -> None:
-    """What the interpreter's exit does before its teardown: wait for non-daemon threads, run the
-    atexit handlers, flush Python's and C's standard streams."""
-    import atexit
-    import ctypes
+    """What the interpreter's exit does before its teardown: wait for non-daemon threads, then
+    cli's run_exit_handlers (atexit, Python's and C's streams)."""
     import threading
+
+    from cxr_transfer.core.cli import run_exit_handlers
 
     with contextlib.suppress(Exception):
         threading._shutdown()
-    with contextlib.suppress(Exception):
-        atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).fflush(None)
+    run_exit_handlers()
 
 
 if __name__ == "__main__":

@@ -69,7 +69,6 @@ class ArrayBatches:
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
         self.prefetch = 2  # streamed batches read ahead (a test varies it)
         self.shard = shard  # (rank, processes): each batch's items rank, rank + processes, ...
-        self.min_share = 2 if shuffle else 1  # images per process in the last batch, at least
         # balanced: each epoch draws n images with replacement, every class equally likely
         self.weights = (1.0 / torch.bincount(self.y.cpu()).double())[self.y.cpu()] if balanced else None
 
@@ -81,7 +80,7 @@ class ArrayBatches:
         n, b = len(self.y), self.batch_size
         starts = list(range(0, n, b))
         processes = self.shard[1] if self.shard else 1
-        if len(starts) > 1 and n - starts[-1] < self.min_share * processes and self.min_share > 1:
+        if self.shuffle and len(starts) > 1 and n - starts[-1] < 2 * processes:
             starts.pop()  # a short last batch joins the one before
         return list(zip(starts, [*starts[1:], n], strict=True))
 
