@@ -391,6 +391,44 @@ def test_unknown_optimizer_lists_choices():
         make_optimizer([torch.nn.Parameter(torch.zeros(1))], bad)
 
 
+@pytest.mark.parametrize(
+    "mode",
+    [
+        SGD_ALL,
+        dataclasses.replace(SGD_ALL, weight_decay=1e-3),
+        dataclasses.replace(ADAM, trainable="all"),
+        dataclasses.replace(ADAM, trainable="all", optimizer="adamw", weight_decay=0.01, betas=(0.95, 0.99)),
+    ],
+    ids=["sgd", "sgd-decay", "adam", "adamw"],
+)
+def test_cpu_optimizer_steps_multi_tensor_with_the_per_tensor_arithmetic(mode):
+    """On the CPU make_optimizer takes the multi-tensor (foreach) step: the weights after a few
+    steps equal the per-tensor step's bit for bit, over groups at their own rates and a group
+    whose parameters have no gradient yet (frozen)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Linear(6, 2))
+    start = [p.detach().clone() for p in net.parameters()]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(4)]
+
+    def after(foreach: bool) -> list[torch.Tensor]:
+        ps = [torch.nn.Parameter(t.clone()) for t in start]
+        groups = [{"params": ps[:2], "lr_mult": 0.1}, {"params": ps[2:4]}, {"params": ps[4:]}]
+        opt = make_optimizer(groups, mode)
+        assert opt.defaults["foreach"] is True
+        if not foreach:
+            for g in opt.param_groups:
+                g["foreach"] = False
+        for i, step in enumerate(grads):
+            for p, g in zip(ps, step, strict=True):
+                p.grad = None if (i < 2 and p is ps[2]) else g.clone()  # frozen for two steps
+            opt.step()
+        return ps
+
+    multi, single = after(True), after(False)
+    assert all(torch.equal(a, b) for a, b in zip(multi, single, strict=True))
+    assert not torch.equal(multi[0], start[0])  # the steps moved the weights
+
+
 def test_classifier_block_trains_on_cached_features_and_matches_the_full_model(tmp_path):
     """VGG's fc6-fc8 block (ft_classifier): its input is computed once, logits are unchanged."""
     data = tiny_data(n=8, size=32)

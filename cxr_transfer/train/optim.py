@@ -22,9 +22,15 @@ def make_optimizer(params: Iterable, mode: ModeConfig) -> torch.optim.Optimizer:
         groups = [{"params": list(g["params"]), "lr": mode.lr * g.get("lr_mult", 1.0)} for g in params]
     else:
         groups = [{"params": [p for p in params if p.requires_grad], "lr": mode.lr}]
+    # PyTorch's own default off the CPU; on it, the multi-tensor step runs the same per-tensor
+    # arithmetic bit for bit with less Python per parameter (Adam, 149 tensors: 7.8 -> 6.7 ms a step)
+    on_cpu = all(p.device.type == "cpu" for g in groups for p in g["params"])
+    kw = {"foreach": True} if on_cpu else {}
     if mode.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=mode.lr, momentum=mode.momentum, weight_decay=mode.weight_decay)
-    adam = {"betas": tuple(mode.betas), "eps": mode.eps}  # one_cycle then cycles beta1 per step
+        return torch.optim.SGD(
+            groups, lr=mode.lr, momentum=mode.momentum, weight_decay=mode.weight_decay, **kw
+        )
+    adam = {"betas": tuple(mode.betas), "eps": mode.eps, **kw}  # one_cycle then cycles beta1 per step
     if mode.optimizer == "adam":
         return torch.optim.Adam(groups, lr=mode.lr, weight_decay=mode.weight_decay, **adam)
     if mode.optimizer == "adamw":
