@@ -30,7 +30,18 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
 def test_the_import_contracts_hold():
     r = lint_imports(ROOT)
     assert r.returncode == 0, r.stdout[-2000:]
-    assert "5 kept, 0 broken" in r.stdout
+    assert "6 kept, 0 broken" in r.stdout
+
+
+def test_the_light_stages_contract_names_the_stages_that_never_wait_for_the_warm_server():
+    import tomllib
+
+    import stages
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (light,) = [c for c in contracts if c["name"].startswith("The light stages")]
+    assert set(light["source_modules"]) == {f"stages.{name}" for name in stages.LIGHT}
+    assert "torch" in light["forbidden_modules"]
 
 
 @pytest.mark.parametrize(
@@ -63,6 +74,7 @@ def test_the_import_contracts_hold():
             "The ONNX path never imports torch",
         ),
         ("evaluate/seeds.py", "import stages.train", "Nothing imports the stage scripts"),
+        ("../stages/index.py", "from cxr_transfer.runtime import batches", "The light stages"),
     ],
 )
 def test_a_planted_violation_breaks_its_contract(tmp_path, module, line, contract):

@@ -63,17 +63,47 @@ def test_the_socket_folder_must_be_this_user_s_alone(tmp_path, monkeypatch):
     assert warm.socket_dir() is None
 
 
-def _stage(args, env, cwd=ROOT):
+def test_one_server_at_a_time_holds_a_key_s_lock(tmp_path, monkeypatch):
+    """A server takes its key's lock before its imports: a client sees it starting (and starts
+    no second one), a second server of the key gives up; the lock goes with the server."""
+    path = tmp_path / "key.sock"
+    assert not warm._locked(path)
+    held = warm._take_lock(path)
+    assert held is not None and warm._locked(path)
+    assert warm._take_lock(path) is None  # another server of this key: it ends at once
+    started = []
+    monkeypatch.setattr(warm.subprocess, "Popen", lambda *a, **k: started.append(a))
+    warm._start_server(path, tmp_path, wait=False)
+    assert started == []  # a client starts none while it is held
+    os.close(held)
+    assert not warm._locked(path)
+    warm._start_server(path, tmp_path, wait=False)
+    assert len(started) == 1  # free: the client starts one
+
+
+def _stage(args, env, cwd=ROOT, stage="check_params"):
     return subprocess.run(
-        [sys.executable, "-m", "stages.check_params", *args], cwd=cwd, env=env, capture_output=True, text=True
+        [sys.executable, "-m", f"stages.{stage}", *args], cwd=cwd, env=env, capture_output=True, text=True
     )
+
+
+def _listening(folder: Path, timeout: float = 60.0) -> bool:
+    """Wait until a server listens on a socket in `folder`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(warm._alive(s) for s in folder.glob("*.sock")):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @pytest.mark.slow  # a server that imports torch, timm and the project (about 5 s on 2 cores)
 def test_a_stage_forked_from_the_warm_server_writes_prints_and_exits_as_a_process_of_its_own(tmp_path):
-    """The first CXR_WARM=1 stage starts the server and waits for it; it and the next ones run in
-    children of the server (its log names them) and give what a process of their own gives: the
-    same output file and printed line, the same one-line error and exit status 2 on bad params."""
+    """The first CXR_WARM=1 stage starts the server; a light one (check_params) runs in its own
+    process meanwhile, a stage that imports torch (evaluate) waits for the server. Once it
+    listens, every stage runs in a child of it (its log names them) and gives what a process of
+    its own gives: the same output file and printed line, the same one-line error and exit status
+    2 on bad params."""
     short = Path(tempfile.mkdtemp(prefix="w", dir="/tmp"))  # a socket's path has at most 107 bytes
     env = {
         **os.environ,
@@ -88,9 +118,15 @@ def test_a_stage_forked_from_the_warm_server_writes_prints_and_exits_as_a_proces
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     bad_args = ["--params", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "x")]
     try:
+        folder = short / f"cxr-warm-{os.getuid()}"
         cold = _stage(["--out", str(tmp_path / "cold.ok")], cold_env)
-        assert not (short / f"cxr-warm-{os.getuid()}").exists()  # CXR_WARM=0: no server
-        runs = [_stage(["--out", str(tmp_path / f"warm{i}.ok")], env) for i in range(2)]
+        cold_help = _stage(["--help"], cold_env, stage="evaluate")
+        assert not folder.exists()  # CXR_WARM=0: no server
+        runs = [_stage(["--out", str(tmp_path / "warm0.ok")], env)]  # starts the server, runs here
+        assert not list(folder.glob("*.log"))  # no child of the server has run
+        heavy = _stage(["--help"], env, stage="evaluate")  # waits for the server starting
+        assert heavy.returncode == 0 and heavy.stdout == cold_help.stdout and "--eval-dir" in heavy.stdout
+        runs += [_stage(["--out", str(tmp_path / f"warm{i}.ok")], env) for i in (1, 2)]  # it listens
         for i, r in enumerate(runs):
             assert r.returncode == 0, r.stderr
             assert (tmp_path / f"warm{i}.ok").read_text() == (tmp_path / "cold.ok").read_text()
@@ -98,9 +134,12 @@ def test_a_stage_forked_from_the_warm_server_writes_prints_and_exits_as_a_proces
         cold_bad, warm_bad = _stage(bad_args, cold_env), _stage(bad_args, env)
         assert cold_bad.returncode == warm_bad.returncode == 2
         assert warm_bad.stderr == cold_bad.stderr and "train.epochs" in warm_bad.stderr
-        (log,) = (short / f"cxr-warm-{os.getuid()}").glob("*.log")
+        (log,) = folder.glob("*.log")
         lines = [line.split() for line in log.read_text().splitlines()]
-        assert [(x[0], x[4]) for x in lines] == [("stages.check_params", c) for c in ("0", "0", "2")]
+        assert [(x[0], x[4]) for x in lines] == [
+            ("stages.evaluate", "0"),
+            *[("stages.check_params", c) for c in ("0", "0", "2")],
+        ]
     finally:
         assert warm.stop_servers(ROOT, short) == 1
         shutil.rmtree(short)
@@ -124,8 +163,11 @@ def test_signals_and_sigkill_reach_the_forked_stage_and_other_stages_run_beside_
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p["synthesize"]["n_per_class"] = 3000  # about 40 s of work on 2 cores
     (tmp_path / "big.yaml").write_text(yaml.safe_dump(p))
+    folder = short / f"cxr-warm-{os.getuid()}"
     assert _stage(["--out", str(tmp_path / "ok")], env).returncode == 0  # starts the server
-    (log,) = (short / f"cxr-warm-{os.getuid()}").glob("*.log")
+    assert _listening(folder)
+    assert _stage(["--out", str(tmp_path / "ok")], env).returncode == 0  # in a child: the log's first line
+    (log,) = folder.glob("*.log")
 
     def synthesize(out: Path) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "stages.synthesize", "--params", str(tmp_path / "big.yaml")]

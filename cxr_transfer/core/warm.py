@@ -4,7 +4,10 @@ timm and the project already imported.
 Every stage is a fresh `python -m stages.<name>` process under DVC, and a stage that builds a
 network spends 2-3 s importing torch, torchvision, timm and scikit-learn before its work (the
 demo runs 15 such stages). With CXR_WARM=1 the first stage starts a server in the background that
-imports them once and waits on a Unix socket; every stage's process (the client) connects, hands
+imports them once and waits on a Unix socket; a stage that imports none of them (stages/__init__.py
+lists them: check_params, synthesize, index, split, prepare, external) does not wait for a server
+still importing, it runs in its own process meanwhile; every other stage's process (the client),
+and every stage once the server listens, connects, hands
 over its arguments, environment, working folder and its standard streams (the file descriptors
 themselves, so DVC reads the output as before), and the server forks a child that runs the
 stage's module as `__main__` (runpy, as `python -m` does). The client waits for the child's exit
@@ -33,6 +36,7 @@ warnings printed while modules are imported appear only in the first, cold, proc
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -52,6 +56,7 @@ MODULE = "cxr_transfer.core.warm"  # the server runs as python -m MODULE <socket
 SERVER_IDLE = 120.0  # seconds without a request and no stage running before the server exits
 START_WAIT = 60.0  # seconds the first stage waits for the server it started
 RETRY_FAILED = 600.0  # seconds after which a server that could not start is tried again
+LOCK_TRIES = 10  # a starting server's tries (10 ms apart) at its key's lock
 PRELOAD = (  # what stages import inside functions, beside what their modules import at the top
     "torch",
     "torchvision",
@@ -64,6 +69,7 @@ PRELOAD = (  # what stages import inside functions, beside what their modules im
 )
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 in_child = False  # True in a child of the server: its stage runs here, never forwarded again
+_lock_fd = None  # the server's descriptor of its key's lock (closed in each child)
 STAGES = "stages"  # the stage scripts' package (this module only names it: it imports none of them)
 
 
@@ -135,10 +141,11 @@ def socket_dir() -> Path | None:
 # the client
 
 
-def forward_if_warm() -> None:
+def forward_if_warm(light: frozenset[str] = frozenset()) -> None:
     """Called by `stages/__init__.py` before any stage module is imported: with CXR_WARM set,
     run this stage in a child of the warm server and exit with its status; return to run it here
-    when that is not possible (module docstring)."""
+    when that is not possible (module docstring). A `light` stage (by name) returns to run here at
+    once where no server listens yet, after making sure one is starting."""
     if in_child or not wanted() or sys.platform != "linux" or "TORCHELASTIC_RUN_ID" in os.environ:
         return
     module = stage_of_argv(sys.orig_argv)
@@ -158,7 +165,7 @@ def forward_if_warm() -> None:
     if len(os.fsencode(path)) > 100:  # a Unix socket's path holds at most 107 bytes
         return
     code = _ask(path, module, sys.orig_argv[3:], cwd)
-    if code is None and _start_server(path, cwd):
+    if code is None and _start_server(path, cwd, wait=module.split(".")[1] not in light):
         code = _ask(path, module, sys.orig_argv[3:], cwd)
     if code is None:
         return
@@ -216,28 +223,69 @@ def _read_int(conn: socket.socket) -> int | None:
     return struct.unpack("!q", data)[0]
 
 
-def _start_server(path: Path, cwd: Path) -> bool:
-    """Start the server in the background (its own session, no terminal, streams closed) and
-    wait until it listens (about 4 s on 2 cores: the imports a cold stage would pay itself);
-    False if it ended first or took over START_WAIT seconds."""
-    try:
-        server = subprocess.Popen(
-            [sys.executable, "-m", MODULE, str(path)],
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
-        )
-    except OSError:
-        return False
+def _start_server(path: Path, cwd: Path, wait: bool = True) -> bool:
+    """Start the server in the background (its own session, no terminal, streams closed) unless
+    one holds the key's lock already (starting or serving); with `wait`, wait until it listens
+    (about 4 s on 2 cores: the imports a cold stage would pay itself). False where it did not
+    wait, where no server holds the lock any more, or after START_WAIT seconds."""
+    server = None
+    if not _locked(path):
+        try:
+            server = subprocess.Popen(
+                [sys.executable, "-m", MODULE, str(path)],
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError:
+            return False
     deadline = time.monotonic() + START_WAIT
-    while time.monotonic() < deadline and server.poll() is None:
+    while wait and time.monotonic() < deadline:
         if _alive(path):
             return True
+        if (server is None or server.poll() is not None) and not _locked(path):
+            return False  # ours ended (another took the lock first: its end) and none starts
         time.sleep(0.05)
     return False
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_suffix(".lock")
+
+
+def _locked(path: Path) -> bool:
+    """Whether a server holds the lock of `path`'s key: it takes it before its imports and holds
+    it until it exits. Testing takes the lock for a moment: a server starting then tries again."""
+    try:
+        fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # releases the lock where this took it
+    return False
+
+
+def _take_lock(path: Path) -> int | None:
+    """The server's hold on its key: the lock's descriptor, or None where another server holds
+    it (a client testing it holds it for microseconds: retried for LOCK_TRIES x 10 ms)."""
+    fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    for _ in range(LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            time.sleep(0.01)
+    os.close(fd)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,6 +299,13 @@ def serve(path: Path) -> None:
     run cold for RETRY_FAILED seconds) and exits."""
     import threading
 
+    global _lock_fd
+    try:
+        _lock_fd = _take_lock(path)
+    except OSError:
+        _lock_fd = None
+    if _lock_fd is None:  # another server starts or serves this key
+        return
     try:
         _preload()
     except Exception as e:  # noqa: BLE001 - whatever stops the imports: the clients run cold
@@ -427,7 +482,7 @@ def _start_child(conn: socket.socket, sel: selectors.EpollSelector) -> tuple[int
     except OSError:
         pid = -1
     if pid == 0:
-        inherited = [*(k.fd for k in sel.get_map().values()), sel.fileno(), conn.fileno()]
+        inherited = [*(k.fd for k in sel.get_map().values()), sel.fileno(), conn.fileno(), _lock_fd]
         _child(req, fds, inherited, blocked)  # never returns
     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     for fd in fds:
