@@ -67,18 +67,43 @@ def test_one_server_at_a_time_holds_a_key_s_lock(tmp_path, monkeypatch):
     """A server takes its key's lock before its imports: a client sees it starting (and starts
     no second one), a second server of the key gives up; the lock goes with the server."""
     path = tmp_path / "key.sock"
+    monkeypatch.setattr(warm, "_spawned", None)
     assert not warm._locked(path)
     held = warm._take_lock(path)
     assert held is not None and warm._locked(path)
     assert warm._take_lock(path) is None  # another server of this key: it ends at once
     started = []
-    monkeypatch.setattr(warm.subprocess, "Popen", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(warm.subprocess, "Popen", lambda *a, **k: started.append(a) or _Ended())
     warm._start_server(path, tmp_path, wait=False)
     assert started == []  # a client starts none while it is held
     os.close(held)
     assert not warm._locked(path)
     warm._start_server(path, tmp_path, wait=False)
     assert len(started) == 1  # free: the client starts one
+
+
+class _Ended:
+    """A server process that has ended."""
+
+    def poll(self):
+        return 0
+
+
+def test_a_stage_waiting_for_a_server_that_ends_starts_one_and_gives_up_when_it_ends(tmp_path, monkeypatch):
+    """A torch stage finds the lock held (a server starting, or one exiting after its idle time):
+    it waits; when the lock comes free with nothing listening, it starts a server itself, and
+    when that one ends without listening it stops waiting (the stage runs in its own process)."""
+    import threading
+
+    path = tmp_path / "key.sock"
+    monkeypatch.setattr(warm, "_spawned", None)
+    started = []
+    monkeypatch.setattr(warm.subprocess, "Popen", lambda *a, **k: started.append(a) or _Ended())
+    held = warm._take_lock(path)
+    threading.Timer(0.3, os.close, (held,)).start()
+    t0 = time.monotonic()
+    assert warm._start_server(path, tmp_path, wait=True) is False
+    assert 0.3 <= time.monotonic() - t0 < 5.0 and len(started) == 1
 
 
 def _stage(args, env, cwd=ROOT, stage="check_params"):
@@ -124,6 +149,8 @@ def test_a_stage_forked_from_the_warm_server_writes_prints_and_exits_as_a_proces
         assert not folder.exists()  # CXR_WARM=0: no server
         runs = [_stage(["--out", str(tmp_path / "warm0.ok")], env)]  # starts the server, runs here
         assert not list(folder.glob("*.log"))  # no child of the server has run
+        (lock,) = folder.glob("*.lock")
+        assert warm._locked(lock)  # the server it started holds its key's lock while it imports
         heavy = _stage(["--help"], env, stage="evaluate")  # waits for the server starting
         assert heavy.returncode == 0 and heavy.stdout == cold_help.stdout and "--eval-dir" in heavy.stdout
         runs += [_stage(["--out", str(tmp_path / f"warm{i}.ok")], env) for i in (1, 2)]  # it listens

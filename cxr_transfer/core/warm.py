@@ -54,7 +54,7 @@ from pathlib import Path
 ENV = "CXR_WARM"
 MODULE = "cxr_transfer.core.warm"  # the server runs as python -m MODULE <socket>
 SERVER_IDLE = 120.0  # seconds without a request and no stage running before the server exits
-START_WAIT = 60.0  # seconds the first stage waits for the server it started
+START_WAIT = 60.0  # seconds a stage that imports torch waits for a server starting
 RETRY_FAILED = 600.0  # seconds after which a server that could not start is tried again
 LOCK_TRIES = 10  # a starting server's tries (10 ms apart) at its key's lock
 PRELOAD = (  # what stages import inside functions, beside what their modules import at the top
@@ -70,6 +70,7 @@ PRELOAD = (  # what stages import inside functions, beside what their modules im
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 in_child = False  # True in a child of the server: its stage runs here, never forwarded again
 _lock_fd = None  # the server's descriptor of its key's lock (closed in each child)
+_spawned = None  # the client's Popen of the server it started (kept: it outlives the client)
 STAGES = "stages"  # the stage scripts' package (this module only names it: it imports none of them)
 
 
@@ -226,30 +227,32 @@ def _read_int(conn: socket.socket) -> int | None:
 def _start_server(path: Path, cwd: Path, wait: bool = True) -> bool:
     """Start the server in the background (its own session, no terminal, streams closed) unless
     one holds the key's lock already (starting or serving); with `wait`, wait until it listens
-    (about 4 s on 2 cores: the imports a cold stage would pay itself). False where it did not
-    wait, where no server holds the lock any more, or after START_WAIT seconds."""
-    server = None
-    if not _locked(path):
-        try:
-            server = subprocess.Popen(
-                [sys.executable, "-m", MODULE, str(path)],
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError:
-            return False
+    (about 4 s on 2 cores: the imports a cold stage would pay itself), starting one if the lock
+    comes free first (a server that ended as this waited). False where it did not wait, where
+    the one it started ended, or after START_WAIT seconds."""
+    global _spawned
     deadline = time.monotonic() + START_WAIT
-    while wait and time.monotonic() < deadline:
+    while True:
+        if _spawned is None and not _locked(path):
+            try:
+                _spawned = subprocess.Popen(
+                    [sys.executable, "-m", MODULE, str(path)],
+                    cwd=cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError:
+                return False
+        if not wait or time.monotonic() > deadline:
+            return False
         if _alive(path):
             return True
-        if (server is None or server.poll() is not None) and not _locked(path):
-            return False  # ours ended (another took the lock first: its end) and none starts
+        if _spawned is not None and _spawned.poll() is not None and not _locked(path):
+            return False  # ours ended (failed, or gave way to another that ended too)
         time.sleep(0.05)
-    return False
 
 
 def _lock_path(path: Path) -> Path:
@@ -258,13 +261,14 @@ def _lock_path(path: Path) -> Path:
 
 def _locked(path: Path) -> bool:
     """Whether a server holds the lock of `path`'s key: it takes it before its imports and holds
-    it until it exits. Testing takes the lock for a moment: a server starting then tries again."""
+    it until it exits. Testing takes a shared lock for a moment (tests never block each other; a
+    server starting meanwhile tries again)."""
     try:
         fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     except OSError:
@@ -302,8 +306,9 @@ def serve(path: Path) -> None:
     global _lock_fd
     try:
         _lock_fd = _take_lock(path)
-    except OSError:
-        _lock_fd = None
+    except OSError as e:  # no lock, no server: the clients run cold
+        _failed(path, f"the lock: {e}")
+        return
     if _lock_fd is None:  # another server starts or serves this key
         return
     try:
@@ -332,6 +337,7 @@ def serve(path: Path) -> None:
         with contextlib.suppress(OSError):
             if os.stat(path).st_ino == mine:  # not another server's, bound after ours
                 path.unlink()
+        os.close(_lock_fd)  # now, not after the interpreter's teardown: a new server may start
 
 
 def _loop(listener: socket.socket, log: Path) -> None:
@@ -482,7 +488,8 @@ def _start_child(conn: socket.socket, sel: selectors.EpollSelector) -> tuple[int
     except OSError:
         pid = -1
     if pid == 0:
-        inherited = [*(k.fd for k in sel.get_map().values()), sel.fileno(), conn.fileno(), _lock_fd]
+        inherited = [*(k.fd for k in sel.get_map().values()), sel.fileno(), conn.fileno()]
+        inherited += [] if _lock_fd is None else [_lock_fd]
         _child(req, fds, inherited, blocked)  # never returns
     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     for fd in fds:
@@ -508,8 +515,9 @@ def _start_child(conn: socket.socket, sel: selectors.EpollSelector) -> tuple[int
 
 def _child(req: dict, fds: list[int], inherited: list[int], blocked) -> None:
     """Become the stage's process: its streams, folder, environment and arguments, then run its
-    module as __main__; the exit status is the process's (an int as Python's, & 0xFF)."""
-    code = 0
+    module as __main__; the exit status is the process's (an int as Python's, & 0xFF); 1 where
+    the child could not become the stage's process (its folder gone, say)."""
+    code = 1
     try:
         import random
         import runpy
@@ -538,6 +546,7 @@ def _child(req: dict, fds: list[int], inherited: list[int], blocked) -> None:
         sys.argv = [module, *req["args"]]
         try:
             runpy.run_module(module, run_name="__main__", alter_sys=True)
+            code = 0
         except SystemExit as e:
             if e.code is None:
                 code = 0
@@ -553,6 +562,12 @@ def _child(req: dict, fds: list[int], inherited: list[int], blocked) -> None:
             traceback.print_exc()
             code = 1
         _finish()
+    except BaseException as e:  # before the stage ran: its folder gone, a descriptor refused
+        with contextlib.suppress(Exception):
+            print(
+                f"{req.get('module')}: error: the warm server could not run it ({e}); rerun without {ENV}",
+                file=sys.stderr,
+            )
     finally:
         if code < 0:
             signal.signal(-code, signal.SIG_DFL)
