@@ -1,5 +1,5 @@
 """python -m bench [--size tiny|full] [--cases input,fe,index,demo,gpu,neardup,probe,dataset,onnx,
-cpu-train,stream,preprocess,folds] [--tag T]
+cpu-train,stream,preprocess,folds,demo-6k,cpu-infer,cpu-compile,train-step] [--tag T]
 
 Runs the seed's way and ours side by side, writes bench/results/<device>-<date>.json and prints a
 Markdown table. `tiny` checks that everything runs (the test suite uses it); `full` is the measure."""
@@ -49,6 +49,7 @@ SIZES = {
         ),
         "cpu-infer": dict(archs=("resnet18",), sizes=(32,), images={32: 16}, reps=1),
         "cpu-compile": dict(archs=("resnet18",), size=32, batch=4, steps=1),
+        "train-step": dict(arch="efficientnet_lite0", size=32, batch=4, steps=2),
         "stream": dict(n=64, size=32, epochs=1, prepare=[dict(n=50, size=64)]),
         "folds": dict(k=3),
         "preprocess": dict(n=16, source=64, size=32, reps=1),
@@ -84,6 +85,7 @@ SIZES = {
             reps=3,
         ),
         "cpu-compile": dict(archs=("efficientnet_lite0", "resnet18"), size=96, batch=32, steps=5),
+        "train-step": dict(arch="efficientnet_lite0", size=96, batch=32, steps=10),
         "stream": dict(n=1024, size=96, epochs=1, prepare=[dict(n=2000, size=256), dict(n=8000, size=256)]),
         "folds": dict(k=5),
         "preprocess": dict(n=400, source=1024, size=224, reps=3),
@@ -231,6 +233,23 @@ def table(results: dict) -> str:
             f"(max d logit {r['max_abs_logit_diff']:.0e}) | {r['ratio']}x | pays from "
             f"{r['break_even_images']} images |"
         )
+    if "train-step" in results:
+        r = results["train-step"]
+        parts = ", ".join(f"{k} {v} ms" for k, v in r["parts_ms"].items())
+        ops = ", ".join(f"{o['op']} {o['share']:.0%}" for o in r["top_ops"][:4])
+        rates = r["images_per_s_by_threads"]
+        one, alls = rates["1"], rates[str(r["threads"])]
+        rows.append(
+            f"| CPU {r['arch']} {r['size']}px training step (batch {r['batch']}): {parts}; {ops} "
+            f"| 1 thread {one} img/s | {r['threads']} threads {alls} img/s | {alls / one:.2f}x | - |"
+        )
+        a = r["adam"]
+        per, multi, fused = a["per_tensor"]["ms"], a["multi_tensor"]["ms"], a["fused"]["ms"]
+        same = f"{a['multi_tensor']['same_weights']} / {a['fused']['same_weights']}"
+        rows.append(
+            f"| Adam's step, per tensor -> multi-tensor / fused (the same weights: {same}) | {per} ms "
+            f"| {multi} / {fused} ms | {per / multi:.2f}x / {per / fused:.2f}x | - |"
+        )
     for r in results.get("cpu-compile", {}).get("runs", []):
         head = f"| CPU {r['arch']} {r['size']}px training, eager -> torch.compile"
         head += f" | {r['eager_images_per_s']} img/s"
@@ -272,8 +291,8 @@ def main(argv=None) -> dict:
     ap.add_argument(
         "--cases",
         default="input,fe,index,demo,gpu,neardup,probe,dataset,onnx,cpu-train,stream,preprocess",
-        help="folds (a cold demo with k folds beside one split), demo-6k (6,000 images), cpu-infer and "
-        "cpu-compile run only when named",
+        help="folds (a cold demo with k folds beside one split), demo-6k (6,000 images), cpu-infer, "
+        "cpu-compile and train-step (where a training step's time goes) run only when named",
     )
     ap.add_argument("--tag", default="", help="appended to the result file's name (keeps earlier results)")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -330,6 +349,8 @@ def main(argv=None) -> dict:
             results["cpu-infer"] = cpu_cases.cpu_infer(**cfg["cpu-infer"])
         if "cpu-compile" in want:
             results["cpu-compile"] = cpu_cases.cpu_compile(**cfg["cpu-compile"])
+        if "train-step" in want:
+            results["train-step"] = cpu_cases.train_step(**cfg["train-step"])
         if "folds" in want:
             results["folds"] = pipeline_cases.folds_cost(
                 work, cfg["folds"]["k"], cfg["demo"], results.get("demo")

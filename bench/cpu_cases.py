@@ -228,6 +228,105 @@ def cpu_compile(archs, size: int, batch: int, steps: int) -> dict:
     return out
 
 
+def train_step(arch: str, size: int, batch: int, steps: int, top: int = 8) -> dict:
+    """Where one training step's time goes, as the train stage runs it on the CPU (heap kept, the
+    training memory format, Adam as the ft mode has it): the step's parts (forward and loss,
+    backward, optimizer; ms, medians of `steps`), images/s on one thread and on all, the
+    profiler's `top` operators by their own time (ms a step, share), and Adam's step three ways:
+    per tensor, multi-tensor (foreach) and fused, each with whether its weights after three steps
+    equal the per-tensor step's bit for bit."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from cxr_transfer.core.params import ModeConfig
+    from cxr_transfer.runtime import speed
+    from cxr_transfer.train.optim import make_optimizer
+
+    speed.keep_freed_memory()
+    mf = torch.channels_last if speed.channels_last(arch, "cpu", training=True) else torch.contiguous_format
+    net = build_model(arch, None, 2, 0).to(memory_format=mf).train()
+    mode = ModeConfig(pretrained=False, trainable="all", optimizer="adam", lr=1e-3, weight_decay=1e-5)
+    opt = make_optimizer(net.parameters(), mode)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=gen).contiguous(memory_format=mf)
+    y = torch.arange(batch) % 2
+    parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
+
+    def step(record: bool = False):
+        t = [time.perf_counter()]
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        t.append(time.perf_counter())
+        loss.backward()
+        t.append(time.perf_counter())
+        opt.step()
+        t.append(time.perf_counter())
+        for k, (a, b) in zip(parts, zip(t, t[1:], strict=False), strict=True):
+            if record:
+                parts[k].append(1000 * (b - a))
+
+    threads = torch.get_num_threads()
+    rates = {}
+    for n in sorted({1, threads}):
+        torch.set_num_threads(n)
+        rates[str(n)] = round(_median_rate(step, batch, steps), 1)
+    torch.set_num_threads(threads)
+    for _ in range(steps):
+        step(record=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops)
+    out = {
+        "arch": arch,
+        "size": size,
+        "batch": batch,
+        "threads": threads,
+        "memory_format": "channels_last" if mf == torch.channels_last else "nchw",
+        "parts_ms": {k: round(float(np.median(v)), 1) for k, v in parts.items()},
+        "images_per_s_by_threads": rates,
+        "top_ops": [
+            {
+                "op": e.key,
+                "ms_per_step": round(e.self_cpu_time_total / 1000 / steps, 1),
+                "share": round(e.self_cpu_time_total / total, 3),
+            }
+            for e in ops[:top]
+        ],
+        "adam": _adam_ways(net, steps),
+    }
+    return out
+
+
+def _adam_ways(net, steps: int) -> dict:
+    """Adam's step over `net`'s parameters per tensor, multi-tensor and fused: ms (median of
+    `steps`) and whether three steps on the same gradients give the per-tensor step's weights."""
+    start = [p.detach().clone() for p in net.parameters()]
+    gen = torch.Generator().manual_seed(1)
+    grads = [[torch.randn(p.shape, generator=gen) * 1e-2 for p in start] for _ in range(3)]
+    out, ref = {}, None
+    for way, kw in (
+        ("per_tensor", {"foreach": False}),
+        ("multi_tensor", {"foreach": True}),
+        ("fused", {"fused": True}),
+    ):
+        ps = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = torch.optim.Adam(ps, lr=1e-3, weight_decay=1e-5, **kw)
+        times = []
+        for i in range(max(3, steps)):
+            for p, g in zip(ps, grads[i % 3], strict=True):
+                p.grad = g.clone()
+            t0 = time.perf_counter()
+            opt.step()
+            times.append(1000 * (time.perf_counter() - t0))
+            if i == 2:
+                after = [p.detach().clone() for p in ps]
+        ref = after if ref is None else ref
+        same = all(torch.equal(a, b) for a, b in zip(ref, after, strict=True))
+        out[way] = {"ms": round(float(np.median(times)), 2), "same_weights": same}
+    return out
+
+
 def _compile_probe(arch: str, size: int, batch: int, steps: int) -> None:
     """Prints one arch's eager and compiled training rates and compile seconds (a fresh process)."""
     from cxr_transfer.runtime import speed

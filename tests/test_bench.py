@@ -390,3 +390,32 @@ def test_a_failed_run_is_recorded_and_the_others_still_count(tmp_path, monkeypat
     r = pipeline_cases.compare_revs(tmp_path, None, ["bad", None], 2)
     assert r["failed"] == [{"rev": "bad", "error": "dvc repro failed in /x"}] * 2
     assert r["revs"] == ["working tree"] and r["by_rev"]["working tree"]["cold_total_seconds"] == [1.0, 1.0]
+
+
+def test_the_train_step_case_splits_a_step_and_checks_adam_s_three_ways():
+    """Where a training step's time goes (python -m bench --cases train-step): the parts of the
+    step, images/s on one thread and on all, the profiler's top operators, and Adam's step per
+    tensor, multi-tensor and fused: the multi-tensor weights equal the per-tensor ones bit for bit
+    (the train stage's step on the CPU), as measured in the table."""
+    from bench import cpu_cases
+    from bench.__main__ import SIZES
+
+    r = cpu_cases.train_step(**SIZES["tiny"]["train-step"])
+    assert (r["arch"], r["size"], r["batch"], r["memory_format"]) == (
+        "efficientnet_lite0",
+        32,
+        4,
+        "channels_last",
+    )
+    assert set(r["parts_ms"]) == {"forward", "backward", "optimizer"} and min(r["parts_ms"].values()) > 0
+    assert set(r["images_per_s_by_threads"]) == {"1", str(r["threads"])}
+    shares = [o["share"] for o in r["top_ops"]]
+    assert len(shares) == 8 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
+    assert "aten::convolution_backward" in [o["op"] for o in r["top_ops"]]
+    adam = r["adam"]
+    assert adam["per_tensor"]["same_weights"] is True and adam["multi_tensor"]["same_weights"] is True
+    rows = table({"train-step": r})
+    assert (
+        f"| {adam['per_tensor']['ms']} ms | {adam['multi_tensor']['ms']} / {adam['fused']['ms']} ms |" in rows
+    )
+    assert f"{r['threads']} threads {r['images_per_s_by_threads'][str(r['threads'])]} img/s" in rows
