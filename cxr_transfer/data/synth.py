@@ -63,10 +63,12 @@ def _lungs(x, y, rng):
 def _ribs(x, y, rng):
     out = np.zeros_like(x)
     y0, step = rng.uniform(-0.62, -0.55), rng.uniform(0.10, 0.12)
+    ax = np.abs(x)
+    curve, span = 0.35 * (ax - 0.1) ** 2, (ax > 0.08) & (ax < 0.78)  # the same for every rib
     for k in range(10):
-        yc = y0 + k * step + 0.35 * (np.abs(x) - 0.1) ** 2
+        yc = y0 + k * step + curve
         band = np.exp(-(((y - yc) / 0.016) ** 2))
-        out += band * ((np.abs(x) > 0.08) & (np.abs(x) < 0.78))
+        out += band * span
     return out
 
 
