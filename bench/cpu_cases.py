@@ -260,8 +260,8 @@ def train_step(arch: str, size: int, batch: int, steps: int, top: int = 8) -> di
         t.append(time.perf_counter())
         opt.step()
         t.append(time.perf_counter())
-        for k, (a, b) in zip(parts, zip(t, t[1:], strict=False), strict=True):
-            if record:
+        if record:
+            for k, a, b in zip(parts, t, t[1:], strict=False):
                 parts[k].append(1000 * (b - a))
 
     threads = torch.get_num_threads()

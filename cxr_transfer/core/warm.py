@@ -255,8 +255,9 @@ def _start_server(path: Path, cwd: Path, wait: bool = True) -> bool:
         time.sleep(0.05)
 
 
-def _lock_path(path: Path) -> Path:
-    return path.with_suffix(".lock")
+def _open_lock(path: Path) -> int:
+    """A descriptor of the lock file of `path`'s key (made if missing)."""
+    return os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
 def _locked(path: Path) -> bool:
@@ -264,7 +265,7 @@ def _locked(path: Path) -> bool:
     it until it exits. Testing takes a shared lock for a moment (tests never block each other; a
     server starting meanwhile tries again)."""
     try:
-        fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _open_lock(path)
     except OSError:
         return False
     try:
@@ -281,7 +282,7 @@ def _locked(path: Path) -> bool:
 def _take_lock(path: Path) -> int | None:
     """The server's hold on its key: the lock's descriptor, or None where another server holds
     it (a client testing it holds it for microseconds: retried for LOCK_TRIES x 10 ms)."""
-    fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = _open_lock(path)
     for _ in range(LOCK_TRIES):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
